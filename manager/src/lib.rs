@@ -1,0 +1,1 @@
+//! The Firetower topic-manager server.

@@ -1,0 +1,20 @@
+//! Firetower's wire contracts: the admin gRPC API (`admin`) and the gateway <-> manager link
+//! frames (`link`), generated from `proto/*.proto` at build time.
+//!
+//! [`FILE_DESCRIPTOR_SET`] feeds gRPC server reflection.
+
+#![allow(missing_debug_implementations)]
+
+/// Admin gRPC API (`firetower.admin.v1`).
+pub mod admin {
+    tonic::include_proto!("firetower.admin.v1");
+}
+
+/// Gateway <-> manager frames (`firetower.link.v1`).
+pub mod link {
+    tonic::include_proto!("firetower.link.v1");
+}
+
+/// Encoded `FileDescriptorSet` of every Firetower proto, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/firetower_descriptor.bin"));

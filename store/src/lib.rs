@@ -1,0 +1,50 @@
+//! Durable storage of a Firetower topic manager.
+//!
+//! ```text
+//!   openraft ──append/vote/truncate/purge──▶ LogStore<C> (one per group) ─┐
+//!                                                                         ▼
+//!                                             Wal<C>: one segmented write-ahead log per
+//!                                             manager, group commit, fdatasync, CRC per record
+//!   openraft ──apply/snapshot──────────────▶ StateMachine<C> (one per group)
+//!                                             └─ sled trees `g{N}.*` in StateStore (one sled::Db)
+//! ```
+//!
+//! Entry points: [`Wal::open`] then [`Wal::log_store`]; [`StateStore::open`] then
+//! [`StateStore::state_machine`]; [`StateMachine::reader`] gives a cheap read handle on the
+//! subscription table for the server.
+//!
+//! The log and vote are on disk before openraft is told they are. The sled state machine may
+//! lag after a crash; it is rebuilt from the last snapshot and the log. This crate knows nothing
+//! about networking or the number of groups.
+
+mod types;
+
+pub use types::{Command, GatewayId, ManagerId, ManagerNode, Response};
+
+/// The openraft type configurations this store works with: the server's own
+/// `firetower_raft::TypeConfig`, or a test configuration with the same associated types.
+pub trait StoreTypeConfig:
+    openraft::RaftTypeConfig<
+    D = Command,
+    R = Response,
+    NodeId = ManagerId,
+    Node = ManagerNode,
+    Entry = openraft::Entry<Self>,
+    SnapshotData = std::io::Cursor<Vec<u8>>,
+    AsyncRuntime = openraft::TokioRuntime,
+>
+{
+}
+
+impl<C> StoreTypeConfig for C where
+    C: openraft::RaftTypeConfig<
+        D = Command,
+        R = Response,
+        NodeId = ManagerId,
+        Node = ManagerNode,
+        Entry = openraft::Entry<C>,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+    >
+{
+}

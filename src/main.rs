@@ -1,1 +1,190 @@
-fn main() {}
+//! `firetower`: one binary for every role of a Firetower cluster.
+//!
+//! ```text
+//! firetower manager ...            run a topic manager
+//! firetower cluster init|members|add|remove|transfer-leader|topic ...   operate a cluster
+//! firetower link subscribe|unsubscribe|gateways ...   act as a gateway on the manager link
+//! firetower bench commits ...      subscription commit throughput and latency
+//! firetower dev                    a whole local cluster on loopback
+//! ```
+//!
+//! Exit status: 0 on success, 1 when the operation failed (the message says why and what to
+//! do), 2 for a usage error.
+
+mod bench;
+mod cluster;
+mod dev;
+mod link_cmd;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use firetower_manager::{Manager, ManagerConfig, RaftTuning};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "firetower",
+    version,
+    about = "Firetower: a distributed real-time push gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a topic manager (Raft groups, gateway link on QUIC, admin API on gRPC).
+    Manager(ManagerArgs),
+    /// Operate a cluster through a manager's admin API.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+    /// Act as a gateway on the manager link (diagnostics and tests).
+    #[command(subcommand)]
+    Link(link_cmd::LinkCommand),
+    /// Benchmarks of a running cluster.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Start a whole local cluster on loopback, with data under ./.firetower-dev.
+    Dev(dev::DevArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ManagerArgs {
+    /// TOML config file; flags given on the command line override its values.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This manager's id (1 or more), unique in the cluster.
+    #[arg(long)]
+    id: Option<u64>,
+    /// QUIC address (UDP) for Raft and gateways, for example 127.0.0.1:6666.
+    #[arg(long)]
+    quic: Option<SocketAddr>,
+    /// gRPC admin address (TCP), for example 127.0.0.1:6667.
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// Data directory (write-ahead log, state machine, snapshots).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Refuse to start unless the data directory belongs to this cluster.
+    #[arg(long)]
+    cluster_id: Option<String>,
+    /// Do not fdatasync the write-ahead log (loses acknowledged writes on power loss; tests only).
+    #[arg(long)]
+    no_fsync: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Manager(args) => run_manager(args).await,
+            Command::Cluster(cmd) => cluster::run(cmd).await,
+            Command::Link(cmd) => link_cmd::run(cmd).await,
+            Command::Bench(cmd) => bench::run(cmd).await,
+            Command::Dev(args) => dev::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FIRETOWER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn manager_config(args: ManagerArgs) -> anyhow::Result<ManagerConfig> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+            ManagerConfig::from_toml(&text)?
+        }
+        None => {
+            let missing = |flag: &str| {
+                anyhow::anyhow!("{flag} is required (or give --config FILE with that value)")
+            };
+            ManagerConfig {
+                id: args.id.ok_or_else(|| missing("--id"))?,
+                quic: args.quic.ok_or_else(|| missing("--quic"))?,
+                admin: args.admin.ok_or_else(|| missing("--admin"))?,
+                data_dir: args.data_dir.clone().ok_or_else(|| missing("--data-dir"))?,
+                cluster_id: None,
+                raft: RaftTuning::default(),
+            }
+        }
+    };
+    if let Some(id) = args.id {
+        config.id = id;
+    }
+    if let Some(quic) = args.quic {
+        config.quic = quic;
+    }
+    if let Some(admin) = args.admin {
+        config.admin = admin;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if args.cluster_id.is_some() {
+        config.cluster_id = args.cluster_id;
+    }
+    if args.no_fsync {
+        config.raft.fsync = false;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+async fn run_manager(args: ManagerArgs) -> anyhow::Result<()> {
+    let config = manager_config(args)?;
+    let manager = Manager::start(config).await?;
+    wait_for_shutdown_signal().await;
+    tracing::info!("shutting down");
+    manager.shutdown().await;
+    Ok(())
+}
+
+/// Resolve on Ctrl-C or SIGTERM.
+pub(crate) async fn wait_for_shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

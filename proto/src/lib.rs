@@ -18,3 +18,15 @@ pub mod link {
 /// Encoded `FileDescriptorSet` of every Firetower proto, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/firetower_descriptor.bin"));
+
+mod topic;
+
+pub use topic::{validate_topic, TopicError, MAX_TOPIC_BYTES};
+
+mod placement;
+
+pub use placement::{group_of, jump_consistent_hash};
+
+mod frame;
+
+pub use frame::{decode_frame, encode_frame, FrameError, MAX_LINK_FRAME_BYTES};

@@ -1,9 +1,46 @@
 //! Raft for Firetower managers: the openraft type configuration, the topic -> group function,
-//! and Raft RPCs between managers over QUIC.
+//! the registry of hosted groups, and Raft RPCs between managers over QUIC.
+//!
+//! ```text
+//!   manager A                                                   manager B
+//!   ┌──────────────────────────────┐                           ┌──────────────────────────────┐
+//!   │ Raft (group g)               │                           │ serve_raft_connection        │
+//!   │   └ QuicNetworkFactory(g) ─┐ │   one QUIC connection,    │   check cluster id           │
+//!   │ Raft (group h)             │ │   one stream per RPC,     │   GroupRouter.get(group) ─┐  │
+//!   │   └ QuicNetworkFactory(h) ─┼─┼── ALPN firetower-raft/1 ─▶│                           ▼  │
+//!   │              PeerConnections │   request = (cluster id,  │   Raft (group g / h)         │
+//!   └──────────────────────────────┘   group, openraft RPC)    └──────────────────────────────┘
+//! ```
+//!
+//! Entry points: [`make_endpoint`] for the manager's QUIC endpoint; per group,
+//! [`QuicNetworkFactory::new`] (sharing one [`PeerConnections`]) as openraft's network; register
+//! each group in a [`GroupRouter`] and hand every accepted [`ALPN_RAFT`] connection to
+//! [`serve_raft_connection`]. [`group_of`] says which group owns a topic.
+//!
+//! This crate does not store anything (that is `firetower-store`), does not decide which groups
+//! exist or who is a member (that is the manager), and does not authenticate peers (see
+//! [`quic`]).
 
 use std::io::Cursor;
 
+mod backoff;
+mod network;
+
+pub mod quic;
+mod router;
+mod server;
+mod wire;
+
+pub use backoff::ReconnectPolicy;
+pub use firetower_proto::{group_of, jump_consistent_hash};
 pub use firetower_store::{Command, ManagerId, ManagerNode, Response};
+pub use network::{PeerConnections, QuicNetwork, QuicNetworkFactory};
+pub use quic::{
+    client_config, install_crypto_provider, make_endpoint, TransportError, ALPN_LINK, ALPN_RAFT,
+};
+pub use router::GroupRouter;
+pub use server::serve_raft_connection;
+pub use wire::{Rejection, MAX_FRAME_LEN};
 
 /// A Raft group (shard of the topic space). Groups are numbered `0..G`; `G` is fixed at init.
 pub type GroupId = u32;

@@ -1,0 +1,64 @@
+//! The Raft groups hosted by this manager, by group id.
+//!
+//! The server side of the transport looks a group up for every incoming RPC; the manager adds
+//! groups once it has joined a cluster and removes them at shutdown. Lookups vastly outnumber
+//! changes, hence a read-write lock; it is never held across an `await`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::{GroupId, Raft};
+
+/// Registry of the Raft groups hosted by this manager. Cheap to clone: clones share the registry.
+#[derive(Clone, Default)]
+pub struct GroupRouter {
+    groups: Arc<RwLock<HashMap<GroupId, Raft>>>,
+}
+
+impl std::fmt::Debug for GroupRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut ids: Vec<GroupId> = self.read().keys().copied().collect();
+        ids.sort_unstable();
+        f.debug_struct("GroupRouter").field("groups", &ids).finish()
+    }
+}
+
+impl GroupRouter {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Hosts `raft` as group `group`, replacing any previous instance of that group.
+    pub fn insert(&self, group: GroupId, raft: Raft) {
+        self.write().insert(group, raft);
+    }
+
+    /// The instance of `group`, if hosted here.
+    pub fn get(&self, group: GroupId) -> Option<Raft> {
+        self.read().get(&group).cloned()
+    }
+
+    /// Stops routing RPCs to `group` and returns its instance (the caller shuts it down).
+    pub fn remove(&self, group: GroupId) -> Option<Raft> {
+        self.write().remove(&group)
+    }
+
+    /// Every hosted group, ordered by group id.
+    pub fn groups(&self) -> Vec<(GroupId, Raft)> {
+        let mut groups: Vec<(GroupId, Raft)> =
+            self.read().iter().map(|(g, r)| (*g, r.clone())).collect();
+        groups.sort_unstable_by_key(|(g, _)| *g);
+        groups
+    }
+
+    // The map stays consistent even if a holder panicked (every operation is a single map
+    // call), so a poisoned lock is safe to keep using.
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<GroupId, Raft>> {
+        self.groups.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<GroupId, Raft>> {
+        self.groups.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}

@@ -1,0 +1,307 @@
+//! `firetower cluster ...`: operator commands over the admin gRPC API.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use clap::Subcommand;
+use firetower_manager::connect_admin;
+use firetower_proto::admin::{
+    AddManagerRequest, InitRequest, MembersReply, MembersRequest, RemoveManagerRequest,
+    TopicInfoRequest, TransferLeaderRequest,
+};
+use serde_json::json;
+
+/// How long an operator command waits for the cluster. Adding a manager waits for it to
+/// catch up in every group, which can take a while on a big table.
+const CALL_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Form a new cluster from running managers that belong to none.
+    Init {
+        /// Admin address of the manager that runs the init (it becomes a member).
+        #[arg(long)]
+        admin: String,
+        /// Admin address of another manager to include (repeat the flag).
+        #[arg(long = "member")]
+        members: Vec<String>,
+        /// Number of Raft groups the topic space is split into, fixed for the cluster's life.
+        #[arg(long, default_value_t = firetower_manager::DEFAULT_GROUPS)]
+        groups: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the managers and, per group, the leader, term, voters, learners and progress.
+    Members {
+        /// Admin address of any manager of the cluster.
+        #[arg(long)]
+        admin: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a running manager that belongs to no cluster: learner in every group, then voter.
+    Add {
+        /// Admin address of any manager of the cluster.
+        #[arg(long)]
+        admin: String,
+        /// Admin address of the manager to add.
+        #[arg(long = "new")]
+        new_admin: String,
+    },
+    /// Remove a manager from every group. Stop its process afterwards.
+    Remove {
+        /// Admin address of any manager of the cluster.
+        #[arg(long)]
+        admin: String,
+        /// Id of the manager to remove.
+        #[arg(long)]
+        id: u64,
+    },
+    /// Move the leadership of a group to another voter.
+    TransferLeader {
+        /// Admin address of any manager of the cluster.
+        #[arg(long)]
+        admin: String,
+        /// The group.
+        #[arg(long)]
+        group: u32,
+        /// Id of the manager that should lead it.
+        #[arg(long)]
+        to: u64,
+    },
+    /// Show the gateways subscribed to a topic (a linearizable read).
+    Topic {
+        /// Admin address of any manager of the cluster.
+        #[arg(long)]
+        admin: String,
+        /// The topic.
+        topic: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn run(command: ClusterCommand) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Init {
+            admin,
+            members,
+            groups,
+            json,
+        } => {
+            if groups == 0 || groups > firetower_manager::MAX_GROUPS {
+                return Err(anyhow!(
+                    "--groups must be within 1..={}",
+                    firetower_manager::MAX_GROUPS
+                ));
+            }
+            let mut client = connect_admin(&admin, CALL_TIMEOUT).await.map_err(status)?;
+            let reply = client
+                .init(InitRequest { members, groups })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if json {
+                let managers: Vec<_> = reply
+                    .managers
+                    .iter()
+                    .map(|m| json!({"id": m.id, "quic": m.quic, "admin": m.admin}))
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"cluster_id": reply.cluster_id, "groups": reply.groups, "managers": managers})
+                );
+            } else {
+                println!(
+                    "cluster {} formed: {} managers, {} groups",
+                    reply.cluster_id,
+                    reply.managers.len(),
+                    reply.groups
+                );
+                for m in &reply.managers {
+                    println!("  manager {} quic={} admin={}", m.id, m.quic, m.admin);
+                }
+            }
+        }
+        ClusterCommand::Members { admin, json } => {
+            let mut client = connect_admin(&admin, Duration::from_secs(10))
+                .await
+                .map_err(status)?;
+            let reply = client
+                .members(MembersRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            if json {
+                println!("{}", members_json(&reply));
+            } else {
+                print_members(&reply);
+            }
+        }
+        ClusterCommand::Add { admin, new_admin } => {
+            let mut client = connect_admin(&admin, CALL_TIMEOUT).await.map_err(status)?;
+            let reply = client
+                .add_manager(AddManagerRequest {
+                    admin: new_admin.clone(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let m = reply
+                .manager
+                .ok_or_else(|| anyhow!("the manager answered without the added member"))?;
+            println!(
+                "manager {} ({}) is now a voter in every group",
+                m.id, m.admin
+            );
+        }
+        ClusterCommand::Remove { admin, id } => {
+            let mut client = connect_admin(&admin, CALL_TIMEOUT).await.map_err(status)?;
+            client
+                .remove_manager(RemoveManagerRequest { id })
+                .await
+                .map_err(status)?;
+            println!("manager {id} removed from every group; stop its process now");
+        }
+        ClusterCommand::TransferLeader { admin, group, to } => {
+            let mut client = connect_admin(&admin, CALL_TIMEOUT).await.map_err(status)?;
+            let reply = client
+                .transfer_leader(TransferLeaderRequest { group, to })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!(
+                "group {group} is led by manager {} (term {})",
+                reply.leader, reply.term
+            );
+        }
+        ClusterCommand::Topic { admin, topic, json } => {
+            let mut client = connect_admin(&admin, Duration::from_secs(30))
+                .await
+                .map_err(status)?;
+            let reply = client
+                .topic_info(TopicInfoRequest { topic })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    json!({"topic": reply.topic, "group": reply.group, "leader": reply.leader, "gateways": reply.gateways})
+                );
+            } else {
+                println!(
+                    "topic {:?}: group {}, leader {}, gateways {:?}",
+                    reply.topic, reply.group, reply.leader, reply.gateways
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Turn a gRPC status into an error whose text is the server's own explanation.
+pub fn status(s: tonic::Status) -> anyhow::Error {
+    let message = s.message();
+    let message = if message.is_empty() {
+        format!("{:?}", s.code())
+    } else {
+        message.to_string()
+    };
+    anyhow!(message).context(format!("request failed ({:?})", s.code()))
+}
+
+/// The `cluster members --json` object (see docs/operations.md for the fields).
+pub fn members_json(reply: &MembersReply) -> serde_json::Value {
+    let managers: Vec<_> = reply
+        .managers
+        .iter()
+        .map(|m| json!({"id": m.id, "quic": m.quic, "admin": m.admin, "reachable": m.reachable}))
+        .collect();
+    let groups: Vec<_> = reply
+        .groups
+        .iter()
+        .map(|g| {
+            let replicas: Vec<_> = g
+                .replicas
+                .iter()
+                .map(|r| {
+                    json!({"id": r.id, "state": r.state, "term": r.term,
+                           "committed": r.committed, "applied": r.applied})
+                })
+                .collect();
+            json!({
+                "id": g.id,
+                "leader": if g.leader == 0 { serde_json::Value::Null } else { json!(g.leader) },
+                "term": g.term,
+                "voters": g.voters,
+                "learners": g.learners,
+                "committed": g.committed,
+                "applied": g.applied,
+                "replicas": replicas,
+            })
+        })
+        .collect();
+    json!({"cluster_id": reply.cluster_id, "managers": managers, "groups": groups})
+}
+
+fn print_members(reply: &MembersReply) {
+    println!("cluster {}", reply.cluster_id);
+    println!("{:>4}  {:<22} {:<22} reachable", "id", "quic", "admin");
+    for m in &reply.managers {
+        println!(
+            "{:>4}  {:<22} {:<22} {}",
+            m.id,
+            m.quic,
+            m.admin,
+            if m.reachable { "yes" } else { "NO" }
+        );
+    }
+    println!();
+    println!(
+        "{:>5} {:>6} {:>6} {:<12} {:<10} {:>10} {:>10}",
+        "group", "leader", "term", "voters", "learners", "committed", "applied"
+    );
+    for g in &reply.groups {
+        let leader = if g.leader == 0 {
+            "-".to_string()
+        } else {
+            g.leader.to_string()
+        };
+        println!(
+            "{:>5} {:>6} {:>6} {:<12} {:<10} {:>10} {:>10}",
+            g.id,
+            leader,
+            g.term,
+            join(&g.voters),
+            join(&g.learners),
+            g.committed,
+            g.applied
+        );
+    }
+}
+
+fn join(ids: &[u64]) -> String {
+    if ids.is_empty() {
+        return "-".into();
+    }
+    ids.iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Parse `a,b,c` into addresses, with a message naming the bad one.
+pub fn parse_addr_list(list: &str) -> anyhow::Result<Vec<std::net::SocketAddr>> {
+    list.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            s.trim()
+                .parse()
+                .with_context(|| format!("{s:?} is not an address like 127.0.0.1:6666"))
+        })
+        .collect()
+}

@@ -1,0 +1,88 @@
+//! Acceptance: `kill -9` of the leader of group 0 — every group is led by a survivor within
+//! 3 s, `members` reports the dead manager unreachable, and once restarted it catches up.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn leader_kill_fails_over_and_restart_catches_up() {
+    let mut cluster = Cluster::start_initialized(3);
+    wait_until(Duration::from_secs(10), || {
+        cluster
+            .members()
+            .is_some_and(|m| all_groups_led(&m, &[1, 2, 3], &[1, 2, 3]))
+    })
+    .unwrap_or_else(|_| panic!("not formed\n{}", cluster.dump_logs()));
+    // Some writes so that `applied` has something to catch up on.
+    let quic = cluster.quic_list();
+    cli_ok(&[
+        "bench",
+        "commits",
+        "--managers",
+        &quic,
+        "--writers",
+        "8",
+        "--duration",
+        "1",
+    ]);
+
+    let members = cluster.members().expect("members");
+    let victim = leader_of(&members, 0).expect("group 0 has a leader");
+    let survivors: Vec<u64> = (1..=3).filter(|id| *id != victim).collect();
+    cluster.manager(victim).kill();
+
+    let mut last = None;
+    let took = wait_until(Duration::from_secs(3), || {
+        let m = cluster.members();
+        let ok = m.as_ref().is_some_and(|m| {
+            all_groups_led(m, &survivors, &[1, 2, 3]) && reachable(m, victim) == Some(false)
+        });
+        last = m;
+        ok
+    });
+    assert!(
+        took.is_ok(),
+        "no failover within 3 s after killing manager {victim}: {last:#?}\n{}",
+        cluster.dump_logs()
+    );
+
+    // Writes continue on the survivors while the victim is down.
+    cli_ok(&[
+        "bench",
+        "commits",
+        "--managers",
+        &quic,
+        "--writers",
+        "8",
+        "--duration",
+        "1",
+    ]);
+
+    cluster.manager(victim).start();
+    let caught_up = wait_until(Duration::from_secs(20), || {
+        let Some(m) = cluster.members() else {
+            return false;
+        };
+        reachable(&m, victim) == Some(true)
+            && m["groups"].as_array().is_some_and(|groups| {
+                groups.iter().all(|g| {
+                    let leader_applied = g["applied"].as_u64();
+                    g["replicas"].as_array().is_some_and(|rs| {
+                        rs.iter().any(|r| {
+                            r["id"].as_u64() == Some(victim)
+                                && r["applied"].as_u64() == leader_applied
+                        })
+                    })
+                })
+            })
+    });
+    assert!(
+        caught_up.is_ok(),
+        "restarted manager {victim} did not catch up: {:#?}\n{}",
+        cluster.members(),
+        cluster.dump_logs()
+    );
+}

@@ -1,0 +1,272 @@
+//! Shared fixture of the binary-level tests: real `firetower manager` processes on loopback,
+//! each with its own ports and data directory, driven with the CLI as an operator would.
+
+#![allow(dead_code)]
+
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_firetower")
+}
+
+/// Run the CLI to completion.
+pub fn cli(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env("FIRETOWER_LOG", "warn")
+        .output()
+        .expect("the firetower binary runs")
+}
+
+/// Run the CLI and return stdout, panicking with stderr when it fails.
+pub fn cli_ok(args: &[&str]) -> String {
+    let out = cli(args);
+    assert!(
+        out.status.success(),
+        "firetower {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A free loopback TCP port.
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a loopback port")
+        .port()
+}
+
+/// A free loopback UDP port.
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a loopback port")
+        .port()
+}
+
+/// One manager process.
+pub struct ManagerProc {
+    pub id: u64,
+    pub quic: String,
+    pub admin: String,
+    pub data_dir: PathBuf,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl ManagerProc {
+    pub fn new(id: u64, root: &Path) -> Self {
+        let data_dir = root.join(format!("m{id}"));
+        ManagerProc {
+            id,
+            quic: format!("127.0.0.1:{}", free_udp_port()),
+            admin: format!("127.0.0.1:{}", free_tcp_port()),
+            log: root.join(format!("m{id}.log")),
+            data_dir,
+            child: None,
+        }
+    }
+
+    /// Start the process (again); waits until its admin port answers.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "manager {} already running", self.id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open log file");
+        let child = Command::new(bin())
+            .args([
+                "manager",
+                "--id",
+                &self.id.to_string(),
+                "--quic",
+                &self.quic,
+                "--admin",
+                &self.admin,
+                "--data-dir",
+                self.data_dir.to_str().expect("utf-8 path"),
+            ])
+            .env("FIRETOWER_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn manager");
+        self.child = Some(child);
+        wait_until(Duration::from_secs(20), || {
+            std::net::TcpStream::connect(&self.admin).is_ok()
+        })
+        .unwrap_or_else(|_| {
+            panic!(
+                "manager {} admin port never opened; log:\n{}",
+                self.id,
+                self.log_text()
+            )
+        });
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ManagerProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A set of managers under one temporary directory.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub managers: Vec<ManagerProc>,
+}
+
+impl Cluster {
+    /// Start `n` managers (ids 1..=n); not yet initialized.
+    pub fn start(n: u64) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut managers: Vec<ManagerProc> =
+            (1..=n).map(|id| ManagerProc::new(id, dir.path())).collect();
+        for m in &mut managers {
+            m.start();
+        }
+        Cluster { dir, managers }
+    }
+
+    /// Start `n` managers and `cluster init` them.
+    pub fn start_initialized(n: u64) -> Self {
+        let c = Cluster::start(n);
+        c.init();
+        c
+    }
+
+    pub fn init(&self) {
+        let mut args = vec!["cluster", "init", "--admin", &self.managers[0].admin];
+        for m in &self.managers[1..] {
+            args.push("--member");
+            args.push(&m.admin);
+        }
+        cli_ok(&args);
+    }
+
+    pub fn manager(&mut self, id: u64) -> &mut ManagerProc {
+        self.managers
+            .iter_mut()
+            .find(|m| m.id == id)
+            .expect("manager id exists")
+    }
+
+    /// Add a manager process (started, not joined).
+    pub fn spawn_extra(&mut self, id: u64) -> &mut ManagerProc {
+        let mut m = ManagerProc::new(id, self.dir.path());
+        m.start();
+        self.managers.push(m);
+        self.managers.last_mut().expect("just pushed")
+    }
+
+    /// Admin address of a running manager.
+    pub fn any_admin(&self) -> String {
+        self.managers
+            .iter()
+            .find(|m| m.child.is_some())
+            .expect("a running manager")
+            .admin
+            .clone()
+    }
+
+    /// QUIC addresses of every manager, comma separated.
+    pub fn quic_list(&self) -> String {
+        self.managers
+            .iter()
+            .map(|m| m.quic.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// `cluster members --json` through a running manager, or None if the call failed.
+    pub fn members(&self) -> Option<Value> {
+        let out = cli(&["cluster", "members", "--admin", &self.any_admin(), "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    pub fn dump_logs(&self) -> String {
+        self.managers
+            .iter()
+            .map(|m| format!("---- manager {} ----\n{}", m.id, tail(&m.log_text(), 60)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Poll `f` until it is true or the timeout passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Result<Duration, ()> {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            return Err(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every group has a leader among `allowed`, and voters equal `voters`.
+pub fn all_groups_led(members: &Value, allowed: &[u64], voters: &[u64]) -> bool {
+    let Some(groups) = members["groups"].as_array() else {
+        return false;
+    };
+    !groups.is_empty()
+        && groups.iter().all(|g| {
+            let leader = g["leader"].as_u64();
+            let v: Vec<u64> = g["voters"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
+                .unwrap_or_default();
+            leader.is_some_and(|l| allowed.contains(&l)) && v == voters
+        })
+}
+
+/// The leader of a group in a members object.
+pub fn leader_of(members: &Value, group: u64) -> Option<u64> {
+    members["groups"]
+        .as_array()?
+        .iter()
+        .find(|g| g["id"].as_u64() == Some(group))?["leader"]
+        .as_u64()
+}
+
+/// Reachability of a manager in a members object.
+pub fn reachable(members: &Value, id: u64) -> Option<bool> {
+    members["managers"]
+        .as_array()?
+        .iter()
+        .find(|m| m["id"].as_u64() == Some(id))?["reachable"]
+        .as_bool()
+}

@@ -116,6 +116,23 @@ fn bad_operator_input_is_refused_clearly() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("belongs to cluster"), "{err}");
 
+    // A second process on a running manager's own directory.
+    let own_dir = cluster.managers[0].data_dir.clone();
+    let out = cli(&[
+        "manager",
+        "--id",
+        "1",
+        "--quic",
+        &format!("127.0.0.1:{}", free_udp_port()),
+        "--admin",
+        &format!("127.0.0.1:{}", free_tcp_port()),
+        "--data-dir",
+        own_dir.to_str().expect("utf-8"),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("in use by another running manager"), "{err}");
+
     // Adding a manager of another cluster is refused.
     let mut other = Cluster::start_initialized(1);
     let foreign = other.managers[0].admin.clone();

@@ -13,7 +13,7 @@ use firetower_proto::admin::admin_server::{Admin, AdminServer};
 use firetower_proto::admin::change_group_request::Change;
 use firetower_proto::admin::*;
 use firetower_raft::{group_of, GroupId, ManagerNode};
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
@@ -229,6 +229,14 @@ impl AdminService {
                     leader_admin: f.leader_node.map(|n| n.admin).unwrap_or_default(),
                 })
             }
+            // The previous step's membership entry is not committed yet: try again shortly.
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(_),
+            ))) => Ok(ChangeGroupReply {
+                done: false,
+                leader: self.manager.id(),
+                leader_admin: self.manager.node().admin.clone(),
+            }),
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 Err(Status::failed_precondition(format!(
                     "group {group}: membership change refused: {e}"

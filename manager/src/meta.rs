@@ -93,7 +93,11 @@ fn dir_has_foreign_files(dir: &Path) -> Result<bool, StartError> {
     })?;
     Ok(entries
         .flatten()
-        .any(|e| !e.file_name().to_string_lossy().starts_with('.')))
+        .any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            !name.starts_with('.') && name != "LOCK"
+        }))
 }
 
 /// Write the identity atomically.

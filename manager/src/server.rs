@@ -40,6 +40,8 @@ pub struct Manager {
 }
 
 struct Inner {
+    /// Held for the life of the process: one manager per data directory.
+    _lock: std::fs::File,
     config: ManagerConfig,
     node: ManagerNode,
     meta: std::sync::Mutex<NodeMeta>,
@@ -81,14 +83,15 @@ impl Manager {
                 )));
             }
         }
+        let lock = lock_data_dir(&config.data_dir)?;
+        let state = StateStore::open(&config.data_dir)?;
         let wal = Wal::open(
-            &config.data_dir.join("wal"),
+            &config.data_dir,
             WalOptions {
                 fsync: config.raft.fsync,
                 ..WalOptions::default()
             },
         )?;
-        let state = StateStore::open(&config.data_dir.join("state"))?;
         let endpoint =
             firetower_raft::make_endpoint(config.quic).map_err(|e| StartError::Bind {
                 addr: config.quic,
@@ -101,6 +104,7 @@ impl Manager {
         let (cluster_id, _) = watch::channel(meta.cluster_id.clone());
         let manager = Manager {
             inner: Arc::new(Inner {
+                _lock: lock,
                 node,
                 meta: std::sync::Mutex::new(meta.clone()),
                 wal,
@@ -442,6 +446,30 @@ impl Manager {
             .endpoint
             .local_addr()
             .unwrap_or(self.inner.config.quic)
+    }
+}
+
+/// Take an exclusive lock on `DATA/LOCK`, so that a second process on the same directory
+/// stops before it touches the log (it would otherwise "repair" a tail still being written).
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, StartError> {
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StartError::DataDir {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::WrongDataDir(format!(
+            "data directory {} is in use by another running manager; each manager needs its \
+             own directory",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(source)) => Err(StartError::DataDir { path, source }),
     }
 }
 

@@ -13,13 +13,25 @@
 //! [`StateStore::state_machine`]; [`StateMachine::reader`] gives a cheap read handle on the
 //! subscription table for the server.
 //!
+//! Both open the manager's data directory: the log lives in `<dir>/wal/`, the state machine
+//! in `<dir>/sled/` and `<dir>/snapshots/g{N}/`.
+//!
 //! The log and vote are on disk before openraft is told they are. The sled state machine may
 //! lag after a crash; it is rebuilt from the last snapshot and the log. This crate knows nothing
 //! about networking or the number of groups.
 
+mod error;
+mod log_store;
+mod snapshot;
+mod state_machine;
 mod types;
+mod wal;
 
-pub use types::{Command, GatewayId, ManagerId, ManagerNode, Response};
+pub use error::{StoreError, WalError};
+pub use log_store::LogStore;
+pub use state_machine::{SnapshotBuilder, StateMachine, StateStore, TableReader};
+pub use types::{Command, GatewayId, ManagerId, ManagerNode, Response, Session};
+pub use wal::{Wal, WalOptions};
 
 /// The openraft type configurations this store works with: the server's own
 /// `firetower_raft::TypeConfig`, or a test configuration with the same associated types.

@@ -35,7 +35,11 @@ pub enum Command {
     Unsubscribe { topic: String, gateway: GatewayId },
     /// `gateway` opened a session with this epoch (a restart gets a higher epoch).
     /// `lease_ms` is how long the session lives without a heartbeat.
-    OpenSession { gateway: GatewayId, epoch: u64, lease_ms: u64 },
+    OpenSession {
+        gateway: GatewayId,
+        epoch: u64,
+        lease_ms: u64,
+    },
     /// The leader saw no heartbeat from `gateway` (session `epoch`) within its lease: the session
     /// and every subscription of that gateway in this group are removed. A stale epoch is a no-op.
     ExpireSession { gateway: GatewayId, epoch: u64 },
@@ -55,4 +59,13 @@ pub enum Response {
     Applied { changed: bool },
     /// The command was refused (for example a blacklisted gateway); the state did not change.
     Refused { reason: String },
+}
+
+/// A gateway's session as stored in the table: the epoch it opened with and its lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// The session epoch (grows with each restart of the gateway).
+    pub epoch: u64,
+    /// How long the session lives without a heartbeat, in milliseconds.
+    pub lease_ms: u64,
 }

@@ -1,0 +1,929 @@
+//! The replicated subscription table of each group, in sled, and openraft's state machine.
+//!
+//! ```text
+//!   sled::Db (one per manager, <data-dir>/sled)
+//!     g{N}.subs        topic ++ 0x00 ++ gateway(u64 BE)  -> ()      who wants a topic
+//!     g{N}.by_gateway  gateway(u64 BE) ++ topic          -> ()      what a gateway wants
+//!     g{N}.topics      topic                             -> count   subscribers per topic
+//!     g{N}.sessions    gateway(u64 BE)                   -> Session
+//!     g{N}.blacklist   gateway(u64 BE)                   -> ()
+//!     g{N}.meta        key                               -> value
+//!     g{N}.sm          last_applied, membership, topic_count
+//! ```
+//!
+//! A batch of entries is computed against an overlay of pending writes (so an entry sees the
+//! effects of earlier ones in the same batch), then committed as one sled transaction over
+//! all the group's trees, `last_applied` included: the table never shows half a batch after
+//! a crash. sled is not synced per apply; after a crash it may lag, and openraft re-applies
+//! from the log (or the snapshot when the log was already purged).
+//!
+//! `topic ++ 0x00` is not a unique prefix when topics contain NUL bytes; lookups therefore
+//! also check the key length, which makes them exact.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Cursor;
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError,
+    StoredMembership,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+use crate::error::StoreError;
+use crate::snapshot::{Meta, SnapshotSlot, TableSnapshot};
+use crate::types::{Command, GatewayId, ManagerId, ManagerNode, Response, Session};
+use crate::StoreTypeConfig;
+
+const LAST_APPLIED: &[u8] = b"last_applied";
+const MEMBERSHIP: &[u8] = b"membership";
+const TOPIC_COUNT: &[u8] = b"topic_count";
+
+type Membership = StoredMembership<ManagerId, ManagerNode>;
+
+/// The state machine database of one manager: one sled database for all groups, and their
+/// snapshot files. Cheap to clone.
+#[derive(Clone)]
+pub struct StateStore {
+    db: sled::Db,
+    snapshot_root: PathBuf,
+}
+
+impl fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateStore")
+            .field("snapshot_root", &self.snapshot_root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StateStore {
+    /// Opens (or creates) the database in `dir/sled` and snapshots under `dir/snapshots`.
+    pub fn open(dir: &Path) -> Result<StateStore, StoreError> {
+        let db = sled::open(dir.join("sled"))?;
+        let snapshot_root = dir.join("snapshots");
+        std::fs::create_dir_all(&snapshot_root).map_err(|source| StoreError::Io {
+            path: snapshot_root.clone(),
+            source,
+        })?;
+        Ok(StateStore { db, snapshot_root })
+    }
+
+    /// The state machine of `group`. If the latest snapshot is newer than what sled holds
+    /// (sled lost writes in a crash after the log was purged), the table is restored from it.
+    pub fn state_machine<C: StoreTypeConfig>(
+        &self,
+        group: u32,
+    ) -> Result<StateMachine<C>, StoreError> {
+        let trees = GroupTrees::open(&self.db, group)?;
+        let (slot, snapshot) = SnapshotSlot::open(self.snapshot_root.join(format!("g{group}")))?;
+        let (mut last_applied, mut membership) = trees.applied_state()?;
+        if let Some((meta, data)) = snapshot {
+            if meta.last_log_id > last_applied {
+                tracing::warn!(
+                    group,
+                    snapshot = ?meta.last_log_id,
+                    sled = ?last_applied,
+                    "state machine is behind its snapshot; restoring the snapshot"
+                );
+                trees.restore(&TableSnapshot::decode(&data)?, &meta)?;
+                last_applied = meta.last_log_id;
+                membership = meta.last_membership;
+            }
+        }
+        Ok(StateMachine {
+            group,
+            trees,
+            slot: Arc::new(slot),
+            last_applied,
+            membership,
+            _config: PhantomData,
+        })
+    }
+
+    /// Flushes sled to disk. Not needed for safety (the log is durable); useful before a
+    /// planned shutdown to shorten the next startup.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+/// openraft's state machine for one group: applies entries to the group's table and makes and
+/// installs snapshots.
+pub struct StateMachine<C: StoreTypeConfig> {
+    group: u32,
+    trees: GroupTrees,
+    slot: Arc<SnapshotSlot>,
+    last_applied: Option<LogId<ManagerId>>,
+    membership: Membership,
+    _config: PhantomData<fn() -> C>,
+}
+
+impl<C: StoreTypeConfig> fmt::Debug for StateMachine<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateMachine")
+            .field("group", &self.group)
+            .field("last_applied", &self.last_applied)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: StoreTypeConfig> StateMachine<C> {
+    /// A read handle on this group's applied table.
+    pub fn reader(&self) -> TableReader {
+        TableReader {
+            trees: self.trees.clone(),
+        }
+    }
+
+    /// The group of this state machine.
+    pub fn group(&self) -> u32 {
+        self.group
+    }
+
+    fn apply_batch(
+        &mut self,
+        entries: impl IntoIterator<Item = openraft::Entry<C>>,
+    ) -> Result<Vec<Response>, StoreError> {
+        let mut tx = Overlay::new(&self.trees);
+        let mut responses = Vec::new();
+        let mut last_applied = self.last_applied;
+        let mut membership = self.membership.clone();
+        for entry in entries {
+            last_applied = Some(entry.log_id);
+            let response = match entry.payload {
+                EntryPayload::Blank => Response::None,
+                EntryPayload::Normal(command) => apply_command(&mut tx, &command)?,
+                EntryPayload::Membership(m) => {
+                    membership = StoredMembership::new(Some(entry.log_id), m);
+                    Response::None
+                }
+            };
+            responses.push(response);
+        }
+        if responses.is_empty() {
+            return Ok(responses);
+        }
+        tx.put(Tree::Sm, LAST_APPLIED.to_vec(), encode(&last_applied)?);
+        tx.put(Tree::Sm, MEMBERSHIP.to_vec(), encode(&membership)?);
+        tx.commit()?;
+        self.last_applied = last_applied;
+        self.membership = membership;
+        Ok(responses)
+    }
+}
+
+fn write_sm(e: StoreError) -> StorageError<ManagerId> {
+    StorageIOError::write_state_machine(AnyError::new(&e)).into()
+}
+
+fn read_snapshot_err(e: StoreError) -> StorageError<ManagerId> {
+    StorageIOError::read_snapshot(None, AnyError::new(&e)).into()
+}
+
+fn write_snapshot_err(e: StoreError) -> StorageError<ManagerId> {
+    StorageIOError::write_snapshot(None, AnyError::new(&e)).into()
+}
+
+/// Runs blocking file work (snapshot writes with fsync) off the async worker threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(StoreError::Io {
+            path: PathBuf::new(),
+            source: std::io::Error::other(format!("snapshot task failed: {e}")),
+        })
+    })
+}
+
+impl<C: StoreTypeConfig> RaftStateMachine<C> for StateMachine<C> {
+    type SnapshotBuilder = SnapshotBuilder<C>;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<ManagerId>>, Membership), StorageError<ManagerId>> {
+        Ok((self.last_applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<ManagerId>>
+    where
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        self.apply_batch(entries).map_err(write_sm)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // The table is read now, between two applies, because openraft runs the builder
+        // concurrently with later applies and sled has no point-in-time views.
+        SnapshotBuilder {
+            group: self.group,
+            table: self.trees.export(),
+            last_applied: self.last_applied,
+            membership: self.membership.clone(),
+            slot: Arc::clone(&self.slot),
+            _config: PhantomData,
+        }
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<ManagerId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<ManagerId>> {
+        let data = snapshot.into_inner();
+        let table = TableSnapshot::decode(&data).map_err(write_snapshot_err)?;
+        // The file first: if we crash while replacing the trees, the next open sees a
+        // snapshot newer than sled and restores it.
+        let slot = Arc::clone(&self.slot);
+        let file_meta = meta.clone();
+        blocking(move || slot.replace(&file_meta, &data))
+            .await
+            .map_err(write_snapshot_err)?;
+        self.trees
+            .restore(&table, meta)
+            .map_err(write_snapshot_err)?;
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<C>>, StorageError<ManagerId>> {
+        let slot = Arc::clone(&self.slot);
+        let current = blocking(move || slot.read())
+            .await
+            .map_err(read_snapshot_err)?;
+        Ok(current.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
+
+/// Builds a snapshot from a copy of the table taken by `get_snapshot_builder`.
+pub struct SnapshotBuilder<C: StoreTypeConfig> {
+    group: u32,
+    table: Result<TableSnapshot, StoreError>,
+    last_applied: Option<LogId<ManagerId>>,
+    membership: Membership,
+    slot: Arc<SnapshotSlot>,
+    _config: PhantomData<fn() -> C>,
+}
+
+impl<C: StoreTypeConfig> fmt::Debug for SnapshotBuilder<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SnapshotBuilder")
+            .field("group", &self.group)
+            .field("last_applied", &self.last_applied)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: StoreTypeConfig> RaftSnapshotBuilder<C> for SnapshotBuilder<C> {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<C>, StorageError<ManagerId>> {
+        let data = match &self.table {
+            Ok(table) => table.encode().map_err(write_snapshot_err)?,
+            Err(e) => return Err(StorageIOError::write_snapshot(None, AnyError::new(e)).into()),
+        };
+        let unique = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let at = self
+            .last_applied
+            .map(|l| format!("{}-{}", l.leader_id, l.index))
+            .unwrap_or_else(|| "empty".into());
+        let meta = Meta {
+            last_log_id: self.last_applied,
+            last_membership: self.membership.clone(),
+            snapshot_id: format!("g{}-{at}-{unique}", self.group),
+        };
+        let slot = Arc::clone(&self.slot);
+        let (file_meta, file_data) = (meta.clone(), data.clone());
+        let written = blocking(move || slot.replace(&file_meta, &file_data))
+            .await
+            .map_err(write_snapshot_err)?;
+        if !written {
+            tracing::info!(
+                group = self.group,
+                "a newer snapshot was installed meanwhile; keeping it"
+            );
+        }
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+/// A cheap, cloneable read handle on one group's applied table. Reads go straight to sled;
+/// no Raft is involved, so they may be slightly behind the leader's commits.
+#[derive(Clone)]
+pub struct TableReader {
+    trees: GroupTrees,
+}
+
+impl fmt::Debug for TableReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TableReader")
+            .field("group", &self.trees.group)
+            .finish()
+    }
+}
+
+impl TableReader {
+    /// The gateways subscribed to `topic`, sorted.
+    pub fn gateways(&self, topic: &str) -> Result<Vec<GatewayId>, StoreError> {
+        let prefix = topic_prefix(topic.as_bytes());
+        let mut out = Vec::new();
+        for item in self.trees.subs.scan_prefix(&prefix) {
+            let (key, _) = item?;
+            if let Some(gateway) = subscriber_of(&key, prefix.len()) {
+                out.push(gateway);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The topics `gateway` is subscribed to, sorted.
+    pub fn topics_of(&self, gateway: GatewayId) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.trees.by_gateway.scan_prefix(gateway.to_be_bytes()) {
+            let (key, _) = item?;
+            out.push(utf8(&key[8..], &self.trees.name(Tree::ByGateway))?);
+        }
+        Ok(out)
+    }
+
+    /// The session of `gateway`, if open.
+    pub fn session(&self, gateway: GatewayId) -> Result<Option<Session>, StoreError> {
+        match self.trees.sessions.get(gateway.to_be_bytes())? {
+            Some(v) => Ok(Some(decode(&v, &self.trees.name(Tree::Sessions))?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every open session, by gateway.
+    pub fn sessions(&self) -> Result<Vec<(GatewayId, Session)>, StoreError> {
+        let tree = self.trees.name(Tree::Sessions);
+        let mut out = Vec::new();
+        for item in self.trees.sessions.iter() {
+            let (key, value) = item?;
+            out.push((gateway_of(&key, &tree)?, decode(&value, &tree)?));
+        }
+        Ok(out)
+    }
+
+    /// Whether `gateway` is blacklisted.
+    pub fn is_blacklisted(&self, gateway: GatewayId) -> Result<bool, StoreError> {
+        Ok(self.trees.blacklist.contains_key(gateway.to_be_bytes())?)
+    }
+
+    /// The metadata value under `key`.
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.trees.meta.get(key.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// The number of topics with at least one subscriber.
+    pub fn topic_count(&self) -> Result<u64, StoreError> {
+        match self.trees.sm.get(TOPIC_COUNT)? {
+            Some(v) => count_of(&v, &self.trees.name(Tree::Sm)),
+            None => Ok(0),
+        }
+    }
+}
+
+/// The trees of one group, in a fixed order (see [`Tree`]).
+#[derive(Clone)]
+struct GroupTrees {
+    group: u32,
+    subs: sled::Tree,
+    by_gateway: sled::Tree,
+    topics: sled::Tree,
+    sessions: sled::Tree,
+    blacklist: sled::Tree,
+    meta: sled::Tree,
+    sm: sled::Tree,
+}
+
+/// Names a tree of [`GroupTrees`]; the discriminant indexes [`Overlay::writes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tree {
+    Subs = 0,
+    ByGateway = 1,
+    Topics = 2,
+    Sessions = 3,
+    Blacklist = 4,
+    Meta = 5,
+    Sm = 6,
+}
+
+const TREE_COUNT: usize = 7;
+
+impl Tree {
+    const ALL: [Tree; TREE_COUNT] = [
+        Tree::Subs,
+        Tree::ByGateway,
+        Tree::Topics,
+        Tree::Sessions,
+        Tree::Blacklist,
+        Tree::Meta,
+        Tree::Sm,
+    ];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Tree::Subs => "subs",
+            Tree::ByGateway => "by_gateway",
+            Tree::Topics => "topics",
+            Tree::Sessions => "sessions",
+            Tree::Blacklist => "blacklist",
+            Tree::Meta => "meta",
+            Tree::Sm => "sm",
+        }
+    }
+}
+
+impl GroupTrees {
+    fn open(db: &sled::Db, group: u32) -> Result<GroupTrees, StoreError> {
+        let open = |t: Tree| db.open_tree(format!("g{group}.{}", t.suffix()));
+        Ok(GroupTrees {
+            group,
+            subs: open(Tree::Subs)?,
+            by_gateway: open(Tree::ByGateway)?,
+            topics: open(Tree::Topics)?,
+            sessions: open(Tree::Sessions)?,
+            blacklist: open(Tree::Blacklist)?,
+            meta: open(Tree::Meta)?,
+            sm: open(Tree::Sm)?,
+        })
+    }
+
+    fn tree(&self, t: Tree) -> &sled::Tree {
+        match t {
+            Tree::Subs => &self.subs,
+            Tree::ByGateway => &self.by_gateway,
+            Tree::Topics => &self.topics,
+            Tree::Sessions => &self.sessions,
+            Tree::Blacklist => &self.blacklist,
+            Tree::Meta => &self.meta,
+            Tree::Sm => &self.sm,
+        }
+    }
+
+    fn name(&self, t: Tree) -> String {
+        format!("g{}.{}", self.group, t.suffix())
+    }
+
+    fn applied_state(&self) -> Result<(Option<LogId<ManagerId>>, Membership), StoreError> {
+        let name = self.name(Tree::Sm);
+        let last_applied = match self.sm.get(LAST_APPLIED)? {
+            Some(v) => decode(&v, &name)?,
+            None => None,
+        };
+        let membership = match self.sm.get(MEMBERSHIP)? {
+            Some(v) => decode(&v, &name)?,
+            None => Membership::default(),
+        };
+        Ok((last_applied, membership))
+    }
+
+    /// Copies the whole table out.
+    fn export(&self) -> Result<TableSnapshot, StoreError> {
+        let mut table = TableSnapshot::default();
+        let subs_name = self.name(Tree::Subs);
+        for item in self.subs.iter() {
+            let (key, _) = item?;
+            let Some(split) = key.len().checked_sub(9) else {
+                return Err(StoreError::CorruptValue {
+                    tree: subs_name,
+                    detail: "key too short".into(),
+                });
+            };
+            let topic = utf8(&key[..split], &subs_name)?;
+            let gateway = gateway_of(&key[split + 1..], &subs_name)?;
+            match table.subscriptions.last_mut() {
+                Some((last, gateways)) if *last == topic => gateways.push(gateway),
+                _ => table.subscriptions.push((topic, vec![gateway])),
+            }
+        }
+        let sessions_name = self.name(Tree::Sessions);
+        for item in self.sessions.iter() {
+            let (key, value) = item?;
+            table.sessions.push((
+                gateway_of(&key, &sessions_name)?,
+                decode(&value, &sessions_name)?,
+            ));
+        }
+        let blacklist_name = self.name(Tree::Blacklist);
+        for item in self.blacklist.iter() {
+            let (key, _) = item?;
+            table.blacklist.push(gateway_of(&key, &blacklist_name)?);
+        }
+        let meta_name = self.name(Tree::Meta);
+        for item in self.meta.iter() {
+            let (key, value) = item?;
+            table.meta.push((utf8(&key, &meta_name)?, value.to_vec()));
+        }
+        Ok(table)
+    }
+
+    /// Replaces the whole table with `table` as of `meta`. `sm` is written last, so a crash
+    /// half-way leaves `last_applied` older than the snapshot and the next open restores again.
+    fn restore(&self, table: &TableSnapshot, meta: &Meta) -> Result<(), StoreError> {
+        for t in Tree::ALL {
+            self.tree(t).clear()?;
+        }
+        let mut subs = sled::Batch::default();
+        let mut by_gateway = sled::Batch::default();
+        let mut topics = sled::Batch::default();
+        let mut topic_count = 0u64;
+        for (topic, gateways) in &table.subscriptions {
+            for gateway in gateways {
+                subs.insert(sub_key(topic.as_bytes(), *gateway), &[]);
+                by_gateway.insert(gateway_key(*gateway, topic.as_bytes()), &[]);
+            }
+            if !gateways.is_empty() {
+                topics.insert(topic.as_bytes(), &(gateways.len() as u64).to_be_bytes());
+                topic_count += 1;
+            }
+        }
+        let mut sessions = sled::Batch::default();
+        for (gateway, session) in &table.sessions {
+            sessions.insert(&gateway.to_be_bytes(), encode(session)?);
+        }
+        let mut blacklist = sled::Batch::default();
+        for gateway in &table.blacklist {
+            blacklist.insert(&gateway.to_be_bytes(), &[]);
+        }
+        let mut meta_batch = sled::Batch::default();
+        for (key, value) in &table.meta {
+            meta_batch.insert(key.as_bytes(), value.as_slice());
+        }
+        self.subs.apply_batch(subs)?;
+        self.by_gateway.apply_batch(by_gateway)?;
+        self.topics.apply_batch(topics)?;
+        self.sessions.apply_batch(sessions)?;
+        self.blacklist.apply_batch(blacklist)?;
+        self.meta.apply_batch(meta_batch)?;
+        let mut sm = sled::Batch::default();
+        sm.insert(TOPIC_COUNT, &topic_count.to_be_bytes());
+        sm.insert(LAST_APPLIED, encode(&meta.last_log_id)?);
+        sm.insert(MEMBERSHIP, encode(&meta.last_membership)?);
+        self.sm.apply_batch(sm)?;
+        Ok(())
+    }
+}
+
+/// Writes pending for one batch of entries, read through before sled.
+struct Overlay<'t> {
+    trees: &'t GroupTrees,
+    /// Per tree: key -> new value (`None` = removed).
+    writes: [BTreeMap<Vec<u8>, Option<Vec<u8>>>; TREE_COUNT],
+}
+
+impl<'t> Overlay<'t> {
+    fn new(trees: &'t GroupTrees) -> Overlay<'t> {
+        Overlay {
+            trees,
+            writes: Default::default(),
+        }
+    }
+
+    fn get(&self, t: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.writes[t as usize].get(key) {
+            Some(pending) => Ok(pending.clone()),
+            None => Ok(self.trees.tree(t).get(key)?.map(|v| v.to_vec())),
+        }
+    }
+
+    fn contains(&self, t: Tree, key: &[u8]) -> Result<bool, StoreError> {
+        match self.writes[t as usize].get(key) {
+            Some(pending) => Ok(pending.is_some()),
+            None => Ok(self.trees.tree(t).contains_key(key)?),
+        }
+    }
+
+    fn put(&mut self, t: Tree, key: Vec<u8>, value: Vec<u8>) {
+        self.writes[t as usize].insert(key, Some(value));
+    }
+
+    fn remove(&mut self, t: Tree, key: Vec<u8>) {
+        self.writes[t as usize].insert(key, None);
+    }
+
+    /// Keys starting with `prefix` as the batch so far sees them, sorted.
+    fn keys_with_prefix(&self, t: Tree, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+        let pending = &self.writes[t as usize];
+        let mut keys = std::collections::BTreeSet::new();
+        for item in self.trees.tree(t).scan_prefix(prefix) {
+            let (key, _) = item?;
+            if !pending.contains_key(key.as_ref()) {
+                keys.insert(key.to_vec());
+            }
+        }
+        for (key, value) in pending.range(prefix.to_vec()..) {
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if value.is_some() {
+                keys.insert(key.clone());
+            }
+        }
+        Ok(keys.into_iter().collect())
+    }
+
+    /// Writes everything in one transaction over all the group's trees.
+    fn commit(self) -> Result<(), StoreError> {
+        let t = self.trees;
+        let writes = &self.writes;
+        let result = (
+            &t.subs,
+            &t.by_gateway,
+            &t.topics,
+            &t.sessions,
+            &t.blacklist,
+            &t.meta,
+            &t.sm,
+        )
+            .transaction(
+                |(subs, by_gateway, topics, sessions, blacklist, meta, sm)| {
+                    let txs = [subs, by_gateway, topics, sessions, blacklist, meta, sm];
+                    for (tx, pending) in txs.iter().zip(writes.iter()) {
+                        for (key, value) in pending {
+                            match value {
+                                Some(v) => drop(tx.insert(key.as_slice(), v.as_slice())?),
+                                None => drop(tx.remove(key.as_slice())?),
+                            }
+                        }
+                    }
+                    Ok::<(), ConflictableTransactionError<()>>(())
+                },
+            );
+        match result {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
+            // The closure never aborts.
+            Err(TransactionError::Abort(())) => Ok(()),
+        }
+    }
+}
+
+/// Applies one command. Pure table logic: every outcome is documented on [`Command`].
+fn apply_command(tx: &mut Overlay<'_>, command: &Command) -> Result<Response, StoreError> {
+    let applied = |changed| Ok(Response::Applied { changed });
+    let blacklisted = |gateway: GatewayId| Response::Refused {
+        reason: format!("gateway {gateway} is blacklisted"),
+    };
+    match command {
+        Command::Subscribe { topic, gateway } => {
+            if tx.contains(Tree::Blacklist, &gateway.to_be_bytes())? {
+                return Ok(blacklisted(*gateway));
+            }
+            let key = sub_key(topic.as_bytes(), *gateway);
+            if tx.contains(Tree::Subs, &key)? {
+                return applied(false);
+            }
+            tx.put(Tree::Subs, key, Vec::new());
+            tx.put(
+                Tree::ByGateway,
+                gateway_key(*gateway, topic.as_bytes()),
+                Vec::new(),
+            );
+            add_subscriber(tx, topic.as_bytes(), 1)?;
+            applied(true)
+        }
+        Command::Unsubscribe { topic, gateway } => {
+            if tx.contains(Tree::Blacklist, &gateway.to_be_bytes())? {
+                return Ok(blacklisted(*gateway));
+            }
+            applied(remove_subscription(tx, topic.as_bytes(), *gateway)?)
+        }
+        Command::OpenSession {
+            gateway,
+            epoch,
+            lease_ms,
+        } => {
+            if tx.contains(Tree::Blacklist, &gateway.to_be_bytes())? {
+                return Ok(blacklisted(*gateway));
+            }
+            let key = gateway.to_be_bytes().to_vec();
+            let stored: Option<Session> = match tx.get(Tree::Sessions, &key)? {
+                Some(v) => Some(decode(&v, &tx.trees.name(Tree::Sessions))?),
+                None => None,
+            };
+            if let Some(stored) = stored {
+                if stored.epoch > *epoch {
+                    return Ok(Response::Refused {
+                        reason: format!(
+                            "session epoch {epoch} of gateway {gateway} is older than its current epoch {}",
+                            stored.epoch
+                        ),
+                    });
+                }
+            }
+            let session = Session {
+                epoch: *epoch,
+                lease_ms: *lease_ms,
+            };
+            if stored == Some(session) {
+                return applied(false);
+            }
+            tx.put(Tree::Sessions, key, encode(&session)?);
+            applied(true)
+        }
+        Command::ExpireSession { gateway, epoch } => {
+            let key = gateway.to_be_bytes().to_vec();
+            let stored: Option<Session> = match tx.get(Tree::Sessions, &key)? {
+                Some(v) => Some(decode(&v, &tx.trees.name(Tree::Sessions))?),
+                None => None,
+            };
+            if stored.is_none_or(|s| s.epoch != *epoch) {
+                return applied(false);
+            }
+            tx.remove(Tree::Sessions, key);
+            for key in tx.keys_with_prefix(Tree::ByGateway, &gateway.to_be_bytes())? {
+                remove_subscription(tx, &key[8..], *gateway)?;
+            }
+            applied(true)
+        }
+        Command::Blacklist { gateway, blocked } => {
+            let key = gateway.to_be_bytes().to_vec();
+            let was = tx.contains(Tree::Blacklist, &key)?;
+            if *blocked {
+                tx.put(Tree::Blacklist, key, Vec::new());
+            } else {
+                tx.remove(Tree::Blacklist, key);
+            }
+            applied(was != *blocked)
+        }
+        Command::SetMeta { key, value } => {
+            let old = tx.get(Tree::Meta, key.as_bytes())?;
+            if value.is_empty() {
+                tx.remove(Tree::Meta, key.as_bytes().to_vec());
+                applied(old.is_some())
+            } else {
+                let changed = old.as_ref() != Some(value);
+                tx.put(Tree::Meta, key.as_bytes().to_vec(), value.clone());
+                applied(changed)
+            }
+        }
+    }
+}
+
+/// Removes one subscription; false when it did not exist.
+fn remove_subscription(
+    tx: &mut Overlay<'_>,
+    topic: &[u8],
+    gateway: GatewayId,
+) -> Result<bool, StoreError> {
+    let key = sub_key(topic, gateway);
+    if !tx.contains(Tree::Subs, &key)? {
+        return Ok(false);
+    }
+    tx.remove(Tree::Subs, key);
+    tx.remove(Tree::ByGateway, gateway_key(gateway, topic));
+    add_subscriber(tx, topic, -1)?;
+    Ok(true)
+}
+
+/// Adjusts a topic's subscriber count by `delta` (±1), keeping `topic_count` in step.
+fn add_subscriber(tx: &mut Overlay<'_>, topic: &[u8], delta: i8) -> Result<(), StoreError> {
+    let sm_name = tx.trees.name(Tree::Sm);
+    let topics_name = tx.trees.name(Tree::Topics);
+    let count = match tx.get(Tree::Topics, topic)? {
+        Some(v) => count_of(&v, &topics_name)?,
+        None => 0,
+    };
+    let topic_count = match tx.get(Tree::Sm, TOPIC_COUNT)? {
+        Some(v) => count_of(&v, &sm_name)?,
+        None => 0,
+    };
+    let new_count = if delta > 0 {
+        count.saturating_add(1)
+    } else {
+        count.saturating_sub(1)
+    };
+    if new_count == 0 {
+        tx.remove(Tree::Topics, topic.to_vec());
+    } else {
+        tx.put(
+            Tree::Topics,
+            topic.to_vec(),
+            new_count.to_be_bytes().to_vec(),
+        );
+    }
+    let new_topic_count = match (count, new_count) {
+        (0, n) if n > 0 => topic_count.saturating_add(1),
+        (c, 0) if c > 0 => topic_count.saturating_sub(1),
+        _ => topic_count,
+    };
+    if new_topic_count != topic_count {
+        tx.put(
+            Tree::Sm,
+            TOPIC_COUNT.to_vec(),
+            new_topic_count.to_be_bytes().to_vec(),
+        );
+    }
+    Ok(())
+}
+
+fn topic_prefix(topic: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(topic.len() + 9);
+    key.extend_from_slice(topic);
+    key.push(0);
+    key
+}
+
+fn sub_key(topic: &[u8], gateway: GatewayId) -> Vec<u8> {
+    let mut key = topic_prefix(topic);
+    key.extend_from_slice(&gateway.to_be_bytes());
+    key
+}
+
+fn gateway_key(gateway: GatewayId, topic: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + topic.len());
+    key.extend_from_slice(&gateway.to_be_bytes());
+    key.extend_from_slice(topic);
+    key
+}
+
+/// The gateway of a `subs` key found under a topic prefix of `prefix_len` bytes, or `None`
+/// when the key belongs to a longer topic that merely shares the prefix.
+fn subscriber_of(key: &[u8], prefix_len: usize) -> Option<GatewayId> {
+    let bytes: [u8; 8] = key.get(prefix_len..)?.try_into().ok()?;
+    Some(GatewayId::from_be_bytes(bytes))
+}
+
+fn gateway_of(bytes: &[u8], tree: &str) -> Result<GatewayId, StoreError> {
+    let bytes: [u8; 8] = bytes.try_into().map_err(|_| StoreError::CorruptValue {
+        tree: tree.to_string(),
+        detail: format!("gateway key of {} bytes", bytes.len()),
+    })?;
+    Ok(GatewayId::from_be_bytes(bytes))
+}
+
+fn count_of(bytes: &[u8], tree: &str) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] = bytes.try_into().map_err(|_| StoreError::CorruptValue {
+        tree: tree.to_string(),
+        detail: format!("counter of {} bytes", bytes.len()),
+    })?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+fn utf8(bytes: &[u8], tree: &str) -> Result<String, StoreError> {
+    String::from_utf8(bytes.to_vec()).map_err(|e| StoreError::CorruptValue {
+        tree: tree.to_string(),
+        detail: format!("key is not UTF-8: {e}"),
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(value).map_err(StoreError::Encode)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8], tree: &str) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::CorruptValue {
+        tree: tree.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_in_topic_does_not_leak_between_topics() {
+        let a = sub_key(b"a", 7);
+        let a_nul_b = sub_key(b"a\0b", 9);
+        let prefix = topic_prefix(b"a");
+        assert!(a_nul_b.starts_with(&prefix), "the premise of this test");
+        assert_eq!(subscriber_of(&a, prefix.len()), Some(7));
+        assert_eq!(subscriber_of(&a_nul_b, prefix.len()), None);
+    }
+
+    #[test]
+    fn short_keys_are_errors_not_panics() {
+        assert!(gateway_of(&[1, 2], "t").is_err());
+        assert!(count_of(&[], "t").is_err());
+        assert!(utf8(&[0xff], "t").is_err());
+    }
+}

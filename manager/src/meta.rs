@@ -91,13 +91,11 @@ fn dir_has_foreign_files(dir: &Path) -> Result<bool, StartError> {
         path: dir.to_path_buf(),
         source,
     })?;
-    Ok(entries
-        .flatten()
-        .any(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            !name.starts_with('.') && name != "LOCK"
-        }))
+    Ok(entries.flatten().any(|e| {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        !name.starts_with('.') && name != "LOCK"
+    }))
 }
 
 /// Write the identity atomically.

@@ -65,7 +65,7 @@ mod tests {
         // xxh3_64 with seed 0, as specified by xxHash (the empty input is its published value).
         assert_eq!(xxhash_rust::xxh3::xxh3_64(b""), 0x2D06_8005_38D3_94C2);
         assert_eq!(xxhash_rust::xxh3::xxh3_64(b"room.1"), 0xBD50_14BC_51A1_18B0);
-        let pinned: [(&str, u32, GroupId); 8] = [
+        let pinned: [(&str, u32, u32); 8] = [
             ("room.1", 8, 3),
             ("room.2", 8, 1),
             ("chat/live/42", 8, 0),

@@ -13,9 +13,12 @@ pub struct DevArgs {
     /// Where the managers keep their data.
     #[arg(long, default_value = ".firetower-dev")]
     data_dir: PathBuf,
-    /// First port; the managers use the next six (QUIC and admin for each).
+    /// First port; the managers use it and the next five (QUIC and admin for each).
     #[arg(long, default_value_t = 6666)]
     base_port: u16,
+    /// The gateway's WebSocket, health and metrics address.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    listen: SocketAddr,
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -54,19 +57,35 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .await
             .map_err(crate::cluster::status)?;
     }
-    let quics: Vec<String> = managers.iter().map(|m| m.node().quic.clone()).collect();
-    println!("Firetower dev cluster is up ({} managers).", managers.len());
-    println!("  data:      {}", args.data_dir.display());
-    println!(
-        "  members:   firetower cluster members --admin {}",
-        admins[0]
-    );
-    println!(
-        "  subscribe: firetower link subscribe --managers {} --gateway 1 room.1",
-        quics.join(",")
-    );
+    let leaderless = managers[0].wait_for_leaders(Duration::from_secs(10)).await;
+    if !leaderless.is_empty() {
+        anyhow::bail!("groups {leaderless:?} elected no leader; see the log above");
+    }
+    let gateway_args = crate::gateway_cmd::GatewayArgs {
+        id: 1,
+        listen: args.listen,
+        tcp: None,
+        managers: admins.join(","),
+        lease_ms: 5_000,
+    };
+    let (gateway, upstream) = crate::gateway_cmd::start(&gateway_args).await?;
+    let addr = gateway.local_addr();
+    let url = format!("ws://{addr}/ws");
+    println!("Firetower dev cluster is up: 3 managers and a gateway.");
+    println!();
+    println!("  WebSocket:  {url}   (subprotocol firetower.json)");
+    println!("  health:     http://{addr}/readyz   metrics: http://{addr}/metrics");
+    println!("  members:    firetower cluster members --admin {}", admins[0]);
+    println!("  data:       {}", args.data_dir.display());
+    println!();
+    println!("Try it with any WebSocket client, for example `websocat {url}`, and send:");
+    println!(r#"  {{"op":"subscribe","topics":["room.1"],"id":1}}"#);
+    println!(r#"  {{"op":"publish","topic":"room.1","data":{{"text":"hello"}},"id":2}}"#);
+    println!();
     println!("Ctrl-C stops it.");
     crate::wait_for_shutdown_signal().await;
+    gateway.shutdown().await;
+    upstream.close();
     for m in &managers {
         m.shutdown().await;
     }

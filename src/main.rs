@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! firetower manager ...            run a topic manager
+//! firetower gateway ...            run a gateway
 //! firetower cluster init|members|add|remove|transfer-leader|topic ...   operate a cluster
 //! firetower link subscribe|unsubscribe|gateways ...   act as a gateway on the manager link
 //! firetower bench commits ...      subscription commit throughput and latency
@@ -14,6 +15,7 @@
 mod bench;
 mod cluster;
 mod dev;
+mod gateway_cmd;
 mod link_cmd;
 
 use std::net::SocketAddr;
@@ -38,6 +40,8 @@ struct Cli {
 enum Command {
     /// Run a topic manager (Raft groups, gateway link on QUIC, admin API on gRPC).
     Manager(ManagerArgs),
+    /// Run a gateway: WebSocket/TCP clients, connected to the managers.
+    Gateway(gateway_cmd::GatewayArgs),
     /// Operate a cluster through a manager's admin API.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Manager(args) => run_manager(args).await,
+            Command::Gateway(args) => gateway_cmd::run(args).await,
             Command::Cluster(cmd) => cluster::run(cmd).await,
             Command::Link(cmd) => link_cmd::run(cmd).await,
             Command::Bench(cmd) => bench::run(cmd).await,

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use firetower_proto::link::{
-    gateway_reply, gateway_request, GatewayReply, GatewayRequest, GetRouting, Routing, Subscribe,
-    TopicGateways, Unsubscribe,
+    gateway_reply, gateway_request, GatewayReply, GatewayRequest, GetRouting, Publish, Routing,
+    Subscribe, TopicGateways, Unsubscribe,
 };
 use firetower_proto::{decode_frame, encode_frame, group_of, validate_topic, MAX_LINK_FRAME_BYTES};
 use rand::Rng;
@@ -179,6 +179,60 @@ impl LinkClient {
         }
     }
 
+    /// Publish to `topic`; returns the `(term, seq)` its leader gave the message once every
+    /// subscribed gateway has it.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        data: Vec<u8>,
+        json: bool,
+    ) -> Result<(u64, u64), LinkError> {
+        let op = gateway_request::Op::Publish(Publish {
+            topic: topic.to_string(),
+            data,
+            json,
+        });
+        match self.request(topic, op).await? {
+            gateway_reply::Result::Published(p) => Ok((p.term, p.seq)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// This gateway's id.
+    pub fn gateway(&self) -> u64 {
+        self.inner.gateway
+    }
+
+    /// The QUIC addresses of every manager known from the routing table.
+    pub fn managers(&self) -> Vec<SocketAddr> {
+        self.read_cache().managers.clone()
+    }
+
+    /// True when a leader is known for every group.
+    pub fn all_leaders_known(&self) -> bool {
+        let cache = self.read_cache();
+        cache.groups > 0 && cache.leaders.iter().all(|l| l.is_some())
+    }
+
+    /// Open a long-lived bidirectional stream to a manager (for the session).
+    pub(crate) async fn open_stream(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
+        let conn = self.connection(addr).await?;
+        match conn.open_bi().await {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                self.inner
+                    .connections
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&addr);
+                Err(e.to_string())
+            }
+        }
+    }
+
     /// Reload the routing table from any manager that answers.
     pub async fn refresh_routing(&self) -> Result<(), LinkError> {
         let deadline = tokio::time::Instant::now() + self.inner.options.request_timeout;
@@ -222,7 +276,11 @@ impl LinkClient {
         }
     }
 
-    fn apply_routing(&self, r: Routing) {
+    /// Replace the routing table with one pushed by a manager.
+    pub(crate) fn apply_routing(&self, r: Routing) {
+        if r.groups == 0 {
+            return;
+        }
         let mut cache = self
             .inner
             .routing
@@ -238,7 +296,9 @@ impl LinkClient {
         if !managers.is_empty() {
             cache.managers = managers;
         }
-        cache.leaders = vec![None; r.groups as usize];
+        // Merge: a manager that does not know a group's leader (an election it has not seen
+        // the end of) must not erase a leader this gateway learned from elsewhere.
+        cache.leaders.resize(r.groups as usize, None);
         for l in r.leaders {
             if let (Some(slot), Ok(addr)) = (
                 cache.leaders.get_mut(l.group as usize),
@@ -358,7 +418,7 @@ impl LinkClient {
     }
 
     /// Full jitter: sleep a uniform time in `[0, min(max, min_backoff * 2^attempt)]`.
-    async fn backoff(&self, attempt: u32) {
+    pub(crate) async fn backoff(&self, attempt: u32) {
         let o = &self.inner.options;
         let cap = o
             .min_backoff

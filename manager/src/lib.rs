@@ -12,7 +12,9 @@ mod config;
 mod error;
 mod link;
 mod meta;
+mod publish;
 mod server;
+mod sessions;
 
 pub use admin::{connect as connect_admin, AdminService};
 pub use config::{

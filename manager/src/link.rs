@@ -11,7 +11,7 @@ use firetower_proto::link::{
     gateway_reply, gateway_request, Done, Failure, GatewayReply, GatewayRequest, Gateways,
     GroupLeader, ManagerAddr, NotLeader, Routing,
 };
-use firetower_proto::{decode_frame, encode_frame, MAX_LINK_FRAME_BYTES};
+use firetower_proto::{decode_frame, encode_frame};
 use firetower_raft::{group_of, Command, GroupId, ManagerNode, Response};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 
@@ -44,24 +44,39 @@ pub(crate) async fn serve_connection(conn: quinn::Connection, manager: Manager) 
         };
         let manager = manager.clone();
         tokio::spawn(async move {
-            let reply = match read_request(&mut recv).await {
-                Ok(request) => handle(&manager, request).await,
-                Err(message) => failure("bad_frame", message),
+            let request = match read_request(&mut recv).await {
+                Ok(r) => r,
+                Err(message) => {
+                    reply(&mut send, &failure("bad_frame", message)).await;
+                    return;
+                }
             };
-            let bytes = encode_frame(&reply);
-            if send.write_all(&bytes).await.is_ok() {
-                let _ = send.finish();
+            if let Some(gateway_request::Op::OpenSession(open)) = request.op {
+                if request.gateway == 0 {
+                    reply(&mut send, &failure("invalid_request", "gateway id 0 is reserved"))
+                        .await;
+                    return;
+                }
+                crate::sessions::serve_session(manager, request.gateway, open, send, recv).await;
+                return;
             }
+            let answer = handle(&manager, request).await;
+            reply(&mut send, &answer).await;
         });
     }
 }
 
+async fn reply(send: &mut quinn::SendStream, answer: &GatewayReply) {
+    if send.write_all(&encode_frame(answer)).await.is_ok() {
+        let _ = send.finish();
+    }
+}
+
 async fn read_request(recv: &mut quinn::RecvStream) -> Result<GatewayRequest, String> {
-    let bytes = recv
-        .read_to_end(MAX_LINK_FRAME_BYTES + 4)
-        .await
-        .map_err(|e| format!("reading the request: {e}"))?;
-    decode_frame(&bytes).map_err(|e| e.to_string())
+    match crate::sessions::read_frame_bytes(recv).await? {
+        None => Err("stream closed before a request".into()),
+        Some(bytes) => decode_frame(&bytes).map_err(|e| e.to_string()),
+    }
 }
 
 fn failure(code: &str, message: impl Into<String>) -> GatewayReply {
@@ -111,6 +126,15 @@ pub(crate) async fn handle(manager: &Manager, request: GatewayRequest) -> Gatewa
         ),
         Some(gateway_request::Op::TopicGateways(t)) => (t.topic, None),
         Some(gateway_request::Op::GetRouting(_)) => return routing(manager),
+        Some(gateway_request::Op::Publish(p)) => {
+            if let Err(e) = firetower_proto::validate_topic(&p.topic) {
+                return failure(e.code(), e.to_string());
+            }
+            return crate::publish::publish(manager, p.topic, p.data.into(), p.json).await;
+        }
+        Some(gateway_request::Op::OpenSession(_)) => {
+            return failure("invalid_request", "OpenSession opens a session stream of its own")
+        }
     };
     if let Err(e) = firetower_proto::validate_topic(&topic) {
         return failure(e.code(), e.to_string());

@@ -52,6 +52,10 @@ struct Inner {
     readers: RwLock<HashMap<GroupId, TableReader>>,
     peers: std::sync::Mutex<Option<PeerConnections>>,
     cluster_id: watch::Sender<String>,
+    sessions: crate::sessions::Sessions,
+    stamps: crate::publish::Stamps,
+    /// Bumped whenever the leader of a group hosted here changes.
+    routing_version: watch::Sender<u64>,
     /// Serializes Init and membership changes started on this manager.
     change_lock: tokio::sync::Mutex<()>,
     shutdown: CancellationToken,
@@ -114,6 +118,9 @@ impl Manager {
                 readers: RwLock::new(HashMap::new()),
                 peers: std::sync::Mutex::new(None),
                 cluster_id,
+                sessions: Default::default(),
+                stamps: Default::default(),
+                routing_version: watch::channel(0).0,
                 change_lock: tokio::sync::Mutex::new(()),
                 shutdown: CancellationToken::new(),
                 config,
@@ -123,6 +130,8 @@ impl Manager {
             manager.start_groups(meta.groups).await?;
         }
         manager.spawn_quic_accept_loop();
+        crate::sessions::spawn_lease_task(manager.clone());
+        manager.spawn_routing_watch();
         manager.spawn_admin_server().await?;
         tracing::info!(
             id = manager.id(),
@@ -183,6 +192,55 @@ impl Manager {
             .unwrap_or_else(|e| e.into_inner())
             .get(&group)
             .cloned()
+    }
+
+    pub(crate) fn sessions(&self) -> &crate::sessions::Sessions {
+        &self.inner.sessions
+    }
+
+    pub(crate) fn stamps(&self) -> &crate::publish::Stamps {
+        &self.inner.stamps
+    }
+
+    /// A receiver that changes whenever a group's leader changes.
+    pub(crate) fn routing_version(&self) -> watch::Receiver<u64> {
+        self.inner.routing_version.subscribe()
+    }
+
+    /// The groups this manager currently leads.
+    pub fn led_groups(&self) -> Vec<GroupId> {
+        self.inner
+            .router
+            .groups()
+            .into_iter()
+            .filter(|(_, raft)| raft.metrics().borrow().current_leader == Some(self.id()))
+            .map(|(g, _)| g)
+            .collect()
+    }
+
+    fn spawn_routing_watch(&self) {
+        let manager = self.clone();
+        tokio::spawn(async move {
+            let shutdown = manager.shutdown_token();
+            let mut known: HashMap<GroupId, Option<u64>> = HashMap::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let mut changed = false;
+                for (group, raft) in manager.inner.router.groups() {
+                    let leader = raft.metrics().borrow().current_leader;
+                    if known.insert(group, leader) != Some(leader) {
+                        changed = true;
+                    }
+                }
+                if changed {
+                    manager.inner.routing_version.send_modify(|v| *v += 1);
+                }
+            }
+        });
     }
 
     /// A token cancelled when the manager shuts down.

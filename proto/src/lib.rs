@@ -15,6 +15,11 @@ pub mod link {
     tonic::include_proto!("firetower.link.v1");
 }
 
+/// Client <-> gateway frames, protobuf flavour (`firetower.client.v1`).
+pub mod client {
+    tonic::include_proto!("firetower.client.v1");
+}
+
 /// Encoded `FileDescriptorSet` of every Firetower proto, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/firetower_descriptor.bin"));

@@ -1,0 +1,132 @@
+//! The seam between the client-facing gateway and the cluster.
+//!
+//! The gateway server knows the cluster only through [`Upstream`]: it asks for interest in a
+//! topic when the first local subscriber arrives, drops it when the last one leaves, and hands
+//! publishes to the topic's leader. Deliveries flow the other way, as [`Delivery`] values on
+//! the `tokio::sync::mpsc::Receiver<Delivery>` given to [`crate::Gateway::start`].
+//!
+//! ```text
+//!   clients ──▶ Gateway ──subscribe/unsubscribe/publish──▶ dyn Upstream (manager link | fake)
+//!   clients ◀── Gateway ◀──────── mpsc::Receiver<Delivery> ◀──────────┘
+//! ```
+//!
+//! Keeping this a trait lets every client-facing behaviour be tested against an in-memory
+//! fake, with no QUIC and no Raft.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// A boxed, sendable future: what [`Upstream`] methods return (same shape as
+/// `futures::future::BoxFuture`, without the dependency).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A message for local subscribers, as ordered by the topic's leader.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The topic the message was published to.
+    pub topic: Arc<str>,
+    /// What was published.
+    pub payload: Payload,
+    /// The leader's term when it ordered the message.
+    pub term: u64,
+    /// The message's sequence number within the topic (and term).
+    pub seq: u64,
+}
+
+/// Published data: JSON text (from JSON clients: the raw text of `data`, validated JSON) or
+/// opaque bytes (from protobuf clients).
+///
+/// Invariant relied on when encoding for JSON clients: `Json` holds valid JSON text. Every
+/// producer in this crate validates it; upstream implementations must only pass on what a
+/// gateway produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// Valid JSON text, sent to JSON subscribers verbatim.
+    Json(Bytes),
+    /// Opaque bytes, sent to JSON subscribers as base64.
+    Binary(Bytes),
+}
+
+impl Payload {
+    /// The payload's bytes, whatever their kind.
+    pub fn bytes(&self) -> &Bytes {
+        match self {
+            Payload::Json(b) | Payload::Binary(b) => b,
+        }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes().len()
+    }
+
+    /// True when it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.bytes().is_empty()
+    }
+}
+
+/// The position a topic's leader gave a published message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// The leader's term.
+    pub term: u64,
+    /// The per-topic sequence number.
+    pub seq: u64,
+}
+
+/// Why the cluster could not do what the gateway asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    /// No manager could take the request (no leader known, no connection). Retry later.
+    #[error("the cluster is unavailable: {0}")]
+    Unavailable(String),
+    /// No answer in time: the request may or may not have taken effect.
+    #[error("the cluster did not answer in time; the outcome is unknown")]
+    Timeout,
+    /// The cluster refused the request; `code` is snake_case and is shown to clients as is.
+    #[error("{message}")]
+    Refused {
+        /// The snake_case error code.
+        code: String,
+        /// The cluster's explanation.
+        message: String,
+    },
+    /// The gateway is shutting down and no longer forwards requests.
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+}
+
+impl UpstreamError {
+    /// The snake_case code clients see in error frames.
+    pub fn code(&self) -> &str {
+        match self {
+            UpstreamError::Unavailable(_) => "unavailable",
+            UpstreamError::Timeout => "timeout",
+            UpstreamError::Refused { code, .. } => code,
+            UpstreamError::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// True when the request may have taken effect although it failed.
+    pub fn is_indeterminate(&self) -> bool {
+        matches!(self, UpstreamError::Timeout)
+    }
+}
+
+/// What the gateway needs from the cluster. Implemented by the manager link and by test fakes.
+pub trait Upstream: Send + Sync + 'static {
+    /// The first local subscriber of `topic` arrived: resolves once the cluster committed the
+    /// gateway's interest.
+    fn subscribe(&self, topic: &str) -> BoxFuture<'static, Result<(), UpstreamError>>;
+    /// The last local subscriber left.
+    fn unsubscribe(&self, topic: &str) -> BoxFuture<'static, Result<(), UpstreamError>>;
+    /// Resolves when the topic's leader accepted and ordered the message (it will reach every
+    /// gateway subscribed before).
+    fn publish(&self, topic: &str, payload: Payload) -> BoxFuture<'static, Result<Stamp, UpstreamError>>;
+    /// True when a leader is known for every group (feeds `/readyz`).
+    fn ready(&self) -> bool;
+}

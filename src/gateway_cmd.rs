@@ -1,0 +1,102 @@
+//! `firetower gateway`: run a gateway connected to a manager cluster.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use firetower_gateway::{ClusterOptions, ClusterUpstream, Gateway, GatewayConfig, GatewayHandle};
+use firetower_proto::admin::admin_client::AdminClient;
+use firetower_proto::admin::DescribeRequest;
+
+#[derive(clap::Args, Debug)]
+pub struct GatewayArgs {
+    /// This gateway's id (1 or more), unique among gateways, kept across restarts.
+    #[arg(long)]
+    pub id: u64,
+    /// Address of the WebSocket, health and metrics listener.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub listen: SocketAddr,
+    /// Raw TCP listener for devices (length-prefixed protobuf frames); off when not given.
+    #[arg(long)]
+    pub tcp: Option<SocketAddr>,
+    /// Admin (gRPC) addresses of managers, comma separated; the gateway learns every
+    /// manager's QUIC address from them.
+    #[arg(long)]
+    pub managers: String,
+    /// Managers drop this gateway's subscriptions after this many milliseconds of silence.
+    #[arg(long, default_value_t = 5_000)]
+    pub lease_ms: u64,
+}
+
+/// Resolve admin addresses to QUIC addresses through `Describe`.
+pub async fn quic_addresses(admins: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for admin in admins.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let reply = async {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{admin}"))?
+                .connect_timeout(Duration::from_secs(1))
+                .timeout(Duration::from_secs(3))
+                .connect()
+                .await?;
+            let reply = AdminClient::new(channel)
+                .describe(DescribeRequest {})
+                .await?
+                .into_inner();
+            anyhow::Ok(reply)
+        }
+        .await;
+        match reply {
+            Ok(d) => {
+                let quic: SocketAddr = d
+                    .quic
+                    .parse()
+                    .with_context(|| format!("manager at {admin} reports QUIC address {:?}", d.quic))?;
+                if !out.contains(&quic) {
+                    out.push(quic);
+                }
+            }
+            Err(e) => errors.push(format!("{admin}: {e}")),
+        }
+    }
+    if out.is_empty() {
+        return Err(anyhow!(
+            "no manager answered ({}); check --managers (admin addresses, host:port)",
+            errors.join("; ")
+        ));
+    }
+    Ok(out)
+}
+
+/// Start a gateway in this process.
+pub async fn start(args: &GatewayArgs) -> anyhow::Result<(GatewayHandle, ClusterUpstream)> {
+    if args.id == 0 {
+        return Err(anyhow!("--id must be at least 1"));
+    }
+    let managers = quic_addresses(&args.managers).await?;
+    let options = ClusterOptions {
+        lease: Duration::from_millis(args.lease_ms),
+        ..ClusterOptions::default()
+    };
+    let (upstream, deliveries) = ClusterUpstream::connect(args.id, managers, options)
+        .await
+        .context("cannot reach the manager cluster")?;
+    let config = GatewayConfig {
+        listen: args.listen,
+        tcp_listen: args.tcp,
+        ..GatewayConfig::default()
+    };
+    let handle = Gateway::start(config, Arc::new(upstream.clone()), deliveries).await?;
+    Ok((handle, upstream))
+}
+
+pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    let (handle, upstream) = start(&args).await?;
+    tracing::info!(id = args.id, listen = %handle.local_addr(), "gateway ready");
+    crate::wait_for_shutdown_signal().await;
+    tracing::info!("draining");
+    handle.shutdown().await;
+    upstream.close();
+    Ok(())
+}

@@ -38,10 +38,20 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// WebSocket fan-out through a gateway: one topic, N subscribers, one publisher;
+    /// deliveries per second, publish→deliver latency, server CPU and RSS.
+    Fanout(crate::loadgen::FanoutArgs),
+    /// Publish→deliver latency percentiles at a steady deliveries/s rate.
+    Latency(crate::loadgen::LatencyArgs),
+    /// Idle WebSocket connections over one or more gateways: resident memory per connection.
+    Idle(crate::loadgen::IdleArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
+        BenchCommand::Fanout(args) => return crate::loadgen::fanout(args).await,
+        BenchCommand::Latency(args) => return crate::loadgen::latency(args).await,
+        BenchCommand::Idle(args) => return crate::loadgen::idle(args).await,
         BenchCommand::Commits {
             managers,
             writers,

@@ -36,6 +36,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             data_dir: args.data_dir.join(format!("manager-{id}")),
             cluster_id: None,
             raft: RaftTuning::default(),
+            unsafe_stale_reads: false,
         };
         managers.push(Manager::start(config).await?);
     }

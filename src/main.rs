@@ -17,6 +17,7 @@ mod cluster;
 mod dev;
 mod gateway_cmd;
 mod link_cmd;
+mod loadgen;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,6 +54,11 @@ enum Command {
     Bench(bench::BenchCommand),
     /// Start a whole local cluster on loopback, with data under ./.firetower-dev.
     Dev(dev::DevArgs),
+    /// Jepsen-style runs: workloads under a nemesis, history checked (needs root, nftables).
+    Jepsen(firetower_jepsen::cli::JepsenArgs),
+    /// Fault injection on test hosts in network namespaces (needs root, nftables).
+    #[command(subcommand)]
+    Chaos(firetower_chaos::cli::ChaosCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -78,6 +84,10 @@ struct ManagerArgs {
     /// Do not fdatasync the write-ahead log (loses acknowledged writes on power loss; tests only).
     #[arg(long)]
     no_fsync: bool,
+    /// DELIBERATELY UNSAFE (Jepsen harness self-test only): answer topic reads from the local
+    /// state machine without checking leadership, so reads can be stale.
+    #[arg(long)]
+    unsafe_stale_reads: bool,
 }
 
 fn main() -> ExitCode {
@@ -98,6 +108,8 @@ fn main() -> ExitCode {
             Command::Link(cmd) => link_cmd::run(cmd).await,
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Dev(args) => dev::run(args).await,
+            Command::Jepsen(args) => firetower_jepsen::cli::run(args).await.map_err(Into::into),
+            Command::Chaos(cmd) => firetower_chaos::cli::run(cmd).await.map_err(Into::into),
         }
     });
     match result {
@@ -136,6 +148,7 @@ fn manager_config(args: ManagerArgs) -> anyhow::Result<ManagerConfig> {
                 data_dir: args.data_dir.clone().ok_or_else(|| missing("--data-dir"))?,
                 cluster_id: None,
                 raft: RaftTuning::default(),
+                unsafe_stale_reads: false,
             }
         }
     };
@@ -156,6 +169,10 @@ fn manager_config(args: ManagerArgs) -> anyhow::Result<ManagerConfig> {
     }
     if args.no_fsync {
         config.raft.fsync = false;
+    }
+    if args.unsafe_stale_reads {
+        config.unsafe_stale_reads = true;
+        tracing::warn!("UNSAFE: --unsafe-stale-reads serves stale topic reads (harness self-test)");
     }
     config.validate()?;
     Ok(config)

@@ -96,6 +96,8 @@ struct Inner {
     seeds: Vec<SocketAddr>,
     connections: Mutex<HashMap<SocketAddr, quinn::Connection>>,
     routing: RwLock<LeaderCache>,
+    /// Bumped whenever a cached leader changes.
+    routing_version: tokio::sync::watch::Sender<u64>,
 }
 
 /// What the gateway knows of the cluster's routing.
@@ -109,7 +111,10 @@ struct LeaderCache {
 
 enum Attempt {
     Reply(GatewayReply),
+    /// Failed before the request could reach the manager: safe to send again.
     Transport(String),
+    /// Failed after the request may have reached the manager: a write may have taken effect.
+    Indeterminate(String),
 }
 
 impl LinkClient {
@@ -136,6 +141,7 @@ impl LinkClient {
                     managers,
                     ..LeaderCache::default()
                 }),
+                routing_version: tokio::sync::watch::channel(0).0,
             }),
         };
         client.refresh_routing().await?;
@@ -262,7 +268,9 @@ impl LinkClient {
                         return Ok(());
                     }
                     Attempt::Reply(r) => last_error = format!("{addr}: {:?}", r.result),
-                    Attempt::Transport(e) => last_error = format!("{addr}: {e}"),
+                    Attempt::Transport(e) | Attempt::Indeterminate(e) => {
+                        last_error = format!("{addr}: {e}")
+                    }
                 }
             }
             if tokio::time::Instant::now() >= deadline {
@@ -307,6 +315,8 @@ impl LinkClient {
                 *slot = Some(addr);
             }
         }
+        drop(cache);
+        self.inner.routing_version.send_modify(|v| *v += 1);
     }
 
     async fn write(&self, topic: &str, op: gateway_request::Op) -> Result<Written, LinkError> {
@@ -327,6 +337,9 @@ impl LinkClient {
         op: gateway_request::Op,
     ) -> Result<gateway_reply::Result, LinkError> {
         validate_topic(topic)?;
+        // Subscribe, unsubscribe and reads may be repeated; a publish repeated after it may
+        // have reached a leader could be delivered twice, so it is never sent again once sent.
+        let idempotent = !matches!(op, gateway_request::Op::Publish(_));
         let request = GatewayRequest {
             gateway: self.inner.gateway,
             op: Some(op),
@@ -353,7 +366,15 @@ impl LinkClient {
                     "no managers known".into(),
                 ));
             };
-            match self.send(target, &request).await {
+            let attempt_result = tokio::select! {
+                a = self.send(target, &request) => a,
+                // The group elected another leader while this request waited on the old one
+                // (which may be dead): stop waiting for it.
+                _ = self.leader_moved(group, target) => {
+                    Attempt::Indeterminate(format!("group {group} moved away from {target}"))
+                }
+            };
+            match attempt_result {
                 Attempt::Reply(reply) => match reply.result {
                     Some(gateway_reply::Result::NotLeader(n)) => {
                         let hint = n.leader_quic.parse::<SocketAddr>().ok();
@@ -384,9 +405,16 @@ impl LinkClient {
                     Some(result) => return Ok(result),
                     None => last_error = format!("{target}: empty reply"),
                 },
-                Attempt::Transport(e) => {
+                Attempt::Indeterminate(e) if !idempotent => {
+                    self.forget_leader(group, target);
+                    return Err(LinkError::Timeout(
+                        self.inner.options.request_timeout,
+                        format!("{target}: {e}; the publish may or may not have been delivered"),
+                    ));
+                }
+                Attempt::Transport(e) | Attempt::Indeterminate(e) => {
                     last_error = format!("{target}: {e}");
-                    self.set_leader(group, None);
+                    self.forget_leader(group, target);
                     rotation += 1;
                 }
             }
@@ -409,7 +437,33 @@ impl LinkClient {
             .write()
             .unwrap_or_else(|e| e.into_inner());
         if let Some(slot) = cache.leaders.get_mut(group as usize) {
-            *slot = leader;
+            if *slot != leader {
+                *slot = leader;
+                self.inner.routing_version.send_modify(|v| *v += 1);
+            }
+        }
+    }
+
+    /// Forget `failed` as the leader of `group`, unless another leader was learned meanwhile.
+    fn forget_leader(&self, group: u32, failed: SocketAddr) {
+        let current = self.read_cache().leaders.get(group as usize).copied().flatten();
+        if current == Some(failed) {
+            self.set_leader(group, None);
+        }
+    }
+
+    /// Resolves once the cache names a leader of `group` other than `from`.
+    async fn leader_moved(&self, group: u32, from: SocketAddr) {
+        let mut version = self.inner.routing_version.subscribe();
+        loop {
+            let leader = self.read_cache().leaders.get(group as usize).copied().flatten();
+            if leader.is_some_and(|l| l != from) {
+                return;
+            }
+            if version.changed().await.is_err() {
+                // The client is being dropped; nothing will move any more.
+                std::future::pending::<()>().await;
+            }
         }
     }
 
@@ -462,8 +516,14 @@ impl LinkClient {
             Ok(c) => c,
             Err(e) => return Attempt::Transport(e),
         };
+        let (mut send, mut recv) = match conn.open_bi().await {
+            Ok(s) => s,
+            Err(e) => {
+                self.drop_connection(addr);
+                return Attempt::Transport(e.to_string());
+            }
+        };
         let result = async {
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
             send.write_all(&encode_frame(request))
                 .await
                 .map_err(|e| e.to_string())?;
@@ -478,15 +538,19 @@ impl LinkClient {
         match tokio::time::timeout(self.inner.options.request_timeout, result).await {
             Ok(Ok(reply)) => Attempt::Reply(reply),
             Ok(Err(e)) => {
-                self.inner
-                    .connections
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&addr);
-                Attempt::Transport(e)
+                self.drop_connection(addr);
+                Attempt::Indeterminate(e)
             }
-            Err(_) => Attempt::Transport("no reply in time".into()),
+            Err(_) => Attempt::Indeterminate("no reply in time".into()),
         }
+    }
+
+    fn drop_connection(&self, addr: SocketAddr) {
+        self.inner
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&addr);
     }
 }
 

@@ -38,10 +38,11 @@ fn client_config() -> quinn::ClientConfig {
         .expect("TLS 1.3 config is QUIC-capable");
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(1)));
+    // A dead or restarted manager is noticed within 3 s: requests stuck on it fail and the
+    // session stream is re-opened.
+    transport.keep_alive_interval(Some(Duration::from_millis(500)));
     transport.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(Duration::from_secs(10))
-            .expect("10 s is a valid idle timeout"),
+        quinn::IdleTimeout::try_from(Duration::from_secs(3)).expect("3 s is a valid idle timeout"),
     ));
     config.transport_config(Arc::new(transport));
     config

@@ -36,6 +36,11 @@ pub struct ManagerConfig {
     /// Raft timing and durability.
     #[serde(default)]
     pub raft: RaftTuning,
+    /// DELIBERATELY UNSAFE, for verifying the Jepsen harness only: answer topic reads from
+    /// this manager's local state machine, leader or not, without a read index. Reads may then
+    /// be stale, which the `subscriptions` workload must detect.
+    #[serde(default)]
+    pub unsafe_stale_reads: bool,
 }
 
 /// Raft timing and durability settings. The defaults give failover in about one second on a
@@ -162,6 +167,7 @@ mod tests {
             data_dir: "/tmp/x".into(),
             cluster_id: None,
             raft: RaftTuning::default(),
+            unsafe_stale_reads: false,
         }
     }
 

@@ -231,6 +231,12 @@ pub(crate) async fn linearizable_gateways(
     let reader = manager
         .reader(group)
         .ok_or_else(|| ReadError::Unavailable(format!("group {group} is not running here")))?;
+    if manager.config().unsafe_stale_reads {
+        // The deliberately broken mode the Jepsen harness must catch: no leadership check.
+        return reader
+            .gateways(topic)
+            .map_err(|e| ReadError::Unavailable(format!("reading group {group}: {e}")));
+    }
     let timeout = Duration::from_millis(manager.config().raft.election_timeout_max_ms * 2);
     match tokio::time::timeout(timeout, raft.ensure_linearizable()).await {
         Err(_) => Err(ReadError::Unavailable(format!(

@@ -42,8 +42,11 @@ const LEASE_TICK: Duration = Duration::from_millis(250);
 #[derive(Debug, Default)]
 pub(crate) struct Sessions {
     live: Mutex<HashMap<u64, SessionHandle>>,
-    /// When each gateway was last heard from on any session stream (kept after it drops).
-    heard: Mutex<HashMap<u64, Instant>>,
+    /// When each gateway was last heard from on a session stream, with that session's epoch
+    /// (kept after the stream drops).
+    heard: Mutex<HashMap<u64, (u64, Instant)>>,
+    /// When the lease task first saw each (gateway, epoch) in a table without a live session.
+    first_seen: Mutex<HashMap<(u64, u64), Instant>>,
     next_instance: AtomicU64,
 }
 
@@ -141,30 +144,45 @@ impl Sessions {
             .collect()
     }
 
-    fn touch(&self, gateway: u64) {
+    fn touch(&self, gateway: u64, epoch: u64) {
         self.heard
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(gateway, Instant::now());
+            .insert(gateway, (epoch, Instant::now()));
     }
 
-    fn last_heard(&self, gateway: u64) -> Option<Instant> {
+    fn last_heard_epoch(&self, gateway: u64, epoch: u64) -> Option<Instant> {
         self.heard
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&gateway)
-            .copied()
+            .filter(|(e, _)| *e == epoch)
+            .map(|(_, at)| *at)
     }
 
-    fn forget_heard(&self, gateway: u64) {
-        self.heard
+    fn first_seen(&self, gateway: u64, epoch: u64) -> Instant {
+        *self
+            .first_seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&gateway);
+            .entry((gateway, epoch))
+            .or_insert_with(Instant::now)
+    }
+
+    fn forget(&self, gateway: u64, epoch: u64) {
+        let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        if heard.get(&gateway).is_some_and(|(e, _)| *e == epoch) {
+            heard.remove(&gateway);
+        }
+        drop(heard);
+        self.first_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(gateway, epoch));
     }
 
     fn register(&self, handle: SessionHandle) {
-        self.touch(handle.gateway);
+        self.touch(handle.gateway, handle.epoch);
         self.live
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -239,7 +257,7 @@ pub(crate) async fn serve_session(
     loop {
         match read_gateway_frame(&mut recv).await {
             Ok(Some(frame)) => {
-                reader_sessions.sessions().touch(gateway);
+                reader_sessions.sessions().touch(gateway, open.epoch);
                 if let Some(gateway_frame::Frame::Ack(ack)) = frame.frame {
                     acked_tx.send_if_modified(|v| {
                         if ack.upto > *v {
@@ -392,7 +410,16 @@ async fn lease_round(manager: &Manager, group: GroupId, since: Instant) -> Resul
         if live {
             continue;
         }
-        let base = sessions.last_heard(gateway).unwrap_or(since).max(since);
+        // The lease runs from the latest of: this manager started to lead the group, it last
+        // heard from this session's epoch, or it first saw this epoch in the table (a session
+        // registered through another manager gets a whole lease to connect here).
+        let heard = sessions.last_heard_epoch(gateway, session.epoch);
+        let seen = sessions.first_seen(gateway, session.epoch);
+        let base = [Some(since), heard, Some(seen)]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(since);
         if now.duration_since(base) > Duration::from_millis(session.lease_ms) {
             tracing::info!(group, gateway, epoch = session.epoch, "gateway lease expired");
             propose(
@@ -403,9 +430,7 @@ async fn lease_round(manager: &Manager, group: GroupId, since: Instant) -> Resul
                 },
             )
             .await?;
-            if sessions.get(gateway).is_none() {
-                sessions.forget_heard(gateway);
-            }
+            sessions.forget(gateway, session.epoch);
         }
     }
     // Register connected gateways that this group does not know with their epoch.

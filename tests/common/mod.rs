@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod ws;
+
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -269,4 +271,114 @@ pub fn reachable(members: &Value, id: u64) -> Option<bool> {
         .iter()
         .find(|m| m["id"].as_u64() == Some(id))?["reachable"]
         .as_bool()
+}
+
+/// One gateway process connected to a cluster.
+pub struct GatewayProc {
+    pub id: u64,
+    pub listen: String,
+    pub managers: String,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl GatewayProc {
+    pub fn new(id: u64, root: &Path, managers_admin: String) -> Self {
+        GatewayProc {
+            id,
+            listen: format!("127.0.0.1:{}", free_tcp_port()),
+            managers: managers_admin,
+            child: None,
+            log: root.join(format!("g{id}.log")),
+        }
+    }
+
+    /// Start (again) and wait until `/readyz` answers 200.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "gateway {} already running", self.id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open log file");
+        let child = Command::new(bin())
+            .args([
+                "gateway",
+                "--id",
+                &self.id.to_string(),
+                "--listen",
+                &self.listen,
+                "--managers",
+                &self.managers,
+                "--lease-ms",
+                "3000",
+            ])
+            .env("FIRETOWER_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn gateway");
+        self.child = Some(child);
+        let listen = self.listen.clone();
+        wait_until(Duration::from_secs(20), || http_status(&listen, "/readyz") == Some(200))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "gateway {} never became ready; log:\n{}",
+                    self.id,
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                )
+            });
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for GatewayProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Cluster {
+    /// Admin addresses of every manager, comma separated.
+    pub fn admin_list(&self) -> String {
+        self.managers
+            .iter()
+            .map(|m| m.admin.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Start a gateway connected to this cluster.
+    pub fn gateway(&self, id: u64) -> GatewayProc {
+        let mut g = GatewayProc::new(id, self.dir.path(), self.admin_list());
+        g.start();
+        g
+    }
+
+    /// Wait until every group has a leader.
+    pub fn wait_formed(&self) {
+        let ids: Vec<u64> = self.managers.iter().map(|m| m.id).collect();
+        wait_until(Duration::from_secs(10), || {
+            self.members().is_some_and(|m| all_groups_led(&m, &ids, &ids))
+        })
+        .unwrap_or_else(|_| panic!("cluster not formed\n{}", self.dump_logs()));
+    }
+}
+
+/// Status code of a plain HTTP GET, or None when nothing answers.
+pub fn http_status(addr: &str, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace().nth(1)?.parse().ok()
 }

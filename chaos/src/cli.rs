@@ -1,0 +1,222 @@
+//! `firetower chaos ...`: the command-line face of this crate.
+//!
+//! ```text
+//! firetower chaos run leader-kill-loop [--cycles 5]   availability under repeated faults
+//! firetower chaos run rolling-restart
+//! firetower chaos up [--hold-secs S]                  a cluster on test hosts, until Ctrl-C
+//! firetower chaos cleanup                             remove leftovers of crashed runs
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Subcommand;
+
+use crate::cluster::{Cluster, ClusterSpec};
+use crate::net::HostSpec;
+use crate::scenario::{run_scenario, Scenario, ScenarioOptions};
+use crate::ChaosError;
+
+/// `firetower chaos` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum ChaosCommand {
+    /// Run a named availability scenario and report how long each fault made subscribing
+    /// and publishing unavailable (median over the faults).
+    Run {
+        /// The scenario.
+        #[arg(value_enum)]
+        scenario: Scenario,
+        /// How many faults (leader-kill-loop) or rounds (rolling-restart).
+        #[arg(long, default_value_t = 5)]
+        cycles: usize,
+        /// Quiet time after each fault, in milliseconds.
+        #[arg(long, default_value_t = 2_000)]
+        settle_ms: u64,
+        /// Directory for logs and report.json (default: chaos-results/<scenario>-<unix time>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a cluster on test hosts (namespaces) and keep it until Ctrl-C or --hold-secs.
+    Up {
+        /// Managers.
+        #[arg(long, default_value_t = 3)]
+        managers: usize,
+        /// Stop after this many seconds (0: until Ctrl-C or SIGTERM).
+        #[arg(long, default_value_t = 0)]
+        hold_secs: u64,
+        /// Data and logs (default: a fresh directory under the system temp dir).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Remove namespaces and processes left by crashed runs (their pid is dead).
+    Cleanup,
+    /// Internal: the availability probe, run inside the client namespace.
+    #[command(hide = true)]
+    Probe {
+        /// QUIC addresses of the managers, comma separated.
+        #[arg(long)]
+        managers: String,
+        /// The topic to write and publish to.
+        #[arg(long)]
+        topic: String,
+        /// The gateway id to act as.
+        #[arg(long, default_value_t = 900)]
+        gateway: u64,
+        /// Pause between operations, ms.
+        #[arg(long, default_value_t = 20)]
+        interval_ms: u64,
+        /// The harness's t0 (ms since the Unix epoch), so times line up.
+        #[arg(long)]
+        t0_unix_ms: f64,
+    },
+}
+
+/// Run a `firetower chaos` command. Ctrl-C and SIGTERM tear down every test host first.
+pub async fn run(command: ChaosCommand) -> Result<(), ChaosError> {
+    match command {
+        ChaosCommand::Probe {
+            managers,
+            topic,
+            gateway,
+            interval_ms,
+            t0_unix_ms,
+        } => {
+            let managers = parse_addrs(&managers)?;
+            crate::probe::run_probe(
+                managers,
+                topic,
+                gateway,
+                Duration::from_millis(interval_ms),
+                t0_unix_ms,
+            )
+            .await
+            .map_err(|e| ChaosError::InvalidFault(format!("probe: {e}")))
+        }
+        ChaosCommand::Cleanup => {
+            let removed = crate::net::remove_leftovers();
+            println!("removed {} leftover run(s): {removed:?}", removed.len());
+            Ok(())
+        }
+        ChaosCommand::Run {
+            scenario,
+            cycles,
+            settle_ms,
+            out,
+            json,
+        } => {
+            spawn_signal_cleanup();
+            let run_dir = out.unwrap_or_else(|| {
+                PathBuf::from("chaos-results").join(format!(
+                    "{}-{}",
+                    scenario_name(scenario),
+                    crate::probe::unix_ms() as u64 / 1000
+                ))
+            });
+            let options = ScenarioOptions {
+                binary: current_binary()?,
+                run_dir: run_dir.clone(),
+                cycles,
+                settle: Duration::from_millis(settle_ms),
+            };
+            let report = tokio::task::spawn_blocking(move || run_scenario(scenario, &options))
+                .await
+                .map_err(|e| ChaosError::InvalidFault(format!("scenario task: {e}")))??;
+            let _ = std::fs::remove_dir_all(run_dir.join("data"));
+            let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+            let path = run_dir.join("report.json");
+            std::fs::write(&path, &text).map_err(|e| ChaosError::io(&path, e))?;
+            if json {
+                println!("{text}");
+            } else {
+                print!("{}", report.table());
+                println!("report: {}", path.display());
+            }
+            Ok(())
+        }
+        ChaosCommand::Up {
+            managers,
+            hold_secs,
+            out,
+        } => {
+            spawn_signal_cleanup();
+            let run_dir = out.unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("firetower-chaos-up-{}", std::process::id()))
+            });
+            let mut spec = ClusterSpec::new(current_binary()?, run_dir.clone());
+            spec.hosts = HostSpec {
+                managers,
+                gateways: 0,
+                clients: 1,
+            };
+            spec.initial_managers = managers;
+            let cluster = tokio::task::spawn_blocking(move || Cluster::start(spec))
+                .await
+                .map_err(|e| ChaosError::InvalidFault(format!("start task: {e}")))??;
+            println!("prefix {}", cluster.net().run_id().prefix());
+            for h in cluster.net().hosts() {
+                println!("{} {} {}", h.name, h.ns, h.ip);
+            }
+            println!("ready");
+            if hold_secs == 0 {
+                std::future::pending::<()>().await;
+            } else {
+                tokio::time::sleep(Duration::from_secs(hold_secs)).await;
+            }
+            drop(cluster);
+            let _ = std::fs::remove_dir_all(&run_dir);
+            Ok(())
+        }
+    }
+}
+
+fn scenario_name(s: Scenario) -> &'static str {
+    match s {
+        Scenario::LeaderKillLoop => "leader-kill-loop",
+        Scenario::RollingRestart => "rolling-restart",
+    }
+}
+
+/// The running `firetower` binary (the harness drives the same build it is part of).
+pub fn current_binary() -> Result<PathBuf, ChaosError> {
+    std::env::current_exe().map_err(|e| ChaosError::io("/proc/self/exe", e))
+}
+
+/// Parse `a:p,b:q`.
+pub fn parse_addrs(list: &str) -> Result<Vec<SocketAddr>, ChaosError> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse().map_err(|_| ChaosError::Parse {
+                command: "address list".into(),
+                message: format!("{s:?} is not host:port"),
+            })
+        })
+        .collect()
+}
+
+/// On Ctrl-C or SIGTERM: kill every process and delete every namespace of this process's
+/// runs, then exit with status 130. Needs a tokio runtime.
+pub fn spawn_signal_cleanup() {
+    tokio::spawn(async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+        eprintln!("interrupted: removing the test hosts of this run");
+        crate::net::cleanup_active_runs();
+        std::process::exit(130);
+    });
+}

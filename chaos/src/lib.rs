@@ -1,0 +1,52 @@
+//! Fault injection for Firetower: test hosts in network namespaces, and the faults the
+//! design must survive, driven from outside the built `firetower` binary.
+//!
+//! Entry points: [`Cluster::start`] builds a cluster on test hosts ([`TestNet`]) and offers
+//! every fault: `kill -9`, SIGSTOP/SIGCONT, restart, the wiped-disk replace procedure,
+//! write-ahead-log damage, membership changes and nftables [`Partition`]s. [`run_scenario`]
+//! measures availability under repeated faults (`firetower chaos run`). [`cli`] is the
+//! subcommand.
+//!
+//! ```text
+//!   harness (host namespace) ──ip netns exec──▶ <run>m1..mN  firetower manager
+//!                                             ▶ <run>g1..    firetower gateway
+//!                                             ▶ <run>c1      clients, probe, admin CLI
+//!   all joined by veth pairs to br0 in <run>br; 10.77.0.0/24 exists only there
+//! ```
+//!
+//! Cleanup: dropping a [`TestNet`] (also while a panic unwinds) kills every process inside
+//! its namespaces and deletes them; [`cli::spawn_signal_cleanup`] does the same on Ctrl-C
+//! and SIGTERM; every new run first removes leftovers of runs whose pid is dead.
+//!
+//! This crate never reaches into server internals: it runs the binary, talks to it through
+//! its CLI and the public link client, and damages files only of stopped managers. It needs
+//! root, `ip` (iproute2) and `nft` (nftables).
+
+pub mod cli;
+mod cluster;
+mod cmd;
+mod error;
+mod net;
+mod partition;
+mod probe;
+mod process;
+mod scenario;
+mod wal;
+
+pub use cluster::{
+    Cluster, ClusterSpec, GroupView, ManagerNode, ADMIN_PORT, GATEWAY_PORT, QUIC_PORT,
+};
+pub use error::ChaosError;
+pub use net::{
+    cleanup_active_runs, list_namespaces, namespaces_with_prefix, parse_run_prefix, pids_in,
+    process_alive, remove_leftovers, remove_run, Host, HostSpec, Role, RunId, TestNet,
+    KNOWN_TAGS,
+};
+pub use partition::{ensure_nft, nft_script, tables_in, Partition, NFT_TABLE};
+pub use probe::{median, unavailability, unix_ms, ProbeRecord, Unavailability};
+pub use process::{NodeProcess, ProcessState};
+pub use scenario::{
+    run_scenario, topic_in_group, FaultRecord, ProbeProcess, Scenario, ScenarioOptions,
+    ScenarioReport,
+};
+pub use wal::{damage_wal, last_segment, WalDamage};

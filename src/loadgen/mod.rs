@@ -1,0 +1,323 @@
+//! The WebSocket load generator behind `firetower bench fanout|latency|idle`: drives a
+//! running gateway the way clients do and measures what the design budgets (deliveries per
+//! second, publish→deliver latency, resident memory per idle connection).
+//!
+//! ```text
+//!   bench fanout   one topic, N subscribers, one publisher (pace: max or a deliveries/s rate)
+//!   bench latency  the same at a steady deliveries/s rate, reporting percentiles
+//!   bench idle     N idle connections over several gateways, from worker processes
+//!                  (`bench idle --worker`, each under `ulimit -n`); RSS delta per connection
+//! ```
+//!
+//! Modules: `client` (a lean WebSocket client using the gateway's pure codec), `scenarios`
+//! (the runs), `stats` (histograms, source-address ranges), `procstat` (CPU and RSS from
+//! `/proc`). Results are measurements printed as a table or one JSON object (`--json`); no
+//! test asserts on timing. Only literal IP addresses are used; source addresses must be
+//! loopback.
+
+mod client;
+mod procstat;
+mod scenarios;
+mod stats;
+
+use std::time::Duration;
+
+use anyhow::bail;
+
+use client::WsUrl;
+use scenarios::{FanoutPlan, FanoutReport, IdlePlan, IdleReport, Pace, WorkerArgs, WorkerPlan};
+
+/// Options shared by `fanout` and `latency`.
+#[derive(clap::Args, Debug)]
+pub struct FanoutCommon {
+    /// Gateway WebSocket URL (literal IP).
+    #[arg(long, default_value = "ws://127.0.0.1:9090/ws")]
+    url: String,
+    /// Subscriber connections, all on one topic.
+    #[arg(long, default_value_t = 1_000)]
+    subscribers: usize,
+    /// Bytes of each published `data` JSON value (holds the send timestamp).
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Seconds of publishing before the measurement starts.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Loopback source addresses for the subscribers, e.g. 127.0.0.2-127.0.0.9 (each
+    /// address has its own ~28k ephemeral ports).
+    #[arg(long)]
+    source_ips: Option<String>,
+    /// Server process ids to report CPU and RSS of (comma separated or repeated).
+    #[arg(long)]
+    server_pid: Vec<String>,
+    /// Topic (default: a fresh random one per run).
+    #[arg(long)]
+    topic: Option<String>,
+    /// Handshakes in flight while connecting the subscribers.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `firetower bench fanout`.
+#[derive(clap::Args, Debug)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    common: FanoutCommon,
+    /// `max` (as fast as deliveries come back) or a target in deliveries per second.
+    #[arg(long, default_value = "max")]
+    rate: String,
+    /// With `--rate max`: publishes in flight end to end (not yet delivered everywhere).
+    #[arg(long, default_value_t = 8)]
+    window: usize,
+}
+
+/// `firetower bench latency`.
+#[derive(clap::Args, Debug)]
+pub struct LatencyArgs {
+    #[command(flatten)]
+    common: FanoutCommon,
+    /// Deliveries per second across all subscribers (publishes/s = rate / subscribers).
+    #[arg(long, default_value_t = 50_000.0)]
+    rate: f64,
+}
+
+/// `firetower bench idle`.
+#[derive(clap::Args, Debug)]
+pub struct IdleArgs {
+    /// Gateway WebSocket URLs (comma separated or repeated); connections are spread over them.
+    #[arg(long, default_value = "ws://127.0.0.1:9090/ws")]
+    url: Vec<String>,
+    /// Connections in total.
+    #[arg(long, default_value_t = 1_000)]
+    connections: usize,
+    /// Loopback source addresses, e.g. 127.0.0.2-127.0.0.9.
+    #[arg(long)]
+    source_ips: Option<String>,
+    /// Gateway process ids, in the order of the URLs for per-gateway numbers.
+    #[arg(long)]
+    server_pid: Vec<String>,
+    /// Seconds to hold the connections once all are open.
+    #[arg(long, default_value_t = 10)]
+    hold: u64,
+    /// Subscribe every connection to one topic (`--topic`, default `bench.idle`).
+    #[arg(long)]
+    subscribe: bool,
+    /// The topic for `--subscribe`.
+    #[arg(long, default_value = "bench.idle")]
+    topic: String,
+    /// Connections per worker process (default: as many as `ulimit -n` allows).
+    #[arg(long, default_value_t = 0)]
+    per_worker: usize,
+    /// Handshakes in flight per worker.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Internal: run as a worker of a coordinating `bench idle`.
+    #[arg(long, hide = true)]
+    worker: bool,
+    /// Internal (worker): global number of the first connection.
+    #[arg(long, hide = true, default_value_t = 0)]
+    offset: usize,
+    /// Internal (worker): exit after this many seconds even if not told to.
+    #[arg(long, hide = true, default_value_t = 3_600)]
+    max_lifetime: u64,
+}
+
+/// `firetower bench fanout`.
+pub async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
+    let pace = if args.rate.trim().eq_ignore_ascii_case("max") {
+        if args.window == 0 {
+            bail!("--window must be at least 1");
+        }
+        Pace::Max {
+            window: args.window,
+        }
+    } else {
+        Pace::Rate {
+            deliveries_per_sec: parse_rate(&args.rate)?,
+        }
+    };
+    run_fanout("fanout", args.common, pace).await
+}
+
+/// `firetower bench latency`.
+pub async fn latency(args: LatencyArgs) -> anyhow::Result<()> {
+    let rate = parse_rate(&args.rate.to_string())?;
+    run_fanout(
+        "latency",
+        args.common,
+        Pace::Rate {
+            deliveries_per_sec: rate,
+        },
+    )
+    .await
+}
+
+/// `firetower bench idle` (and its hidden `--worker` mode).
+pub async fn idle(args: IdleArgs) -> anyhow::Result<()> {
+    let urls = WsUrl::parse_list(&args.url)?;
+    let source_ips = match &args.source_ips {
+        Some(s) => stats::parse_source_ips(s)?,
+        None => Vec::new(),
+    };
+    if args.connections == 0 {
+        bail!("--connections must be at least 1");
+    }
+    let topic = args.subscribe.then(|| args.topic.clone());
+    if args.worker {
+        return scenarios::idle_worker(WorkerPlan {
+            urls,
+            connections: args.connections,
+            offset: args.offset,
+            source_ips,
+            topic,
+            connect_concurrency: args.connect_concurrency,
+            max_lifetime: Duration::from_secs(args.max_lifetime),
+        })
+        .await;
+    }
+    // Parsed above only to refuse a bad list before starting workers; they parse it again.
+    drop(source_ips);
+    let worker_args = WorkerArgs {
+        urls: args.url.join(","),
+        source_ips: args.source_ips.clone(),
+    };
+    let report = scenarios::idle(
+        IdlePlan {
+            urls,
+            connections: args.connections,
+            server_pids: procstat::parse_pids(&args.server_pid)?,
+            hold: Duration::from_secs(args.hold),
+            topic,
+            per_worker: args.per_worker,
+            connect_concurrency: args.connect_concurrency,
+        },
+        worker_args,
+    )
+    .await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_idle(&report);
+    }
+    Ok(())
+}
+
+fn parse_rate(text: &str) -> anyhow::Result<f64> {
+    match text.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => bail!("--rate {text:?}: expected `max` or deliveries per second above 0"),
+    }
+}
+
+async fn run_fanout(scenario: &'static str, args: FanoutCommon, pace: Pace) -> anyhow::Result<()> {
+    if args.subscribers == 0 {
+        bail!("--subscribers must be at least 1");
+    }
+    if args.duration == 0 {
+        bail!("--duration must be at least 1 second");
+    }
+    let plan = FanoutPlan {
+        scenario,
+        url: WsUrl::parse(&args.url)?,
+        subscribers: args.subscribers,
+        payload: args.payload,
+        warmup: Duration::from_secs(args.warmup),
+        duration: Duration::from_secs(args.duration),
+        pace,
+        source_ips: match &args.source_ips {
+            Some(s) => stats::parse_source_ips(s)?,
+            None => Vec::new(),
+        },
+        server_pids: procstat::parse_pids(&args.server_pid)?,
+        connect_concurrency: args.connect_concurrency,
+        topic: args
+            .topic
+            .unwrap_or_else(|| format!("bench.{scenario}.{:08x}", rand::random::<u32>())),
+    };
+    let report = scenarios::fanout(plan).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_fanout(&report);
+    }
+    Ok(())
+}
+
+fn print_fanout(r: &FanoutReport) {
+    let pace = match (r.target_deliveries_per_sec, r.window) {
+        (Some(t), _) => format!("rate {t:.0} deliveries/s"),
+        (None, Some(w)) => format!("max (window {w})"),
+        (None, None) => r.pace.to_string(),
+    };
+    println!(
+        "{} {} | {} subscribers ({} failed) | {} B payload | {pace}",
+        r.scenario, r.url, r.subscribers, r.connect_errors, r.payload_bytes
+    );
+    println!(
+        "{:>14} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
+        "deliveries/s", "publishes/s", "p50 ms", "p99 ms", "p999 ms", "max ms", "missing", "closed"
+    );
+    println!(
+        "{:>14.0} {:>12.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9} {:>8}",
+        r.deliveries_per_sec,
+        r.publishes_per_sec,
+        r.latency.p50_ms,
+        r.latency.p99_ms,
+        r.latency.p999_ms,
+        r.latency.max_ms,
+        r.missing,
+        r.closed_by_server
+    );
+    for s in &r.servers {
+        println!(
+            "server pid {:>7}: cpu {:>6.1}%  rss {} KiB",
+            s.pid, s.cpu_percent, s.rss_end_kib
+        );
+    }
+    if let Some(s) = &r.loadgen {
+        println!(
+            "load generator:    cpu {:>6.1}%  rss {} KiB",
+            s.cpu_percent, s.rss_end_kib
+        );
+    }
+    if let Some(e) = &r.first_connect_error {
+        println!("first connect error: {e}");
+    }
+}
+
+fn print_idle(r: &IdleReport) {
+    println!(
+        "idle | {} connections open ({} failed, {} closed by server) | {} workers | held {:.0} s",
+        r.connections, r.failed, r.closed_by_server, r.workers, r.hold_seconds
+    );
+    println!(
+        "{:>8} {:>10} {:>12} {:>12} {:>10}",
+        "pid", "conns", "rss before", "rss after", "B/conn"
+    );
+    for s in &r.servers {
+        println!(
+            "{:>8} {:>10} {:>10}Ki {:>10}Ki {:>10}",
+            s.pid,
+            s.connections.map_or("-".into(), |c| c.to_string()),
+            s.rss_before_kib,
+            s.rss_after_kib,
+            s.bytes_per_connection
+                .map_or("-".into(), |b| format!("{b:.0}"))
+        );
+    }
+    println!(
+        "total rss delta {} KiB, {:.0} bytes per connection",
+        r.rss_delta_kib, r.bytes_per_connection
+    );
+    if let Some(e) = &r.first_error {
+        println!("first error: {e}");
+    }
+}

@@ -53,7 +53,10 @@ fn health_and_reflection_answer() {
             names.iter().any(|n| n == "firetower.admin.v1.Admin"),
             "{names:?}"
         );
-        assert!(names.iter().any(|n| n == "grpc.health.v1.Health"), "{names:?}");
+        assert!(
+            names.iter().any(|n| n == "grpc.health.v1.Health"),
+            "{names:?}"
+        );
     });
 }
 

@@ -44,7 +44,14 @@ fn transfer_leader_moves_a_group() {
     ]);
     // A manager that is not a member is refused.
     let out = cli(&[
-        "cluster", "transfer-leader", "--admin", &admin, "--group", "5", "--to", "9",
+        "cluster",
+        "transfer-leader",
+        "--admin",
+        &admin,
+        "--group",
+        "5",
+        "--to",
+        "9",
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a member"));

@@ -71,7 +71,11 @@ fn dev_cluster_delivers_a_published_message() {
         assert_eq!(got.len(), 1, "no message arrived");
         assert_eq!(got[0]["topic"], "room.1");
         assert_eq!(got[0]["data"], json!({"text": "hello"}));
-        assert!(got[0]["term"].as_u64().is_some_and(|t| t >= 1), "{}", got[0]);
+        assert!(
+            got[0]["term"].as_u64().is_some_and(|t| t >= 1),
+            "{}",
+            got[0]
+        );
         assert_eq!(got[0]["seq"], 1);
     });
     let _ = dev.kill();
@@ -94,13 +98,20 @@ fn check_stream(messages: &[Value], published: &HashMap<String, Vec<i64>>) {
     for (topic, sent) in published {
         let got = seen.remove(topic).unwrap_or_default();
         let ns: Vec<i64> = got.iter().map(|(n, _)| *n).collect();
-        assert_eq!(&ns, sent, "topic {topic}: messages differ from the acknowledged publishes");
+        assert_eq!(
+            &ns, sent,
+            "topic {topic}: messages differ from the acknowledged publishes"
+        );
         assert!(
             got.windows(2).all(|w| w[0].1 < w[1].1),
             "topic {topic}: stamps not increasing: {got:?}"
         );
     }
-    assert!(seen.is_empty(), "messages of unpublished topics: {:?}", seen.keys());
+    assert!(
+        seen.is_empty(),
+        "messages of unpublished topics: {:?}",
+        seen.keys()
+    );
 }
 
 #[test]
@@ -128,7 +139,9 @@ fn two_gateways_deliver_every_acknowledged_publish_once_in_order() {
                 let mut published: HashMap<String, Vec<i64>> = HashMap::new();
                 for round in 0..3i64 {
                     for t in &mine {
-                        let ack = c.publish(t, json!({"n": round}), Duration::from_secs(20)).await;
+                        let ack = c
+                            .publish(t, json!({"n": round}), Duration::from_secs(20))
+                            .await;
                         assert_eq!(ack["op"], "ack", "publish to {t}: {ack}");
                         published.entry(t.clone()).or_default().push(round);
                     }
@@ -160,9 +173,10 @@ fn publishing_survives_a_leader_kill_without_reconnecting() {
     let gw_b = cluster.gateway(2);
     let topic = "failover.topic".to_string();
     let admin = cluster.any_admin();
-    let info: Value =
-        serde_json::from_str(&cli_ok(&["cluster", "topic", "--admin", &admin, &topic, "--json"]))
-            .expect("topic info");
+    let info: Value = serde_json::from_str(&cli_ok(&[
+        "cluster", "topic", "--admin", &admin, &topic, "--json",
+    ]))
+    .expect("topic info");
     let group = info["group"].as_u64().expect("group");
     let members = cluster.members().expect("members");
     let victim = leader_of(&members, group).expect("leader");
@@ -170,7 +184,10 @@ fn publishing_survives_a_leader_kill_without_reconnecting() {
     let rt = runtime();
     let (acked, failed, max_gap, got) = rt.block_on(async {
         let mut sub = Client::connect(&gw_a.listen).await;
-        assert_eq!(sub.subscribe(std::slice::from_ref(&topic)).await["op"], "ack");
+        assert_eq!(
+            sub.subscribe(std::slice::from_ref(&topic)).await["op"],
+            "ack"
+        );
         // Publish about 1,000 msg/s for 8 s over 10 publisher connections; kill the leader
         // after 2 s.
         let start = Instant::now();
@@ -190,7 +207,9 @@ fn publishing_survives_a_leader_kill_without_reconnecting() {
                     tick.tick().await;
                     let n = p * 1_000_000 + i;
                     i += 1;
-                    let ack = c.publish(&topic, json!({"n": n}), Duration::from_secs(5)).await;
+                    let ack = c
+                        .publish(&topic, json!({"n": n}), Duration::from_secs(5))
+                        .await;
                     if ack["op"] == "ack" {
                         max_gap = max_gap.max(last_ok.elapsed());
                         last_ok = Instant::now();
@@ -222,7 +241,11 @@ fn publishing_survives_a_leader_kill_without_reconnecting() {
         let got = sub.messages(acked.len(), Duration::from_secs(15)).await;
         (acked, failed, max_gap, got)
     });
-    assert!(acked.len() > 2_000, "too few acknowledged publishes: {}", acked.len());
+    assert!(
+        acked.len() > 2_000,
+        "too few acknowledged publishes: {}",
+        acked.len()
+    );
     assert!(
         max_gap < Duration::from_secs(3),
         "publishing stopped for {max_gap:?} after the leader kill"
@@ -233,17 +256,34 @@ fn publishing_survives_a_leader_kill_without_reconnecting() {
     for m in &got {
         let n = m["data"]["n"].as_i64().expect("n");
         by_publisher.entry(n / 1_000_000).or_default().push(n);
-        stamps.push((m["term"].as_u64().expect("term"), m["seq"].as_u64().expect("seq")));
+        stamps.push((
+            m["term"].as_u64().expect("term"),
+            m["seq"].as_u64().expect("seq"),
+        ));
     }
-    assert!(stamps.windows(2).all(|w| w[0] < w[1]), "duplicate or reordered stamps");
+    assert!(
+        stamps.windows(2).all(|w| w[0] < w[1]),
+        "duplicate or reordered stamps"
+    );
     let mut received: Vec<i64> = by_publisher.values().flatten().copied().collect();
     received.sort_unstable();
     let mut expected = acked.clone();
     expected.sort_unstable();
-    let missing: Vec<&i64> = expected.iter().filter(|n| received.binary_search(n).is_err()).collect();
-    assert!(missing.is_empty(), "{} acknowledged publishes lost, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    let missing: Vec<&i64> = expected
+        .iter()
+        .filter(|n| received.binary_search(n).is_err())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged publishes lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
     for (p, ns) in &by_publisher {
-        assert!(ns.windows(2).all(|w| w[0] < w[1]), "publisher {p}: reordered");
+        assert!(
+            ns.windows(2).all(|w| w[0] < w[1]),
+            "publisher {p}: reordered"
+        );
     }
     eprintln!(
         "acked {} failed {} max gap {:?} received {}",
@@ -266,11 +306,21 @@ fn killed_gateway_leaves_the_table_and_comes_back() {
     // Kept open until the gateway is killed: the topic stays subscribed while it has a client.
     let first_client = rt.block_on(async {
         let mut sub = Client::connect(&gw_a.listen).await;
-        assert_eq!(sub.subscribe(std::slice::from_ref(&topic)).await["op"], "ack");
+        assert_eq!(
+            sub.subscribe(std::slice::from_ref(&topic)).await["op"],
+            "ack"
+        );
         sub
     });
     let gateways = |admin: &str| -> Vec<u64> {
-        let out = cli_ok(&["cluster", "topic", "--admin", admin, "lease.topic", "--json"]);
+        let out = cli_ok(&[
+            "cluster",
+            "topic",
+            "--admin",
+            admin,
+            "lease.topic",
+            "--json",
+        ]);
         let v: Value = serde_json::from_str(&out).expect("json");
         v["gateways"]
             .as_array()
@@ -288,7 +338,10 @@ fn killed_gateway_leaves_the_table_and_comes_back() {
     gw_a.start();
     rt.block_on(async {
         let mut sub = Client::connect(&gw_a.listen).await;
-        assert_eq!(sub.subscribe(std::slice::from_ref(&topic)).await["op"], "ack");
+        assert_eq!(
+            sub.subscribe(std::slice::from_ref(&topic)).await["op"],
+            "ack"
+        );
         let mut publisher = Client::connect(&gw_b.listen).await;
         let ack = publisher
             .publish(&topic, json!({"n": 1}), Duration::from_secs(10))

@@ -12,6 +12,7 @@ mod config;
 mod error;
 mod link;
 mod meta;
+mod proposer;
 mod publish;
 mod server;
 mod sessions;

@@ -13,7 +13,9 @@ use firetower_proto::link::{
 };
 use firetower_proto::{decode_frame, encode_frame};
 use firetower_raft::{group_of, Command, GroupId, ManagerNode, Response};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
+
+use crate::proposer::ProposeError;
 
 use crate::server::Manager;
 
@@ -53,8 +55,11 @@ pub(crate) async fn serve_connection(conn: quinn::Connection, manager: Manager) 
             };
             if let Some(gateway_request::Op::OpenSession(open)) = request.op {
                 if request.gateway == 0 {
-                    reply(&mut send, &failure("invalid_request", "gateway id 0 is reserved"))
-                        .await;
+                    reply(
+                        &mut send,
+                        &failure("invalid_request", "gateway id 0 is reserved"),
+                    )
+                    .await;
                     return;
                 }
                 crate::sessions::serve_session(manager, request.gateway, open, send, recv).await;
@@ -133,7 +138,10 @@ pub(crate) async fn handle(manager: &Manager, request: GatewayRequest) -> Gatewa
             return crate::publish::publish(manager, p.topic, p.data.into(), p.json).await;
         }
         Some(gateway_request::Op::OpenSession(_)) => {
-            return failure("invalid_request", "OpenSession opens a session stream of its own")
+            return failure(
+                "invalid_request",
+                "OpenSession opens a session stream of its own",
+            )
         }
     };
     if let Err(e) = firetower_proto::validate_topic(&topic) {
@@ -186,35 +194,24 @@ pub(crate) fn routing(manager: &Manager) -> GatewayReply {
 }
 
 async fn write(manager: &Manager, group: GroupId, command: Command) -> GatewayReply {
-    let Some(raft) = manager.raft(group) else {
+    let Some(proposer) = manager.proposer(group) else {
         return failure("unavailable", format!("group {group} is not running here"));
     };
-    let timeout = manager.config().raft.proposal_timeout();
-    match tokio::time::timeout(timeout, raft.client_write(command)).await {
-        Err(_) => failure(
+    match proposer.propose(command).await {
+        Ok((Response::Applied { changed }, index)) => GatewayReply {
+            result: Some(gateway_reply::Result::Done(Done { changed, index })),
+        },
+        Ok((Response::Refused { reason }, _)) => failure("refused", reason),
+        Ok((other, _)) => failure("internal", format!("unexpected response {other:?}")),
+        Err(ProposeError::NotLeader(leader)) => not_leader(group, leader),
+        Err(ProposeError::Timeout) => failure(
             "timeout",
             format!(
-                "group {group} did not commit within {timeout:?}; the write may or may not \
-                 take effect: retry (subscribe and unsubscribe are idempotent)"
+                "group {group} did not commit in time; the write may or may not take effect: \
+                 retry (subscribe and unsubscribe are idempotent)"
             ),
         ),
-        Ok(Ok(response)) => match response.data {
-            Response::Applied { changed } => GatewayReply {
-                result: Some(gateway_reply::Result::Done(Done {
-                    changed,
-                    index: response.log_id.index,
-                })),
-            },
-            Response::Refused { reason } => failure("refused", reason),
-            Response::None => failure("internal", "command produced no response"),
-        },
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-            not_leader(group, f.leader_id.zip(f.leader_node))
-        }
-        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-            failure("internal", e.to_string())
-        }
-        Ok(Err(RaftError::Fatal(e))) => failure("unavailable", format!("group {group}: {e}")),
+        Err(ProposeError::Unavailable(m)) => failure("unavailable", format!("group {group}: {m}")),
     }
 }
 

@@ -64,7 +64,12 @@ fn failure(code: &str, message: impl Into<String>) -> GatewayReply {
 }
 
 /// Publish `data` to `topic`.
-pub(crate) async fn publish(manager: &Manager, topic: String, data: Bytes, json: bool) -> GatewayReply {
+pub(crate) async fn publish(
+    manager: &Manager,
+    topic: String,
+    data: Bytes,
+    json: bool,
+) -> GatewayReply {
     let group = group_of(&topic, manager.group_count());
     let Some(raft) = manager.raft(group) else {
         return failure("unavailable", format!("group {group} is not running here"));

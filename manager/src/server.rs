@@ -50,6 +50,7 @@ struct Inner {
     endpoint: quinn::Endpoint,
     router: GroupRouter,
     readers: RwLock<HashMap<GroupId, TableReader>>,
+    proposers: RwLock<HashMap<GroupId, crate::proposer::Proposer>>,
     peers: std::sync::Mutex<Option<PeerConnections>>,
     cluster_id: watch::Sender<String>,
     sessions: crate::sessions::Sessions,
@@ -116,6 +117,7 @@ impl Manager {
                 endpoint,
                 router: GroupRouter::new(),
                 readers: RwLock::new(HashMap::new()),
+                proposers: RwLock::new(HashMap::new()),
                 peers: std::sync::Mutex::new(None),
                 cluster_id,
                 sessions: Default::default(),
@@ -243,6 +245,16 @@ impl Manager {
         });
     }
 
+    /// The proposal queue of a group hosted here.
+    pub(crate) fn proposer(&self, group: GroupId) -> Option<crate::proposer::Proposer> {
+        self.inner
+            .proposers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&group)
+            .cloned()
+    }
+
     /// A token cancelled when the manager shuts down.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.inner.shutdown.clone()
@@ -351,6 +363,15 @@ impl Manager {
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(group, reader);
+            let proposer = crate::proposer::Proposer::spawn(
+                raft.clone(),
+                self.inner.config.raft.proposal_timeout(),
+            );
+            self.inner
+                .proposers
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(group, proposer);
             self.inner.router.insert(group, raft);
         }
         Ok(())

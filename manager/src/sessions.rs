@@ -219,7 +219,12 @@ pub(crate) async fn serve_session(
         acked: acked_rx,
     };
     sessions.register(handle.clone());
-    tracing::info!(gateway, epoch = open.epoch, ?lease, "gateway session opened");
+    tracing::info!(
+        gateway,
+        epoch = open.epoch,
+        ?lease,
+        "gateway session opened"
+    );
 
     // Register the session in every group led here before saying it is open, so the gateway
     // never subscribes in a group whose table would later expire an older epoch under it.
@@ -229,7 +234,9 @@ pub(crate) async fn serve_session(
             fresh.push(group);
         }
     }
-    handle.send_control(session_frame::Frame::Opened(SessionOpened { epoch: open.epoch }));
+    handle.send_control(session_frame::Frame::Opened(SessionOpened {
+        epoch: open.epoch,
+    }));
     if !fresh.is_empty() {
         handle.send_control(session_frame::Frame::Resync(Resync { groups: fresh }));
     }
@@ -421,7 +428,12 @@ async fn lease_round(manager: &Manager, group: GroupId, since: Instant) -> Resul
             .max()
             .unwrap_or(since);
         if now.duration_since(base) > Duration::from_millis(session.lease_ms) {
-            tracing::info!(group, gateway, epoch = session.epoch, "gateway lease expired");
+            tracing::info!(
+                group,
+                gateway,
+                epoch = session.epoch,
+                "gateway lease expired"
+            );
             propose(
                 &raft,
                 Command::ExpireSession {
@@ -450,5 +462,6 @@ pub(crate) fn is_ready_leader(raft: &firetower_raft::Raft, id: u64) -> bool {
     let m = m.borrow();
     m.state == ServerState::Leader
         && m.current_leader == Some(id)
-        && m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term)
+        && m.last_applied
+            .is_some_and(|l| l.leader_id.term == m.current_term)
 }

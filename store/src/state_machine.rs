@@ -693,6 +693,13 @@ fn apply_command(tx: &mut Overlay<'_>, command: &Command) -> Result<Response, St
         reason: format!("gateway {gateway} is blacklisted"),
     };
     match command {
+        Command::Batch(commands) => {
+            let mut responses = Vec::with_capacity(commands.len());
+            for c in commands {
+                responses.push(apply_command(tx, c)?);
+            }
+            Ok(Response::Batch(responses))
+        }
         Command::Subscribe { topic, gateway } => {
             if tx.contains(Tree::Blacklist, &gateway.to_be_bytes())? {
                 return Ok(blacklisted(*gateway));

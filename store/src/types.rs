@@ -47,6 +47,10 @@ pub enum Command {
     Blacklist { gateway: GatewayId, blocked: bool },
     /// Set a cluster metadata key (group 0 only by convention). Empty `value` deletes.
     SetMeta { key: String, value: Vec<u8> },
+    /// Several commands applied in order as one log entry: the manager packs the concurrent
+    /// proposals of a group into one entry, so one Raft round trip and one fsync serve many.
+    /// The response is [`Response::Batch`], one response per command.
+    Batch(Vec<Command>),
 }
 
 /// The outcome of applying one log entry.
@@ -59,6 +63,8 @@ pub enum Response {
     Applied { changed: bool },
     /// The command was refused (for example a blacklisted gateway); the state did not change.
     Refused { reason: String },
+    /// The responses of a [`Command::Batch`], in order.
+    Batch(Vec<Response>),
 }
 
 /// A gateway's session as stored in the table: the epoch it opened with and its lease.

@@ -35,6 +35,9 @@ impl Model {
     fn apply(&mut self, command: &Command) -> Response {
         let applied = |changed| Response::Applied { changed };
         match command {
+            Command::Batch(commands) => {
+                Response::Batch(commands.iter().map(|c| self.apply(c)).collect())
+            }
             Command::Subscribe { topic, gateway } => {
                 if self.blacklist.contains(gateway) {
                     return refused();
@@ -162,11 +165,19 @@ impl Model {
 fn shape(r: &Response) -> Response {
     match r {
         Response::Refused { .. } => refused(),
+        Response::Batch(rs) => Response::Batch(rs.iter().map(shape).collect()),
         other => other.clone(),
     }
 }
 
 fn arb_command() -> impl Strategy<Value = Command> {
+    prop_oneof![
+        8 => arb_single(),
+        1 => proptest::collection::vec(arb_single(), 0..6).prop_map(Command::Batch),
+    ]
+}
+
+fn arb_single() -> impl Strategy<Value = Command> {
     let topic = proptest::sample::select(TOPICS.to_vec()).prop_map(String::from);
     let gateway = GATEWAYS;
     prop_oneof![

@@ -320,14 +320,16 @@ impl GatewayProc {
             .expect("spawn gateway");
         self.child = Some(child);
         let listen = self.listen.clone();
-        wait_until(Duration::from_secs(20), || http_status(&listen, "/readyz") == Some(200))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "gateway {} never became ready; log:\n{}",
-                    self.id,
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                )
-            });
+        wait_until(Duration::from_secs(20), || {
+            http_status(&listen, "/readyz") == Some(200)
+        })
+        .unwrap_or_else(|_| {
+            panic!(
+                "gateway {} never became ready; log:\n{}",
+                self.id,
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            )
+        });
     }
 
     pub fn kill(&mut self) {
@@ -365,7 +367,8 @@ impl Cluster {
     pub fn wait_formed(&self) {
         let ids: Vec<u64> = self.managers.iter().map(|m| m.id).collect();
         wait_until(Duration::from_secs(10), || {
-            self.members().is_some_and(|m| all_groups_led(&m, &ids, &ids))
+            self.members()
+                .is_some_and(|m| all_groups_led(&m, &ids, &ids))
         })
         .unwrap_or_else(|_| panic!("cluster not formed\n{}", self.dump_logs()));
     }
@@ -376,7 +379,11 @@ pub fn http_status(addr: &str, path: &str) -> Option<u16> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf);

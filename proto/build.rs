@@ -1,7 +1,11 @@
 //! Compiles `proto/*.proto` with protox (pure Rust; no system `protoc` needed).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/admin.proto", "proto/link.proto", "proto/client.proto"];
+    let files = [
+        "proto/admin.proto",
+        "proto/link.proto",
+        "proto/client.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

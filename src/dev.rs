@@ -76,7 +76,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!();
     println!("  WebSocket:  {url}   (subprotocol firetower.json)");
     println!("  health:     http://{addr}/readyz   metrics: http://{addr}/metrics");
-    println!("  members:    firetower cluster members --admin {}", admins[0]);
+    println!(
+        "  members:    firetower cluster members --admin {}",
+        admins[0]
+    );
     println!("  data:       {}", args.data_dir.display());
     println!();
     println!("Try it with any WebSocket client, for example `websocat {url}`, and send:");

@@ -49,10 +49,9 @@ pub async fn quic_addresses(admins: &str) -> anyhow::Result<Vec<SocketAddr>> {
         .await;
         match reply {
             Ok(d) => {
-                let quic: SocketAddr = d
-                    .quic
-                    .parse()
-                    .with_context(|| format!("manager at {admin} reports QUIC address {:?}", d.quic))?;
+                let quic: SocketAddr = d.quic.parse().with_context(|| {
+                    format!("manager at {admin} reports QUIC address {:?}", d.quic)
+                })?;
                 if !out.contains(&quic) {
                     out.push(quic);
                 }

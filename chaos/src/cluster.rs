@@ -174,8 +174,16 @@ impl Cluster {
         for host in manager_hosts {
             let id = cluster.next_id;
             cluster.next_id += 1;
-            let data_dir = cluster.spec.run_dir.join("data").join(format!("{}-id{id}", host.name));
-            let log = cluster.spec.run_dir.join("logs").join(format!("{}.log", host.name));
+            let data_dir = cluster
+                .spec
+                .run_dir
+                .join("data")
+                .join(format!("{}-id{id}", host.name));
+            let log = cluster
+                .spec
+                .run_dir
+                .join("logs")
+                .join(format!("{}.log", host.name));
             let args = cluster.manager_args(&host, id, &data_dir);
             let process = NodeProcess::new(host.clone(), &cluster.spec.binary, args, log);
             cluster.managers.insert(
@@ -236,7 +244,11 @@ impl Cluster {
                     "--managers".into(),
                     admins.join(","),
                 ];
-                let log = cluster.spec.run_dir.join("logs").join(format!("{}.log", host.name));
+                let log = cluster
+                    .spec
+                    .run_dir
+                    .join("logs")
+                    .join(format!("{}.log", host.name));
                 let mut p = NodeProcess::new(host.clone(), &cluster.spec.binary, args, log);
                 p.start()?;
                 cluster.gateways.insert(host.name.clone(), p);
@@ -602,20 +614,34 @@ impl Cluster {
         Ok(())
     }
 
-    /// `cluster remove` the manager `id` (on host `name`), then stop its process.
+    /// `cluster remove` the manager `id` (on host `name`), then stop its process. Retries
+    /// for up to a minute: right after a manager dies, groups it led have no leader until
+    /// the survivors elect one, and the change needs a leader.
     pub fn remove_member(&mut self, name: &str, id: u64) -> Result<(), ChaosError> {
-        let via = self.any_member_admin(Some(name))?;
-        self.firetower(
-            &[
-                "cluster".into(),
-                "remove".into(),
-                "--admin".into(),
-                via,
-                "--id".into(),
-                id.to_string(),
-            ],
-            Duration::from_secs(120),
-        )?;
+        let limit = Duration::from_secs(60);
+        let deadline = Instant::now() + limit;
+        loop {
+            let via = self.any_member_admin(Some(name))?;
+            let result = self.firetower(
+                &[
+                    "cluster".into(),
+                    "remove".into(),
+                    "--admin".into(),
+                    via,
+                    "--id".into(),
+                    id.to_string(),
+                ],
+                Duration::from_secs(120),
+            );
+            match result {
+                Ok(_) => break,
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(e) => {
+                    tracing::info!(error = %e, "cluster remove failed; retrying");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
         let m = self.manager_mut(name)?;
         m.member = false;
         m.process.terminate(Duration::from_secs(5));

@@ -34,10 +34,12 @@ pub(crate) fn run_with_stdin(
         // A program that exits before reading its input reports its own error below.
         let _ = pipe.write_all(text.as_bytes());
     }
-    let output = child.wait_with_output().map_err(|source| ChaosError::Spawn {
-        program: program.to_string(),
-        source,
-    })?;
+    let output = child
+        .wait_with_output()
+        .map_err(|source| ChaosError::Spawn {
+            program: program.to_string(),
+            source,
+        })?;
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {

@@ -39,8 +39,7 @@ pub use cluster::{
 pub use error::ChaosError;
 pub use net::{
     cleanup_active_runs, list_namespaces, namespaces_with_prefix, parse_run_prefix, pids_in,
-    process_alive, remove_leftovers, remove_run, Host, HostSpec, Role, RunId, TestNet,
-    KNOWN_TAGS,
+    process_alive, remove_leftovers, remove_run, Host, HostSpec, Role, RunId, TestNet, KNOWN_TAGS,
 };
 pub use partition::{ensure_nft, nft_script, tables_in, Partition, NFT_TABLE};
 pub use probe::{median, unavailability, unix_ms, ProbeRecord, Unavailability};

@@ -171,10 +171,7 @@ impl TestNet {
         let br = self.bridge_ns.clone();
         run("ip", &["netns", "add", &br]).map_err(|e| ChaosError::NoNetns(e.to_string()))?;
         run("ip", &["-n", &br, "link", "set", "lo", "up"])?;
-        run(
-            "ip",
-            &["-n", &br, "link", "add", "br0", "type", "bridge"],
-        )?;
+        run("ip", &["-n", &br, "link", "add", "br0", "type", "bridge"])?;
         run("ip", &["-n", &br, "link", "set", "br0", "up"])?;
         for (role, count) in [
             (Role::Manager, spec.managers),
@@ -315,7 +312,11 @@ pub fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
 /// The pids of the processes in namespace `ns`.
 pub fn pids_in(ns: &str) -> Vec<i32> {
     run("ip", &["netns", "pids", ns])
-        .map(|out| out.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+        .map(|out| {
+            out.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -378,8 +379,7 @@ pub fn parse_run_prefix(name: &str) -> Option<(String, i32)> {
     let pid = parts.next()?;
     let seq = parts.next()?;
     parts.next()?;
-    if !KNOWN_TAGS.contains(&tag) || seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit())
-    {
+    if !KNOWN_TAGS.contains(&tag) || seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     let pid: i32 = pid.parse().ok()?;

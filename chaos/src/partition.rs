@@ -63,7 +63,7 @@ impl Partition {
         }
     }
 
-    /// Random halves: a minority of `floor(n/2)` hosts and a majority.
+    /// Random halves: a strict majority of `n/2 + 1` hosts and the rest.
     pub fn random_halves(nodes: &[String], rng: &mut impl Rng) -> Result<Partition, ChaosError> {
         if nodes.len() < 2 {
             return Err(ChaosError::InvalidFault(
@@ -72,7 +72,9 @@ impl Partition {
         }
         let mut shuffled = nodes.to_vec();
         shuffled.shuffle(rng);
-        let minority = shuffled.split_off(shuffled.len().div_ceil(2));
+        // A strict majority (n/2 + 1) and the rest; two nodes split one and one.
+        let cut = (shuffled.len() / 2 + 1).min(shuffled.len() - 1);
+        let minority = shuffled.split_off(cut);
         let mut p = Partition::components(&[minority, shuffled]);
         p.description = format!("halves {}", p.description);
         Ok(p)

@@ -40,8 +40,11 @@ pub async fn run_probe(
     interval: Duration,
     t0_unix_ms: f64,
 ) -> Result<(), String> {
+    // A short deadline: a request in flight to a manager that just died waits for the whole
+    // deadline (the link client's per-attempt timeout is its request timeout), so a long one
+    // would measure the client's patience rather than the cluster's failover.
     let options = LinkOptions {
-        request_timeout: Duration::from_secs(3),
+        request_timeout: Duration::from_secs(1),
         min_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(200),
     };
@@ -112,7 +115,11 @@ pub struct Unavailability {
 
 /// Measure, for each fault window `[start, end)`, the longest gap between successful
 /// completions of `op` that touches the window.
-pub fn unavailability(records: &[ProbeRecord], op: &str, windows: &[(f64, f64)]) -> Vec<Unavailability> {
+pub fn unavailability(
+    records: &[ProbeRecord],
+    op: &str,
+    windows: &[(f64, f64)],
+) -> Vec<Unavailability> {
     let mut ok: Vec<f64> = records
         .iter()
         .filter(|r| r.op == op && r.ok)
@@ -123,7 +130,12 @@ pub fn unavailability(records: &[ProbeRecord], op: &str, windows: &[(f64, f64)])
         .iter()
         .map(|&(start, end)| {
             // The last success before the fault, then every success up to the window's end.
-            let before = ok.iter().rev().find(|&&t| t <= start).copied().unwrap_or(start);
+            let before = ok
+                .iter()
+                .rev()
+                .find(|&&t| t <= start)
+                .copied()
+                .unwrap_or(start);
             let mut prev = before;
             let mut worst = 0.0f64;
             for &t in ok.iter().filter(|&&t| t > start && t <= end) {
@@ -190,7 +202,10 @@ mod tests {
 
     #[test]
     fn no_success_in_the_window_counts_the_whole_window() {
-        let r = vec![rec("subscribe", 100.0, true), rec("subscribe", 900.0, false)];
+        let r = vec![
+            rec("subscribe", 100.0, true),
+            rec("subscribe", 900.0, false),
+        ];
         let u = unavailability(&r, "subscribe", &[(200.0, 1000.0)]);
         assert_eq!(u[0].unavailable_ms, 900.0);
     }

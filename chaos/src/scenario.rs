@@ -56,6 +56,9 @@ pub struct FaultRecord {
     pub start_ms: f64,
     /// When the harness considered it healed and settled (ms since t0).
     pub end_ms: f64,
+    /// From the fault until `cluster members` showed a new leader of the probe's group (ms;
+    /// polled every 100 ms), when the fault removed a leader.
+    pub new_leader_ms: Option<f64>,
 }
 
 /// The outcome of a scenario.
@@ -88,13 +91,16 @@ impl ScenarioReport {
             self.faults.len(),
             self.probe_ops
         );
-        s.push_str("fault                     node   subscribe_ms  publish_ms\n");
+        s.push_str("fault                     node   subscribe_ms  publish_ms  new_leader_ms\n");
         for (i, f) in self.faults.iter().enumerate() {
             let sub = self.subscribe.get(i).map_or(0.0, |u| u.unavailable_ms);
             let publ = self.publish.get(i).map_or(0.0, |u| u.unavailable_ms);
+            let leader = f
+                .new_leader_ms
+                .map_or_else(|| "-".to_string(), |ms| format!("{ms:.0}"));
             s.push_str(&format!(
-                "{:<25} {:<6} {:>12.0} {:>11.0}\n",
-                f.kind, f.node, sub, publ
+                "{:<25} {:<6} {:>12.0} {:>11.0} {:>14}\n",
+                f.kind, f.node, sub, publ, leader
             ));
         }
         s.push_str(&format!(
@@ -231,6 +237,7 @@ pub fn run_scenario(
                 let start = now_ms();
                 cluster.kill(&node)?;
                 wait_leader(&cluster, group, Some(leader_id))?;
+                let new_leader_ms = Some(now_ms() - start);
                 std::thread::sleep(Duration::from_millis(500));
                 cluster.start_manager(&node)?;
                 cluster.wait_for_leaders(Duration::from_secs(30))?;
@@ -240,6 +247,7 @@ pub fn run_scenario(
                     node,
                     start_ms: start,
                     end_ms: now_ms(),
+                    new_leader_ms,
                 });
             }
         }
@@ -255,6 +263,7 @@ pub fn run_scenario(
                         node,
                         start_ms: start,
                         end_ms: now_ms(),
+                        new_leader_ms: None,
                     });
                 }
             }

@@ -77,7 +77,10 @@ fn assert_run_gone(prefix: &str) {
         if left.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "namespaces left behind: {left:?}");
+        assert!(
+            Instant::now() < deadline,
+            "namespaces left behind: {left:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let tables = tables_in_root();
@@ -88,12 +91,18 @@ fn assert_run_gone(prefix: &str) {
 }
 
 fn tables_in_root() -> String {
-    let out = Command::new("nft").args(["list", "tables"]).output().unwrap();
+    let out = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn processes_with(needle: &str) -> Vec<String> {
-    let out = Command::new("ps").args(["-eo", "pid,args"]).output().unwrap();
+    let out = Command::new("ps")
+        .args(["-eo", "pid,args"])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.contains(needle) && !l.contains("ps -eo"))
@@ -114,7 +123,11 @@ fn hosts_live_only_in_their_namespaces_and_are_removed() {
         "cannot create network namespaces: these tests need root with `ip netns` and nftables",
     );
     let prefix = net.run_id().prefix().to_string();
-    assert_eq!(namespaces_with_prefix(&prefix).len(), 6, "5 hosts + the bridge");
+    assert_eq!(
+        namespaces_with_prefix(&prefix).len(),
+        6,
+        "5 hosts + the bridge"
+    );
     assert_eq!(net.hosts_of(Role::Manager).len(), 3);
     assert_eq!(net.host("g1").unwrap().ip.to_string(), "10.77.0.31");
     assert_eq!(net.host("c1").unwrap().ip.to_string(), "10.77.0.51");
@@ -160,7 +173,10 @@ fn partitions_block_exactly_the_chosen_links_and_heal() {
     assert!(tcp_reaches(net, "m2", "m3"));
     assert!(tcp_reaches(net, "c1", "m1"));
     let tables = tables_in(&net.host("m1").unwrap().ns).unwrap();
-    assert!(tables.iter().any(|t| t.contains("firetower_chaos")), "{tables:?}");
+    assert!(
+        tables.iter().any(|t| t.contains("firetower_chaos")),
+        "{tables:?}"
+    );
     assert!(!tables_in_root().contains("firetower_chaos"));
     // Bridge: m2 hears both sides, m1 and m3 do not hear each other.
     let bridge = Partition::components(&[vec!["m1".into()], vec!["m3".into()]]);
@@ -204,7 +220,10 @@ fn process_faults_kill_pause_restart_damage_and_replace() {
     let leader = cluster.leader_of(0).unwrap().unwrap();
     let leader_name = cluster.name_of_id(leader).unwrap();
     cluster.kill(&leader_name).unwrap();
-    assert_eq!(cluster.manager_state(&leader_name).unwrap(), ProcessState::Down);
+    assert_eq!(
+        cluster.manager_state(&leader_name).unwrap(),
+        ProcessState::Down
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if matches!(cluster.leader_of(0), Ok(Some(l)) if l != leader) {
@@ -237,7 +256,10 @@ fn process_faults_kill_pause_restart_damage_and_replace() {
     cluster.pause(&other).unwrap();
     assert_eq!(cluster.manager_state(&other).unwrap(), ProcessState::Paused);
     cluster.resume(&other).unwrap();
-    assert_eq!(cluster.manager_state(&other).unwrap(), ProcessState::Running);
+    assert_eq!(
+        cluster.manager_state(&other).unwrap(),
+        ProcessState::Running
+    );
 
     // Graceful restart.
     cluster.restart(&other).unwrap();
@@ -256,7 +278,9 @@ fn process_faults_kill_pause_restart_damage_and_replace() {
     let new = cluster.replace_with_wiped("m2").unwrap();
     assert_ne!(old, new);
     let groups = cluster.wait_for_leaders(Duration::from_secs(30)).unwrap();
-    assert!(groups.iter().all(|g| g.voters.contains(&new) && !g.voters.contains(&old)));
+    assert!(groups
+        .iter()
+        .all(|g| g.voters.contains(&new) && !g.voters.contains(&old)));
 
     drop(cluster);
     assert_run_gone(&prefix);
@@ -302,7 +326,9 @@ fn ctrl_c_removes_every_namespace_and_process() {
     assert!(left.is_empty(), "{left:?}");
     let managers = processes_with("firetower manager");
     assert!(
-        managers.iter().all(|m| !m.contains(&format!("ftc-test-{}", std::process::id()))),
+        managers
+            .iter()
+            .all(|m| !m.contains(&format!("ftc-test-{}", std::process::id()))),
         "{managers:?}"
     );
 }
@@ -316,7 +342,10 @@ fn leftovers_of_a_crashed_run_are_removed_at_start() {
     child.wait().unwrap();
     // The run died without cleaning up: its managers still run in its namespaces.
     assert_eq!(namespaces_with_prefix(&prefix).len(), 5);
-    assert!(!pids_in(&ns).is_empty(), "the crashed run's manager is still running");
+    assert!(
+        !pids_in(&ns).is_empty(),
+        "the crashed run's manager is still running"
+    );
     let removed = remove_leftovers();
     assert!(removed.contains(&prefix), "{removed:?}");
     assert_run_gone(&prefix);

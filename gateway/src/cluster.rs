@@ -409,7 +409,11 @@ impl Upstream for ClusterUpstream {
         })
     }
 
-    fn publish(&self, topic: &str, payload: Payload) -> BoxFuture<'static, Result<Stamp, UpstreamError>> {
+    fn publish(
+        &self,
+        topic: &str,
+        payload: Payload,
+    ) -> BoxFuture<'static, Result<Stamp, UpstreamError>> {
         let this = self.clone();
         let topic = topic.to_string();
         Box::pin(async move {

@@ -141,7 +141,9 @@ pub enum ConfigError {
     #[error("`{0}` must be longer than zero")]
     ZeroDuration(&'static str),
     /// The frame limit is below what the protocol itself needs.
-    #[error("`max_frame_bytes` is {0}; it must be at least 1024 to carry a subscribe of one long topic")]
+    #[error(
+        "`max_frame_bytes` is {0}; it must be at least 1024 to carry a subscribe of one long topic"
+    )]
     FrameTooSmall(usize),
     /// The send queue cannot hold one full-size frame.
     #[error("`send_queue_bytes` ({queue}) must be at least `max_frame_bytes` + 14 ({frame})")]
@@ -235,7 +237,10 @@ mod tests {
         assert_eq!(c.validate(), Err(ConfigError::ZeroDuration("idle_timeout")));
         let mut c = GatewayConfig::default();
         c.limits.send_queue_bytes = 1000;
-        assert!(matches!(c.validate(), Err(ConfigError::QueueSmallerThanFrame { .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::QueueSmallerThanFrame { .. })
+        ));
         let mut c = GatewayConfig::default();
         c.tcp_listen = Some(c.listen);
         assert!(matches!(c.validate(), Err(ConfigError::SameAddress(_))));

@@ -181,8 +181,8 @@ impl SendQueue {
         if s.closed || s.close.is_some() {
             return PushOutcome::Dropped;
         }
-        let fits = s.frames.len() < self.limits.messages
-            && s.bytes + frame.len() <= self.limits.bytes;
+        let fits =
+            s.frames.len() < self.limits.messages && s.bytes + frame.len() <= self.limits.bytes;
         if fits {
             s.consecutive_drops = 0;
             s.full_since = None;
@@ -218,7 +218,9 @@ impl SendQueue {
         if s.closed || s.close.is_some() {
             return false;
         }
-        if s.frames.len() >= 2 * self.limits.messages || s.bytes + frame.len() > 2 * self.limits.bytes {
+        if s.frames.len() >= 2 * self.limits.messages
+            || s.bytes + frame.len() > 2 * self.limits.bytes
+        {
             s.close = Some(CloseRequest {
                 code: close_code::POLICY_VIOLATION,
                 reason: "replies not read",
@@ -346,12 +348,26 @@ pub(crate) async fn serve_http(shared: Arc<Shared>, mut stream: TcpStream, id: C
             Ok(None) => {}
             Err(e) => {
                 inc(&shared.metrics.handshake_failures);
-                respond(&mut stream, http::text_response(e.status(), &format!("{e}\n")), limits).await;
+                respond(
+                    &mut stream,
+                    http::text_response(e.status(), &format!("{e}\n")),
+                    limits,
+                )
+                .await;
                 return;
             }
         }
-        buf.reserve(READ_CHUNK.min(MAX_REQUEST_HEAD - buf.len().min(MAX_REQUEST_HEAD)).max(1));
-        match tokio::time::timeout_at(deadline, tokio::io::AsyncReadExt::read_buf(&mut stream, &mut buf)).await {
+        buf.reserve(
+            READ_CHUNK
+                .min(MAX_REQUEST_HEAD - buf.len().min(MAX_REQUEST_HEAD))
+                .max(1),
+        );
+        match tokio::time::timeout_at(
+            deadline,
+            tokio::io::AsyncReadExt::read_buf(&mut stream, &mut buf),
+        )
+        .await
+        {
             Ok(Ok(n)) if n > 0 => {}
             _ => {
                 // Silence, a half-sent request, EOF or a socket error: nothing to answer.
@@ -363,9 +379,12 @@ pub(crate) async fn serve_http(shared: Arc<Shared>, mut stream: TcpStream, id: C
     let response = match head.path.as_str() {
         "/ws" => match ws::negotiate(&head) {
             Ok(upgrade) => {
-                if tokio::time::timeout(limits.close_timeout, stream.write_all(&ws::upgrade_response(&upgrade)))
-                    .await
-                    .is_err()
+                if tokio::time::timeout(
+                    limits.close_timeout,
+                    stream.write_all(&ws::upgrade_response(&upgrade)),
+                )
+                .await
+                .is_err()
                 {
                     return;
                 }
@@ -379,7 +398,9 @@ pub(crate) async fn serve_http(shared: Arc<Shared>, mut stream: TcpStream, id: C
                 http::text_response(e.status(), &format!("{e}\n"))
             }
         },
-        _ if head.method != "GET" && head.method != "HEAD" => http::text_response(405, "method not allowed\n"),
+        _ if head.method != "GET" && head.method != "HEAD" => {
+            http::text_response(405, "method not allowed\n")
+        }
         "/healthz" => http::text_response(200, "ok\n"),
         "/readyz" => {
             if shared.upstream.ready() && !shared.cancel.is_cancelled() {
@@ -411,7 +432,13 @@ pub(crate) async fn serve_tcp(shared: Arc<Shared>, stream: TcpStream, id: ConnId
     run_session(shared, stream, id, Wire::Tcp, BytesMut::new()).await;
 }
 
-async fn run_session(shared: Arc<Shared>, stream: TcpStream, id: ConnId, wire: Wire, buffered: BytesMut) {
+async fn run_session(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    id: ConnId,
+    wire: Wire,
+    buffered: BytesMut,
+) {
     let limits = &shared.config.limits;
     let ctx = Arc::new(ConnCtx {
         id,
@@ -480,7 +507,8 @@ impl Session {
     async fn run(&mut self) {
         loop {
             let has_output = !self.writing.is_empty() || self.ctx.queue.has_work();
-            let can_read = self.ctx.in_flight.load(Ordering::Acquire) < self.shared.config.limits.max_in_flight
+            let can_read = self.ctx.in_flight.load(Ordering::Acquire)
+                < self.shared.config.limits.max_in_flight
                 || self.closing.is_some();
             let deadline = tokio::time::Instant::from_std(self.deadline());
             let event = tokio::select! {
@@ -492,7 +520,9 @@ impl Session {
                 _ = tokio::time::sleep_until(deadline) => Event::Timer,
             };
             let flow = match event {
-                Event::Shutdown => self.begin_close(close_code::GOING_AWAY, "gateway shutting down", true),
+                Event::Shutdown => {
+                    self.begin_close(close_code::GOING_AWAY, "gateway shutting down", true)
+                }
                 Event::Writable(Ok(())) => self.on_writable().await,
                 Event::Queued => self.on_queued(),
                 Event::Readable(Ok(())) => self.on_readable(),
@@ -512,7 +542,9 @@ impl Session {
         }
         match self.ping_sent {
             Some(at) => at + limits.pong_timeout,
-            None if self.ctx.wire == Wire::Tcp => self.last_heard + limits.idle_timeout + limits.pong_timeout,
+            None if self.ctx.wire == Wire::Tcp => {
+                self.last_heard + limits.idle_timeout + limits.pong_timeout
+            }
             None => self.last_heard + limits.idle_timeout,
         }
     }
@@ -527,7 +559,8 @@ impl Session {
         }
         if self.ping_sent.is_none() && self.ctx.wire != Wire::Tcp {
             self.ping_sent = Some(now);
-            self.writing.push_back(ws::encode_message(Opcode::Ping, b"firetower"));
+            self.writing
+                .push_back(ws::encode_message(Opcode::Ping, b"firetower"));
             return Flow::Continue;
         }
         inc(&self.shared.metrics.idle_disconnects);
@@ -598,7 +631,9 @@ impl Session {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(mut written) => {
                     while written > 0 {
-                        let Some(front) = self.writing.front_mut() else { break };
+                        let Some(front) = self.writing.front_mut() else {
+                            break;
+                        };
                         if written >= front.len() {
                             written -= front.len();
                             self.writing.pop_front();
@@ -661,7 +696,8 @@ impl Session {
                         }
                     }
                     Err(e) => {
-                        self.ctx.reply(&ServerFrame::error(None, "frame_too_large", e.to_string()));
+                        self.ctx
+                            .reply(&ServerFrame::error(None, "frame_too_large", e.to_string()));
                         return self.begin_close(close_code::TOO_BIG, "frame too large", false);
                     }
                 }
@@ -686,7 +722,9 @@ impl Session {
             }
             let flow = match message {
                 Message::Text(payload) if self.ctx.wire == Wire::WsJson => self.on_data(&payload),
-                Message::Binary(payload) if self.ctx.wire == Wire::WsProto => self.on_data(&payload),
+                Message::Binary(payload) if self.ctx.wire == Wire::WsProto => {
+                    self.on_data(&payload)
+                }
                 Message::Binary(_) => {
                     inc(&self.shared.metrics.protocol_errors);
                     self.ctx.reply(&ServerFrame::error(
@@ -694,7 +732,11 @@ impl Session {
                         "binary_on_json",
                         "binary message on the firetower.json subprotocol; send JSON text or connect with firetower.proto",
                     ));
-                    self.begin_close(close_code::UNSUPPORTED_DATA, "binary message on firetower.json", false)
+                    self.begin_close(
+                        close_code::UNSUPPORTED_DATA,
+                        "binary message on firetower.json",
+                        false,
+                    )
                 }
                 Message::Text(_) => {
                     inc(&self.shared.metrics.protocol_errors);
@@ -703,10 +745,16 @@ impl Session {
                         "text_on_proto",
                         "text message on the firetower.proto subprotocol; send binary protobuf frames",
                     ));
-                    self.begin_close(close_code::UNSUPPORTED_DATA, "text message on firetower.proto", false)
+                    self.begin_close(
+                        close_code::UNSUPPORTED_DATA,
+                        "text message on firetower.proto",
+                        false,
+                    )
                 }
                 Message::Ping(data) => {
-                    self.ctx.queue.push_reply(ws::encode_message(Opcode::Pong, &data));
+                    self.ctx
+                        .queue
+                        .push_reply(ws::encode_message(Opcode::Pong, &data));
                     Flow::Continue
                 }
                 Message::Pong(_) => Flow::Continue,
@@ -731,7 +779,8 @@ impl Session {
     fn ws_violation(&mut self, e: WsError) -> Flow {
         inc(&self.shared.metrics.protocol_errors);
         if let WsError::TooLarge { .. } = e {
-            self.ctx.reply(&ServerFrame::error(None, "frame_too_large", e.to_string()));
+            self.ctx
+                .reply(&ServerFrame::error(None, "frame_too_large", e.to_string()));
         }
         let reason = match e {
             WsError::Protocol(r) => r,
@@ -781,7 +830,11 @@ impl Session {
                     Ok(effects) => apply(&self.shared, &mut state, effects),
                     Err(e @ IndexError::TooManyTopics { .. }) => {
                         drop(state);
-                        self.ctx.reply(&ServerFrame::error(Some(id), "too_many_topics", e.to_string()));
+                        self.ctx.reply(&ServerFrame::error(
+                            Some(id),
+                            "too_many_topics",
+                            e.to_string(),
+                        ));
                     }
                 }
             }
@@ -801,28 +854,32 @@ impl Session {
                 let shared = self.shared.clone();
                 let ctx = self.ctx.clone();
                 let started = Instant::now();
-                spawn_guarded(&self.shared, async move {
-                    let result = match tokio::time::timeout(
-                        shared.config.request_timeout,
-                        shared.upstream.publish(&topic, payload),
-                    )
-                    .await
+                spawn_guarded(
+                    &self.shared,
+                    async move {
+                        let result = match tokio::time::timeout(
+                            shared.config.request_timeout,
+                            shared.upstream.publish(&topic, payload),
+                        )
+                        .await
+                        {
+                            Ok(r) => r,
+                            Err(_) => Err(UpstreamError::Timeout),
+                        };
+                        finish_publish(&shared, &ctx, id, started, result.map(|_| ()));
+                    },
                     {
-                        Ok(r) => r,
-                        Err(_) => Err(UpstreamError::Timeout),
-                    };
-                    finish_publish(&shared, &ctx, id, started, result.map(|_| ()));
-                }, {
-                    let shared = self.shared.clone();
-                    let ctx = self.ctx.clone();
-                    move || {
-                        let err = Err(UpstreamError::Refused {
-                            code: "internal_error".into(),
-                            message: "the gateway failed while publishing; retry".into(),
-                        });
-                        finish_publish(&shared, &ctx, id, started, err);
-                    }
-                });
+                        let shared = self.shared.clone();
+                        let ctx = self.ctx.clone();
+                        move || {
+                            let err = Err(UpstreamError::Refused {
+                                code: "internal_error".into(),
+                                message: "the gateway failed while publishing; retry".into(),
+                            });
+                            finish_publish(&shared, &ctx, id, started, err);
+                        }
+                    },
+                );
             }
         }
         Flow::Continue
@@ -843,7 +900,11 @@ impl Session {
         if self.strikes.take(Instant::now()) {
             return Flow::Continue;
         }
-        self.begin_close(close_code::POLICY_VIOLATION, "too many refused requests", false)
+        self.begin_close(
+            close_code::POLICY_VIOLATION,
+            "too many refused requests",
+            false,
+        )
     }
 }
 
@@ -860,7 +921,11 @@ fn finish_publish(
         Ok(()) => ctx.reply(&ServerFrame::Ack { id }),
         Err(e) => {
             inc(&shared.metrics.publish_failures);
-            ctx.reply(&ServerFrame::error(Some(id), e.code(), format!("publish failed: {e}")));
+            ctx.reply(&ServerFrame::error(
+                Some(id),
+                e.code(),
+                format!("publish failed: {e}"),
+            ));
         }
     }
     // Wake the session even if the reply could not be queued: it may be waiting for a slot.
@@ -892,7 +957,10 @@ mod tests {
         assert_eq!(q.push_message(f.clone(), now), PushOutcome::Disconnect);
         assert_eq!(q.push_message(f.clone(), now), PushOutcome::Dropped);
         let mut out = VecDeque::new();
-        assert_eq!(q.take(&mut out).map(|c| c.code), Some(close_code::POLICY_VIOLATION));
+        assert_eq!(
+            q.take(&mut out).map(|c| c.code),
+            Some(close_code::POLICY_VIOLATION)
+        );
         assert!(out.is_empty());
     }
 
@@ -903,8 +971,14 @@ mod tests {
         let f = Bytes::from_static(b"abc");
         assert_eq!(q.push_message(f.clone(), t0), PushOutcome::Queued);
         assert_eq!(q.push_message(f.clone(), t0), PushOutcome::Dropped);
-        assert_eq!(q.push_message(f.clone(), t0 + Duration::from_secs(4)), PushOutcome::Dropped);
-        assert_eq!(q.push_message(f, t0 + Duration::from_secs(5)), PushOutcome::Disconnect);
+        assert_eq!(
+            q.push_message(f.clone(), t0 + Duration::from_secs(4)),
+            PushOutcome::Dropped
+        );
+        assert_eq!(
+            q.push_message(f, t0 + Duration::from_secs(5)),
+            PushOutcome::Disconnect
+        );
     }
 
     #[test]

@@ -149,7 +149,10 @@ mod tests {
         assert_eq!(head.header("upgrade"), Some("WebSocket"));
         assert_eq!(&raw[len..], b"\x81\x80");
         assert_eq!(parse_request_head(b"GET / HTTP/1.1\r\nHost"), Ok(None));
-        assert!(matches!(parse_request_head(b"\x16\x03\x01garbage\r\n\r\n"), Err(HttpError::Malformed(_))));
+        assert!(matches!(
+            parse_request_head(b"\x16\x03\x01garbage\r\n\r\n"),
+            Err(HttpError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -162,7 +165,10 @@ mod tests {
             many.push_str(&format!("H{i}: v\r\n"));
         }
         many.push_str("\r\n");
-        assert_eq!(parse_request_head(many.as_bytes()), Err(HttpError::TooLarge));
+        assert_eq!(
+            parse_request_head(many.as_bytes()),
+            Err(HttpError::TooLarge)
+        );
     }
 
     proptest! {

@@ -229,7 +229,11 @@ impl SubscriptionIndex {
     }
 
     /// The upstream subscribe of `topic` completed.
-    pub fn subscribe_done(&mut self, topic: &str, result: Result<(), UpstreamError>) -> Vec<Effect> {
+    pub fn subscribe_done(
+        &mut self,
+        topic: &str,
+        result: Result<(), UpstreamError>,
+    ) -> Vec<Effect> {
         let mut effects = Vec::new();
         let Some(entry) = self.topics.get_mut(topic) else {
             return effects;
@@ -322,7 +326,11 @@ impl SubscriptionIndex {
 
     /// The upstream unsubscribe of `topic` completed (successfully or not: either way the
     /// gateway no longer counts on the interest).
-    pub fn unsubscribe_done(&mut self, topic: &str, _result: Result<(), UpstreamError>) -> Vec<Effect> {
+    pub fn unsubscribe_done(
+        &mut self,
+        topic: &str,
+        _result: Result<(), UpstreamError>,
+    ) -> Vec<Effect> {
         let mut effects = Vec::new();
         let Some(entry) = self.topics.get_mut(topic) else {
             return effects;
@@ -397,17 +405,29 @@ mod tests {
     fn first_subscriber_waits_later_ones_do_not() {
         let mut ix = SubscriptionIndex::new(10);
         let (a, b, c) = (ConnId(1), ConnId(2), ConnId(3));
-        assert_eq!(ix.subscribe(a, 1, &[t("x")]).unwrap(), vec![Effect::Subscribe(t("x"))]);
+        assert_eq!(
+            ix.subscribe(a, 1, &[t("x")]).unwrap(),
+            vec![Effect::Subscribe(t("x"))]
+        );
         assert_eq!(ix.subscribe(b, 7, &[t("x")]).unwrap(), vec![]);
         assert_eq!(
             ix.subscribe_done("x", Ok(())),
-            vec![Effect::Ack { conn: a, id: 1 }, Effect::Ack { conn: b, id: 7 }]
+            vec![
+                Effect::Ack { conn: a, id: 1 },
+                Effect::Ack { conn: b, id: 7 }
+            ]
         );
-        assert_eq!(ix.subscribe(c, 9, &[t("x")]).unwrap(), vec![Effect::Ack { conn: c, id: 9 }]);
+        assert_eq!(
+            ix.subscribe(c, 9, &[t("x")]).unwrap(),
+            vec![Effect::Ack { conn: c, id: 9 }]
+        );
         assert_eq!(ix.subscribers("x").count(), 3);
         assert_eq!(ix.unsubscribe(a, &[t("x")]), vec![]);
         assert_eq!(ix.remove_conn(b), vec![]);
-        assert_eq!(ix.unsubscribe(c, &[t("x")]), vec![Effect::Unsubscribe(t("x"))]);
+        assert_eq!(
+            ix.unsubscribe(c, &[t("x")]),
+            vec![Effect::Unsubscribe(t("x"))]
+        );
         assert_eq!(ix.topic_state("x"), Some(TopicState::Leaving));
         assert_eq!(ix.unsubscribe_done("x", Ok(())), vec![]);
         assert_eq!(ix.topic_count(), 0);
@@ -420,10 +440,19 @@ mod tests {
         let a = ConnId(1);
         ix.subscribe(a, 1, &[t("x")]).unwrap();
         ix.subscribe_done("x", Ok(()));
-        assert_eq!(ix.unsubscribe(a, &[t("x")]), vec![Effect::Unsubscribe(t("x"))]);
+        assert_eq!(
+            ix.unsubscribe(a, &[t("x")]),
+            vec![Effect::Unsubscribe(t("x"))]
+        );
         assert_eq!(ix.subscribe(a, 2, &[t("x")]).unwrap(), vec![]);
-        assert_eq!(ix.unsubscribe_done("x", Ok(())), vec![Effect::Subscribe(t("x"))]);
-        assert_eq!(ix.subscribe_done("x", Ok(())), vec![Effect::Ack { conn: a, id: 2 }]);
+        assert_eq!(
+            ix.unsubscribe_done("x", Ok(())),
+            vec![Effect::Subscribe(t("x"))]
+        );
+        assert_eq!(
+            ix.subscribe_done("x", Ok(())),
+            vec![Effect::Ack { conn: a, id: 2 }]
+        );
         assert_eq!(ix.topic_state("x"), Some(TopicState::Active));
     }
 
@@ -434,12 +463,20 @@ mod tests {
         let e = ix.subscribe(a, 5, &[t("x"), t("y"), t("x")]).unwrap();
         assert_eq!(e.len(), 2);
         assert_eq!(ix.subscribe_done("x", Ok(())), vec![]);
-        assert_eq!(ix.subscribe_done("y", Ok(())), vec![Effect::Ack { conn: a, id: 5 }]);
+        assert_eq!(
+            ix.subscribe_done("y", Ok(())),
+            vec![Effect::Ack { conn: a, id: 5 }]
+        );
         ix.subscribe(a, 6, &[t("p"), t("q")]).unwrap();
         let err = UpstreamError::Unavailable("down".into());
         assert_eq!(
             ix.subscribe_done("p", Err(err.clone())),
-            vec![Effect::Fail { conn: a, id: 6, topic: t("p"), error: err }]
+            vec![Effect::Fail {
+                conn: a,
+                id: 6,
+                topic: t("p"),
+                error: err
+            }]
         );
         assert_eq!(ix.subscribe_done("q", Ok(())), vec![]);
         assert_eq!(ix.topics_of(a), 3);
@@ -463,7 +500,10 @@ mod tests {
         ix.subscribe(a, 2, &[t("x"), t("y")]).unwrap();
         assert_eq!(
             ix.subscribe(a, 3, &[t("z")]),
-            Err(IndexError::TooManyTopics { limit: 2, would_hold: 3 })
+            Err(IndexError::TooManyTopics {
+                limit: 2,
+                would_hold: 3
+            })
         );
     }
 
@@ -502,8 +542,10 @@ mod tests {
             for e in effects {
                 match e {
                     Effect::Subscribe(ref topic) | Effect::Unsubscribe(ref topic) => {
-                        let busy = self.inflight.iter().any(|f| matches!(f,
-                            Effect::Subscribe(x) | Effect::Unsubscribe(x) if x == topic));
+                        let busy = self.inflight.iter().any(|f| {
+                            matches!(f,
+                            Effect::Subscribe(x) | Effect::Unsubscribe(x) if x == topic)
+                        });
                         prop_assert!(!busy, "two upstream requests in flight for {}", topic);
                         self.inflight.push_back(e.clone());
                     }

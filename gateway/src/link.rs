@@ -446,7 +446,12 @@ impl LinkClient {
 
     /// Forget `failed` as the leader of `group`, unless another leader was learned meanwhile.
     fn forget_leader(&self, group: u32, failed: SocketAddr) {
-        let current = self.read_cache().leaders.get(group as usize).copied().flatten();
+        let current = self
+            .read_cache()
+            .leaders
+            .get(group as usize)
+            .copied()
+            .flatten();
         if current == Some(failed) {
             self.set_leader(group, None);
         }
@@ -456,7 +461,12 @@ impl LinkClient {
     async fn leader_moved(&self, group: u32, from: SocketAddr) {
         let mut version = self.inner.routing_version.subscribe();
         loop {
-            let leader = self.read_cache().leaders.get(group as usize).copied().flatten();
+            let leader = self
+                .read_cache()
+                .leaders
+                .get(group as usize)
+                .copied()
+                .flatten();
             if leader.is_some_and(|l| l != from) {
                 return;
             }

@@ -131,31 +131,129 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE firetower_gateway_{name} {kind}");
             let _ = writeln!(out, "firetower_gateway_{name} {value}");
         };
-        metric("ready", "gauge", "1 when a leader is known for every group.", u64::from(ready));
-        metric("connections", "gauge", "Client connections open.", s.connections_open);
-        metric("connections_total", "counter", "Client connections accepted.", s.connections_total);
-        metric("connections_refused_total", "counter", "Connections refused at the connection limit.", s.connections_refused);
-        metric("handshake_failures_total", "counter", "Connections that never completed their handshake.", s.handshake_failures);
-        metric("topics", "gauge", "Topics with local subscribers (or in transition).", s.topics);
-        metric("subscriptions", "gauge", "Connection-topic subscriptions.", s.subscriptions);
-        metric("frames_in_total", "counter", "Client frames received.", s.frames_in);
-        metric("publishes_in_total", "counter", "Client publishes received.", s.publishes_in);
-        metric("publish_failures_total", "counter", "Client publishes the cluster did not accept.", s.publish_failures);
-        metric("deliveries_in_total", "counter", "Deliveries received from the cluster.", s.deliveries_in);
-        metric("messages_out_total", "counter", "Messages queued to local subscribers.", s.messages_out);
-        metric("messages_dropped_total", "counter", "Messages dropped for slow subscribers.", s.messages_dropped);
-        metric("slow_consumer_disconnects_total", "counter", "Connections closed as slow consumers.", s.slow_consumer_disconnects);
-        metric("rate_limited_total", "counter", "Requests refused by a rate limit.", s.rate_limited);
-        metric("protocol_errors_total", "counter", "Malformed client frames.", s.protocol_errors);
-        metric("idle_disconnects_total", "counter", "Connections closed for silence.", s.idle_disconnects);
-        metric("panics_total", "counter", "Panics caught in connection tasks or the fan-out.", s.panics);
+        metric(
+            "ready",
+            "gauge",
+            "1 when a leader is known for every group.",
+            u64::from(ready),
+        );
+        metric(
+            "connections",
+            "gauge",
+            "Client connections open.",
+            s.connections_open,
+        );
+        metric(
+            "connections_total",
+            "counter",
+            "Client connections accepted.",
+            s.connections_total,
+        );
+        metric(
+            "connections_refused_total",
+            "counter",
+            "Connections refused at the connection limit.",
+            s.connections_refused,
+        );
+        metric(
+            "handshake_failures_total",
+            "counter",
+            "Connections that never completed their handshake.",
+            s.handshake_failures,
+        );
+        metric(
+            "topics",
+            "gauge",
+            "Topics with local subscribers (or in transition).",
+            s.topics,
+        );
+        metric(
+            "subscriptions",
+            "gauge",
+            "Connection-topic subscriptions.",
+            s.subscriptions,
+        );
+        metric(
+            "frames_in_total",
+            "counter",
+            "Client frames received.",
+            s.frames_in,
+        );
+        metric(
+            "publishes_in_total",
+            "counter",
+            "Client publishes received.",
+            s.publishes_in,
+        );
+        metric(
+            "publish_failures_total",
+            "counter",
+            "Client publishes the cluster did not accept.",
+            s.publish_failures,
+        );
+        metric(
+            "deliveries_in_total",
+            "counter",
+            "Deliveries received from the cluster.",
+            s.deliveries_in,
+        );
+        metric(
+            "messages_out_total",
+            "counter",
+            "Messages queued to local subscribers.",
+            s.messages_out,
+        );
+        metric(
+            "messages_dropped_total",
+            "counter",
+            "Messages dropped for slow subscribers.",
+            s.messages_dropped,
+        );
+        metric(
+            "slow_consumer_disconnects_total",
+            "counter",
+            "Connections closed as slow consumers.",
+            s.slow_consumer_disconnects,
+        );
+        metric(
+            "rate_limited_total",
+            "counter",
+            "Requests refused by a rate limit.",
+            s.rate_limited,
+        );
+        metric(
+            "protocol_errors_total",
+            "counter",
+            "Malformed client frames.",
+            s.protocol_errors,
+        );
+        metric(
+            "idle_disconnects_total",
+            "counter",
+            "Connections closed for silence.",
+            s.idle_disconnects,
+        );
+        metric(
+            "panics_total",
+            "counter",
+            "Panics caught in connection tasks or the fan-out.",
+            s.panics,
+        );
         let name = "firetower_gateway_publish_latency_seconds";
         let _ = writeln!(out, "# HELP {name} Client publish to leader ack.");
         let _ = writeln!(out, "# TYPE {name} histogram");
         for (bucket, bound) in self.latency_buckets.iter().zip(LATENCY_BUCKETS) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", bucket.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{bound}\"}} {}",
+                bucket.load(Ordering::Relaxed)
+            );
         }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", s.publish_latency_count);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"+Inf\"}} {}",
+            s.publish_latency_count
+        );
         let sum = self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "{name}_sum {sum}");
         let _ = writeln!(out, "{name}_count {}", s.publish_latency_count);
@@ -176,7 +274,9 @@ mod tests {
         let text = m.render(true);
         assert!(text.contains("firetower_gateway_connections 1\n"));
         assert!(text.contains("firetower_gateway_ready 1\n"));
-        assert!(text.contains("firetower_gateway_publish_latency_seconds_bucket{le=\"0.0025\"} 0\n"));
+        assert!(
+            text.contains("firetower_gateway_publish_latency_seconds_bucket{le=\"0.0025\"} 0\n")
+        );
         assert!(text.contains("firetower_gateway_publish_latency_seconds_bucket{le=\"0.005\"} 1\n"));
         assert!(text.contains("firetower_gateway_publish_latency_seconds_bucket{le=\"5\"} 1\n"));
         assert!(text.contains("firetower_gateway_publish_latency_seconds_bucket{le=\"+Inf\"} 2\n"));

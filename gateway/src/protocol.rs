@@ -266,7 +266,10 @@ fn json_fields(text: &[u8]) -> Result<JsonFields<'_>, ParseError> {
         .map_err(|e| ParseError::new(None, ProtocolError::InvalidJson(e.to_string())))
 }
 
-fn required<'a>(field: Option<&'a RawValue>, name: &'static str) -> Result<&'a RawValue, ProtocolError> {
+fn required<'a>(
+    field: Option<&'a RawValue>,
+    name: &'static str,
+) -> Result<&'a RawValue, ProtocolError> {
     field.ok_or(ProtocolError::MissingField(name))
 }
 
@@ -346,7 +349,9 @@ impl ClientFrame {
                 })
             }
             "ping" => Ok(ClientFrame::Ping { id }),
-            _ => Err(fail(ProtocolError::UnknownOp(op.chars().take(64).collect()))),
+            _ => Err(fail(ProtocolError::UnknownOp(
+                op.chars().take(64).collect(),
+            ))),
         }
     }
 
@@ -477,7 +482,11 @@ fn push_json_data(out: &mut Vec<u8>, payload: &Payload) {
         Payload::Json(text) => out.extend_from_slice(text),
         Payload::Binary(bytes) => {
             out.push(b'"');
-            out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(bytes).as_bytes());
+            out.extend_from_slice(
+                base64::engine::general_purpose::STANDARD
+                    .encode(bytes)
+                    .as_bytes(),
+            );
             out.push(b'"');
         }
     }
@@ -614,11 +623,14 @@ impl ServerFrame {
                 Ok(ServerFrame::Message {
                     topic: Arc::from(topic),
                     payload,
-                    term: json_u64(required(f.term, "term").map_err(fail)?, "term").map_err(fail)?,
+                    term: json_u64(required(f.term, "term").map_err(fail)?, "term")
+                        .map_err(fail)?,
                     seq: json_u64(required(f.seq, "seq").map_err(fail)?, "seq").map_err(fail)?,
                 })
             }
-            _ => Err(fail(ProtocolError::UnknownOp(op.chars().take(64).collect()))),
+            _ => Err(fail(ProtocolError::UnknownOp(
+                op.chars().take(64).collect(),
+            ))),
         }
     }
 
@@ -631,8 +643,12 @@ impl ServerFrame {
         let fail = |e| ParseError::new(id, e);
         match frame.kind {
             None => Err(fail(ProtocolError::MissingField("kind"))),
-            Some(Kind::Ack(_)) => Ok(ServerFrame::Ack { id: id.unwrap_or(0) }),
-            Some(Kind::Pong(_)) => Ok(ServerFrame::Pong { id: id.unwrap_or(0) }),
+            Some(Kind::Ack(_)) => Ok(ServerFrame::Ack {
+                id: id.unwrap_or(0),
+            }),
+            Some(Kind::Pong(_)) => Ok(ServerFrame::Pong {
+                id: id.unwrap_or(0),
+            }),
             Some(Kind::Error(e)) => Ok(ServerFrame::Error {
                 id,
                 code: e.code,
@@ -694,14 +710,22 @@ mod tests {
                 payload: Payload::Json(Bytes::from_static(br#"{"a" : [1, 2]}"#)),
             }
         );
-        assert_eq!(parse(r#"{"op":"ping","id":4}"#).unwrap(), ClientFrame::Ping { id: 4 });
-        assert_eq!(parse(r#"{"op":"ping"}"#).unwrap(), ClientFrame::Ping { id: 0 });
+        assert_eq!(
+            parse(r#"{"op":"ping","id":4}"#).unwrap(),
+            ClientFrame::Ping { id: 4 }
+        );
+        assert_eq!(
+            parse(r#"{"op":"ping"}"#).unwrap(),
+            ClientFrame::Ping { id: 0 }
+        );
     }
 
     #[test]
     fn null_data_is_published_as_null() {
         let f = parse(r#"{"op":"publish","topic":"t","data":null,"id":3}"#).unwrap();
-        assert!(matches!(f, ClientFrame::Publish { payload: Payload::Json(b), .. } if &b[..] == b"null"));
+        assert!(
+            matches!(f, ClientFrame::Publish { payload: Payload::Json(b), .. } if &b[..] == b"null")
+        );
     }
 
     #[test]
@@ -710,15 +734,36 @@ mod tests {
         assert_eq!(code("[1,2]"), (None, "invalid_json"));
         assert_eq!(code(r#"{"op":"fly","id":7}"#), (Some(7), "unknown_op"));
         assert_eq!(code(r#"{"id":7}"#), (Some(7), "missing_field"));
-        assert_eq!(code(r#"{"op":"subscribe","id":7}"#), (Some(7), "missing_field"));
-        assert_eq!(code(r#"{"op":"subscribe","topics":[],"id":7}"#), (Some(7), "invalid_field"));
-        assert_eq!(code(r#"{"op":"subscribe","topics":"a","id":7}"#), (Some(7), "invalid_field"));
-        assert_eq!(code(r#"{"op":"subscribe","topics":[""],"id":7}"#), (Some(7), "invalid_topic"));
-        assert_eq!(code(r#"{"op":"subscribe","topics":["a\u0001"],"id":7}"#), (Some(7), "invalid_topic"));
-        assert_eq!(code(r#"{"op":"publish","topic":"t","id":7}"#), (Some(7), "missing_field"));
+        assert_eq!(
+            code(r#"{"op":"subscribe","id":7}"#),
+            (Some(7), "missing_field")
+        );
+        assert_eq!(
+            code(r#"{"op":"subscribe","topics":[],"id":7}"#),
+            (Some(7), "invalid_field")
+        );
+        assert_eq!(
+            code(r#"{"op":"subscribe","topics":"a","id":7}"#),
+            (Some(7), "invalid_field")
+        );
+        assert_eq!(
+            code(r#"{"op":"subscribe","topics":[""],"id":7}"#),
+            (Some(7), "invalid_topic")
+        );
+        assert_eq!(
+            code(r#"{"op":"subscribe","topics":["a\u0001"],"id":7}"#),
+            (Some(7), "invalid_topic")
+        );
+        assert_eq!(
+            code(r#"{"op":"publish","topic":"t","id":7}"#),
+            (Some(7), "missing_field")
+        );
         assert_eq!(code(r#"{"op":"ping","id":-1}"#), (None, "invalid_field"));
         assert_eq!(code(r#"{"op":1,"id":1}"#), (Some(1), "invalid_field"));
-        let long = format!(r#"{{"op":"publish","topic":"{}","data":1,"id":9}}"#, "x".repeat(300));
+        let long = format!(
+            r#"{{"op":"publish","topic":"{}","data":1,"id":9}}"#,
+            "x".repeat(300)
+        );
         assert_eq!(code(&long), (Some(9), "invalid_topic"));
     }
 
@@ -763,7 +808,8 @@ mod tests {
         };
         let e = ClientFrame::parse_proto(&frame.encode_to_vec()).unwrap_err();
         assert_eq!((e.id, e.error.code()), (Some(5), "invalid_field"));
-        let e = ClientFrame::parse_proto(&pb::ClientFrame { id: 6, op: None }.encode_to_vec()).unwrap_err();
+        let e = ClientFrame::parse_proto(&pb::ClientFrame { id: 6, op: None }.encode_to_vec())
+            .unwrap_err();
         assert_eq!((e.id, e.error.code()), (Some(6), "missing_field"));
     }
 

@@ -18,6 +18,7 @@
 //! in one is caught, counted, and cleaned up by drop guards; the process keeps serving.
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -26,7 +27,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use std::collections::HashMap;
 
 use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
@@ -83,7 +83,9 @@ pub(crate) struct Shared {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -98,7 +100,12 @@ pub(crate) fn apply(shared: &Arc<Shared>, state: &mut State, effects: Vec<Effect
                     c.reply(&ServerFrame::Ack { id });
                 }
             }
-            Effect::Fail { conn, id, topic, error } => {
+            Effect::Fail {
+                conn,
+                id,
+                topic,
+                error,
+            } => {
                 if let Some(c) = state.conns.get(&conn) {
                     c.reply(&ServerFrame::error(
                         Some(id),
@@ -109,7 +116,10 @@ pub(crate) fn apply(shared: &Arc<Shared>, state: &mut State, effects: Vec<Effect
             }
         }
     }
-    shared.metrics.topics.store(state.index.topic_count() as u64, Ordering::Relaxed);
+    shared
+        .metrics
+        .topics
+        .store(state.index.topic_count() as u64, Ordering::Relaxed);
     shared
         .metrics
         .subscriptions
@@ -122,7 +132,9 @@ fn spawn_upstream(shared: &Arc<Shared>, topic: Arc<str>, subscribe: bool) {
     let on_panic = {
         let s = shared.clone();
         move || {
-            let err = Err(UpstreamError::Unavailable("the gateway failed internally".into()));
+            let err = Err(UpstreamError::Unavailable(
+                "the gateway failed internally".into(),
+            ));
             upstream_done(&s, &topic, subscribe, err);
         }
     };
@@ -144,7 +156,12 @@ fn spawn_upstream(shared: &Arc<Shared>, topic: Arc<str>, subscribe: bool) {
     );
 }
 
-fn upstream_done(shared: &Arc<Shared>, topic: &str, subscribe: bool, result: Result<(), UpstreamError>) {
+fn upstream_done(
+    shared: &Arc<Shared>,
+    topic: &str,
+    subscribe: bool,
+    result: Result<(), UpstreamError>,
+) {
     if let Err(e) = &result {
         tracing::warn!(topic, subscribe, error = %e, "upstream request failed");
     }
@@ -210,7 +227,10 @@ impl Drop for ConnGuard {
         let effects = state.index.remove_conn(self.id);
         apply(&self.shared, &mut state, effects);
         drop(state);
-        self.shared.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
+        self.shared
+            .metrics
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -396,9 +416,14 @@ async fn dispatch(shared: Arc<Shared>, mut deliveries: mpsc::Receiver<Delivery>)
                 None => return,
             },
         };
-        if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| fan_out(&shared, delivery))) {
+        if let Err(panic) =
+            std::panic::catch_unwind(AssertUnwindSafe(|| fan_out(&shared, delivery)))
+        {
             inc(&shared.metrics.panics);
-            tracing::error!(panic = panic_text(&*panic), "fan-out panicked; delivery skipped");
+            tracing::error!(
+                panic = panic_text(&*panic),
+                "fan-out panicked; delivery skipped"
+            );
         }
     }
 }
@@ -437,6 +462,12 @@ fn fan_out(shared: &Shared, delivery: Delivery) {
         }
     }
     drop(state);
-    shared.metrics.messages_out.fetch_add(queued, Ordering::Relaxed);
-    shared.metrics.messages_dropped.fetch_add(dropped, Ordering::Relaxed);
+    shared
+        .metrics
+        .messages_out
+        .fetch_add(queued, Ordering::Relaxed);
+    shared
+        .metrics
+        .messages_dropped
+        .fetch_add(dropped, Ordering::Relaxed);
 }

@@ -49,14 +49,18 @@ pub fn decode_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, Tcp
 /// Bytes still missing before the frame at the front of `buf` is complete.
 pub fn missing_bytes(buf: &[u8], max: usize) -> usize {
     match announced_len(buf) {
-        Some(len) if len as usize <= max => (LENGTH_PREFIX + len as usize).saturating_sub(buf.len()),
+        Some(len) if len as usize <= max => {
+            (LENGTH_PREFIX + len as usize).saturating_sub(buf.len())
+        }
         _ => 0,
     }
 }
 
 fn announced_len(buf: &[u8]) -> Option<u32> {
     let prefix = buf.get(..LENGTH_PREFIX)?;
-    Some(u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]))
+    Some(u32::from_be_bytes([
+        prefix[0], prefix[1], prefix[2], prefix[3],
+    ]))
 }
 
 /// Encode one frame.
@@ -79,7 +83,10 @@ mod tests {
         let mut buf = BytesMut::from(&[0u8, 0x10, 0, 0][..]);
         assert_eq!(
             decode_frame(&mut buf, 64 * 1024),
-            Err(TcpFrameError::TooLarge { len: 1 << 20, max: 64 * 1024 })
+            Err(TcpFrameError::TooLarge {
+                len: 1 << 20,
+                max: 64 * 1024
+            })
         );
     }
 

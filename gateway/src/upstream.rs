@@ -126,7 +126,11 @@ pub trait Upstream: Send + Sync + 'static {
     fn unsubscribe(&self, topic: &str) -> BoxFuture<'static, Result<(), UpstreamError>>;
     /// Resolves when the topic's leader accepted and ordered the message (it will reach every
     /// gateway subscribed before).
-    fn publish(&self, topic: &str, payload: Payload) -> BoxFuture<'static, Result<Stamp, UpstreamError>>;
+    fn publish(
+        &self,
+        topic: &str,
+        payload: Payload,
+    ) -> BoxFuture<'static, Result<Stamp, UpstreamError>>;
     /// True when a leader is known for every group (feeds `/readyz`).
     fn ready(&self) -> bool;
 }

@@ -210,7 +210,9 @@ fn parse_header(buf: &[u8], max_payload: usize, role: Role) -> Result<Option<Hea
     };
     let fin = b0 & 0x80 != 0;
     if b0 & 0x70 != 0 {
-        return Err(WsError::Protocol("reserved bits set without a negotiated extension"));
+        return Err(WsError::Protocol(
+            "reserved bits set without a negotiated extension",
+        ));
     }
     let opcode = Opcode::from_bits(b0 & 0x0F).ok_or(WsError::Protocol("unknown opcode"))?;
     let masked = b1 & 0x80 != 0;
@@ -379,7 +381,9 @@ impl MessageAssembler {
             Opcode::Close => parse_close(&frame.payload).map(|c| Some(Message::Close(c))),
             Opcode::Text | Opcode::Binary => {
                 if self.kind.is_some() {
-                    return Err(WsError::Protocol("new message before the previous one ended"));
+                    return Err(WsError::Protocol(
+                        "new message before the previous one ended",
+                    ));
                 }
                 if frame.fin {
                     return finish(frame.opcode, frame.payload).map(Some);
@@ -493,7 +497,9 @@ pub fn negotiate(head: &RequestHead) -> Result<Upgrade, HandshakeError> {
     if head.header("sec-websocket-version").map(str::trim) != Some("13") {
         return Err(HandshakeError::BadVersion);
     }
-    let key = head.header("sec-websocket-key").ok_or(HandshakeError::BadKey)?;
+    let key = head
+        .header("sec-websocket-key")
+        .ok_or(HandshakeError::BadKey)?;
     match base64::engine::general_purpose::STANDARD.decode(key.trim()) {
         Ok(k) if k.len() == 16 => {}
         _ => return Err(HandshakeError::BadKey),
@@ -548,29 +554,46 @@ mod tests {
 
     #[test]
     fn rfc_accept_key_example() {
-        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
     fn rfc_masked_hello_example() {
         // RFC 6455 section 5.7: a masked "Hello" from a client.
-        let bytes = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+        let bytes = [
+            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ];
         let frames = decode_all(&bytes, Role::Server).unwrap();
         assert_eq!(frames.len(), 1);
         assert_eq!(&frames[0].payload[..], b"Hello");
         assert!(frames[0].fin);
         assert_eq!(frames[0].opcode, Opcode::Text);
         // The same frame unmasked is what a server sends.
-        assert_eq!(&encode_message(Opcode::Text, b"Hello")[..], &[0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]);
+        assert_eq!(
+            &encode_message(Opcode::Text, b"Hello")[..],
+            &[0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]
+        );
     }
 
     #[test]
     fn masking_rules_follow_the_role() {
         let unmasked = encode_message(Opcode::Text, b"hi");
-        assert!(matches!(decode_all(&unmasked, Role::Server), Err(WsError::Protocol(_))));
+        assert!(matches!(
+            decode_all(&unmasked, Role::Server),
+            Err(WsError::Protocol(_))
+        ));
         let masked = encode_frame(true, Opcode::Text, b"hi", Some([1, 2, 3, 4]));
-        assert!(matches!(decode_all(&masked, Role::Client), Err(WsError::Protocol(_))));
-        assert_eq!(&decode_all(&masked, Role::Server).unwrap()[0].payload[..], b"hi");
+        assert!(matches!(
+            decode_all(&masked, Role::Client),
+            Err(WsError::Protocol(_))
+        ));
+        assert_eq!(
+            &decode_all(&masked, Role::Server).unwrap()[0].payload[..],
+            b"hi"
+        );
     }
 
     #[test]
@@ -585,47 +608,88 @@ mod tests {
     #[test]
     fn control_frame_rules() {
         let long_ping = encode_frame(true, Opcode::Ping, &[0; 126], Some([0; 4]));
-        assert!(matches!(decode_all(&long_ping, Role::Server), Err(WsError::Protocol(_))));
+        assert!(matches!(
+            decode_all(&long_ping, Role::Server),
+            Err(WsError::Protocol(_))
+        ));
         let fragmented_ping = encode_frame(false, Opcode::Ping, b"x", Some([0; 4]));
-        assert!(matches!(decode_all(&fragmented_ping, Role::Server), Err(WsError::Protocol(_))));
+        assert!(matches!(
+            decode_all(&fragmented_ping, Role::Server),
+            Err(WsError::Protocol(_))
+        ));
         let mut rsv = encode_frame(true, Opcode::Text, b"x", Some([0; 4])).to_vec();
         rsv[0] |= 0x40;
-        assert!(matches!(decode_all(&rsv, Role::Server), Err(WsError::Protocol(_))));
+        assert!(matches!(
+            decode_all(&rsv, Role::Server),
+            Err(WsError::Protocol(_))
+        ));
         let bad_opcode = [0x83u8, 0x80, 0, 0, 0, 0];
-        assert!(matches!(decode_all(&bad_opcode, Role::Server), Err(WsError::Protocol(_))));
+        assert!(matches!(
+            decode_all(&bad_opcode, Role::Server),
+            Err(WsError::Protocol(_))
+        ));
     }
 
     #[test]
     fn close_payloads() {
         let mut a = MessageAssembler::new(MAX);
-        let frame = |p: &[u8]| Frame { fin: true, opcode: Opcode::Close, payload: Bytes::copy_from_slice(p) };
+        let frame = |p: &[u8]| Frame {
+            fin: true,
+            opcode: Opcode::Close,
+            payload: Bytes::copy_from_slice(p),
+        };
         assert_eq!(a.push(frame(b"")).unwrap(), Some(Message::Close(None)));
         assert_eq!(
             a.push(frame(b"\x03\xe8bye")).unwrap(),
             Some(Message::Close(Some((1000, "bye".into()))))
         );
         assert!(matches!(a.push(frame(b"\x03")), Err(WsError::Protocol(_))));
-        assert!(matches!(a.push(frame(b"\x03\xed")), Err(WsError::Protocol(_)))); // 1005
+        assert!(matches!(
+            a.push(frame(b"\x03\xed")),
+            Err(WsError::Protocol(_))
+        )); // 1005
         assert_eq!(a.push(frame(b"\x03\xe8\xff")), Err(WsError::InvalidUtf8));
     }
 
     #[test]
     fn fragmentation_with_interleaved_ping() {
         let mut a = MessageAssembler::new(10);
-        let f = |fin, opcode, p: &'static [u8]| Frame { fin, opcode, payload: Bytes::from_static(p) };
+        let f = |fin, opcode, p: &'static [u8]| Frame {
+            fin,
+            opcode,
+            payload: Bytes::from_static(p),
+        };
         assert_eq!(a.push(f(false, Opcode::Text, b"hel")).unwrap(), None);
-        assert_eq!(a.push(f(true, Opcode::Ping, b"p")).unwrap(), Some(Message::Ping(Bytes::from_static(b"p"))));
-        assert_eq!(a.push(f(false, Opcode::Continuation, b"lo ")).unwrap(), None);
+        assert_eq!(
+            a.push(f(true, Opcode::Ping, b"p")).unwrap(),
+            Some(Message::Ping(Bytes::from_static(b"p")))
+        );
+        assert_eq!(
+            a.push(f(false, Opcode::Continuation, b"lo ")).unwrap(),
+            None
+        );
         assert_eq!(
             a.push(f(true, Opcode::Continuation, b"you")).unwrap(),
             Some(Message::Text(Bytes::from_static(b"hello you")))
         );
-        assert!(matches!(a.push(f(true, Opcode::Continuation, b"x")), Err(WsError::Protocol(_))));
+        assert!(matches!(
+            a.push(f(true, Opcode::Continuation, b"x")),
+            Err(WsError::Protocol(_))
+        ));
         assert_eq!(a.push(f(false, Opcode::Binary, b"123456")).unwrap(), None);
-        assert!(matches!(a.push(f(false, Opcode::Text, b"x")), Err(WsError::Protocol(_))));
-        assert!(matches!(a.push(f(true, Opcode::Continuation, b"78901")), Err(WsError::TooLarge { .. })));
+        assert!(matches!(
+            a.push(f(false, Opcode::Text, b"x")),
+            Err(WsError::Protocol(_))
+        ));
+        assert!(matches!(
+            a.push(f(true, Opcode::Continuation, b"78901")),
+            Err(WsError::TooLarge { .. })
+        ));
         let mut a = MessageAssembler::new(10);
-        assert_eq!(a.push(f(true, Opcode::Text, b"\xff")), Err(WsError::InvalidUtf8));
+        assert_eq!(
+            a.push(f(true, Opcode::Text, b"\xff")),
+            Err(WsError::InvalidUtf8)
+        );
     }
 
     fn head(lines: &[(&str, &str)]) -> RequestHead {
@@ -634,7 +698,10 @@ mod tests {
             raw.push_str(&format!("{k}: {v}\r\n"));
         }
         raw.push_str("\r\n");
-        crate::http::parse_request_head(raw.as_bytes()).unwrap().unwrap().0
+        crate::http::parse_request_head(raw.as_bytes())
+            .unwrap()
+            .unwrap()
+            .0
     }
 
     #[test]
@@ -649,7 +716,10 @@ mod tests {
         assert_eq!(up.flavour, Flavour::Json);
         assert!(!up.echo_protocol);
         let mut with = base.to_vec();
-        with.push(("Sec-WebSocket-Protocol", "chat, firetower.proto, firetower.json"));
+        with.push((
+            "Sec-WebSocket-Protocol",
+            "chat, firetower.proto, firetower.json",
+        ));
         let up = negotiate(&head(&with)).unwrap();
         assert_eq!(up.flavour, Flavour::Proto);
         let text = String::from_utf8(upgrade_response(&up)).unwrap();
@@ -658,7 +728,10 @@ mod tests {
         with.pop();
         with.push(("Sec-WebSocket-Protocol", "chat"));
         assert_eq!(negotiate(&head(&with)), Err(HandshakeError::NoSubprotocol));
-        assert_eq!(negotiate(&head(&base[1..])), Err(HandshakeError::NotUpgrade));
+        assert_eq!(
+            negotiate(&head(&base[1..])),
+            Err(HandshakeError::NotUpgrade)
+        );
         assert_eq!(negotiate(&head(&base[..3])), Err(HandshakeError::BadKey));
         let mut v = base.to_vec();
         v[2].1 = "8";

@@ -29,7 +29,9 @@ impl Bystander {
     }
 
     async fn still_served(&mut self, fake: &FakeUpstream) {
-        self.seq = fake.deliver("calm", Payload::Json(Bytes::from_static(b"true"))).await;
+        self.seq = fake
+            .deliver("calm", Payload::Json(Bytes::from_static(b"true")))
+            .await;
         let m = recv(&mut self.ws).await.unwrap();
         assert_eq!(m["seq"], json!(self.seq));
         assert_alive(&mut self.ws).await;
@@ -54,12 +56,36 @@ async fn malformed_frames_get_error_frames_and_the_connection_survives() {
         (r#"{"op":"dance","id":1}"#, Some(1), "unknown_op"),
         (r#"{"id":2}"#, Some(2), "missing_field"),
         (r#"{"op":"subscribe","id":3}"#, Some(3), "missing_field"),
-        (r#"{"op":"publish","topic":"t","id":4}"#, Some(4), "missing_field"),
-        (r#"{"op":"publish","data":1,"id":5}"#, Some(5), "missing_field"),
-        (r#"{"op":"subscribe","topics":[""],"id":6}"#, Some(6), "invalid_topic"),
-        (r#"{"op":"subscribe","topics":["a\u0000b"],"id":7}"#, Some(7), "invalid_topic"),
-        (r#"{"op":"subscribe","topics":["a b"],"id":8}"#, Some(8), "invalid_topic"),
-        (r#"{"op":"subscribe","topics":[42],"id":9}"#, Some(9), "invalid_field"),
+        (
+            r#"{"op":"publish","topic":"t","id":4}"#,
+            Some(4),
+            "missing_field",
+        ),
+        (
+            r#"{"op":"publish","data":1,"id":5}"#,
+            Some(5),
+            "missing_field",
+        ),
+        (
+            r#"{"op":"subscribe","topics":[""],"id":6}"#,
+            Some(6),
+            "invalid_topic",
+        ),
+        (
+            r#"{"op":"subscribe","topics":["a\u0000b"],"id":7}"#,
+            Some(7),
+            "invalid_topic",
+        ),
+        (
+            r#"{"op":"subscribe","topics":["a b"],"id":8}"#,
+            Some(8),
+            "invalid_topic",
+        ),
+        (
+            r#"{"op":"subscribe","topics":[42],"id":9}"#,
+            Some(9),
+            "invalid_field",
+        ),
         (r#"{"op":"ping","id":"x"}"#, None, "invalid_field"),
     ];
     for (frame, id, code) in cases {
@@ -69,7 +95,11 @@ async fn malformed_frames_get_error_frames_and_the_connection_survives() {
         assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
     let long = "x".repeat(257);
-    let e = error_for(&mut ws, &format!(r#"{{"op":"subscribe","topics":["{long}"],"id":10}}"#)).await;
+    let e = error_for(
+        &mut ws,
+        &format!(r#"{{"op":"subscribe","topics":["{long}"],"id":10}}"#),
+    )
+    .await;
     assert_eq!(e["code"], "invalid_topic");
     assert_alive(&mut ws).await;
     by.still_served(&fake).await;
@@ -82,7 +112,10 @@ async fn a_one_mib_frame_is_refused_with_1009() {
     let (gw, fake) = start(test_config()).await;
     let mut by = Bystander::new(&gw).await;
     let mut ws = connect(gw.local_addr(), None).await;
-    let big = format!(r#"{{"op":"publish","topic":"t","data":"{}","id":1}}"#, "a".repeat(1 << 20));
+    let big = format!(
+        r#"{{"op":"publish","topic":"t","data":"{}","id":1}}"#,
+        "a".repeat(1 << 20)
+    );
     ws.send(Message::text(big)).await.unwrap();
     let (code, before) = recv_close(&mut ws).await.unwrap();
     assert_eq!(code, 1009);
@@ -112,7 +145,8 @@ async fn websocket_protocol_violations_close_with_the_right_code() {
 
     // Unmasked client frame: 1002.
     let mut raw = RawWs::connect(gw.local_addr()).await;
-    let unmasked = firetower_gateway::ws::encode_frame(true, Opcode::Text, br#"{"op":"ping","id":1}"#, None);
+    let unmasked =
+        firetower_gateway::ws::encode_frame(true, Opcode::Text, br#"{"op":"ping","id":1}"#, None);
     raw.stream.write_all(&unmasked).await.unwrap();
     assert_eq!(raw.recv_close().await.0, 1002);
 
@@ -144,7 +178,11 @@ async fn too_many_topics_on_one_connection() {
     let (gw, fake) = start(config).await;
     let mut by = Bystander::new(&gw).await;
     let mut ws = connect(gw.local_addr(), None).await;
-    send(&mut ws, r#"{"op":"subscribe","topics":["a","b","c","d"],"id":1}"#).await;
+    send(
+        &mut ws,
+        r#"{"op":"subscribe","topics":["a","b","c","d"],"id":1}"#,
+    )
+    .await;
     assert_eq!(recv(&mut ws).await.unwrap(), json!({"op":"ack","id":1}));
     let e = error_for(&mut ws, r#"{"op":"subscribe","topics":["e","f"],"id":2}"#).await;
     assert_eq!(e["code"], "too_many_topics");
@@ -163,7 +201,10 @@ async fn a_subscribe_flood_is_rate_limited_then_closed() {
     // frame). Topics repeat so the topic limit is not what stops it.
     let flood = tokio::spawn(async move {
         for i in 0..10_000u32 {
-            let frame = format!(r#"{{"op":"subscribe","topics":["flood.{}"],"id":{i}}}"#, i % 50);
+            let frame = format!(
+                r#"{{"op":"subscribe","topics":["flood.{}"],"id":{i}}}"#,
+                i % 50
+            );
             if ws.feed(Message::text(frame)).await.is_err() {
                 break;
             }
@@ -190,10 +231,15 @@ async fn connect_and_send_nothing_is_dropped_after_the_handshake_timeout() {
     let mut by = Bystander::new(&gw).await;
     let mut silent = TcpStream::connect(gw.local_addr()).await.unwrap();
     let mut half = TcpStream::connect(gw.local_addr()).await.unwrap();
-    half.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: webso").await.unwrap();
+    half.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: webso")
+        .await
+        .unwrap();
     for s in [&mut silent, &mut half] {
         let mut buf = Vec::new();
-        let n = tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await.unwrap().unwrap_or(0);
+        let n = tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
         assert_eq!(n, 0, "closed without an answer");
     }
     assert!(gw.metrics().handshake_failures >= 2);
@@ -209,7 +255,10 @@ async fn bad_upgrades_get_http_errors() {
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(req.as_bytes()).await.unwrap();
         let mut out = Vec::new();
-        tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await.unwrap().unwrap();
+        tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
         String::from_utf8_lossy(&out).into_owned()
     };
     let r = ask("GET /ws HTTP/1.1\r\nHost: x\r\n\r\n").await;
@@ -223,7 +272,8 @@ async fn bad_upgrades_get_http_errors() {
     assert!(r.starts_with("HTTP/1.1 400"), "{r}");
     let r = ask("\x16\x03\x01\x02\x00garbage\r\n\r\n").await;
     assert!(r.starts_with("HTTP/1.1 400"), "{r}");
-    let big = Box::leak(format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(10_000)).into_boxed_str());
+    let big =
+        Box::leak(format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(10_000)).into_boxed_str());
     let r = ask(big).await;
     assert!(r.starts_with("HTTP/1.1 431"), "{r}");
     tokio::time::sleep(Duration::from_millis(1)).await;

@@ -47,8 +47,12 @@ async fn healthz_readyz_metrics_and_404() {
 async fn other_methods_are_refused() {
     let (gw, _fake) = start(test_config()).await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(gw.local_addr()).await.unwrap();
-    s.write_all(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(gw.local_addr())
+        .await
+        .unwrap();
+    s.write_all(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     assert!(out.starts_with("HTTP/1.1 405"), "{out}");

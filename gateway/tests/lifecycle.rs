@@ -15,10 +15,16 @@ async fn shutdown_closes_with_1001_and_unsubscribes() {
     let mut b = connect(gw.local_addr(), Some("firetower.proto")).await;
     subscribe(&mut a, "x", 1).await;
     subscribe(&mut a, "y", 2).await;
-    let sub = firetower_gateway::ClientFrame::Subscribe { id: 1, topics: vec!["y".into()] };
-    futures::SinkExt::send(&mut b, tokio_tungstenite::tungstenite::Message::binary(sub.encode_proto()))
-        .await
-        .unwrap();
+    let sub = firetower_gateway::ClientFrame::Subscribe {
+        id: 1,
+        topics: vec!["y".into()],
+    };
+    futures::SinkExt::send(
+        &mut b,
+        tokio_tungstenite::tungstenite::Message::binary(sub.encode_proto()),
+    )
+    .await
+    .unwrap();
     recv_binary(&mut b).await.unwrap();
     assert_eq!(fake.interest().len(), 2);
 
@@ -28,7 +34,9 @@ async fn shutdown_closes_with_1001_and_unsubscribes() {
             let (ca, _) = recv_close(&mut a).await.unwrap();
             let cb = loop {
                 match futures::StreamExt::next(&mut b).await {
-                    Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f)))) => break u16::from(f.code),
+                    Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f)))) => {
+                        break u16::from(f.code)
+                    }
                     Some(Ok(_)) => continue,
                     other => panic!("no close frame: {other:?}"),
                 }
@@ -50,7 +58,10 @@ async fn shutdown_closes_with_1001_and_unsubscribes() {
     let refused = tokio::net::TcpStream::connect(gw.local_addr()).await;
     if let Ok(mut s) = refused {
         let mut buf = [0u8; 1];
-        let n = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut s, &mut buf)).await.unwrap().unwrap_or(0);
+        let n = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut s, &mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
         assert_eq!(n, 0);
     }
 }
@@ -61,7 +72,11 @@ async fn a_panic_in_one_request_is_isolated() {
     let mut other = connect(gw.local_addr(), None).await;
     subscribe(&mut other, "fine", 1).await;
     let mut victim = connect(gw.local_addr(), None).await;
-    send(&mut victim, r#"{"op":"publish","topic":"panic.now","data":1,"id":9}"#).await;
+    send(
+        &mut victim,
+        r#"{"op":"publish","topic":"panic.now","data":1,"id":9}"#,
+    )
+    .await;
     let e = recv(&mut victim).await.unwrap();
     assert_eq!(e["code"], "internal_error");
     assert_eq!(e["id"], 9);
@@ -85,7 +100,9 @@ async fn silent_clients_are_pinged_then_closed_and_live_ones_stay() {
     let mut live = connect(gw.local_addr(), None).await;
     let keep_reading = tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(900);
-        while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut live)).await {}
+        while let Ok(Some(Ok(_))) =
+            tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut live)).await
+        {}
         live
     });
 

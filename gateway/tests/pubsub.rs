@@ -20,7 +20,13 @@ async fn subscribe_ack_publish_message() {
     let mut publisher = connect(gw.local_addr(), Some("firetower.json")).await;
     subscribe(&mut sub, "room.1", 1).await;
     assert!(fake.interest().contains("room.1"));
-    publish(&mut publisher, "room.1", r#"{"text": "hi", "n": [1, 2]}"#, 7).await;
+    publish(
+        &mut publisher,
+        "room.1",
+        r#"{"text": "hi", "n": [1, 2]}"#,
+        7,
+    )
+    .await;
     let m = recv(&mut sub).await.unwrap();
     assert_eq!(
         m,
@@ -65,9 +71,15 @@ async fn ack_waits_for_the_cluster_commit() {
     let mut a = connect(gw.local_addr(), None).await;
     let mut b = connect(gw.local_addr(), None).await;
     send(&mut a, r#"{"op":"subscribe","topics":["slow"],"id":1}"#).await;
-    eventually("first subscriber registered", || gw.metrics().subscriptions == 1).await;
+    eventually("first subscriber registered", || {
+        gw.metrics().subscriptions == 1
+    })
+    .await;
     send(&mut b, r#"{"op":"subscribe","topics":["slow"],"id":2}"#).await;
-    eventually("second subscriber registered", || gw.metrics().subscriptions == 2).await;
+    eventually("second subscriber registered", || {
+        gw.metrics().subscriptions == 2
+    })
+    .await;
     // Neither is acked before the commit: a ping sent after is answered first.
     send(&mut a, r#"{"op":"ping","id":9}"#).await;
     assert_eq!(recv(&mut a).await.unwrap(), json!({"op":"pong","id":9}));
@@ -107,10 +119,14 @@ async fn unsubscribe_of_the_last_subscriber_leaves_the_topic() {
     assert_eq!(recv(&mut a).await.unwrap(), json!({"op":"ack","id":2}));
     assert!(fake.unsubscribes().is_empty());
     drop(b); // disconnecting leaves too
-    eventually("upstream unsubscribe", || fake.unsubscribes() == vec!["t".to_string()]).await;
+    eventually("upstream unsubscribe", || {
+        fake.unsubscribes() == vec!["t".to_string()]
+    })
+    .await;
     eventually("index empty", || gw.metrics().topics == 0).await;
     // a no longer receives messages for t.
-    fake.deliver("t", Payload::Json(Bytes::from_static(b"1"))).await;
+    fake.deliver("t", Payload::Json(Bytes::from_static(b"1")))
+        .await;
     assert_alive(&mut a).await;
     gw.shutdown().await;
 }
@@ -121,19 +137,34 @@ async fn proto_and_json_clients_share_topics() {
     let mut json_sub = connect(gw.local_addr(), None).await;
     let mut proto = connect(gw.local_addr(), Some("firetower.proto")).await;
     subscribe(&mut json_sub, "mixed", 1).await;
-    let sub = ClientFrame::Subscribe { id: 1, topics: vec!["mixed".into()] };
-    proto.send(Message::binary(sub.encode_proto())).await.unwrap();
-    assert_eq!(ServerFrame::parse_proto(&recv_binary(&mut proto).await.unwrap()).unwrap(), ServerFrame::Ack { id: 1 });
+    let sub = ClientFrame::Subscribe {
+        id: 1,
+        topics: vec!["mixed".into()],
+    };
+    proto
+        .send(Message::binary(sub.encode_proto()))
+        .await
+        .unwrap();
+    assert_eq!(
+        ServerFrame::parse_proto(&recv_binary(&mut proto).await.unwrap()).unwrap(),
+        ServerFrame::Ack { id: 1 }
+    );
 
     // Binary from the proto client: JSON subscribers get base64.
-    let p = ClientFrame::Publish { id: 2, topic: "mixed".into(), payload: Payload::Binary(Bytes::from_static(b"\x00\xff")) };
+    let p = ClientFrame::Publish {
+        id: 2,
+        topic: "mixed".into(),
+        payload: Payload::Binary(Bytes::from_static(b"\x00\xff")),
+    };
     proto.send(Message::binary(p.encode_proto())).await.unwrap();
     let mut got_ack = false;
     let mut got_msg = false;
     while !(got_ack && got_msg) {
         match ServerFrame::parse_proto(&recv_binary(&mut proto).await.unwrap()).unwrap() {
             ServerFrame::Ack { id: 2 } => got_ack = true,
-            ServerFrame::Message { payload, seq: 1, .. } => {
+            ServerFrame::Message {
+                payload, seq: 1, ..
+            } => {
                 assert_eq!(payload, Payload::Binary(Bytes::from_static(b"\x00\xff")));
                 got_msg = true;
             }
@@ -148,8 +179,9 @@ async fn proto_and_json_clients_share_topics() {
     // JSON from the JSON client: proto subscribers get the JSON text, marked as JSON.
     publish(&mut json_sub, "mixed", r#"{"a":1}"#, 3).await;
     loop {
-        if let ServerFrame::Message { payload, seq: 2, .. } =
-            ServerFrame::parse_proto(&recv_binary(&mut proto).await.unwrap()).unwrap()
+        if let ServerFrame::Message {
+            payload, seq: 2, ..
+        } = ServerFrame::parse_proto(&recv_binary(&mut proto).await.unwrap()).unwrap()
         {
             assert_eq!(payload, Payload::Json(Bytes::from_static(br#"{"a":1}"#)));
             break;
@@ -160,13 +192,18 @@ async fn proto_and_json_clients_share_topics() {
 
 async fn tcp_send(s: &mut tokio::net::TcpStream, frame: &ClientFrame) {
     let body = frame.encode_proto();
-    s.write_all(&(body.len() as u32).to_be_bytes()).await.unwrap();
+    s.write_all(&(body.len() as u32).to_be_bytes())
+        .await
+        .unwrap();
     s.write_all(&body).await.unwrap();
 }
 
 async fn tcp_recv(s: &mut tokio::net::TcpStream) -> ServerFrame {
     let mut len = [0u8; 4];
-    tokio::time::timeout(WAIT, s.read_exact(&mut len)).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, s.read_exact(&mut len))
+        .await
+        .unwrap()
+        .unwrap();
     let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
     s.read_exact(&mut body).await.unwrap();
     ServerFrame::parse_proto(&body).unwrap()
@@ -177,15 +214,29 @@ async fn raw_tcp_devices_subscribe_and_receive() {
     let mut config = test_config();
     config.tcp_listen = Some("127.0.0.1:0".parse().unwrap());
     let (gw, _fake) = start(config).await;
-    let mut device = tokio::net::TcpStream::connect(gw.tcp_local_addr().unwrap()).await.unwrap();
-    tcp_send(&mut device, &ClientFrame::Subscribe { id: 1, topics: vec!["cmd.42".into()] }).await;
+    let mut device = tokio::net::TcpStream::connect(gw.tcp_local_addr().unwrap())
+        .await
+        .unwrap();
+    tcp_send(
+        &mut device,
+        &ClientFrame::Subscribe {
+            id: 1,
+            topics: vec!["cmd.42".into()],
+        },
+    )
+    .await;
     assert_eq!(tcp_recv(&mut device).await, ServerFrame::Ack { id: 1 });
     tcp_send(&mut device, &ClientFrame::Ping { id: 2 }).await;
     assert_eq!(tcp_recv(&mut device).await, ServerFrame::Pong { id: 2 });
     let mut ws = connect(gw.local_addr(), None).await;
     publish(&mut ws, "cmd.42", r#""reboot""#, 1).await;
     match tcp_recv(&mut device).await {
-        ServerFrame::Message { topic, payload, term: 1, seq: 1 } => {
+        ServerFrame::Message {
+            topic,
+            payload,
+            term: 1,
+            seq: 1,
+        } => {
             assert_eq!(&*topic, "cmd.42");
             assert_eq!(payload, Payload::Json(Bytes::from_static(b"\"reboot\"")));
         }
@@ -198,7 +249,10 @@ async fn raw_tcp_devices_subscribe_and_receive() {
         other => panic!("unexpected {other:?}"),
     }
     let mut rest = Vec::new();
-    let n = tokio::time::timeout(WAIT, device.read_to_end(&mut rest)).await.unwrap().unwrap_or(0);
+    let n = tokio::time::timeout(WAIT, device.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap_or(0);
     assert_eq!(n, 0);
     gw.shutdown().await;
 }
@@ -211,13 +265,16 @@ async fn fragmented_messages_and_interleaved_pings_are_handled() {
     let text = br#"{"op":"subscribe","topics":["frag"],"id":11}"#;
     raw.send_frame(false, Opcode::Text, &text[..10]).await;
     raw.send_frame(true, Opcode::Ping, b"p1").await;
-    raw.send_frame(false, Opcode::Continuation, &text[10..20]).await;
-    raw.send_frame(true, Opcode::Continuation, &text[20..]).await;
+    raw.send_frame(false, Opcode::Continuation, &text[10..20])
+        .await;
+    raw.send_frame(true, Opcode::Continuation, &text[20..])
+        .await;
     let pong = raw.recv_frame().await.unwrap();
     assert_eq!((pong.opcode, &pong.payload[..]), (Opcode::Pong, &b"p1"[..]));
     assert_eq!(raw.recv_json().await, json!({"op":"ack","id":11}));
     // A clean close from the client is echoed.
-    raw.send_frame(true, Opcode::Close, &1000u16.to_be_bytes()).await;
+    raw.send_frame(true, Opcode::Close, &1000u16.to_be_bytes())
+        .await;
     assert_eq!(raw.recv_close().await.0, 1000);
     eventually("connection gone", || gw.metrics().connections_open == 0).await;
     gw.shutdown().await;
@@ -227,9 +284,15 @@ async fn fragmented_messages_and_interleaved_pings_are_handled() {
 async fn client_pings_are_answered() {
     let (gw, _fake) = start(test_config()).await;
     let mut ws = connect(gw.local_addr(), None).await;
-    ws.send(Message::Ping(Bytes::from_static(b"hello"))).await.unwrap();
+    ws.send(Message::Ping(Bytes::from_static(b"hello")))
+        .await
+        .unwrap();
     loop {
-        let msg = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut ws)).await.unwrap().unwrap().unwrap();
+        let msg = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut ws))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         if let Message::Pong(p) = msg {
             assert_eq!(&p[..], b"hello");
             break;

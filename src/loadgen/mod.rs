@@ -72,7 +72,7 @@ pub struct FanoutArgs {
     #[arg(long, default_value = "max")]
     rate: String,
     /// With `--rate max`: publishes in flight end to end (not yet delivered everywhere).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 16)]
     window: usize,
 }
 

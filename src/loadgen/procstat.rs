@@ -80,6 +80,16 @@ pub fn usage(before: &[ProcSample], after: &[ProcSample]) -> Vec<ProcUsage> {
         .collect()
 }
 
+/// The 1-minute load average of the machine (other work competing for the cores).
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// utime + stime: fields 14 and 15 of `/proc/PID/stat`, counted after the command name, which
 /// is in parentheses and may itself hold spaces or parentheses.
 fn parse_cpu_ticks(stat: &str) -> Option<u64> {

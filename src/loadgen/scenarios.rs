@@ -148,6 +148,9 @@ pub struct FanoutReport {
     pub servers: Vec<ProcUsage>,
     /// The load generator itself over the window.
     pub loadgen: Option<ProcUsage>,
+    /// The machine's 1-minute load average at the end of the window (anything above the
+    /// core count means other work competed with the run).
+    pub load_average: Option<f64>,
 }
 
 /// Counters shared by the subscriber tasks, the publisher and the driver.
@@ -238,6 +241,7 @@ pub async fn fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
     tokio::time::sleep_until(at(window_end)).await;
     let servers_after = procstat::sample_all(&plan.server_pids)?;
     let self_after = procstat::sample(self_pid).ok();
+    let load_average = procstat::load_average();
     let seconds = Duration::from_micros(window_end - window_start).as_secs_f64();
 
     let published = publisher
@@ -303,6 +307,7 @@ pub async fn fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
             (Some(b), Some(a)) => procstat::usage(&[b], &[a]).pop(),
             _ => None,
         },
+        load_average,
     })
 }
 
@@ -670,6 +675,8 @@ pub struct IdleReport {
     pub rss_delta_kib: i64,
     /// RSS added per connection over all gateway processes, bytes.
     pub bytes_per_connection: f64,
+    /// The machine's 1-minute load average at the end of the hold.
+    pub load_average: Option<f64>,
 }
 
 /// What a worker says on stdout once its connections are open (one JSON line), and again
@@ -823,6 +830,7 @@ pub async fn idle(plan: IdlePlan, worker_args: WorkerArgs) -> anyhow::Result<Idl
         } else {
             0.0
         },
+        load_average: procstat::load_average(),
     })
 }
 

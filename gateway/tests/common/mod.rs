@@ -81,7 +81,12 @@ impl FakeUpstream {
             *seq
         };
         self.deliveries
-            .send(Delivery { topic: Arc::from(topic), payload, term: 1, seq })
+            .send(Delivery {
+                topic: Arc::from(topic),
+                payload,
+                term: 1,
+                seq,
+            })
             .await
             .unwrap();
         seq
@@ -101,7 +106,9 @@ impl Upstream for FakeUpstream {
             let mut s = state.lock().unwrap();
             s.subscribes.push(topic.clone());
             if topic.starts_with("fail.") {
-                return Err(UpstreamError::Unavailable("no leader for the topic's group".into()));
+                return Err(UpstreamError::Unavailable(
+                    "no leader for the topic's group".into(),
+                ));
             }
             s.interest.insert(topic);
             Ok(())
@@ -115,7 +122,11 @@ impl Upstream for FakeUpstream {
         Box::pin(async { Ok(()) })
     }
 
-    fn publish(&self, topic: &str, payload: Payload) -> BoxFuture<'static, Result<Stamp, UpstreamError>> {
+    fn publish(
+        &self,
+        topic: &str,
+        payload: Payload,
+    ) -> BoxFuture<'static, Result<Stamp, UpstreamError>> {
         let mut s = self.state.lock().unwrap();
         let seq = s.seqs.entry(topic.to_string()).or_insert(0);
         *seq += 1;
@@ -129,9 +140,14 @@ impl Upstream for FakeUpstream {
                 panic!("fake upstream asked to panic on {topic}");
             }
             if interested {
-                tx.send(Delivery { topic, payload, term: 1, seq })
-                    .await
-                    .map_err(|_| UpstreamError::Unavailable("gateway gone".into()))?;
+                tx.send(Delivery {
+                    topic,
+                    payload,
+                    term: 1,
+                    seq,
+                })
+                .await
+                .map_err(|_| UpstreamError::Unavailable("gateway gone".into()))?;
             }
             Ok(Stamp { term: 1, seq })
         })
@@ -164,7 +180,8 @@ pub async fn start(config: GatewayConfig) -> (GatewayHandle, Arc<FakeUpstream>) 
 pub async fn connect(addr: SocketAddr, subprotocol: Option<&str>) -> Ws {
     let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
     if let Some(p) = subprotocol {
-        req.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_str(p).unwrap());
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", HeaderValue::from_str(p).unwrap());
     }
     let (ws, _resp) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
         .await
@@ -226,14 +243,26 @@ pub async fn recv_close(ws: &mut Ws) -> anyhow::Result<(u16, Vec<serde_json::Val
 
 /// Subscribe and wait for the ack.
 pub async fn subscribe(ws: &mut Ws, topic: &str, id: u64) {
-    send(ws, &format!(r#"{{"op":"subscribe","topics":["{topic}"],"id":{id}}}"#)).await;
+    send(
+        ws,
+        &format!(r#"{{"op":"subscribe","topics":["{topic}"],"id":{id}}}"#),
+    )
+    .await;
     let ack = recv(ws).await.unwrap();
-    assert_eq!(ack, serde_json::json!({"op":"ack","id":id}), "subscribe {topic}");
+    assert_eq!(
+        ack,
+        serde_json::json!({"op":"ack","id":id}),
+        "subscribe {topic}"
+    );
 }
 
 /// Publish and wait for the ack (skipping messages that arrive meanwhile).
 pub async fn publish(ws: &mut Ws, topic: &str, data: &str, id: u64) -> Vec<serde_json::Value> {
-    send(ws, &format!(r#"{{"op":"publish","topic":"{topic}","data":{data},"id":{id}}}"#)).await;
+    send(
+        ws,
+        &format!(r#"{{"op":"publish","topic":"{topic}","data":{data},"id":{id}}}"#),
+    )
+    .await;
     let mut others = Vec::new();
     loop {
         let f = recv(ws).await.unwrap();
@@ -263,14 +292,21 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .await
         .unwrap();
     let mut out = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
     let text = String::from_utf8_lossy(&out).into_owned();
     let status = text
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    let body = text
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
     (status, body)
 }
 
@@ -278,7 +314,10 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !f() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -303,16 +342,36 @@ impl RawWs {
         let mut head = Vec::new();
         while !head.ends_with(b"\r\n\r\n") {
             let mut b = [0u8; 1];
-            tokio::time::timeout(WAIT, stream.read_exact(&mut b)).await.unwrap().unwrap();
+            tokio::time::timeout(WAIT, stream.read_exact(&mut b))
+                .await
+                .unwrap()
+                .unwrap();
             head.push(b[0]);
         }
-        assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
-        RawWs { stream, buf: bytes::BytesMut::new() }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        RawWs {
+            stream,
+            buf: bytes::BytesMut::new(),
+        }
     }
 
     /// Send one masked frame.
-    pub async fn send_frame(&mut self, fin: bool, opcode: firetower_gateway::ws::Opcode, payload: &[u8]) {
-        let f = firetower_gateway::ws::encode_frame(fin, opcode, payload, Some([0x12, 0x34, 0x56, 0x78]));
+    pub async fn send_frame(
+        &mut self,
+        fin: bool,
+        opcode: firetower_gateway::ws::Opcode,
+        payload: &[u8],
+    ) {
+        let f = firetower_gateway::ws::encode_frame(
+            fin,
+            opcode,
+            payload,
+            Some([0x12, 0x34, 0x56, 0x78]),
+        );
         self.stream.write_all(&f).await.unwrap();
     }
 

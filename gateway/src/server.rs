@@ -471,3 +471,50 @@ fn fan_out(shared: &Shared, delivery: Delivery) {
         .messages_dropped
         .fetch_add(dropped, Ordering::Relaxed);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::{BoxFuture, Payload, Stamp};
+
+    struct Null;
+
+    impl Upstream for Null {
+        fn subscribe(&self, _: &str) -> BoxFuture<'static, Result<(), UpstreamError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn unsubscribe(&self, _: &str) -> BoxFuture<'static, Result<(), UpstreamError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn publish(&self, _: &str, _: Payload) -> BoxFuture<'static, Result<Stamp, UpstreamError>> {
+            Box::pin(async { Ok(Stamp { term: 1, seq: 1 }) })
+        }
+        fn ready(&self) -> bool {
+            true
+        }
+    }
+
+    /// The per-connection state that lives while a client is idle: the connection task's
+    /// future (the session, parked in its select), the registry entry and the send queue.
+    /// Heap buffers are zero while idle (see `connection.rs`); this bounds the rest.
+    #[tokio::test]
+    async fn idle_connection_state_fits_the_budget() {
+        let config = GatewayConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..GatewayConfig::default()
+        };
+        let (_tx, rx) = mpsc::channel(1);
+        let gw = Gateway::start(config, Arc::new(Null), rx).await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server_side, _) = listener.accept().await.unwrap();
+        let future = serve_http(gw.shared.clone(), server_side, ConnId(1));
+        let task = std::mem::size_of_val(&future);
+        let ctx = std::mem::size_of::<ConnCtx>();
+        let stream = std::mem::size_of::<TcpStream>();
+        eprintln!("connection future {task} B, ConnCtx {ctx} B, TcpStream {stream} B");
+        assert!(task + ctx < 3 * 1024, "{task} + {ctx}");
+    }
+}

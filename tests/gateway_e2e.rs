@@ -358,3 +358,45 @@ fn killed_gateway_leaves_the_table_and_comes_back() {
     wait_until(Duration::from_secs(10), || gateways(&admin).is_empty())
         .expect("gateway 1 still subscribed after its last client left");
 }
+
+#[test]
+fn restarting_a_manager_with_its_data_changes_nothing_for_clients() {
+    let mut cluster = Cluster::start_initialized(3);
+    cluster.wait_formed();
+    let gw_a = cluster.gateway(1);
+    let gw_b = cluster.gateway(2);
+    let topics: Vec<String> = (0..8).map(|i| format!("restart.{i}")).collect();
+    let rt = runtime();
+    let (mut sub, mut publisher) = rt.block_on(async {
+        let mut sub = Client::connect(&gw_a.listen).await;
+        assert_eq!(sub.subscribe(&topics).await["op"], "ack");
+        let publisher = Client::connect(&gw_b.listen).await;
+        (sub, publisher)
+    });
+    let mut published: HashMap<String, Vec<i64>> = HashMap::new();
+    for victim in 1..=3u64 {
+        cluster.manager(victim).kill();
+        cluster.manager(victim).start();
+        cluster.wait_formed();
+        rt.block_on(async {
+            for t in &topics {
+                // A publish that races the restart may fail (and says so); it is retried.
+                let n = victim as i64;
+                for _ in 0..20 {
+                    let ack = publisher.publish(t, json!({"n": n}), Duration::from_secs(10)).await;
+                    if ack["op"] == "ack" {
+                        published.entry(t.clone()).or_default().push(n);
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        });
+    }
+    let total: usize = published.values().map(Vec::len).sum();
+    assert_eq!(total, topics.len() * 3, "publishes did not succeed after restarts");
+    rt.block_on(async {
+        let got = sub.messages(total, Duration::from_secs(20)).await;
+        check_stream(&got, &published);
+    });
+}

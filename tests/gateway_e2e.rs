@@ -82,10 +82,13 @@ fn dev_cluster_delivers_a_published_message() {
     let _ = dev.wait();
 }
 
+/// A received message: its payload number and `(term, seq)` stamp.
+type Received = (i64, (u64, u64));
+
 /// Check one subscriber's messages: per topic, exactly the acknowledged publishes, each once,
 /// in order of `(term, seq)` and of publication.
 fn check_stream(messages: &[Value], published: &HashMap<String, Vec<i64>>) {
-    let mut seen: HashMap<String, Vec<(i64, (u64, u64))>> = HashMap::new();
+    let mut seen: HashMap<String, Vec<Received>> = HashMap::new();
     for m in messages {
         let topic = m["topic"].as_str().expect("topic").to_string();
         let n = m["data"]["n"].as_i64().expect("n");
@@ -383,7 +386,9 @@ fn restarting_a_manager_with_its_data_changes_nothing_for_clients() {
                 // A publish that races the restart may fail (and says so); it is retried.
                 let n = victim as i64;
                 for _ in 0..20 {
-                    let ack = publisher.publish(t, json!({"n": n}), Duration::from_secs(10)).await;
+                    let ack = publisher
+                        .publish(t, json!({"n": n}), Duration::from_secs(10))
+                        .await;
                     if ack["op"] == "ack" {
                         published.entry(t.clone()).or_default().push(n);
                         break;
@@ -394,7 +399,11 @@ fn restarting_a_manager_with_its_data_changes_nothing_for_clients() {
         });
     }
     let total: usize = published.values().map(Vec::len).sum();
-    assert_eq!(total, topics.len() * 3, "publishes did not succeed after restarts");
+    assert_eq!(
+        total,
+        topics.len() * 3,
+        "publishes did not succeed after restarts"
+    );
     rt.block_on(async {
         let got = sub.messages(total, Duration::from_secs(20)).await;
         check_stream(&got, &published);

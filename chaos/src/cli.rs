@@ -33,7 +33,7 @@ pub enum ChaosCommand {
         /// Quiet time after each fault, in milliseconds.
         #[arg(long, default_value_t = 2_000)]
         settle_ms: u64,
-        /// Directory for logs and report.json (default: chaos-results/<scenario>-<unix time>).
+        /// Directory for logs and report.json (default: chaos-results/SCENARIO-UNIXTIME).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Print the report as JSON.

@@ -117,11 +117,8 @@ impl Partition {
 
     /// One-way: every node of `deaf` drops what `from` sends; `from` still hears them.
     pub fn one_way(from: &str, deaf: &[String]) -> Partition {
-        let blocked = deaf
-            .iter()
-            .filter(|d| *d != from)
-            .map(|d| (from.to_string(), d.clone()))
-            .collect();
+        let deaf: Vec<String> = deaf.iter().filter(|d| *d != from).cloned().collect();
+        let blocked = deaf.iter().map(|d| (from.to_string(), d.clone())).collect();
         Partition {
             description: format!("one-way {from} -x-> [{}]", deaf.join(" ")),
             blocked,

@@ -64,7 +64,7 @@ pub async fn run_probe(
             loop {
                 let start = now();
                 let ok = match kind {
-                    "subscribe" if n % 2 == 0 => link.subscribe(&topic).await.is_ok(),
+                    "subscribe" if n.is_multiple_of(2) => link.subscribe(&topic).await.is_ok(),
                     "subscribe" => link.unsubscribe(&topic).await.is_ok(),
                     _ => link
                         .publish(&topic, format!("{n}").into_bytes(), true)

@@ -373,6 +373,10 @@ impl LinkClient {
                 _ = self.leader_moved(group, target) => {
                     Attempt::Indeterminate(format!("group {group} moved away from {target}"))
                 }
+                // Without a session stream pushing routing (plain link users), ask the other
+                // managers who leads while a request is slow, so a dead leader is noticed
+                // within an election rather than a connection timeout.
+                _ = self.poll_routing_while_waiting(target) => unreachable_attempt(),
             };
             match attempt_result {
                 Attempt::Reply(reply) => match reply.result {
@@ -454,6 +458,32 @@ impl LinkClient {
             .flatten();
         if current == Some(failed) {
             self.set_leader(group, None);
+        }
+    }
+
+    /// Every 500 ms, ask a manager other than `busy` for the routing table. Never resolves.
+    async fn poll_routing_while_waiting(&self, busy: SocketAddr) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let others: Vec<SocketAddr> =
+                self.managers().into_iter().filter(|m| *m != busy).collect();
+            for addr in others {
+                let request = GatewayRequest {
+                    gateway: self.inner.gateway,
+                    op: Some(gateway_request::Op::GetRouting(GetRouting {})),
+                };
+                let answer =
+                    tokio::time::timeout(Duration::from_millis(400), self.send(addr, &request));
+                if let Ok(Attempt::Reply(GatewayReply {
+                    result: Some(gateway_reply::Result::Routing(r)),
+                })) = answer.await
+                {
+                    self.apply_routing(r);
+                    break;
+                }
+            }
         }
     }
 
@@ -562,6 +592,11 @@ impl LinkClient {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&addr);
     }
+}
+
+/// The result of a branch that never completes (its future loops forever).
+fn unreachable_attempt() -> Attempt {
+    Attempt::Transport("routing poll ended".into())
 }
 
 fn unexpected(result: &gateway_reply::Result) -> LinkError {

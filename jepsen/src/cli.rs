@@ -78,7 +78,7 @@ struct RunArgs {
     /// own copy). A correct harness reports the history as invalid.
     #[arg(long)]
     unsafe_stale_reads: bool,
-    /// Report directory (default: jepsen-results/<workload>-<seed>-<unix time>).
+    /// Report directory (default: jepsen-results/WORKLOAD-SEED-UNIXTIME).
     #[arg(long)]
     out: Option<PathBuf>,
 }

@@ -39,6 +39,8 @@ const MAX_UNACKED: usize = 64;
 const STALL_AFTER: Duration = Duration::from_secs(1);
 /// After the last publish, time allowed for the remaining deliveries to arrive.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Extra attempts for a connection whose handshake or subscribe failed.
+const CONNECT_RETRIES: u32 = 2;
 /// Time the idle workers have to open their connections.
 const IDLE_CONNECT_TIMEOUT: Duration = Duration::from_secs(600);
 /// File descriptors a worker keeps free for itself (runtime, stdio, spare).
@@ -102,6 +104,8 @@ pub struct FanoutReport {
     pub connect_errors: usize,
     /// First connect error, if any.
     pub first_connect_error: Option<String>,
+    /// Connection attempts retried (each connection gets up to 3).
+    pub connect_retries: u64,
     /// Seconds spent connecting and subscribing.
     pub setup_seconds: f64,
     /// Bytes of each published `data` value.
@@ -278,6 +282,7 @@ pub async fn fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
         subscribers,
         connect_errors: errors.count,
         first_connect_error: errors.first,
+        connect_retries: errors.retries,
         setup_seconds,
         payload_bytes: plan.payload,
         pace,
@@ -527,6 +532,7 @@ fn publish_text(out: &mut Vec<u8>, topic: &str, sent_us: u64, id: u64, payload: 
 struct ConnectErrors {
     count: usize,
     first: Option<String>,
+    retries: u64,
 }
 
 /// Open `count` connections numbered from `offset`; connection `g` goes to
@@ -540,39 +546,38 @@ async fn open_connections(
     topic: Option<&str>,
     concurrency: usize,
 ) -> (Vec<(usize, WsConn)>, ConnectErrors) {
+    let retries = AtomicU64::new(0);
+    let retries = &retries;
     let results: Vec<(usize, anyhow::Result<WsConn>)> =
         futures::stream::iter(offset..offset + count)
             .map(|g| async move {
                 let url_index = g % urls.len();
                 let source = (!source_ips.is_empty()).then(|| source_ips[g % source_ips.len()]);
-                let conn = async {
-                    let mut conn = WsConn::connect(&urls[url_index], source).await?;
-                    if let Some(topic) = topic {
-                        let request =
-                            format!("{{\"op\":\"subscribe\",\"topics\":[\"{topic}\"],\"id\":1}}");
-                        conn.send_text(request.as_bytes()).await?;
-                        let reply = tokio::time::timeout(REPLY_TIMEOUT, conn.next_text())
-                            .await
-                            .map_err(|_| {
-                                anyhow!("no answer to subscribe within {REPLY_TIMEOUT:?}")
-                            })??;
-                        match reply {
-                            Some(r) if r.starts_with(b"{\"op\":\"ack\"") => {}
-                            Some(r) => bail!("subscribe refused: {}", String::from_utf8_lossy(&r)),
-                            None => bail!("connection closed before the subscribe ack"),
+                let mut attempt = 0;
+                let conn = loop {
+                    match connect_and_subscribe(&urls[url_index], source, topic).await {
+                        Err(_) if attempt < CONNECT_RETRIES => {
+                            // An overloaded gateway times a handshake out; a real client retries
+                            // after a pause, and so do we (counted).
+                            attempt += 1;
+                            retries.fetch_add(1, Ordering::Relaxed);
+                            let pause =
+                                Duration::from_millis(100 + u64::from(rand::random::<u16>() % 900));
+                            tokio::time::sleep(pause).await;
                         }
+                        other => break other,
                     }
-                    conn.release_buffer();
-                    anyhow::Ok(conn)
-                }
-                .await;
+                };
                 (url_index, conn)
             })
             .buffer_unordered(concurrency.max(1))
             .collect()
             .await;
     let mut conns = Vec::with_capacity(count);
-    let mut errors = ConnectErrors::default();
+    let mut errors = ConnectErrors {
+        retries: retries.load(Ordering::Relaxed),
+        ..ConnectErrors::default()
+    };
     for (i, r) in results {
         match r {
             Ok(c) => conns.push((i, c)),
@@ -583,6 +588,29 @@ async fn open_connections(
         }
     }
     (conns, errors)
+}
+
+/// Connect, upgrade, and subscribe to `topic` when given (waiting for the ack).
+async fn connect_and_subscribe(
+    url: &WsUrl,
+    source: Option<Ipv4Addr>,
+    topic: Option<&str>,
+) -> anyhow::Result<WsConn> {
+    let mut conn = WsConn::connect(url, source).await?;
+    if let Some(topic) = topic {
+        let request = format!("{{\"op\":\"subscribe\",\"topics\":[\"{topic}\"],\"id\":1}}");
+        conn.send_text(request.as_bytes()).await?;
+        let reply = tokio::time::timeout(REPLY_TIMEOUT, conn.next_text())
+            .await
+            .map_err(|_| anyhow!("no answer to subscribe within {REPLY_TIMEOUT:?}"))??;
+        match reply {
+            Some(r) if r.starts_with(b"{\"op\":\"ack\"") => {}
+            Some(r) => bail!("subscribe refused: {}", String::from_utf8_lossy(&r)),
+            None => bail!("connection closed before the subscribe ack"),
+        }
+    }
+    conn.release_buffer();
+    Ok(conn)
 }
 
 /// File descriptors this process may open (`ulimit -n`, soft).
@@ -659,6 +687,8 @@ pub struct IdleReport {
     pub failed: u64,
     /// First failure, if any.
     pub first_error: Option<String>,
+    /// Connection attempts retried after a failed handshake.
+    pub connect_retries: u64,
     /// Connections the gateways closed during the hold.
     pub closed_by_server: u64,
     /// Worker processes used.
@@ -689,6 +719,8 @@ pub struct WorkerStatus {
     pub failed: u64,
     /// First failure.
     pub first_error: Option<String>,
+    /// Connection attempts retried.
+    pub retries: u64,
     /// Connections the gateway closed so far.
     pub closed_by_server: u64,
 }
@@ -818,6 +850,7 @@ pub async fn idle(plan: IdlePlan, worker_args: WorkerArgs) -> anyhow::Result<Idl
         connections: opened.saturating_sub(closed_by_server),
         failed,
         first_error,
+        connect_retries: ready.iter().map(|s| s.retries).sum(),
         closed_by_server,
         workers,
         connect_seconds,
@@ -892,6 +925,7 @@ pub async fn idle_worker(plan: WorkerPlan) -> anyhow::Result<()> {
         opened_per_url: opened_per_url.clone(),
         failed: errors.count as u64,
         first_error: errors.first.clone(),
+        retries: errors.retries,
         closed_by_server,
     };
     println!("{}", serde_json::to_string(&status(0))?);

@@ -1,0 +1,248 @@
+//! A deliberately simple manager-link client for the workloads: one attempt per manager,
+//! NotLeader hints followed, and every failure classified as definite (`fail`: the request
+//! certainly had no effect) or indeterminate (`info`). The production [`LinkClient`] retries
+//! on its own, which hides exactly what a history must record.
+//!
+//! Reads go to a random manager first (not the cached leader), so that a manager that
+//! answers reads it should not (the `--unsafe-stale-reads` self-test) gets asked.
+//!
+//! [`LinkClient`]: firetower_gateway::LinkClient
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use firetower_proto::link::{gateway_reply, gateway_request, GatewayReply, GatewayRequest};
+use firetower_proto::{decode_frame, encode_frame, group_of, MAX_LINK_FRAME_BYTES};
+use rand::Rng;
+
+/// The outcome of one logical request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Answered.
+    Ok(gateway_reply::Result),
+    /// Certainly not applied.
+    Fail(String),
+    /// May or may not have been applied.
+    Info(String),
+}
+
+/// A link client for one worker process (shared by its clients).
+#[derive(Debug)]
+pub struct RawLink {
+    endpoint: quinn::Endpoint,
+    managers: Vec<SocketAddr>,
+    groups: u32,
+    connections: Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    leaders: Mutex<HashMap<u32, SocketAddr>>,
+    /// Give up on a request after this long.
+    pub deadline: Duration,
+}
+
+enum Attempt {
+    /// The request never left (no connection, no stream): definite.
+    NotSent(String),
+    /// Sent, no answer: indeterminate.
+    Lost(String),
+    Reply(GatewayReply),
+}
+
+impl RawLink {
+    /// Connect lazily to `managers`; `groups` is learned from the first manager that answers.
+    pub async fn new(managers: Vec<SocketAddr>, deadline: Duration) -> Result<RawLink, String> {
+        let endpoint = firetower_gateway::client_endpoint("0.0.0.0:0".parse().map_err(|_| "bind")?)
+            .map_err(|e| format!("QUIC endpoint: {e}"))?;
+        let mut link = RawLink {
+            endpoint,
+            managers,
+            groups: 0,
+            connections: Mutex::new(HashMap::new()),
+            leaders: Mutex::new(HashMap::new()),
+            deadline,
+        };
+        let start = tokio::time::Instant::now();
+        while link.groups == 0 {
+            for addr in link.managers.clone() {
+                let req = GatewayRequest {
+                    gateway: 1,
+                    op: Some(gateway_request::Op::GetRouting(Default::default())),
+                };
+                if let Attempt::Reply(GatewayReply {
+                    result: Some(gateway_reply::Result::Routing(r)),
+                }) = link.send(addr, &req).await
+                {
+                    if r.groups > 0 {
+                        link.groups = r.groups;
+                        break;
+                    }
+                }
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                return Err("no manager returned the routing table within 30 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(link)
+    }
+
+    /// Send `op` for `topic` as `gateway`. `read` picks a random first manager.
+    pub async fn request(
+        &self,
+        gateway: u64,
+        topic: &str,
+        op: gateway_request::Op,
+        read: bool,
+    ) -> Outcome {
+        let group = group_of(topic, self.groups);
+        let request = GatewayRequest {
+            gateway,
+            op: Some(op),
+        };
+        let started = tokio::time::Instant::now();
+        let mut target = if read {
+            self.random_manager()
+        } else {
+            self.leader(group).unwrap_or_else(|| self.random_manager())
+        };
+        let mut last = String::from("no attempt");
+        while started.elapsed() < self.deadline {
+            match self.send(target, &request).await {
+                Attempt::Reply(reply) => match reply.result {
+                    Some(gateway_reply::Result::NotLeader(n)) => {
+                        last = format!("{target} does not lead group {group}");
+                        match n.leader_quic.parse::<SocketAddr>() {
+                            Ok(hint) if hint != target => {
+                                self.set_leader(group, Some(hint));
+                                target = hint;
+                            }
+                            _ => {
+                                self.set_leader(group, None);
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                target = self.random_manager();
+                            }
+                        }
+                    }
+                    Some(gateway_reply::Result::Failure(f)) => {
+                        let message = format!("{target}: {}: {}", f.code, f.message);
+                        return match f.code.as_str() {
+                            "timeout" | "unavailable" | "internal" => Outcome::Info(message),
+                            _ => Outcome::Fail(message),
+                        };
+                    }
+                    Some(result) => {
+                        if !read {
+                            self.set_leader(group, Some(target));
+                        }
+                        return Outcome::Ok(result);
+                    }
+                    None => return Outcome::Info(format!("{target}: empty reply")),
+                },
+                Attempt::NotSent(e) => {
+                    last = format!("{target}: {e}");
+                    self.set_leader(group, None);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    target = self.random_manager();
+                }
+                Attempt::Lost(e) => return Outcome::Info(format!("{target}: {e}")),
+            }
+        }
+        Outcome::Fail(format!("gave up after {:?}: {last}", self.deadline))
+    }
+
+    fn random_manager(&self) -> SocketAddr {
+        let i = rand::rng().random_range(0..self.managers.len().max(1));
+        self.managers[i.min(self.managers.len().saturating_sub(1))]
+    }
+
+    fn leader(&self, group: u32) -> Option<SocketAddr> {
+        self.leaders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&group)
+            .copied()
+    }
+
+    fn set_leader(&self, group: u32, leader: Option<SocketAddr>) {
+        let mut l = self.leaders.lock().unwrap_or_else(|e| e.into_inner());
+        match leader {
+            Some(a) => l.insert(group, a),
+            None => l.remove(&group),
+        };
+    }
+
+    fn forget(&self, addr: SocketAddr) {
+        self.connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&addr);
+    }
+
+    async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, String> {
+        let cached = self
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&addr)
+            .cloned();
+        if let Some(c) = cached {
+            if c.close_reason().is_none() {
+                return Ok(c);
+            }
+        }
+        let connecting = self
+            .endpoint
+            .connect(addr, "firetower")
+            .map_err(|e| e.to_string())?;
+        let conn = tokio::time::timeout(Duration::from_millis(1_000), connecting)
+            .await
+            .map_err(|_| "QUIC handshake timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        self.connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr, conn.clone());
+        Ok(conn)
+    }
+
+    async fn send(&self, addr: SocketAddr, request: &GatewayRequest) -> Attempt {
+        let conn = match self.connection(addr).await {
+            Ok(c) => c,
+            Err(e) => return Attempt::NotSent(e),
+        };
+        let (mut send, mut recv) =
+            match tokio::time::timeout(Duration::from_millis(500), conn.open_bi()).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    self.forget(addr);
+                    return Attempt::NotSent(e.to_string());
+                }
+                Err(_) => {
+                    self.forget(addr);
+                    return Attempt::NotSent("no stream credit in time".into());
+                }
+            };
+        let exchange = async {
+            send.write_all(&encode_frame(request))
+                .await
+                .map_err(|e| e.to_string())?;
+            send.finish().map_err(|e| e.to_string())?;
+            let bytes = recv
+                .read_to_end(MAX_LINK_FRAME_BYTES + 4)
+                .await
+                .map_err(|e| e.to_string())?;
+            decode_frame::<GatewayReply>(&bytes).map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(self.deadline, exchange).await {
+            Ok(Ok(reply)) => Attempt::Reply(reply),
+            Ok(Err(e)) => {
+                self.forget(addr);
+                Attempt::Lost(e)
+            }
+            Err(_) => {
+                self.forget(addr);
+                Attempt::Lost("no reply in time".into())
+            }
+        }
+    }
+}

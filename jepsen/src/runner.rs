@@ -1,0 +1,237 @@
+//! One Jepsen run: build a cluster on test hosts, start the worker in the client namespace,
+//! drive the nemesis schedule, heal, check, and write the report directory.
+//!
+//! ```text
+//!   DIR/config.json     the run's parameters
+//!   DIR/history.jsonl   every client and nemesis operation, in time order
+//!   DIR/verdict.json    the checker's verdict (+ verdict.txt for humans)
+//!   DIR/latency.svg     latency over time, fault windows shaded
+//!   DIR/throughput.svg  ok operations per second, fault windows shaded
+//!   DIR/logs/           every manager's and gateway's log
+//! ```
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use firetower_chaos::{Cluster, ClusterSpec, HostSpec};
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::SeedableRng;
+use serde::Serialize;
+
+use crate::history::{write_jsonl, Op, OpType, Process};
+use crate::nemesis::{heal, heal_all, inject, NemesisKind};
+use crate::verdict::Verdict;
+use crate::worker::{Clock, WorkerConfig};
+use crate::JepsenError;
+
+/// Parameters of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunConfig {
+    /// `subscriptions` or `delivery`.
+    pub workload: String,
+    /// Faults to choose from.
+    pub nemeses: Vec<NemesisKind>,
+    /// Seconds of client operations (the last `recovery_secs` are fault-free).
+    pub time_limit_secs: u64,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Concurrent clients.
+    pub concurrency: usize,
+    /// Quiet seconds between faults.
+    pub quiet_secs: f64,
+    /// Seconds each fault is held.
+    pub fault_secs: f64,
+    /// Fault-free seconds at the end.
+    pub recovery_secs: f64,
+    /// Operations per key.
+    pub ops_per_key: usize,
+    /// Run the managers with `--unsafe-stale-reads` (the harness must then fail).
+    pub unsafe_stale_reads: bool,
+    /// The report directory.
+    pub out: PathBuf,
+    /// The `firetower` binary.
+    pub binary: PathBuf,
+}
+
+/// Run, check and report. Returns the verdict (whatever it says).
+pub fn run(config: &RunConfig) -> Result<Verdict, JepsenError> {
+    let out = &config.out;
+    std::fs::create_dir_all(out).map_err(|e| JepsenError::io(out, e))?;
+    let cfg_path = out.join("config.json");
+    std::fs::write(
+        &cfg_path,
+        serde_json::to_string_pretty(config).unwrap_or_default(),
+    )
+    .map_err(|e| JepsenError::io(&cfg_path, e))?;
+
+    let membership = config.nemeses.contains(&NemesisKind::Membership);
+    let mut spec = ClusterSpec::new(config.binary.clone(), out.clone());
+    spec.tag = "ftj".into();
+    spec.hosts = HostSpec {
+        managers: if membership { 5 } else { 3 },
+        gateways: if config.workload == "delivery" { 2 } else { 0 },
+        clients: 1,
+    };
+    spec.initial_managers = 3;
+    spec.start_gateways = config.workload == "delivery";
+    if config.unsafe_stale_reads {
+        spec.manager_flags.push("--unsafe-stale-reads".into());
+    }
+    let mut cluster = Cluster::start(spec)?;
+    let history = Arc::new(Mutex::new(Vec::<Op>::new()));
+
+    let t0 = firetower_chaos::unix_ms();
+    let clock = Clock::new(t0);
+    let worker_config = WorkerConfig {
+        workload: config.workload.clone(),
+        managers: cluster.quic_addrs(),
+        gateways: cluster.gateway_addrs(),
+        concurrency: config.concurrency,
+        time_limit_secs: config.time_limit_secs as f64,
+        seed: config.seed,
+        t0_unix_ms: t0,
+        ops_per_key: config.ops_per_key,
+        gateway_ids: 4,
+        interval_ms: 20,
+    };
+    let client = cluster.client_host()?.clone();
+    let worker_json = serde_json::to_string(&worker_config).unwrap_or_default();
+    let worker_log = out.join("logs").join("worker.log");
+    let worker_stderr =
+        std::fs::File::create(&worker_log).map_err(|e| JepsenError::io(&worker_log, e))?;
+    let mut worker = Command::new("ip")
+        .args(["netns", "exec", &client.ns])
+        .arg(&config.binary)
+        .args(["jepsen", "worker", "--config", &worker_json])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(worker_stderr)
+        .spawn()
+        .map_err(|e| JepsenError::Worker(format!("cannot start: {e}")))?;
+    let reader = {
+        let history = history.clone();
+        let stdout = worker
+            .stdout
+            .take()
+            .ok_or_else(|| JepsenError::Worker("no stdout".into()))?;
+        std::thread::spawn(move || {
+            let mut bad = 0usize;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                match serde_json::from_str::<Op>(&line) {
+                    Ok(op) => history.lock().unwrap_or_else(|e| e.into_inner()).push(op),
+                    Err(_) => bad += 1,
+                }
+            }
+            bad
+        })
+    };
+
+    // The nemesis schedule.
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    let nemesis_op = |f: &str, value: String| Op {
+        index: 0,
+        process: Process::Named("nemesis".into()),
+        kind: OpType::Info,
+        f: f.into(),
+        key: None,
+        value: value.into(),
+        time_ns: clock.now_ns(),
+        error: None,
+    };
+    let push = |op: Op| history.lock().unwrap_or_else(|e| e.into_inner()).push(op);
+    let limit = config.time_limit_secs as f64;
+    let started = Instant::now();
+    let elapsed = || started.elapsed().as_secs_f64();
+    let mut nemesis_error = None;
+    if !config.nemeses.is_empty() {
+        loop {
+            sleep_until(&started, elapsed() + config.quiet_secs);
+            if elapsed() + config.fault_secs + config.recovery_secs > limit {
+                break;
+            }
+            let Some(&kind) = config.nemeses.choose(&mut rng) else {
+                break;
+            };
+            let begin = clock.now_ns();
+            match inject(kind, &mut cluster, &mut rng) {
+                Ok((active, what)) => {
+                    let mut op = nemesis_op("start", what.clone());
+                    op.time_ns = begin;
+                    push(op);
+                    tracing::info!(fault = %what, "nemesis start");
+                    sleep_until(&started, elapsed() + config.fault_secs);
+                    let r = heal(active, &mut cluster);
+                    push(nemesis_op("stop", what));
+                    if let Err(e) = r {
+                        nemesis_error = Some(e);
+                        break;
+                    }
+                }
+                Err(e) => {
+                    push(nemesis_op("error", format!("{kind:?}: {e}")));
+                    tracing::warn!(error = %e, "nemesis failed; healing and stopping faults");
+                    nemesis_error = Some(e);
+                    break;
+                }
+            }
+        }
+    }
+    let healed = heal_all(&mut cluster);
+    push(nemesis_op("heal-all", "every fault healed".into()));
+
+    // Let the worker finish (it stops at the time limit), then stop everything.
+    let deadline = started + Duration::from_secs_f64(limit + 30.0);
+    loop {
+        match worker.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            _ => {
+                let _ = worker.kill();
+                let _ = worker.wait();
+                break;
+            }
+        }
+    }
+    let worker_status = worker.wait().ok();
+    let bad_lines = reader.join().unwrap_or(0);
+    cluster.teardown();
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(out.join("data"));
+    healed?;
+    if let Some(e) = nemesis_error {
+        return Err(e);
+    }
+
+    let mut history = std::mem::take(&mut *history.lock().unwrap_or_else(|e| e.into_inner()));
+    history.sort_by_key(|o| o.time_ns);
+    for (i, op) in history.iter_mut().enumerate() {
+        op.index = i as u64;
+    }
+    write_jsonl(&out.join("history.jsonl"), &history)?;
+    if !history
+        .iter()
+        .any(|o| o.is_client() && o.kind == OpType::Ok)
+    {
+        return Err(JepsenError::Worker(format!(
+            "the worker recorded no successful operation (exit {worker_status:?}, {bad_lines} \
+             unreadable lines); see {}",
+            worker_log.display()
+        )));
+    }
+    let verdict = crate::check::check(&config.workload, &history)?;
+    crate::check::write_report(out, &history, &verdict, &config.workload)?;
+    Ok(verdict)
+}
+
+fn sleep_until(started: &Instant, at_secs: f64) {
+    let target = *started + Duration::from_secs_f64(at_secs.max(0.0));
+    let now = Instant::now();
+    if target > now {
+        std::thread::sleep(target - now);
+    }
+}

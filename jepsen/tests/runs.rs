@@ -1,0 +1,132 @@
+//! End-to-end Jepsen runs against the real binary in network namespaces (root, nftables).
+//! The binary is `$FIRETOWER_BIN` or `target/debug/firetower` (`cargo build` first).
+//!
+//! `stress_` because each takes about half a minute.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn binary() -> PathBuf {
+    let path = std::env::var_os("FIRETOWER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/firetower")
+        });
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build` (or set FIRETOWER_BIN) before these tests",
+        path.display()
+    );
+    path
+}
+
+fn jepsen(out: &PathBuf, extra: &[&str]) -> std::process::Output {
+    let _ = std::fs::remove_dir_all(out);
+    Command::new(binary())
+        .args([
+            "jepsen",
+            "run",
+            "--workload",
+            "subscriptions",
+            "--time-limit",
+            "25",
+        ])
+        .args(["--quiet", "2", "--fault", "5", "--recovery", "4", "--out"])
+        .arg(out)
+        .args(extra)
+        .env("FIRETOWER_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn assert_nothing_left(out: &std::path::Path) {
+    let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let ns = String::from_utf8_lossy(&ns.stdout);
+    let mine = format!("ftj-{}-", std::process::id());
+    assert!(!ns.contains(&mine), "namespaces left: {ns}");
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    let dir = out.display().to_string();
+    assert!(
+        !ps.lines()
+            .any(|l| l.contains(&dir) && l.contains("firetower manager")),
+        "managers of the run are still running"
+    );
+    let tables = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&tables.stdout).contains("firetower_chaos"));
+    assert!(!out.join("data").exists(), "data directories are removed");
+}
+
+#[test]
+fn stress_subscriptions_under_partition_and_kill_are_linearizable() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let out = std::env::temp_dir().join(format!("ftj-test-{}-safe", std::process::id()));
+    let output = jepsen(&out, &["--nemesis", "partition,kill", "--seed", "3"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "valid run expected:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("valid: Valid"), "{stdout}");
+    for f in [
+        "history.jsonl",
+        "verdict.json",
+        "verdict.txt",
+        "latency.svg",
+        "throughput.svg",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let history = std::fs::read_to_string(out.join("history.jsonl")).unwrap();
+    assert!(history.contains(r#""process":"nemesis""#));
+    assert!(history.contains(r#""type":"ok""#));
+    assert_nothing_left(&out);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn stress_stale_follower_reads_are_caught() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let help = Command::new(binary())
+        .args(["manager", "--help"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&help.stdout).contains("--unsafe-stale-reads"),
+        "the manager has no --unsafe-stale-reads flag; the harness cannot test itself"
+    );
+    let out = std::env::temp_dir().join(format!("ftj-test-{}-unsafe", std::process::id()));
+    let output = jepsen(
+        &out,
+        &[
+            "--nemesis",
+            "partition",
+            "--seed",
+            "2",
+            "--unsafe-stale-reads",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !output.status.success(),
+        "an unsafe cluster must fail:\n{stdout}"
+    );
+    assert!(stdout.contains("valid: Invalid"), "{stdout}");
+    let verdict: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("verdict.json")).unwrap()).unwrap();
+    let anomalies = verdict["anomalies"].as_array().unwrap();
+    assert!(!anomalies.is_empty());
+    // Each anomaly comes with a small failing sub-history.
+    assert!(anomalies
+        .iter()
+        .all(|a| !a["sub_history"].as_array().unwrap().is_empty()));
+    assert_nothing_left(&out);
+    let _ = std::fs::remove_dir_all(&out);
+}

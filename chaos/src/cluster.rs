@@ -250,6 +250,15 @@ impl Cluster {
                     .join("logs")
                     .join(format!("{}.log", host.name));
                 let mut p = NodeProcess::new(host.clone(), &cluster.spec.binary, args, log);
+                // Session changes are logged at debug level; the Jepsen delivery checker
+                // reads them from the gateway logs to know when a gateway had no session.
+                let base = std::env::var("FIRETOWER_LOG")
+                    .unwrap_or_else(|_| "info,openraft=warn".to_string());
+                p.set_env(
+                    "FIRETOWER_LOG",
+                    &format!("{base},firetower_gateway::cluster=debug"),
+                );
+                p.set_env("NO_COLOR", "1");
                 p.start()?;
                 cluster.gateways.insert(host.name.clone(), p);
             }
@@ -672,6 +681,19 @@ impl Cluster {
     /// Remove every partition.
     pub fn heal(&self) -> Result<(), ChaosError> {
         partition::heal(self.net.hosts())
+    }
+
+    /// Gateway host names, in order (`g1`, `g2`, ...).
+    pub fn gateway_names(&self) -> Vec<String> {
+        self.gateways.keys().cloned().collect()
+    }
+
+    /// The log file of the gateway on `name`.
+    pub fn gateway_log(&self, name: &str) -> Result<PathBuf, ChaosError> {
+        self.gateways
+            .get(name)
+            .map(|g| g.log_path().to_path_buf())
+            .ok_or_else(|| ChaosError::UnknownNode(name.to_string()))
     }
 
     /// Kill the gateway on `name`.

@@ -36,6 +36,7 @@ pub struct NodeProcess {
     program: PathBuf,
     args: Vec<String>,
     log: PathBuf,
+    envs: Vec<(String, String)>,
     child: Option<Child>,
     paused: bool,
 }
@@ -48,9 +49,16 @@ impl NodeProcess {
             program: program.to_path_buf(),
             args,
             log,
+            envs: Vec::new(),
             child: None,
             paused: false,
         }
+    }
+
+    /// Set an environment variable for every later start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.envs.retain(|(k, _)| k != key);
+        self.envs.push((key.to_string(), value.to_string()));
     }
 
     /// The host it runs on.
@@ -88,6 +96,7 @@ impl NodeProcess {
             .args(["netns", "exec", &self.host.ns])
             .arg(&self.program)
             .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)

@@ -13,6 +13,7 @@ pub fn check(workload: &str, history: &[Op]) -> Result<Verdict, JepsenError> {
         "subscriptions" => {
             crate::subscriptions::check_history(history, crate::subscriptions::DEFAULT_BUDGET)
         }
+        "delivery" => crate::delivery::check_history(history),
         other => Err(JepsenError::Usage(format!(
             "no checker for workload {other:?}"
         ))),

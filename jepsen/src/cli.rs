@@ -31,7 +31,7 @@ enum JepsenCommand {
     Check {
         /// The run directory.
         dir: PathBuf,
-        /// The workload of that history.
+        /// The workload of that history (subscriptions or delivery).
         #[arg(long, default_value = "subscriptions")]
         workload: String,
     },
@@ -46,7 +46,8 @@ enum JepsenCommand {
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// subscriptions (linearizable gateway sets per topic) or delivery.
+    /// subscriptions (linearizable gateway sets per topic) or delivery (real gateways and
+    /// WebSocket clients: exactly-once, ordered delivery of acknowledged publishes).
     #[arg(long, default_value = "subscriptions")]
     workload: String,
     /// Comma-separated faults: partition, partition-leader, bridge, one-way, kill, pause,

@@ -8,7 +8,8 @@
 //!      │                     ▲ nemesis: start/stop lines into the history
 //!      └─ ip netns exec <c1> firetower jepsen worker ── JSON lines (invoke/ok/fail/info) ─┐
 //!   history.jsonl ◀── merge, sort by time ◀────────────────────────────────────────────────┘
-//!      └─▶ checker (subscriptions: per-topic Wing-Gong/Lowe linearizability)
+//!      └─▶ checker (subscriptions: per-topic Wing-Gong/Lowe linearizability;
+//!          delivery: exactly once, in order, no phantom, losses excused only by faults)
 //!          └─▶ verdict.json / verdict.txt (+ smallest failing sub-history), latency.svg,
 //!              throughput.svg; exit 1 when invalid
 //! ```

@@ -24,13 +24,17 @@ fn binary() -> PathBuf {
 }
 
 fn jepsen(out: &PathBuf, extra: &[&str]) -> std::process::Output {
+    jepsen_workload("subscriptions", out, extra)
+}
+
+fn jepsen_workload(workload: &str, out: &PathBuf, extra: &[&str]) -> std::process::Output {
     let _ = std::fs::remove_dir_all(out);
     Command::new(binary())
         .args([
             "jepsen",
             "run",
             "--workload",
-            "subscriptions",
+            workload,
             "--time-limit",
             "25",
         ])
@@ -54,6 +58,25 @@ fn assert_nothing_left(out: &std::path::Path) {
         !ps.lines()
             .any(|l| l.contains(&dir) && l.contains("firetower manager")),
         "managers of the run are still running"
+    );
+    // No process (manager, gateway, worker) still holds one of the run's log files open.
+    let logs = out.join("logs");
+    let holders: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|p| p.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|p| {
+            std::fs::read_dir(p.path().join("fd")).is_ok_and(|fds| {
+                fds.flatten().any(|fd| {
+                    std::fs::read_link(fd.path()).is_ok_and(|target| target.starts_with(&logs))
+                })
+            })
+        })
+        .map(|p| p.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        holders.is_empty(),
+        "processes of the run are still running: {holders:?}"
     );
     let tables = Command::new("nft")
         .args(["list", "tables"])
@@ -127,6 +150,44 @@ fn stress_stale_follower_reads_are_caught() {
     assert!(anomalies
         .iter()
         .all(|a| !a["sub_history"].as_array().unwrap().is_empty()));
+    assert_nothing_left(&out);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn stress_delivery_under_partition_and_kill_is_exactly_once_and_ordered() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let out = std::env::temp_dir().join(format!("ftj-test-{}-delivery", std::process::id()));
+    let output = jepsen_workload(
+        "delivery",
+        &out,
+        &["--nemesis", "partition,kill", "--seed", "4"],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "valid run expected:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("valid: Valid"), "{stdout}");
+    let verdict: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("verdict.json")).unwrap()).unwrap();
+    let stats = &verdict["stats"];
+    assert!(stats["publishes_ok"].as_u64().unwrap() > 100, "{stats}");
+    assert!(stats["obligations"].as_u64().unwrap() > 100, "{stats}");
+    assert!(stats["connections"].as_u64().unwrap() >= 4, "{stats}");
+    assert!(stats["fault_windows"].as_u64().unwrap() >= 1, "{stats}");
+    assert_eq!(stats["lost_unexcused"], 0);
+    for f in [
+        "history.jsonl",
+        "latency.svg",
+        "throughput.svg",
+        "logs/g1.log",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let history = std::fs::read_to_string(out.join("history.jsonl")).unwrap();
+    assert!(history.contains(r#""f":"message""#));
     assert_nothing_left(&out);
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -18,6 +18,7 @@ OUT=${OUT:-docs/bench-results/raw}
 RUNS=${RUNS:-3}
 SCENARIOS=${SCENARIOS:-"fanout latency idle idle100k"}
 SUBSCRIBERS=${SUBSCRIBERS:-10000}
+LATENCY_SUBS=${LATENCY_SUBS:-"100 1000 10000"}
 IDLE_ONE=${IDLE_ONE:-19000}
 IDLE_MANY=${IDLE_MANY:-100000}
 IDLE_GATEWAYS=${IDLE_GATEWAYS:-6}
@@ -133,15 +134,21 @@ for scenario in $SCENARIOS; do
             sleep 8 # connected and past the warmup
             perf record -F 499 -g -o "$WORK/perf.data" -p "${GATEWAY_PIDS[0]}" -- sleep 5 2>/dev/null
             wait "$bench"
-            perf report -i "$WORK/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
-                grep -v '^$' | sed -n 1,120p >"$OUT/fanout-perf.txt" || true
+            {
+                echo "## self time (flat)"
+                perf report -i "$WORK/perf.data" --no-children --sort dso,symbol --stdio -g none 2>/dev/null |
+                    grep -E '^ +[0-9.]+%' | sed -n 1,40p
+                echo "## including callees"
+                perf report -i "$WORK/perf.data" --children --sort symbol --stdio -g none 2>/dev/null |
+                    grep -E '^ +[0-9.]+%' | sed -n 1,40p
+            } >"$OUT/fanout-perf.txt" || true
         fi
         stop_gateways
         ;;
     latency)
         start_gateways 1
         pids="${GATEWAY_PIDS[0]},$MANAGERS_CSV"
-        for subs in 1000 "$SUBSCRIBERS"; do
+        for subs in $LATENCY_SUBS; do
             for r in $(seq 1 "$RUNS"); do
                 "$BIN" bench latency --url "${GATEWAY_URLS[0]}" --subscribers "$subs" --rate 50000 \
                     --payload 100 --duration 10 --server-pid "$pids" --json >"$OUT/latency-$subs-$r.json"
@@ -165,7 +172,8 @@ for scenario in $SCENARIOS; do
         for r in $(seq 1 "$RUNS"); do
             start_gateways "$IDLE_GATEWAYS"
             "$BIN" bench idle --url "$(join "${GATEWAY_URLS[@]}")" --connections "$IDLE_MANY" \
-                --source-ips "$SOURCE_IPS" --server-pid "$(join "${GATEWAY_PIDS[@]}")" --hold 10 --json \
+                --source-ips "$SOURCE_IPS" --server-pid "$(join "${GATEWAY_PIDS[@]}")" --hold 10 \
+                --connect-concurrency 64 --json \
                 >"$OUT/idle-$IDLE_MANY-$r.json"
             jq -c '{connections, failed, closed_by_server, bytes_per_connection}' "$OUT/idle-$IDLE_MANY-$r.json"
             stop_gateways
@@ -183,7 +191,7 @@ echo "medians over $RUNS runs (raw JSON in $OUT):"
 shopt -s nullglob
 f=("$OUT"/fanout-[0-9]*.json)
 [ ${#f[@]} -gt 0 ] && echo "fanout deliveries/s:        $(median "${f[@]}" .deliveries_per_sec)   (target >= 500000)"
-for subs in 1000 "$SUBSCRIBERS"; do
+for subs in $LATENCY_SUBS; do
     f=("$OUT"/latency-"$subs"-[0-9]*.json)
     [ ${#f[@]} -gt 0 ] && echo "latency $subs subs p50/p99 ms: $(median "${f[@]}" .latency.p50_ms) / $(median "${f[@]}" .latency.p99_ms)   (target p99 < 10)"
 done

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Subscription commit throughput and latency of a 3-manager loopback cluster (fsync on).
+# Starts the managers, runs `firetower bench commits` RUNS times for 1, 16 and 256 writers,
+# keeps the raw JSON under docs/bench-results/raw/, and stops everything it started.
+#
+#   scripts/bench/commits.sh [RUNS] [SECONDS]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+runs=${1:-3}
+seconds=${2:-10}
+bin=target/release/firetower
+[ -x "$bin" ] || cargo build --release --locked --bin firetower
+work=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+for i in 1 2 3; do
+  "$bin" manager --id "$i" --quic "127.0.0.1:1750$i" --admin "127.0.0.1:1760$i" \
+    --data-dir "$work/m$i" 2>"$work/m$i.log" &
+  pids+=($!)
+done
+sleep 1
+"$bin" cluster init --admin 127.0.0.1:17601 --member 127.0.0.1:17602 --member 127.0.0.1:17603 >/dev/null
+sleep 2
+mkdir -p docs/bench-results/raw
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+for r in $(seq 1 "$runs"); do
+  "$bin" bench commits --managers 127.0.0.1:17501,127.0.0.1:17502,127.0.0.1:17503 \
+    --writers 1,16,256 --duration "$seconds" --json \
+    | tee "docs/bench-results/raw/commits-$stamp-run$r.jsonl"
+done

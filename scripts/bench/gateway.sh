@@ -4,7 +4,7 @@
 # with `firetower bench fanout|latency|idle --json`, keeps the raw JSON, prints the medians,
 # and stops everything it started.
 #
-#   scripts/bench/gateway.sh                 # everything (about 15 minutes)
+#   scripts/bench/gateway.sh                 # everything (about 20 minutes)
 #   SCENARIOS="fanout latency" scripts/bench/gateway.sh
 #   PERF=1 scripts/bench/gateway.sh          # also record a perf profile of the fan-out
 #

@@ -376,27 +376,39 @@ pub(crate) async fn serve_http(shared: Arc<Shared>, mut stream: TcpStream, id: C
             }
         }
     };
+    let upgrade = if head.path == "/ws" {
+        Some(ws::negotiate(&head))
+    } else {
+        None
+    };
+    if let Some(Ok(upgrade)) = upgrade {
+        if tokio::time::timeout(
+            limits.close_timeout,
+            stream.write_all(&ws::upgrade_response(&upgrade)),
+        )
+        .await
+        .is_err()
+        {
+            return;
+        }
+        let wire = Wire::websocket(upgrade.flavour);
+        // An idle connection must hold no request memory: drop the parsed request, and the
+        // read buffer too unless the client already sent frames behind its request.
+        drop(upgrade);
+        drop(head);
+        buf.advance(head_len);
+        let buf = if buf.is_empty() { BytesMut::new() } else { buf };
+        run_session(shared, stream, id, wire, buf).await;
+        return;
+    }
     let response = match head.path.as_str() {
-        "/ws" => match ws::negotiate(&head) {
-            Ok(upgrade) => {
-                if tokio::time::timeout(
-                    limits.close_timeout,
-                    stream.write_all(&ws::upgrade_response(&upgrade)),
-                )
-                .await
-                .is_err()
-                {
-                    return;
-                }
-                buf.advance(head_len);
-                let wire = Wire::websocket(upgrade.flavour);
-                run_session(shared, stream, id, wire, buf).await;
-                return;
-            }
-            Err(e) => {
+        "/ws" => match upgrade {
+            Some(Err(e)) => {
                 inc(&shared.metrics.handshake_failures);
                 http::text_response(e.status(), &format!("{e}\n"))
             }
+            // The successful upgrade returned above.
+            _ => http::text_response(500, "internal error\n"),
         },
         _ if head.method != "GET" && head.method != "HEAD" => {
             http::text_response(405, "method not allowed\n")

@@ -34,8 +34,6 @@ use openraft::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
 
 use crate::error::StoreError;
 use crate::snapshot::{Meta, SnapshotSlot, TableSnapshot};
@@ -353,7 +351,7 @@ impl TableReader {
     pub fn gateways(&self, topic: &str) -> Result<Vec<GatewayId>, StoreError> {
         let prefix = topic_prefix(topic.as_bytes());
         let mut out = Vec::new();
-        for item in self.trees.subs.scan_prefix(&prefix) {
+        for item in self.trees.scan(Tree::Subs, &prefix) {
             let (key, _) = item?;
             if let Some(gateway) = subscriber_of(&key, prefix.len()) {
                 out.push(gateway);
@@ -365,7 +363,7 @@ impl TableReader {
     /// The topics `gateway` is subscribed to, sorted.
     pub fn topics_of(&self, gateway: GatewayId) -> Result<Vec<String>, StoreError> {
         let mut out = Vec::new();
-        for item in self.trees.by_gateway.scan_prefix(gateway.to_be_bytes()) {
+        for item in self.trees.scan(Tree::ByGateway, &gateway.to_be_bytes()) {
             let (key, _) = item?;
             out.push(utf8(&key[8..], &self.trees.name(Tree::ByGateway))?);
         }
@@ -374,7 +372,7 @@ impl TableReader {
 
     /// The session of `gateway`, if open.
     pub fn session(&self, gateway: GatewayId) -> Result<Option<Session>, StoreError> {
-        match self.trees.sessions.get(gateway.to_be_bytes())? {
+        match self.trees.get(Tree::Sessions, &gateway.to_be_bytes())? {
             Some(v) => Ok(Some(decode(&v, &self.trees.name(Tree::Sessions))?)),
             None => Ok(None),
         }
@@ -384,7 +382,7 @@ impl TableReader {
     pub fn sessions(&self) -> Result<Vec<(GatewayId, Session)>, StoreError> {
         let tree = self.trees.name(Tree::Sessions);
         let mut out = Vec::new();
-        for item in self.trees.sessions.iter() {
+        for item in self.trees.scan(Tree::Sessions, &[]) {
             let (key, value) = item?;
             out.push((gateway_of(&key, &tree)?, decode(&value, &tree)?));
         }
@@ -393,37 +391,37 @@ impl TableReader {
 
     /// Whether `gateway` is blacklisted.
     pub fn is_blacklisted(&self, gateway: GatewayId) -> Result<bool, StoreError> {
-        Ok(self.trees.blacklist.contains_key(gateway.to_be_bytes())?)
+        self.trees.contains(Tree::Blacklist, &gateway.to_be_bytes())
     }
 
     /// The metadata value under `key`.
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.trees.meta.get(key.as_bytes())?.map(|v| v.to_vec()))
+        Ok(self
+            .trees
+            .get(Tree::Meta, key.as_bytes())?
+            .map(|v| v.to_vec()))
     }
 
     /// The number of topics with at least one subscriber.
     pub fn topic_count(&self) -> Result<u64, StoreError> {
-        match self.trees.sm.get(TOPIC_COUNT)? {
+        match self.trees.get(Tree::Sm, TOPIC_COUNT)? {
             Some(v) => count_of(&v, &self.trees.name(Tree::Sm)),
             None => Ok(0),
         }
     }
 }
 
-/// The trees of one group, in a fixed order (see [`Tree`]).
+/// The tables of one group. They share one sled tree, `g{N}`, each under a one-byte key
+/// prefix (its [`Tree`] discriminant), so that a batch of entries is applied with one atomic
+/// `apply_batch` instead of a multi-tree transaction, which costs several times more.
 #[derive(Clone)]
 struct GroupTrees {
     group: u32,
-    subs: sled::Tree,
-    by_gateway: sled::Tree,
-    topics: sled::Tree,
-    sessions: sled::Tree,
-    blacklist: sled::Tree,
-    meta: sled::Tree,
-    sm: sled::Tree,
+    tree: sled::Tree,
 }
 
-/// Names a tree of [`GroupTrees`]; the discriminant indexes [`Overlay::writes`].
+/// Names a table of [`GroupTrees`]; the discriminant is its key prefix and indexes
+/// [`Overlay::writes`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tree {
     Subs = 0,
@@ -461,31 +459,39 @@ impl Tree {
     }
 }
 
+/// The sled key of `key` in table `t`.
+fn tagged(t: Tree, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.len());
+    k.push(t as u8);
+    k.extend_from_slice(key);
+    k
+}
+
 impl GroupTrees {
     fn open(db: &sled::Db, group: u32) -> Result<GroupTrees, StoreError> {
-        let open = |t: Tree| db.open_tree(format!("g{group}.{}", t.suffix()));
         Ok(GroupTrees {
             group,
-            subs: open(Tree::Subs)?,
-            by_gateway: open(Tree::ByGateway)?,
-            topics: open(Tree::Topics)?,
-            sessions: open(Tree::Sessions)?,
-            blacklist: open(Tree::Blacklist)?,
-            meta: open(Tree::Meta)?,
-            sm: open(Tree::Sm)?,
+            tree: db.open_tree(format!("g{group}"))?,
         })
     }
 
-    fn tree(&self, t: Tree) -> &sled::Tree {
-        match t {
-            Tree::Subs => &self.subs,
-            Tree::ByGateway => &self.by_gateway,
-            Tree::Topics => &self.topics,
-            Tree::Sessions => &self.sessions,
-            Tree::Blacklist => &self.blacklist,
-            Tree::Meta => &self.meta,
-            Tree::Sm => &self.sm,
-        }
+    fn get(&self, t: Tree, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
+        Ok(self.tree.get(tagged(t, key))?)
+    }
+
+    fn contains(&self, t: Tree, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.tree.contains_key(tagged(t, key))?)
+    }
+
+    /// Entries of table `t` whose key starts with `prefix`, keys without the table tag.
+    fn scan(
+        &self,
+        t: Tree,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<(Vec<u8>, sled::IVec), sled::Error>> {
+        self.tree
+            .scan_prefix(tagged(t, prefix))
+            .map(|item| item.map(|(k, v)| (k[1..].to_vec(), v)))
     }
 
     fn name(&self, t: Tree) -> String {
@@ -494,11 +500,11 @@ impl GroupTrees {
 
     fn applied_state(&self) -> Result<(Option<LogId<ManagerId>>, Membership), StoreError> {
         let name = self.name(Tree::Sm);
-        let last_applied = match self.sm.get(LAST_APPLIED)? {
+        let last_applied = match self.get(Tree::Sm, LAST_APPLIED)? {
             Some(v) => decode(&v, &name)?,
             None => None,
         };
-        let membership = match self.sm.get(MEMBERSHIP)? {
+        let membership = match self.get(Tree::Sm, MEMBERSHIP)? {
             Some(v) => decode(&v, &name)?,
             None => Membership::default(),
         };
@@ -509,7 +515,7 @@ impl GroupTrees {
     fn export(&self) -> Result<TableSnapshot, StoreError> {
         let mut table = TableSnapshot::default();
         let subs_name = self.name(Tree::Subs);
-        for item in self.subs.iter() {
+        for item in self.scan(Tree::Subs, &[]) {
             let (key, _) = item?;
             let Some(split) = key.len().checked_sub(9) else {
                 return Err(StoreError::CorruptValue {
@@ -525,7 +531,7 @@ impl GroupTrees {
             }
         }
         let sessions_name = self.name(Tree::Sessions);
-        for item in self.sessions.iter() {
+        for item in self.scan(Tree::Sessions, &[]) {
             let (key, value) = item?;
             table.sessions.push((
                 gateway_of(&key, &sessions_name)?,
@@ -533,61 +539,59 @@ impl GroupTrees {
             ));
         }
         let blacklist_name = self.name(Tree::Blacklist);
-        for item in self.blacklist.iter() {
+        for item in self.scan(Tree::Blacklist, &[]) {
             let (key, _) = item?;
             table.blacklist.push(gateway_of(&key, &blacklist_name)?);
         }
         let meta_name = self.name(Tree::Meta);
-        for item in self.meta.iter() {
+        for item in self.scan(Tree::Meta, &[]) {
             let (key, value) = item?;
             table.meta.push((utf8(&key, &meta_name)?, value.to_vec()));
         }
         Ok(table)
     }
 
-    /// Replaces the whole table with `table` as of `meta`. `sm` is written last, so a crash
-    /// half-way leaves `last_applied` older than the snapshot and the next open restores again.
+    /// Replaces the whole table with `table` as of `meta`: one atomic batch after the clear.
+    /// A crash between the two leaves no `last_applied`, so the next open restores again.
     fn restore(&self, table: &TableSnapshot, meta: &Meta) -> Result<(), StoreError> {
-        for t in Tree::ALL {
-            self.tree(t).clear()?;
-        }
-        let mut subs = sled::Batch::default();
-        let mut by_gateway = sled::Batch::default();
-        let mut topics = sled::Batch::default();
+        self.tree.clear()?;
+        let mut batch = sled::Batch::default();
         let mut topic_count = 0u64;
         for (topic, gateways) in &table.subscriptions {
             for gateway in gateways {
-                subs.insert(sub_key(topic.as_bytes(), *gateway), &[]);
-                by_gateway.insert(gateway_key(*gateway, topic.as_bytes()), &[]);
+                batch.insert(
+                    tagged(Tree::Subs, &sub_key(topic.as_bytes(), *gateway)),
+                    &[],
+                );
+                batch.insert(
+                    tagged(Tree::ByGateway, &gateway_key(*gateway, topic.as_bytes())),
+                    &[],
+                );
             }
             if !gateways.is_empty() {
-                topics.insert(topic.as_bytes(), &(gateways.len() as u64).to_be_bytes());
+                batch.insert(
+                    tagged(Tree::Topics, topic.as_bytes()),
+                    &(gateways.len() as u64).to_be_bytes(),
+                );
                 topic_count += 1;
             }
         }
-        let mut sessions = sled::Batch::default();
         for (gateway, session) in &table.sessions {
-            sessions.insert(&gateway.to_be_bytes(), encode(session)?);
+            batch.insert(
+                tagged(Tree::Sessions, &gateway.to_be_bytes()),
+                encode(session)?,
+            );
         }
-        let mut blacklist = sled::Batch::default();
         for gateway in &table.blacklist {
-            blacklist.insert(&gateway.to_be_bytes(), &[]);
+            batch.insert(tagged(Tree::Blacklist, &gateway.to_be_bytes()), &[]);
         }
-        let mut meta_batch = sled::Batch::default();
         for (key, value) in &table.meta {
-            meta_batch.insert(key.as_bytes(), value.as_slice());
+            batch.insert(tagged(Tree::Meta, key.as_bytes()), value.as_slice());
         }
-        self.subs.apply_batch(subs)?;
-        self.by_gateway.apply_batch(by_gateway)?;
-        self.topics.apply_batch(topics)?;
-        self.sessions.apply_batch(sessions)?;
-        self.blacklist.apply_batch(blacklist)?;
-        self.meta.apply_batch(meta_batch)?;
-        let mut sm = sled::Batch::default();
-        sm.insert(TOPIC_COUNT, &topic_count.to_be_bytes());
-        sm.insert(LAST_APPLIED, encode(&meta.last_log_id)?);
-        sm.insert(MEMBERSHIP, encode(&meta.last_membership)?);
-        self.sm.apply_batch(sm)?;
+        batch.insert(tagged(Tree::Sm, TOPIC_COUNT), &topic_count.to_be_bytes());
+        batch.insert(tagged(Tree::Sm, LAST_APPLIED), encode(&meta.last_log_id)?);
+        batch.insert(tagged(Tree::Sm, MEMBERSHIP), encode(&meta.last_membership)?);
+        self.tree.apply_batch(batch)?;
         Ok(())
     }
 }
@@ -610,14 +614,14 @@ impl<'t> Overlay<'t> {
     fn get(&self, t: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match self.writes[t as usize].get(key) {
             Some(pending) => Ok(pending.clone()),
-            None => Ok(self.trees.tree(t).get(key)?.map(|v| v.to_vec())),
+            None => Ok(self.trees.get(t, key)?.map(|v| v.to_vec())),
         }
     }
 
     fn contains(&self, t: Tree, key: &[u8]) -> Result<bool, StoreError> {
         match self.writes[t as usize].get(key) {
             Some(pending) => Ok(pending.is_some()),
-            None => Ok(self.trees.tree(t).contains_key(key)?),
+            None => self.trees.contains(t, key),
         }
     }
 
@@ -633,10 +637,10 @@ impl<'t> Overlay<'t> {
     fn keys_with_prefix(&self, t: Tree, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
         let pending = &self.writes[t as usize];
         let mut keys = std::collections::BTreeSet::new();
-        for item in self.trees.tree(t).scan_prefix(prefix) {
+        for item in self.trees.scan(t, prefix) {
             let (key, _) = item?;
-            if !pending.contains_key(key.as_ref()) {
-                keys.insert(key.to_vec());
+            if !pending.contains_key(&key) {
+                keys.insert(key);
             }
         }
         for (key, value) in pending.range(prefix.to_vec()..) {
@@ -650,39 +654,19 @@ impl<'t> Overlay<'t> {
         Ok(keys.into_iter().collect())
     }
 
-    /// Writes everything in one transaction over all the group's trees.
+    /// Writes everything in one atomic batch.
     fn commit(self) -> Result<(), StoreError> {
-        let t = self.trees;
-        let writes = &self.writes;
-        let result = (
-            &t.subs,
-            &t.by_gateway,
-            &t.topics,
-            &t.sessions,
-            &t.blacklist,
-            &t.meta,
-            &t.sm,
-        )
-            .transaction(
-                |(subs, by_gateway, topics, sessions, blacklist, meta, sm)| {
-                    let txs = [subs, by_gateway, topics, sessions, blacklist, meta, sm];
-                    for (tx, pending) in txs.iter().zip(writes.iter()) {
-                        for (key, value) in pending {
-                            match value {
-                                Some(v) => drop(tx.insert(key.as_slice(), v.as_slice())?),
-                                None => drop(tx.remove(key.as_slice())?),
-                            }
-                        }
-                    }
-                    Ok::<(), ConflictableTransactionError<()>>(())
-                },
-            );
-        match result {
-            Ok(()) => Ok(()),
-            Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
-            // The closure never aborts.
-            Err(TransactionError::Abort(())) => Ok(()),
+        let mut batch = sled::Batch::default();
+        for t in Tree::ALL {
+            for (key, value) in &self.writes[t as usize] {
+                match value {
+                    Some(v) => batch.insert(tagged(t, key), v.as_slice()),
+                    None => batch.remove(tagged(t, key)),
+                }
+            }
         }
+        self.trees.tree.apply_batch(batch)?;
+        Ok(())
     }
 }
 

@@ -84,7 +84,7 @@ async fn read_request(recv: &mut quinn::RecvStream) -> Result<GatewayRequest, St
     }
 }
 
-fn failure(code: &str, message: impl Into<String>) -> GatewayReply {
+pub(crate) fn failure(code: &str, message: impl Into<String>) -> GatewayReply {
     GatewayReply {
         result: Some(gateway_reply::Result::Failure(Failure {
             code: code.to_string(),
@@ -93,7 +93,7 @@ fn failure(code: &str, message: impl Into<String>) -> GatewayReply {
     }
 }
 
-fn not_leader(group: GroupId, leader: Option<(u64, ManagerNode)>) -> GatewayReply {
+pub(crate) fn not_leader(group: GroupId, leader: Option<(u64, ManagerNode)>) -> GatewayReply {
     let (leader_id, leader_quic) = leader.map(|(id, n)| (id, n.quic)).unwrap_or_default();
     GatewayReply {
         result: Some(gateway_reply::Result::NotLeader(NotLeader {

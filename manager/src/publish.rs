@@ -21,9 +21,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
-use firetower_proto::link::{gateway_reply, Failure, GatewayReply, NotLeader, Published};
+use firetower_proto::link::{gateway_reply, GatewayReply, Published};
 use firetower_raft::{group_of, GroupId};
 
+use crate::link::{failure, not_leader};
 use crate::server::Manager;
 use crate::sessions::EnqueueError;
 
@@ -54,15 +55,6 @@ impl Stamps {
     }
 }
 
-fn failure(code: &str, message: impl Into<String>) -> GatewayReply {
-    GatewayReply {
-        result: Some(gateway_reply::Result::Failure(Failure {
-            code: code.to_string(),
-            message: message.into(),
-        })),
-    }
-}
-
 /// Publish `data` to `topic`.
 pub(crate) async fn publish(
     manager: &Manager,
@@ -78,20 +70,8 @@ pub(crate) async fn publish(
         let m = raft.metrics();
         let m = m.borrow();
         if m.current_leader != Some(manager.id()) {
-            let leader = m.current_leader.and_then(|id| {
-                m.membership_config
-                    .membership()
-                    .get_node(&id)
-                    .map(|n| (id, n.quic.clone()))
-            });
-            let (leader_id, leader_quic) = leader.unwrap_or_default();
-            return GatewayReply {
-                result: Some(gateway_reply::Result::NotLeader(NotLeader {
-                    group,
-                    leader_id,
-                    leader_quic,
-                })),
-            };
+            drop(m);
+            return not_leader(group, manager.leader_of(group));
         }
         (m.current_term, m.millis_since_quorum_ack)
     };

@@ -155,17 +155,21 @@ impl ClusterUpstream {
     async fn session_loop(self, addr: SocketAddr) {
         let mut attempt = 0u32;
         while !self.inner.closed.load(Ordering::Relaxed) {
-            match self.run_session(addr).await {
-                Ok(()) => attempt = 0,
-                Err(e) => {
-                    tracing::debug!(%addr, error = %e, "session with manager ended");
-                }
-            }
-            self.inner
+            let result = self.run_session(addr).await;
+            let was_open = self
+                .inner
                 .open_sessions
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&addr);
+            if let Err(e) = &result {
+                tracing::debug!(%addr, error = %e, "session with manager ended");
+            }
+            // A session that opened ends the run of failures: the next attempt starts with
+            // the shortest backoff, however the session ended.
+            if was_open || result.is_ok() {
+                attempt = 0;
+            }
             if self.inner.closed.load(Ordering::Relaxed) {
                 break;
             }

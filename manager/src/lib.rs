@@ -10,6 +10,7 @@
 mod admin;
 mod config;
 mod error;
+mod leadership;
 mod link;
 mod meta;
 mod proposer;

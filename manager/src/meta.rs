@@ -25,6 +25,10 @@ pub struct NodeMeta {
     /// Number of groups of the cluster; 0 until joined.
     #[serde(default)]
     pub groups: u32,
+    /// Hex secret the QUIC stateless-reset key is derived from; kept across restarts so that
+    /// peers of the previous run learn at once that their connections are gone.
+    #[serde(default)]
+    pub quic_reset_secret: String,
 }
 
 impl NodeMeta {
@@ -78,6 +82,7 @@ pub fn load_or_create(dir: &Path, node_id: u64) -> Result<NodeMeta, StartError> 
                 node_id,
                 cluster_id: String::new(),
                 groups: 0,
+                quic_reset_secret: String::new(),
             };
             store(dir, &meta)?;
             Ok(meta)
@@ -96,6 +101,24 @@ fn dir_has_foreign_files(dir: &Path) -> Result<bool, StartError> {
         let name = name.to_string_lossy();
         !name.starts_with('.') && name != "LOCK"
     }))
+}
+
+/// Give `meta` a stateless-reset secret if it has none (a fresh directory, or one written
+/// before the secret existed), and store it. Call with the data directory locked.
+pub fn ensure_reset_secret(dir: &Path, mut meta: NodeMeta) -> Result<NodeMeta, StartError> {
+    if meta.quic_reset_secret.len() == 64 {
+        return Ok(meta);
+    }
+    let mut secret = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret).map_err(
+        |_| StartError::DataDir {
+            path: dir.to_path_buf(),
+            source: std::io::Error::other("no system randomness for the QUIC reset secret"),
+        },
+    )?;
+    meta.quic_reset_secret = secret.iter().map(|b| format!("{b:02x}")).collect();
+    store(dir, &meta)?;
+    Ok(meta)
 }
 
 /// Write the identity atomically.
@@ -129,6 +152,19 @@ mod tests {
         assert_eq!(again, meta);
         let err = load_or_create(dir.path(), 4).unwrap_err().to_string();
         assert!(err.contains("belongs to manager 3"), "{err}");
+    }
+
+    #[test]
+    fn reset_secret_is_created_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = load_or_create(dir.path(), 1).unwrap();
+        assert!(meta.quic_reset_secret.is_empty());
+        let meta = ensure_reset_secret(dir.path(), meta).unwrap();
+        assert_eq!(meta.quic_reset_secret.len(), 64);
+        let again = load_or_create(dir.path(), 1).unwrap();
+        assert_eq!(again.quic_reset_secret, meta.quic_reset_secret);
+        let same = ensure_reset_secret(dir.path(), again).unwrap();
+        assert_eq!(same.quic_reset_secret, meta.quic_reset_secret);
     }
 
     #[test]

@@ -11,10 +11,12 @@
 //! ```
 //!
 //! Messages are not replicated: the stamp sequence lives in the leader's memory and restarts
-//! with every term, so `(term, seq)` orders a topic's messages totally and a subscriber can see
-//! a gap or a duplicate. The ack to the publisher comes only after every gateway subscribed to
-//! the topic (with a live session here) confirmed the delivery, so an acknowledged message
-//! has reached every interested gateway.
+//! with every term (leadership.rs makes sure a term is never reused by a restarted leader), so
+//! `(term, seq)` orders a topic's messages totally and a subscriber can see a gap or a
+//! duplicate across a failover. Every gateway subscribed to the topic must have a live session
+//! here; the ack to the publisher comes only after each of them confirmed the delivery, so an
+//! acknowledged message has reached every interested gateway. When one of them cannot be
+//! reached the publish fails and says so; it is never acknowledged.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -24,6 +26,7 @@ use bytes::Bytes;
 use firetower_proto::link::{gateway_reply, GatewayReply, Published};
 use firetower_raft::{group_of, GroupId};
 
+use crate::leadership::NotServing;
 use crate::link::{failure, not_leader};
 use crate::server::Manager;
 use crate::sessions::EnqueueError;
@@ -55,6 +58,10 @@ impl Stamps {
     }
 }
 
+/// How long a publish waits for a subscribed gateway without a live session here (one that
+/// is reconnecting, typically after this manager restarted) before it fails.
+const SESSION_WAIT: Duration = Duration::from_millis(1_500);
+
 /// Publish `data` to `topic`.
 pub(crate) async fn publish(
     manager: &Manager,
@@ -63,44 +70,33 @@ pub(crate) async fn publish(
     json: bool,
 ) -> GatewayReply {
     let group = group_of(&topic, manager.group_count());
-    let Some(raft) = manager.raft(group) else {
-        return failure("unavailable", format!("group {group} is not running here"));
-    };
-    let (term, quorum_age) = {
-        let m = raft.metrics();
-        let m = m.borrow();
-        if m.current_leader != Some(manager.id()) {
-            drop(m);
-            return not_leader(group, manager.leader_of(group));
-        }
-        (m.current_term, m.millis_since_quorum_ack)
-    };
-    if !crate::sessions::is_ready_leader(&raft, manager.id()) {
-        return failure(
-            "unavailable",
-            format!("group {group}: the new leader is still applying earlier entries; retry"),
-        );
-    }
-    // Followers refuse to elect another leader for the maximum election timeout after they
-    // last heard from this one. Serving only while a quorum answered well within that window
-    // means no other leader can exist, so no message is stamped by a deposed leader.
-    let safe_ms = manager.config().raft.election_timeout_min_ms;
-    if quorum_age.is_none_or(|age| age > safe_ms) {
-        return failure(
-            "unavailable",
-            format!("group {group}: leader has not heard from a quorum recently; retry"),
-        );
-    }
-    let Some(reader) = manager.reader(group) else {
-        return failure("unavailable", format!("group {group} is not running here"));
-    };
-    let gateways = match reader.gateways(&topic) {
-        Ok(g) => g,
-        Err(e) => return failure("unavailable", format!("reading group {group}: {e}")),
-    };
     let sessions = manager.sessions();
+    let session_deadline = tokio::time::Instant::now() + SESSION_WAIT;
+    // Every gateway subscribed to the topic needs a live session here: a message stamped
+    // while one of them is reconnecting would never reach its subscribers, so the publish
+    // waits a little for the session and otherwise fails rather than be acknowledged.
+    let (term, gateways) = loop {
+        let (term, gateways) = match serving_term(manager, group, &topic) {
+            Ok(v) => v,
+            Err(reply) => return reply,
+        };
+        let Some(missing) = gateways.iter().find(|g| sessions.get(**g).is_none()) else {
+            break (term, gateways);
+        };
+        if tokio::time::Instant::now() >= session_deadline {
+            return failure(
+                "unavailable",
+                format!(
+                    "gateway {missing} has subscribers of {topic} but no session with this \
+                     leader (reconnecting, or down until its lease ends); not published"
+                ),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let state = manager.stamps().group(group);
     let mut waits = Vec::with_capacity(gateways.len());
+    let mut undelivered = None;
     let seq = {
         let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
         if st.term != term {
@@ -113,21 +109,37 @@ pub(crate) async fn publish(
             *s
         };
         for gateway in &gateways {
-            let Some(session) = sessions.get(*gateway) else {
-                // No live session here: the gateway is down or reconnecting; its lease
-                // decides whether it keeps the topic.
-                continue;
+            let queued = match sessions.get(*gateway) {
+                Some(session) => session
+                    .enqueue_delivery(&topic, &data, json, term, seq)
+                    .map(|dseq| (session, dseq)),
+                None => Err(EnqueueError::Closed),
             };
-            match session.enqueue_delivery(&topic, &data, json, term, seq) {
-                Ok(dseq) => waits.push((session, dseq)),
-                Err(EnqueueError::Closed) => {}
-                Err(EnqueueError::Stalled) => {
-                    tracing::warn!(gateway, "gateway does not keep up with deliveries");
+            match queued {
+                Ok(wait) => waits.push(wait),
+                Err(e) => {
+                    if matches!(e, EnqueueError::Stalled) {
+                        tracing::warn!(gateway, "gateway does not keep up with deliveries");
+                    }
+                    undelivered.get_or_insert((*gateway, e));
                 }
             }
         }
         seq
     };
+    if let Some((gateway, e)) = undelivered {
+        let why = match e {
+            EnqueueError::Closed => "lost its session",
+            EnqueueError::Stalled => "does not keep up with deliveries",
+        };
+        return failure(
+            "unavailable",
+            format!(
+                "gateway {gateway} {why}; ({term}, {seq}) of {topic} may have reached only some \
+                 subscribers"
+            ),
+        );
+    }
     let delivered = waits.len() as u32;
     let acks = futures::future::join_all(
         waits
@@ -152,4 +164,75 @@ pub(crate) async fn publish(
             gateways: delivered,
         })),
     }
+}
+
+/// The term in which this manager may stamp a message of `group` now, and the gateways
+/// subscribed to `topic`; otherwise the reply that says why not.
+fn serving_term(
+    manager: &Manager,
+    group: GroupId,
+    topic: &str,
+) -> Result<(u64, Vec<u64>), GatewayReply> {
+    if manager.shutdown_token().is_cancelled() {
+        return Err(failure("unavailable", "manager is shutting down; retry"));
+    }
+    let Some(raft) = manager.raft(group) else {
+        return Err(failure(
+            "unavailable",
+            format!("group {group} is not running here"),
+        ));
+    };
+    let term = {
+        let m = raft.metrics();
+        let m = m.borrow();
+        if m.current_leader != Some(manager.id()) {
+            drop(m);
+            return Err(not_leader(group, manager.leader_of(group)));
+        }
+        m.current_term
+    };
+    if !crate::sessions::is_ready_leader(&raft, manager.id()) {
+        return Err(failure(
+            "unavailable",
+            format!("group {group}: the new leader is still applying earlier entries; retry"),
+        ));
+    }
+    // See leadership.rs: stamp only in a term of this run, and only while a quorum
+    // acknowledged this leader within the minimum election timeout, so that no other leader
+    // can exist.
+    let lease = Duration::from_millis(manager.config().raft.election_timeout_min_ms);
+    let Some(leadership) = manager.leadership().group(group) else {
+        return Err(failure(
+            "unavailable",
+            format!("group {group} is not running here"),
+        ));
+    };
+    match leadership.check(term, lease) {
+        Ok(()) => {}
+        Err(NotServing::LeaseExpired) => {
+            return Err(failure(
+                "unavailable",
+                format!("group {group}: leader has not heard from a quorum recently; retry"),
+            ));
+        }
+        Err(NotServing::TermOfEarlierRun { term }) => {
+            return Err(failure(
+                "unavailable",
+                format!(
+                    "group {group}: this manager restarted while leading term {term}; waiting \
+                     for a leader in a new term; retry"
+                ),
+            ));
+        }
+    }
+    let Some(reader) = manager.reader(group) else {
+        return Err(failure(
+            "unavailable",
+            format!("group {group} is not running here"),
+        ));
+    };
+    let gateways = reader
+        .gateways(topic)
+        .map_err(|e| failure("unavailable", format!("reading group {group}: {e}")))?;
+    Ok((term, gateways))
 }

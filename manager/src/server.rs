@@ -55,6 +55,7 @@ struct Inner {
     cluster_id: watch::Sender<String>,
     sessions: crate::sessions::Sessions,
     stamps: crate::publish::Stamps,
+    leadership: crate::leadership::Leadership,
     /// Bumped whenever the leader of a group hosted here changes.
     routing_version: watch::Sender<u64>,
     /// Serializes Init and membership changes started on this manager.
@@ -89,6 +90,7 @@ impl Manager {
             }
         }
         let lock = lock_data_dir(&config.data_dir)?;
+        let meta = meta::ensure_reset_secret(&config.data_dir, meta)?;
         let state = StateStore::open(&config.data_dir)?;
         let wal = Wal::open(
             &config.data_dir,
@@ -97,11 +99,14 @@ impl Manager {
                 ..WalOptions::default()
             },
         )?;
-        let endpoint =
-            firetower_raft::make_endpoint(config.quic).map_err(|e| StartError::Bind {
-                addr: config.quic,
-                detail: e.to_string(),
-            })?;
+        let endpoint = firetower_raft::make_endpoint_with_reset_secret(
+            config.quic,
+            meta.quic_reset_secret.as_bytes(),
+        )
+        .map_err(|e| StartError::Bind {
+            addr: config.quic,
+            detail: e.to_string(),
+        })?;
         let node = ManagerNode {
             quic: config.quic.to_string(),
             admin: config.admin.to_string(),
@@ -115,13 +120,21 @@ impl Manager {
                 wal,
                 state,
                 endpoint,
-                router: GroupRouter::new(),
+                router: {
+                    let router = GroupRouter::new();
+                    router.hold_votes_until(
+                        std::time::Instant::now()
+                            + Duration::from_millis(config.raft.election_timeout_max_ms),
+                    );
+                    router
+                },
                 readers: RwLock::new(HashMap::new()),
                 proposers: RwLock::new(HashMap::new()),
                 peers: std::sync::Mutex::new(None),
                 cluster_id,
                 sessions: Default::default(),
                 stamps: Default::default(),
+                leadership: Default::default(),
                 routing_version: watch::channel(0).0,
                 change_lock: tokio::sync::Mutex::new(()),
                 shutdown: CancellationToken::new(),
@@ -204,6 +217,10 @@ impl Manager {
         &self.inner.stamps
     }
 
+    pub(crate) fn leadership(&self) -> &crate::leadership::Leadership {
+        &self.inner.leadership
+    }
+
     /// A receiver that changes whenever a group's leader changes.
     pub(crate) fn routing_version(&self) -> watch::Receiver<u64> {
         self.inner.routing_version.subscribe()
@@ -260,17 +277,22 @@ impl Manager {
         self.inner.shutdown.clone()
     }
 
-    /// Stop serving: close the QUIC endpoint, stop the admin server and every Raft group.
+    /// Stop serving: refuse publishes, close the QUIC endpoint (gateways see their sessions
+    /// end at once and move to the other managers; peers stop hearing from this one), stop
+    /// the admin server and every Raft group.
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
+        self.inner
+            .endpoint
+            .close(0u32.into(), b"manager shutting down");
         for (group, raft) in self.inner.router.groups() {
             if let Err(e) = raft.shutdown().await {
                 tracing::warn!(group, error = %e, "raft group did not shut down cleanly");
             }
         }
-        self.inner
-            .endpoint
-            .close(0u32.into(), b"manager shutting down");
+        // Let the close frames reach the peers before the process exits.
+        let _ =
+            tokio::time::timeout(Duration::from_millis(500), self.inner.endpoint.wait_idle()).await;
     }
 
     /// Record membership of a cluster and start its groups; initialize the listed groups with
@@ -307,9 +329,9 @@ impl Manager {
                 )));
             }
             let new_meta = NodeMeta {
-                node_id: self.id(),
                 cluster_id: cluster_id.to_string(),
                 groups,
+                ..self.meta()
             };
             meta::store(&self.inner.config.data_dir, &new_meta)
                 .map_err(|e| tonic::Status::internal(e.to_string()))?;
@@ -348,7 +370,13 @@ impl Manager {
             if self.inner.router.get(group).is_some() {
                 continue;
             }
-            let log_store = self.inner.wal.log_store(group);
+            let mut log_store = self.inner.wal.log_store(group);
+            let startup_term = crate::leadership::step_down_on_restart(&mut log_store, self.id())
+                .await
+                .map_err(|e| StartError::Raft {
+                    group,
+                    detail: e.to_string(),
+                })?;
             let state_machine = self.inner.state.state_machine::<TypeConfig>(group)?;
             let reader = state_machine.reader();
             let network = QuicNetworkFactory::new(group, peers.clone());
@@ -372,6 +400,13 @@ impl Manager {
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(group, proposer);
+            self.inner.leadership.watch(
+                group,
+                self.id(),
+                startup_term,
+                &raft,
+                self.inner.shutdown.clone(),
+            );
             self.inner.router.insert(group, raft);
         }
         Ok(())

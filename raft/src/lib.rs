@@ -36,7 +36,8 @@ pub use firetower_proto::{group_of, jump_consistent_hash};
 pub use firetower_store::{Command, ManagerId, ManagerNode, Response};
 pub use network::{PeerConnections, QuicNetwork, QuicNetworkFactory};
 pub use quic::{
-    client_config, install_crypto_provider, make_endpoint, TransportError, ALPN_LINK, ALPN_RAFT,
+    client_config, install_crypto_provider, make_endpoint, make_endpoint_with_reset_secret,
+    TransportError, ALPN_LINK, ALPN_RAFT,
 };
 pub use router::GroupRouter;
 pub use server::serve_raft_connection;

@@ -81,6 +81,30 @@ pub fn make_endpoint(bind: SocketAddr) -> Result<Endpoint, TransportError> {
     Endpoint::server(config, bind).map_err(|source| TransportError::Bind { addr: bind, source })
 }
 
+/// Like [`make_endpoint`], with the stateless-reset key derived from `reset_secret`.
+///
+/// A process that restarts with the same secret answers packets of its previous run's
+/// connections with a stateless reset that the peer accepts, so gateways and other managers
+/// see the old connection end within one keep-alive and reconnect, instead of waiting out the
+/// idle timeout.
+pub fn make_endpoint_with_reset_secret(
+    bind: SocketAddr,
+    reset_secret: &[u8],
+) -> Result<Endpoint, TransportError> {
+    let config = server_config(bind)?;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_secret);
+    let endpoint_config = quinn::EndpointConfig::new(Arc::new(key));
+    let socket = std::net::UdpSocket::bind(bind)
+        .map_err(|source| TransportError::Bind { addr: bind, source })?;
+    Endpoint::new(
+        endpoint_config,
+        Some(config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|source| TransportError::Bind { addr: bind, source })
+}
+
 /// Client configuration for `alpn`. Encrypts, but does not verify the server certificate (see
 /// the module documentation).
 pub fn client_config(alpn: &[u8]) -> ClientConfig {

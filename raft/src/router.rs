@@ -5,7 +5,8 @@
 //! changes, hence a read-write lock; it is never held across an `await`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
 
 use crate::{GroupId, Raft};
 
@@ -13,6 +14,7 @@ use crate::{GroupId, Raft};
 #[derive(Clone, Default)]
 pub struct GroupRouter {
     groups: Arc<RwLock<HashMap<GroupId, Raft>>>,
+    votes_held_until: Arc<Mutex<Option<Instant>>>,
 }
 
 impl std::fmt::Debug for GroupRouter {
@@ -42,6 +44,28 @@ impl GroupRouter {
     /// Stops routing RPCs to `group` and returns its instance (the caller shuts it down).
     pub fn remove(&self, group: GroupId) -> Option<Raft> {
         self.write().remove(&group)
+    }
+
+    /// Answer no vote request before `until`.
+    ///
+    /// A follower refuses to vote for `election_timeout_max` after it last heard from its
+    /// leader (openraft's leader lease), and leaders rely on that to serve without a round
+    /// trip. The lease lives in memory: a manager that restarts would otherwise vote at once
+    /// and could help elect a new leader while the old one still counts on its lease. Holding
+    /// votes for one `election_timeout_max` after start carries the promise across restarts.
+    pub fn hold_votes_until(&self, until: Instant) {
+        *self
+            .votes_held_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(until);
+    }
+
+    /// The instant before which vote requests wait, if any.
+    pub fn votes_held_until(&self) -> Option<Instant> {
+        *self
+            .votes_held_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Every hosted group, ordered by group id.

@@ -124,7 +124,12 @@ async fn handle(
         .ok_or(Rejection::GroupNotHosted(request.group))?;
     Ok(match request.body {
         RequestBody::AppendEntries(rpc) => ReplyBody::AppendEntries(raft.append_entries(rpc).await),
-        RequestBody::Vote(rpc) => ReplyBody::Vote(raft.vote(rpc).await),
+        RequestBody::Vote(rpc) => {
+            if let Some(until) = router.votes_held_until() {
+                tokio::time::sleep_until(until.into()).await;
+            }
+            ReplyBody::Vote(raft.vote(rpc).await)
+        }
         RequestBody::InstallSnapshot(rpc) => {
             ReplyBody::InstallSnapshot(raft.install_snapshot(rpc).await)
         }

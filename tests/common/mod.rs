@@ -123,6 +123,18 @@ impl ManagerProc {
         }
     }
 
+    /// SIGTERM, then wait for the process to exit (a graceful shutdown).
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let status = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill -TERM failed");
+            let _ = c.wait();
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

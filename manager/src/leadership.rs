@@ -1,0 +1,204 @@
+//! When a leader may stamp messages.
+//!
+//! Messages are not replicated: a leader stamps `(term, seq)` from a counter in its memory and
+//! gateways pass a topic's messages on in stamp order, dropping anything at or below the last
+//! stamp they passed on. That is only correct if no two stampers ever share a term and no
+//! deposed leader stamps after its successor. Two rules give that:
+//!
+//! 1. **A fresh term for every run of the process.** openraft restores a leader that restarts
+//!    within its own term as leader of that same term, with a counter that starts again at 1:
+//!    every stamp it makes would sort below the ones its earlier run made, and gateways would
+//!    drop the messages after their publishers were told they were delivered. So at start a
+//!    manager that finds a committed vote for itself on disk records it as uncommitted before
+//!    the group starts: it comes up as a follower, and the group's next leader — possibly
+//!    this manager again — is elected in a new term. On top of that, a manager never stamps
+//!    in a term at or below the one it found on disk.
+//! 2. **A lease measured on a live clock.** Followers refuse to vote for anyone else for
+//!    `election_timeout_max` after they last heard from the leader, so while a quorum
+//!    acknowledged the leader less than `election_timeout_min` ago no other leader exists.
+//!    The acknowledgement time is taken from openraft's metrics as they are published, and
+//!    the age is computed when a publish is stamped, so a Raft core that stopped (shutdown,
+//!    stuck disk) lets the lease run out instead of freezing it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use firetower_raft::{GroupId, ManagerId, Raft, TypeConfig};
+use openraft::storage::RaftLogStorage;
+use openraft::{ServerState, Vote};
+use tokio_util::sync::CancellationToken;
+
+/// The leadership facts of one group hosted here.
+#[derive(Debug)]
+pub(crate) struct GroupLeadership {
+    /// The term of the vote found on disk when the group started.
+    startup_term: u64,
+    /// `(term, instant)` of the latest quorum acknowledgement seen while leading.
+    quorum_ack: Mutex<Option<(u64, Instant)>>,
+}
+
+/// Why this manager may not stamp a message of a group right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NotServing {
+    /// The term is one an earlier run of this process may have stamped in.
+    TermOfEarlierRun { term: u64 },
+    /// No quorum acknowledged this leader recently enough.
+    LeaseExpired,
+}
+
+impl GroupLeadership {
+    fn new(startup_term: u64) -> Self {
+        GroupLeadership {
+            startup_term,
+            quorum_ack: Mutex::new(None),
+        }
+    }
+
+    /// Ok when this manager, leading in `term`, holds an exclusive lease on the group:
+    /// a quorum acknowledged it less than `lease` ago and the term is one of this run.
+    pub(crate) fn check(&self, term: u64, lease: Duration) -> Result<(), NotServing> {
+        if term <= self.startup_term {
+            return Err(NotServing::TermOfEarlierRun { term });
+        }
+        let ack = *self.quorum_ack.lock().unwrap_or_else(|e| e.into_inner());
+        match ack {
+            Some((t, at)) if t == term && at.elapsed() < lease => Ok(()),
+            _ => Err(NotServing::LeaseExpired),
+        }
+    }
+
+    fn observe(&self, value: Option<(u64, Instant)>) {
+        *self.quorum_ack.lock().unwrap_or_else(|e| e.into_inner()) = value;
+    }
+}
+
+/// The leadership facts of every group hosted here.
+#[derive(Debug, Default)]
+pub(crate) struct Leadership {
+    groups: RwLock<HashMap<GroupId, Arc<GroupLeadership>>>,
+}
+
+impl Leadership {
+    pub(crate) fn group(&self, group: GroupId) -> Option<Arc<GroupLeadership>> {
+        self.groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&group)
+            .cloned()
+    }
+
+    /// Record a group that is about to start with `startup_term` from disk, and follow its
+    /// metrics until `shutdown`.
+    pub(crate) fn watch(
+        &self,
+        group: GroupId,
+        id: ManagerId,
+        startup_term: u64,
+        raft: &Raft,
+        shutdown: CancellationToken,
+    ) {
+        let state = Arc::new(GroupLeadership::new(startup_term));
+        self.groups
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(group, state.clone());
+        let mut metrics = raft.metrics();
+        tokio::spawn(async move {
+            loop {
+                let value = {
+                    let observed = Instant::now();
+                    let m = metrics.borrow_and_update();
+                    match (m.state, m.current_leader, m.millis_since_quorum_ack) {
+                        (ServerState::Leader, Some(leader), Some(age)) if leader == id => observed
+                            .checked_sub(Duration::from_millis(age))
+                            .map(|at| (m.current_term, at)),
+                        _ => None,
+                    }
+                };
+                state.observe(value);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    changed = metrics.changed() => if changed.is_err() { break },
+                }
+            }
+            // The Raft core is gone or the manager is stopping: no lease any more.
+            state.observe(None);
+        });
+    }
+}
+
+/// Step down from a leadership restored from disk: if the stored vote is a committed vote
+/// for `id`, store it again as uncommitted, so that the group starts as a follower and its
+/// next leader is elected in a new term. Returns the term of the stored vote (0 if none).
+///
+/// This only lowers the vote from "committed" to "granted": the node still will not vote for
+/// anyone else in that term, and no other node can lead that term, so no Raft guarantee
+/// changes.
+pub(crate) async fn step_down_on_restart<S>(
+    log_store: &mut S,
+    id: ManagerId,
+) -> Result<u64, openraft::StorageError<ManagerId>>
+where
+    S: RaftLogStorage<TypeConfig>,
+{
+    let Some(vote) = log_store.read_vote().await? else {
+        return Ok(0);
+    };
+    let term = vote.leader_id().get_term();
+    if vote.is_committed() && vote.leader_id().voted_for() == Some(id) {
+        tracing::info!(
+            term,
+            "was leader in term {term} before this start; stepping down so the next leader \
+             gets a new term"
+        );
+        log_store.save_vote(&Vote::new(term, id)).await?;
+    }
+    Ok(term)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_serves_in_the_term_of_an_earlier_run() {
+        let g = GroupLeadership::new(3);
+        g.observe(Some((3, Instant::now())));
+        assert_eq!(
+            g.check(3, Duration::from_secs(1)),
+            Err(NotServing::TermOfEarlierRun { term: 3 })
+        );
+        g.observe(Some((4, Instant::now())));
+        assert_eq!(g.check(4, Duration::from_secs(1)), Ok(()));
+    }
+
+    #[test]
+    fn lease_runs_out_when_metrics_stop() {
+        let g = GroupLeadership::new(0);
+        let long_ago = Instant::now()
+            .checked_sub(Duration::from_millis(500))
+            .expect("clock");
+        g.observe(Some((1, long_ago)));
+        assert_eq!(
+            g.check(1, Duration::from_millis(400)),
+            Err(NotServing::LeaseExpired)
+        );
+        assert_eq!(g.check(1, Duration::from_millis(600)), Ok(()));
+    }
+
+    #[test]
+    fn a_quorum_ack_of_another_term_does_not_count() {
+        let g = GroupLeadership::new(0);
+        g.observe(Some((1, Instant::now())));
+        assert_eq!(
+            g.check(2, Duration::from_secs(1)),
+            Err(NotServing::LeaseExpired)
+        );
+        g.observe(None);
+        assert_eq!(
+            g.check(1, Duration::from_secs(1)),
+            Err(NotServing::LeaseExpired)
+        );
+    }
+}

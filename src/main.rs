@@ -85,7 +85,8 @@ struct ManagerArgs {
     #[arg(long)]
     no_fsync: bool,
     /// DELIBERATELY UNSAFE (Jepsen harness self-test only): answer topic reads from the local
-    /// state machine without checking leadership, so reads can be stale.
+    /// state machine without checking leadership, so reads can be stale, and stamp publishes
+    /// that reach a follower as if it led the group.
     #[arg(long)]
     unsafe_stale_reads: bool,
 }
@@ -172,7 +173,7 @@ fn manager_config(args: ManagerArgs) -> anyhow::Result<ManagerConfig> {
     }
     if args.unsafe_stale_reads {
         config.unsafe_stale_reads = true;
-        tracing::warn!("UNSAFE: --unsafe-stale-reads serves stale topic reads (harness self-test)");
+        tracing::warn!("UNSAFE: --unsafe-stale-reads serves stale topic reads and lets followers stamp publishes (harness self-test)");
     }
     config.validate()?;
     Ok(config)

@@ -235,9 +235,16 @@ impl ClusterUpstream {
                 }
                 Some(session_frame::Frame::Delivery(d)) => {
                     let dseq = d.dseq;
-                    self.pass_on(d).await;
+                    let superseded = if self.pass_on(d).await {
+                        Vec::new()
+                    } else {
+                        vec![dseq]
+                    };
                     let ack = GatewayFrame {
-                        frame: Some(gateway_frame::Frame::Ack(DeliveryAck { upto: dseq })),
+                        frame: Some(gateway_frame::Frame::Ack(DeliveryAck {
+                            upto: dseq,
+                            superseded,
+                        })),
                     };
                     if acks.send(ack).await.is_err() {
                         return Err("session writer stopped".into());
@@ -259,8 +266,9 @@ impl ClusterUpstream {
         }
     }
 
-    /// Pass a delivery on to the gateway if it is newer than the last one of its topic.
-    async fn pass_on(&self, d: firetower_proto::link::Delivery) {
+    /// Pass a delivery on to the gateway if it is newer than the last one of its topic;
+    /// false when it was dropped as older.
+    async fn pass_on(&self, d: firetower_proto::link::Delivery) -> bool {
         let stamp = (d.term, d.seq);
         let topic: Arc<str> = Arc::from(d.topic.as_str());
         {
@@ -274,7 +282,7 @@ impl ClusterUpstream {
                     self.inner
                         .dropped_out_of_order
                         .fetch_add(1, Ordering::Relaxed);
-                    return;
+                    return false;
                 }
                 Some(prev) => *prev = stamp,
                 None => {
@@ -296,6 +304,7 @@ impl ClusterUpstream {
         };
         // Back-pressure: a full fan-out buffer slows this stream, and so the manager.
         let _ = self.inner.deliveries.send(delivery).await;
+        true
     }
 
     /// Re-send every held topic of these groups (the manager registered this session anew).

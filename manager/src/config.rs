@@ -37,8 +37,10 @@ pub struct ManagerConfig {
     #[serde(default)]
     pub raft: RaftTuning,
     /// DELIBERATELY UNSAFE, for verifying the Jepsen harness only: answer topic reads from
-    /// this manager's local state machine, leader or not, without a read index. Reads may then
-    /// be stale, which the `subscriptions` workload must detect.
+    /// this manager's local state machine, leader or not, without a read index, and stamp
+    /// publishes that reach a follower as if it led the group. Reads may then be stale and
+    /// messages stamped twice or dropped, which the `subscriptions` and `delivery` workloads
+    /// must detect.
     #[serde(default)]
     pub unsafe_stale_reads: bool,
 }

@@ -29,7 +29,7 @@ use firetower_raft::{group_of, GroupId};
 use crate::leadership::NotServing;
 use crate::link::{failure, not_leader};
 use crate::server::Manager;
-use crate::sessions::EnqueueError;
+use crate::sessions::{DeliveryOutcome, EnqueueError};
 
 /// How long a publish waits for the gateways' acks.
 const DELIVERY_ACK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -147,15 +147,30 @@ pub(crate) async fn publish(
             .map(|(s, dseq)| s.wait_acked(*dseq, DELIVERY_ACK_TIMEOUT)),
     )
     .await;
-    if let Some(i) = acks.iter().position(|ok| !ok) {
-        return failure(
-            "timeout",
-            format!(
-                "gateway {} did not confirm the delivery of {topic} ({term}, {seq}) in time; it \
-                 may or may not have received it",
-                waits[i].0.gateway
-            ),
-        );
+    for ((session, _), outcome) in waits.iter().zip(&acks) {
+        match outcome {
+            DeliveryOutcome::Delivered => {}
+            DeliveryOutcome::Superseded => {
+                return failure(
+                    "unavailable",
+                    format!(
+                        "gateway {} had already passed on a newer message of {topic} and \
+                         dropped ({term}, {seq}); not published (leadership moved meanwhile)",
+                        session.gateway
+                    ),
+                );
+            }
+            DeliveryOutcome::Unconfirmed => {
+                return failure(
+                    "timeout",
+                    format!(
+                        "gateway {} did not confirm the delivery of {topic} ({term}, {seq}) in \
+                         time; it may or may not have received it",
+                        session.gateway
+                    ),
+                );
+            }
+        }
     }
     GatewayReply {
         result: Some(gateway_reply::Result::Published(Published {
@@ -182,15 +197,19 @@ fn serving_term(
             format!("group {group} is not running here"),
         ));
     };
-    let term = {
+    let (term, leading) = {
         let m = raft.metrics();
         let m = m.borrow();
-        if m.current_leader != Some(manager.id()) {
-            drop(m);
-            return Err(not_leader(group, manager.leader_of(group)));
-        }
-        m.current_term
+        (m.current_term, m.current_leader == Some(manager.id()))
     };
+    if !leading {
+        if manager.config().unsafe_stale_reads {
+            // DELIBERATELY UNSAFE (Jepsen self-test): a follower stamps the message itself,
+            // from its own copy of the table and its own counter, as if it led the group.
+            return Ok((term, local_gateways(manager, group, topic)?));
+        }
+        return Err(not_leader(group, manager.leader_of(group)));
+    }
     if !crate::sessions::is_ready_leader(&raft, manager.id()) {
         return Err(failure(
             "unavailable",
@@ -225,14 +244,22 @@ fn serving_term(
             ));
         }
     }
+    Ok((term, local_gateways(manager, group, topic)?))
+}
+
+/// The gateways subscribed to `topic` in this manager's copy of the table.
+fn local_gateways(
+    manager: &Manager,
+    group: GroupId,
+    topic: &str,
+) -> Result<Vec<u64>, GatewayReply> {
     let Some(reader) = manager.reader(group) else {
         return Err(failure(
             "unavailable",
             format!("group {group} is not running here"),
         ));
     };
-    let gateways = reader
+    reader
         .gateways(topic)
-        .map_err(|e| failure("unavailable", format!("reading group {group}: {e}")))?;
-    Ok((term, gateways))
+        .map_err(|e| failure("unavailable", format!("reading group {group}: {e}")))
 }

@@ -12,7 +12,7 @@
 //! that has not been heard from for its lease, and registers sessions of connected gateways
 //! in groups it started to lead. A gateway told to `Resync` re-sends the topics it holds.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -59,6 +59,22 @@ pub(crate) struct SessionHandle {
     instance: u64,
     queue: Arc<Mutex<SessionQueue>>,
     acked: watch::Receiver<u64>,
+    /// Recent deliveries the gateway dropped as older than what it already passed on.
+    superseded: Arc<Mutex<VecDeque<u64>>>,
+}
+
+/// How many superseded delivery numbers a session remembers for the publishes waiting on them.
+const SUPERSEDED_KEPT: usize = 4_096;
+
+/// What became of one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeliveryOutcome {
+    /// The gateway passed it on to its subscribers.
+    Delivered,
+    /// The gateway dropped it: it had already passed on a newer stamp of the topic.
+    Superseded,
+    /// No confirmation in time, or the session ended first.
+    Unconfirmed,
 }
 
 #[derive(Debug)]
@@ -114,14 +130,32 @@ impl SessionHandle {
         q.tx.try_send(bytes).is_ok()
     }
 
-    /// Wait until the gateway acknowledged `dseq`. False on timeout or a lost session.
-    pub async fn wait_acked(&self, dseq: u64, timeout: Duration) -> bool {
+    /// Wait until the gateway acknowledged `dseq` and say what it did with it.
+    pub async fn wait_acked(&self, dseq: u64, timeout: Duration) -> DeliveryOutcome {
         let mut acked = self.acked.clone();
         let reached = tokio::time::timeout(timeout, async {
             acked.wait_for(|v| *v >= dseq).await.is_ok()
         })
         .await;
-        matches!(reached, Ok(true))
+        if !matches!(reached, Ok(true)) {
+            return DeliveryOutcome::Unconfirmed;
+        }
+        let superseded = self.superseded.lock().unwrap_or_else(|e| e.into_inner());
+        if superseded.contains(&dseq) {
+            DeliveryOutcome::Superseded
+        } else {
+            DeliveryOutcome::Delivered
+        }
+    }
+
+    fn record_superseded(&self, dseqs: &[u64]) {
+        let mut superseded = self.superseded.lock().unwrap_or_else(|e| e.into_inner());
+        for d in dseqs {
+            if superseded.len() == SUPERSEDED_KEPT {
+                superseded.pop_front();
+            }
+            superseded.push_back(*d);
+        }
     }
 }
 
@@ -217,6 +251,7 @@ pub(crate) async fn serve_session(
         instance,
         queue: Arc::new(Mutex::new(SessionQueue { next_dseq: 0, tx })),
         acked: acked_rx,
+        superseded: Default::default(),
     };
     sessions.register(handle.clone());
     tracing::info!(
@@ -266,6 +301,11 @@ pub(crate) async fn serve_session(
             Ok(Some(frame)) => {
                 reader_sessions.sessions().touch(gateway, open.epoch);
                 if let Some(gateway_frame::Frame::Ack(ack)) = frame.frame {
+                    // Recorded before the ack is published, so a waiter that sees the ack
+                    // also sees whether its delivery was superseded.
+                    if !ack.superseded.is_empty() {
+                        handle.record_superseded(&ack.superseded);
+                    }
                     acked_tx.send_if_modified(|v| {
                         if ack.upto > *v {
                             *v = ack.upto;

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Run the Jepsen result matrix of docs/jepsen.md, one run after another, and rewrite the
+# results table (scripts/jepsen/table.py). Needs root, iproute2 and nftables.
+#
+#   scripts/jepsen/matrix.sh single          every workload x single nemesis, 60 s, seeds 1 2
+#   scripts/jepsen/matrix.sh mixed           every workload, all nemeses mixed, 300 s, seeds 1 2 3
+#   scripts/jepsen/matrix.sh unsafe-single   the single runs with --unsafe-stale-reads
+#   scripts/jepsen/matrix.sh unsafe-mixed    the mixed runs with --unsafe-stale-reads
+#   scripts/jepsen/matrix.sh all             all of the above
+#
+# A run whose directory already holds a verdict is skipped (RERUN=1 runs it again), so an
+# interrupted matrix continues where it stopped. After every run the script checks that the
+# run left no namespace, nftables table or process behind and records it in leftovers.txt.
+set -u
+cd "$(dirname "$0")/../.."
+BIN=${FIRETOWER_BIN:-target/debug/firetower}
+OUT=${OUT:-jepsen-results/matrix}
+WORKLOADS=${WORKLOADS:-"subscriptions delivery"}
+NEMESES=${NEMESES:-"partition partition-leader bridge kill pause restart membership"}
+MIXED="partition,partition-leader,bridge,one-way,kill,pause,restart,wipe,wal-corrupt,membership"
+mkdir -p "$OUT"
+
+leftovers() {
+    local ns nft procs
+    ns=$(ip netns list 2>/dev/null | grep -c '^ft[jc]-' || true)
+    nft=$(nft list tables 2>/dev/null | grep -c 'ft[jc]' || true)
+    procs=$(pgrep -fc 'firetower (manager|gateway|jepsen worker)' || true)
+    echo "$1 namespaces=$ns nft_tables=$nft processes=$procs" >> "$OUT/leftovers.txt"
+}
+
+run() {
+    local name=$1
+    shift
+    if [ -f "$OUT/$name/verdict.json" ] && [ -z "${RERUN:-}" ]; then
+        echo "skip $name (done)"
+        return
+    fi
+    local start=$(date +%s)
+    "$BIN" jepsen run "$@" --out "$OUT/$name" > "$OUT/$name.log" 2>&1
+    local rc=$?
+    echo "$name exit=$rc wall=$(( $(date +%s) - start ))s"
+    leftovers "$name"
+}
+
+single() {
+    local unsafe=$1 flag="" prefix=""
+    if [ "$unsafe" = 1 ]; then flag="--unsafe-stale-reads"; prefix="unsafe-"; fi
+    for seed in 1 2; do
+        for w in $WORKLOADS; do
+            for n in $NEMESES; do
+                run "${prefix}$w-$n-s$seed" --workload "$w" --nemesis "$n" \
+                    --time-limit 60 --seed "$seed" $flag
+            done
+        done
+    done
+}
+
+mixed() {
+    local unsafe=$1 flag="" prefix=""
+    if [ "$unsafe" = 1 ]; then flag="--unsafe-stale-reads"; prefix="unsafe-"; fi
+    for seed in 1 2 3; do
+        for w in $WORKLOADS; do
+            run "${prefix}$w-mixed-s$seed" --workload "$w" --nemesis "$MIXED" \
+                --time-limit 300 --seed "$seed" $flag
+        done
+    done
+}
+
+for what in "${@:-single}"; do
+    case "$what" in
+        single) single 0 ;;
+        mixed) mixed 0 ;;
+        unsafe-single) single 1 ;;
+        unsafe-mixed) mixed 1 ;;
+        all) single 0; mixed 0; single 1; mixed 1 ;;
+        *) echo "unknown part: $what (single|mixed|unsafe-single|unsafe-mixed|all)" >&2; exit 2 ;;
+    esac
+done
+python3 scripts/jepsen/table.py "$OUT" > "$OUT/table.md" && echo "table: $OUT/table.md"

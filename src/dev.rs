@@ -37,6 +37,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             cluster_id: None,
             raft: RaftTuning::default(),
             unsafe_stale_reads: false,
+            unsafe_stale_leadership: false,
         };
         managers.push(Manager::start(config).await?);
     }

@@ -85,10 +85,13 @@ struct ManagerArgs {
     #[arg(long)]
     no_fsync: bool,
     /// DELIBERATELY UNSAFE (Jepsen harness self-test only): answer topic reads from the local
-    /// state machine without checking leadership, so reads can be stale, and stamp publishes
-    /// that reach a follower as if it led the group.
+    /// state machine without checking leadership, so reads can be stale.
     #[arg(long)]
     unsafe_stale_reads: bool,
+    /// DELIBERATELY UNSAFE (Jepsen harness self-test only): stamp publishes on the word of the
+    /// last Raft metrics (no lease, no new term after a restart) and let followers stamp too.
+    #[arg(long)]
+    unsafe_stale_leadership: bool,
 }
 
 fn main() -> ExitCode {
@@ -150,6 +153,7 @@ fn manager_config(args: ManagerArgs) -> anyhow::Result<ManagerConfig> {
                 cluster_id: None,
                 raft: RaftTuning::default(),
                 unsafe_stale_reads: false,
+                unsafe_stale_leadership: false,
             }
         }
     };
@@ -173,7 +177,13 @@ fn manager_config(args: ManagerArgs) -> anyhow::Result<ManagerConfig> {
     }
     if args.unsafe_stale_reads {
         config.unsafe_stale_reads = true;
-        tracing::warn!("UNSAFE: --unsafe-stale-reads serves stale topic reads and lets followers stamp publishes (harness self-test)");
+        tracing::warn!("UNSAFE: --unsafe-stale-reads serves stale topic reads (harness self-test)");
+    }
+    if args.unsafe_stale_leadership {
+        config.unsafe_stale_leadership = true;
+        tracing::warn!(
+            "UNSAFE: --unsafe-stale-leadership stamps publishes without a lease (harness self-test)"
+        );
     }
     config.validate()?;
     Ok(config)

@@ -79,6 +79,10 @@ struct RunArgs {
     /// own copy). A correct harness reports the history as invalid.
     #[arg(long)]
     unsafe_stale_reads: bool,
+    /// Run the managers with --unsafe-stale-leadership (publishes stamped without a lease;
+    /// followers stamp too). A correct delivery checker reports the history as invalid.
+    #[arg(long)]
+    unsafe_stale_leadership: bool,
     /// Report directory (default: jepsen-results/WORKLOAD-SEED-UNIXTIME).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -126,6 +130,7 @@ pub async fn run(args: JepsenArgs) -> Result<(), JepsenError> {
                 recovery_secs: a.recovery,
                 ops_per_key: a.ops_per_key,
                 unsafe_stale_reads: a.unsafe_stale_reads,
+                unsafe_stale_leadership: a.unsafe_stale_leadership,
                 out: out.clone(),
                 binary: firetower_chaos::cli::current_binary()?,
             };

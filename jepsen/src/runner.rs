@@ -51,6 +51,8 @@ pub struct RunConfig {
     pub ops_per_key: usize,
     /// Run the managers with `--unsafe-stale-reads` (the harness must then fail).
     pub unsafe_stale_reads: bool,
+    /// Run the managers with `--unsafe-stale-leadership` (the delivery checker must then fail).
+    pub unsafe_stale_leadership: bool,
     /// The report directory.
     pub out: PathBuf,
     /// The `firetower` binary.
@@ -81,6 +83,9 @@ pub fn run(config: &RunConfig) -> Result<Verdict, JepsenError> {
     spec.start_gateways = config.workload == "delivery";
     if config.unsafe_stale_reads {
         spec.manager_flags.push("--unsafe-stale-reads".into());
+    }
+    if config.unsafe_stale_leadership {
+        spec.manager_flags.push("--unsafe-stale-leadership".into());
     }
     let mut cluster = Cluster::start(spec)?;
     let history = Arc::new(Mutex::new(Vec::<Op>::new()));

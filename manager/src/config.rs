@@ -37,12 +37,17 @@ pub struct ManagerConfig {
     #[serde(default)]
     pub raft: RaftTuning,
     /// DELIBERATELY UNSAFE, for verifying the Jepsen harness only: answer topic reads from
-    /// this manager's local state machine, leader or not, without a read index, and stamp
-    /// publishes that reach a follower as if it led the group. Reads may then be stale and
-    /// messages stamped twice or dropped, which the `subscriptions` and `delivery` workloads
-    /// must detect.
+    /// this manager's local state machine, leader or not, without a read index. Reads may then
+    /// be stale, which the `subscriptions` workload must detect.
     #[serde(default)]
     pub unsafe_stale_reads: bool,
+    /// DELIBERATELY UNSAFE, for verifying the Jepsen harness only: stamp publishes on the word
+    /// of the last Raft metrics (no lease clock, no new term after a restart, superseded
+    /// deliveries ignored) and let a follower that receives a publish stamp it as if it led.
+    /// Messages can then be acknowledged and dropped, which the `delivery` workload must
+    /// detect.
+    #[serde(default)]
+    pub unsafe_stale_leadership: bool,
 }
 
 /// Raft timing and durability settings. The defaults give failover in about one second on a
@@ -170,6 +175,7 @@ mod tests {
             cluster_id: None,
             raft: RaftTuning::default(),
             unsafe_stale_reads: false,
+            unsafe_stale_leadership: false,
         }
     }
 

@@ -371,12 +371,17 @@ impl Manager {
                 continue;
             }
             let mut log_store = self.inner.wal.log_store(group);
-            let startup_term = crate::leadership::step_down_on_restart(&mut log_store, self.id())
-                .await
-                .map_err(|e| StartError::Raft {
-                    group,
-                    detail: e.to_string(),
-                })?;
+            let startup_term = if self.inner.config.unsafe_stale_leadership {
+                // DELIBERATELY UNSAFE (Jepsen self-test): resume leadership of the old term.
+                0
+            } else {
+                crate::leadership::step_down_on_restart(&mut log_store, self.id())
+                    .await
+                    .map_err(|e| StartError::Raft {
+                        group,
+                        detail: e.to_string(),
+                    })?
+            };
             let state_machine = self.inner.state.state_machine::<TypeConfig>(group)?;
             let reader = state_machine.reader();
             let network = QuicNetworkFactory::new(group, peers.clone());

@@ -4,8 +4,12 @@
 #
 #   scripts/jepsen/matrix.sh single          every workload x single nemesis, 60 s, seeds 1 2
 #   scripts/jepsen/matrix.sh mixed           every workload, all nemeses mixed, 300 s, seeds 1 2 3
-#   scripts/jepsen/matrix.sh unsafe-single   the single runs with --unsafe-stale-reads
-#   scripts/jepsen/matrix.sh unsafe-mixed    the mixed runs with --unsafe-stale-reads
+#   scripts/jepsen/matrix.sh unsafe-single   the single runs against the unsafe server modes
+#   scripts/jepsen/matrix.sh unsafe-mixed    the mixed runs against the unsafe server modes
+#
+# Unsafe modes: subscriptions runs use --unsafe-stale-reads (followers answer reads from
+# their own copy), delivery runs --unsafe-stale-leadership (publishes stamped on the word of
+# stale Raft metrics, followers stamp too). Every unsafe run must end invalid.
 #   scripts/jepsen/matrix.sh all             all of the above
 #
 # A run whose directory already holds a verdict is skipped (RERUN=1 runs it again), so an
@@ -20,12 +24,18 @@ NEMESES=${NEMESES:-"partition partition-leader bridge kill pause restart members
 MIXED="partition,partition-leader,bridge,one-way,kill,pause,restart,wipe,wal-corrupt,membership"
 mkdir -p "$OUT"
 
+# What run $1 (pid $2) left behind: its namespaces (named ftj-<pid>-...), nftables tables in
+# the host namespace, and processes still holding its log files.
 leftovers() {
-    local ns nft procs
-    ns=$(ip netns list 2>/dev/null | grep -c '^ft[jc]-' || true)
-    nft=$(nft list tables 2>/dev/null | grep -c 'ft[jc]' || true)
-    procs=$(pgrep -fc 'firetower (manager|gateway|jepsen worker)' || true)
-    echo "$1 namespaces=$ns nft_tables=$nft processes=$procs" >> "$OUT/leftovers.txt"
+    local name=$1 pid=$2 ns nft procs abs
+    abs=$(cd "$OUT/$name" 2>/dev/null && pwd)
+    ns=$(ip netns list 2>/dev/null | grep -c "^ftj-$pid-" || true)
+    nft=$(nft list tables 2>/dev/null | grep -c "ftj-$pid-" || true)
+    procs=0
+    if [ -n "$abs" ]; then
+        procs=$(find /proc/[0-9]*/fd -lname "$abs/*" 2>/dev/null | cut -d/ -f3 | sort -u | wc -l)
+    fi
+    echo "$name namespaces=$ns nft_tables=$nft processes=$procs" >> "$OUT/leftovers.txt"
 }
 
 run() {
@@ -36,17 +46,28 @@ run() {
         return
     fi
     local start=$(date +%s)
-    "$BIN" jepsen run "$@" --out "$OUT/$name" > "$OUT/$name.log" 2>&1
+    "$BIN" jepsen run "$@" --out "$OUT/$name" > "$OUT/$name.log" 2>&1 < /dev/null &
+    local pid=$!
+    wait "$pid"
     local rc=$?
     echo "$name exit=$rc wall=$(( $(date +%s) - start ))s"
-    leftovers "$name"
+    leftovers "$name" "$pid"
+}
+
+unsafe_flag() {
+    case "$1" in
+        subscriptions) echo "--unsafe-stale-reads" ;;
+        delivery) echo "--unsafe-stale-leadership" ;;
+    esac
 }
 
 single() {
-    local unsafe=$1 flag="" prefix=""
-    if [ "$unsafe" = 1 ]; then flag="--unsafe-stale-reads"; prefix="unsafe-"; fi
+    local unsafe=$1 flag prefix=""
+    if [ "$unsafe" = 1 ]; then prefix="unsafe-"; fi
     for seed in 1 2; do
         for w in $WORKLOADS; do
+            flag=""
+            if [ "$unsafe" = 1 ]; then flag=$(unsafe_flag "$w"); fi
             for n in $NEMESES; do
                 run "${prefix}$w-$n-s$seed" --workload "$w" --nemesis "$n" \
                     --time-limit 60 --seed "$seed" $flag
@@ -56,10 +77,12 @@ single() {
 }
 
 mixed() {
-    local unsafe=$1 flag="" prefix=""
-    if [ "$unsafe" = 1 ]; then flag="--unsafe-stale-reads"; prefix="unsafe-"; fi
+    local unsafe=$1 flag prefix=""
+    if [ "$unsafe" = 1 ]; then prefix="unsafe-"; fi
     for seed in 1 2 3; do
         for w in $WORKLOADS; do
+            flag=""
+            if [ "$unsafe" = 1 ]; then flag=$(unsafe_flag "$w"); fi
             run "${prefix}$w-mixed-s$seed" --workload "$w" --nemesis "$MIXED" \
                 --time-limit 300 --seed "$seed" $flag
         done

@@ -32,6 +32,13 @@ def anomaly_summary(verdict):
     return ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
 
 
+def unsafe_mode(config):
+    for flag in ("unsafe_stale_reads", "unsafe_stale_leadership"):
+        if config.get(flag):
+            return "**" + flag.replace("_", "-") + "**"
+    return ""
+
+
 def detail(verdict):
     s = verdict.get("stats", {})
     if verdict.get("workload") == "delivery":
@@ -61,10 +68,10 @@ def main():
         shown = f"**{valid}**" if valid != "valid" else valid
         anomalies = anomaly_summary(verdict)
         rows.append((
-            config.get("unsafe_stale_reads", False), config["workload"], nemesis,
+            unsafe_mode(config), config["workload"], nemesis,
             config["seed"],
             "| {unsafe} | {w} | {n} | {t} s | {seed} | {ok} / {fail} / {info} | {valid} | {detail}{anom} | {left} |".format(
-                unsafe="unsafe" if config.get("unsafe_stale_reads") else "safe",
+                unsafe=unsafe_mode(config) or "safe",
                 w=config["workload"], n=nemesis, t=config["time_limit_secs"],
                 seed=config["seed"], ok=ops.get("ok", 0), fail=ops.get("fail", 0),
                 info=ops.get("info", 0), valid=shown, detail=detail(verdict),

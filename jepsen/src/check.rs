@@ -14,6 +14,9 @@ pub fn check(workload: &str, history: &[Op]) -> Result<Verdict, JepsenError> {
             crate::subscriptions::check_history(history, crate::subscriptions::DEFAULT_BUDGET)
         }
         "delivery" => crate::delivery::check_history(history),
+        "membership" => {
+            crate::membership::check_history(history, crate::subscriptions::DEFAULT_BUDGET)
+        }
         other => Err(JepsenError::Usage(format!(
             "no checker for workload {other:?}"
         ))),

@@ -31,7 +31,7 @@ enum JepsenCommand {
     Check {
         /// The run directory.
         dir: PathBuf,
-        /// The workload of that history (subscriptions or delivery).
+        /// The workload of that history (subscriptions, delivery or membership).
         #[arg(long, default_value = "subscriptions")]
         workload: String,
     },
@@ -46,8 +46,10 @@ enum JepsenCommand {
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// subscriptions (linearizable gateway sets per topic) or delivery (real gateways and
-    /// WebSocket clients: exactly-once, ordered delivery of acknowledged publishes).
+    /// subscriptions (linearizable gateway sets per topic), delivery (real gateways and
+    /// WebSocket clients: exactly-once, ordered delivery of acknowledged publishes) or
+    /// membership (subscriptions while managers are added and removed; the changes are
+    /// checked too).
     #[arg(long, default_value = "subscriptions")]
     workload: String,
     /// Comma-separated faults: partition, partition-leader, bridge, one-way, kill, pause,
@@ -106,6 +108,12 @@ pub async fn run(args: JepsenArgs) -> Result<(), JepsenError> {
         JepsenCommand::Run(a) => {
             firetower_chaos::cli::spawn_signal_cleanup();
             let nemeses = crate::nemesis::parse_list(&a.nemesis)?;
+            if !["subscriptions", "delivery", "membership"].contains(&a.workload.as_str()) {
+                return Err(JepsenError::Usage(format!(
+                    "unknown workload {:?}; expected subscriptions, delivery or membership",
+                    a.workload
+                )));
+            }
             if a.concurrency == 0 {
                 return Err(JepsenError::Usage(
                     "--concurrency must be at least 1".into(),

@@ -9,7 +9,8 @@
 //!      └─ ip netns exec <c1> firetower jepsen worker ── JSON lines (invoke/ok/fail/info) ─┐
 //!   history.jsonl ◀── merge, sort by time ◀────────────────────────────────────────────────┘
 //!      └─▶ checker (subscriptions: per-topic Wing-Gong/Lowe linearizability;
-//!          delivery: exactly once, in order, no phantom, losses excused only by faults)
+//!          delivery: exactly once, in order, no phantom, losses excused only by faults;
+//!          membership: subscriptions plus the recorded add/remove changes)
 //!          └─▶ verdict.json / verdict.txt (+ smallest failing sub-history), latency.svg,
 //!              throughput.svg; exit 1 when invalid
 //! ```
@@ -24,6 +25,7 @@ pub mod delivery;
 mod error;
 pub mod history;
 pub mod linearizability;
+pub mod membership;
 pub mod nemesis;
 pub mod plot;
 pub mod rawlink;

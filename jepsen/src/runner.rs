@@ -70,7 +70,8 @@ pub fn run(config: &RunConfig) -> Result<Verdict, JepsenError> {
     )
     .map_err(|e| JepsenError::io(&cfg_path, e))?;
 
-    let membership = config.nemeses.contains(&NemesisKind::Membership);
+    let membership_workload = config.workload == "membership";
+    let membership = membership_workload || config.nemeses.contains(&NemesisKind::Membership);
     let mut spec = ClusterSpec::new(config.binary.clone(), out.clone());
     spec.tag = "ftj".into();
     spec.hosts = HostSpec {
@@ -93,7 +94,13 @@ pub fn run(config: &RunConfig) -> Result<Verdict, JepsenError> {
     let t0 = firetower_chaos::unix_ms();
     let clock = Clock::new(t0);
     let worker_config = WorkerConfig {
-        workload: config.workload.clone(),
+        // The membership workload runs the subscriptions clients; the runner itself makes
+        // and records the membership changes.
+        workload: if membership_workload {
+            "subscriptions".into()
+        } else {
+            config.workload.clone()
+        },
         managers: cluster.quic_addrs(),
         gateways: cluster.gateway_addrs(),
         concurrency: config.concurrency,
@@ -154,11 +161,19 @@ pub fn run(config: &RunConfig) -> Result<Verdict, JepsenError> {
     let started = Instant::now();
     let elapsed = || started.elapsed().as_secs_f64();
     let mut nemesis_error = None;
-    if !config.nemeses.is_empty() {
+    if !config.nemeses.is_empty() || membership_workload {
         loop {
             sleep_until(&started, elapsed() + config.quiet_secs);
             if elapsed() + config.fault_secs + config.recovery_secs > limit {
                 break;
+            }
+            if membership_workload {
+                for op in membership_change(&mut cluster, &mut rng, &clock) {
+                    push(op);
+                }
+                if config.nemeses.is_empty() {
+                    continue;
+                }
             }
             let Some(&kind) = config.nemeses.choose(&mut rng) else {
                 break;
@@ -189,6 +204,9 @@ pub fn run(config: &RunConfig) -> Result<Verdict, JepsenError> {
     }
     let healed = heal_all(&mut cluster);
     push(nemesis_op("heal-all", "every fault healed".into()));
+    if membership_workload {
+        push(final_members(&cluster, &clock));
+    }
 
     // Let the worker finish (it stops at the time limit), then stop everything.
     let deadline = started + Duration::from_secs_f64(limit + 30.0);
@@ -243,6 +261,80 @@ pub fn run(config: &RunConfig) -> Result<Verdict, JepsenError> {
     let verdict = crate::check::check(&config.workload, &history)?;
     crate::check::write_report(out, &history, &verdict, &config.workload)?;
     Ok(verdict)
+}
+
+/// One recorded membership change: remove a member when there are more than three (or no
+/// spare), otherwise add a spare. An error is an unknown outcome (`info`): the change may
+/// have reached some groups.
+fn membership_change(cluster: &mut Cluster, rng: &mut StdRng, clock: &Clock) -> Vec<Op> {
+    use crate::membership::op;
+    let members = cluster.member_names();
+    let spares = cluster.spare_names();
+    let (f, name) = if members.len() > 3 || spares.is_empty() {
+        ("remove", members.choose(rng).cloned())
+    } else {
+        ("add", spares.choose(rng).cloned())
+    };
+    let Some(name) = name else {
+        return Vec::new();
+    };
+    let Ok(id) = cluster.manager(&name).map(|m| m.id) else {
+        return Vec::new();
+    };
+    let value = serde_json::json!({ "manager": id });
+    let invoke = op(OpType::Invoke, f, value.clone(), clock.now_ns(), None);
+    let result = if f == "add" {
+        cluster.add_member(&name)
+    } else {
+        cluster.remove_member(&name, id)
+    };
+    tracing::info!(
+        change = f,
+        manager = id,
+        ok = result.is_ok(),
+        "membership change"
+    );
+    let done = match result {
+        Ok(()) => op(OpType::Ok, f, value, clock.now_ns(), None),
+        Err(e) => op(OpType::Info, f, value, clock.now_ns(), Some(e.to_string())),
+    };
+    vec![invoke, done]
+}
+
+/// The final `cluster members` read of the membership workload, after every fault healed;
+/// retried for a while, since groups may still be electing.
+fn final_members(cluster: &Cluster, clock: &Clock) -> Op {
+    use crate::membership::{members_value, op};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let read = cluster.members();
+        let settled = read.as_ref().is_ok_and(|m| {
+            m["groups"]
+                .as_array()
+                .is_some_and(|gs| gs.iter().all(|g| g["leader"].as_u64().is_some()))
+        });
+        match read {
+            Ok(m) if settled || Instant::now() >= deadline => {
+                return op(
+                    OpType::Ok,
+                    "members",
+                    members_value(&m),
+                    clock.now_ns(),
+                    None,
+                )
+            }
+            Err(e) if Instant::now() >= deadline => {
+                return op(
+                    OpType::Fail,
+                    "members",
+                    serde_json::Value::Null,
+                    clock.now_ns(),
+                    Some(e.to_string()),
+                )
+            }
+            _ => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
 }
 
 fn sleep_until(started: &Instant, at_secs: f64) {

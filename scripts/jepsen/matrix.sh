@@ -3,11 +3,12 @@
 # results table (scripts/jepsen/table.py). Needs root, iproute2 and nftables.
 #
 #   scripts/jepsen/matrix.sh single          every workload x single nemesis, 60 s, seeds 1 2
+#                                            (WORKLOADS="subscriptions delivery membership")
 #   scripts/jepsen/matrix.sh mixed           every workload, all nemeses mixed, 300 s, seeds 1 2 3
 #   scripts/jepsen/matrix.sh unsafe-single   the single runs against the unsafe server modes
 #   scripts/jepsen/matrix.sh unsafe-mixed    the mixed runs against the unsafe server modes
 #
-# Unsafe modes: subscriptions runs use --unsafe-stale-reads (followers answer reads from
+# Unsafe modes: subscriptions and membership runs use --unsafe-stale-reads (followers answer reads from
 # their own copy), delivery runs --unsafe-stale-leadership (publishes stamped on the word of
 # stale Raft metrics, followers stamp too). Every unsafe run must end invalid.
 #   scripts/jepsen/matrix.sh all             all of the above
@@ -19,7 +20,7 @@ set -u
 cd "$(dirname "$0")/../.."
 BIN=${FIRETOWER_BIN:-target/debug/firetower}
 OUT=${OUT:-jepsen-results/matrix}
-WORKLOADS=${WORKLOADS:-"subscriptions delivery"}
+WORKLOADS=${WORKLOADS:-"subscriptions delivery membership"}
 NEMESES=${NEMESES:-"partition partition-leader bridge kill pause restart membership"}
 MIXED="partition,partition-leader,bridge,one-way,kill,pause,restart,wipe,wal-corrupt,membership"
 mkdir -p "$OUT"
@@ -56,7 +57,7 @@ run() {
 
 unsafe_flag() {
     case "$1" in
-        subscriptions) echo "--unsafe-stale-reads" ;;
+        subscriptions | membership) echo "--unsafe-stale-reads" ;;
         delivery) echo "--unsafe-stale-leadership" ;;
     esac
 }

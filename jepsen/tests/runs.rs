@@ -23,13 +23,19 @@ fn binary() -> PathBuf {
     path
 }
 
-fn jepsen(out: &PathBuf, extra: &[&str]) -> std::process::Output {
+/// A finished `jepsen run`: its output and its process id (which names its namespaces).
+struct Run {
+    output: std::process::Output,
+    pid: u32,
+}
+
+fn jepsen(out: &PathBuf, extra: &[&str]) -> Run {
     jepsen_workload("subscriptions", out, extra)
 }
 
-fn jepsen_workload(workload: &str, out: &PathBuf, extra: &[&str]) -> std::process::Output {
+fn jepsen_workload(workload: &str, out: &PathBuf, extra: &[&str]) -> Run {
     let _ = std::fs::remove_dir_all(out);
-    Command::new(binary())
+    let child = Command::new(binary())
         .args([
             "jepsen",
             "run",
@@ -42,15 +48,27 @@ fn jepsen_workload(workload: &str, out: &PathBuf, extra: &[&str]) -> std::proces
         .arg(out)
         .args(extra)
         .env("FIRETOWER_LOG", "warn")
-        .output()
-        .unwrap()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    Run {
+        output: child.wait_with_output().unwrap(),
+        pid,
+    }
 }
 
-fn assert_nothing_left(out: &std::path::Path) {
+/// Nothing of the run `pid` that wrote `out` is left: namespaces (named `ftj-<pid>-...`),
+/// processes holding its log files, nftables tables in this namespace, data directories.
+fn assert_nothing_left(out: &std::path::Path, pid: u32) {
     let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
     let ns = String::from_utf8_lossy(&ns.stdout);
-    let mine = format!("ftj-{}-", std::process::id());
-    assert!(!ns.contains(&mine), "namespaces left: {ns}");
+    let mine = format!("ftj-{pid}-");
+    assert!(
+        !ns.lines().any(|l| l.starts_with(&mine)),
+        "namespaces left: {ns}"
+    );
     let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
     let ps = String::from_utf8_lossy(&ps.stdout);
     let dir = out.display().to_string();
@@ -90,7 +108,7 @@ fn assert_nothing_left(out: &std::path::Path) {
 fn stress_subscriptions_under_partition_and_kill_are_linearizable() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let out = std::env::temp_dir().join(format!("ftj-test-{}-safe", std::process::id()));
-    let output = jepsen(&out, &["--nemesis", "partition,kill", "--seed", "3"]);
+    let Run { output, pid } = jepsen(&out, &["--nemesis", "partition,kill", "--seed", "3"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -110,7 +128,7 @@ fn stress_subscriptions_under_partition_and_kill_are_linearizable() {
     let history = std::fs::read_to_string(out.join("history.jsonl")).unwrap();
     assert!(history.contains(r#""process":"nemesis""#));
     assert!(history.contains(r#""type":"ok""#));
-    assert_nothing_left(&out);
+    assert_nothing_left(&out, pid);
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -126,7 +144,7 @@ fn stress_stale_follower_reads_are_caught() {
         "the manager has no --unsafe-stale-reads flag; the harness cannot test itself"
     );
     let out = std::env::temp_dir().join(format!("ftj-test-{}-unsafe", std::process::id()));
-    let output = jepsen(
+    let Run { output, pid } = jepsen(
         &out,
         &[
             "--nemesis",
@@ -150,7 +168,7 @@ fn stress_stale_follower_reads_are_caught() {
     assert!(anomalies
         .iter()
         .all(|a| !a["sub_history"].as_array().unwrap().is_empty()));
-    assert_nothing_left(&out);
+    assert_nothing_left(&out, pid);
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -158,7 +176,7 @@ fn stress_stale_follower_reads_are_caught() {
 fn stress_delivery_under_partition_and_kill_is_exactly_once_and_ordered() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let out = std::env::temp_dir().join(format!("ftj-test-{}-delivery", std::process::id()));
-    let output = jepsen_workload(
+    let Run { output, pid } = jepsen_workload(
         "delivery",
         &out,
         &["--nemesis", "partition,kill", "--seed", "4"],
@@ -188,6 +206,61 @@ fn stress_delivery_under_partition_and_kill_is_exactly_once_and_ordered() {
     }
     let history = std::fs::read_to_string(out.join("history.jsonl")).unwrap();
     assert!(history.contains(r#""f":"message""#));
-    assert_nothing_left(&out);
+    assert_nothing_left(&out, pid);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn stress_stale_leadership_loses_acknowledged_publishes_and_is_caught() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let out = std::env::temp_dir().join(format!("ftj-test-{}-unsafe-delivery", std::process::id()));
+    let Run { output, pid } = jepsen_workload(
+        "delivery",
+        &out,
+        &[
+            "--nemesis",
+            "restart",
+            "--seed",
+            "1",
+            "--unsafe-stale-leadership",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !output.status.success(),
+        "an unsafe cluster must fail:\n{stdout}"
+    );
+    assert!(stdout.contains("valid: Invalid"), "{stdout}");
+    let verdict: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("verdict.json")).unwrap()).unwrap();
+    assert!(
+        verdict["stats"]["lost_unexcused"].as_u64().unwrap() > 0,
+        "{}",
+        verdict["stats"]
+    );
+    assert_nothing_left(&out, pid);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn stress_membership_changes_while_subscriptions_run_are_checked() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let out = std::env::temp_dir().join(format!("ftj-test-{}-membership", std::process::id()));
+    let Run { output, pid } =
+        jepsen_workload("membership", &out, &["--nemesis", "kill", "--seed", "5"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "valid run expected:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let verdict: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("verdict.json")).unwrap()).unwrap();
+    let m = &verdict["stats"]["membership"];
+    assert!(m["changes_ok"].as_u64().unwrap() >= 1, "{m}");
+    assert_eq!(m["final_read"], true, "{m}");
+    let history = std::fs::read_to_string(out.join("history.jsonl")).unwrap();
+    assert!(history.contains(r#""process":"membership""#));
+    assert_nothing_left(&out, pid);
     let _ = std::fs::remove_dir_all(&out);
 }

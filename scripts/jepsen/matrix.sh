@@ -25,13 +25,14 @@ NEMESES=${NEMESES:-"partition partition-leader bridge kill pause restart members
 MIXED="partition,partition-leader,bridge,one-way,kill,pause,restart,wipe,wal-corrupt,membership"
 mkdir -p "$OUT"
 
-# What run $1 (pid $2) left behind: its namespaces (named ftj-<pid>-...), nftables tables in
-# the host namespace, and processes still holding its log files.
+# What run $1 (pid $2) left behind: its namespaces (named ftj-<pid>-...), the harness's
+# nftables table in the host namespace (rules live inside the run's namespaces and must never
+# reach this one), and processes still holding its log files.
 leftovers() {
     local name=$1 pid=$2 ns nft procs abs
     abs=$(cd "$OUT/$name" 2>/dev/null && pwd)
     ns=$(ip netns list 2>/dev/null | grep -c "^ftj-$pid-" || true)
-    nft=$(nft list tables 2>/dev/null | grep -c "ftj-$pid-" || true)
+    nft=$(nft list tables 2>/dev/null | grep -c "firetower_chaos" || true)
     procs=0
     if [ -n "$abs" ]; then
         procs=$(find /proc/[0-9]*/fd -lname "$abs/*" 2>/dev/null | cut -d/ -f3 | sort -u | wc -l)

@@ -384,12 +384,27 @@ impl Admin for AdminService {
             })
             .collect();
         // Group g is first led by the (g mod n)-th manager, spreading leaders (and so publish
-        // load) over the cluster from the start.
-        for (i, (id, node)) in members.iter().enumerate() {
-            let initialize: Vec<u32> = (0..groups)
-                .filter(|g| *g as usize % ids.len() == i)
-                .collect();
-            if *id == self.manager.id() {
+        // load) over the cluster from the start. Every manager joins (starts its groups) first
+        // and only then are the groups initialized, so that no election reaches a manager that
+        // does not host the group yet. A repeated Join is idempotent.
+        let steps: Vec<(bool, usize, u64, ManagerNode)> = [false, true]
+            .into_iter()
+            .flat_map(|pass| {
+                members
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, (id, node))| (pass, i, *id, node.clone()))
+            })
+            .collect();
+        for (pass, i, id, node) in steps {
+            let initialize: Vec<u32> = if pass {
+                (0..groups)
+                    .filter(|g| *g as usize % ids.len() == i)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            if id == self.manager.id() {
                 self.manager
                     .join(&cluster_id, groups, &members, &initialize)
                     .await?;

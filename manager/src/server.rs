@@ -122,10 +122,14 @@ impl Manager {
                 endpoint,
                 router: {
                     let router = GroupRouter::new();
-                    router.hold_votes_until(
-                        std::time::Instant::now()
-                            + Duration::from_millis(config.raft.election_timeout_max_ms),
-                    );
+                    // Only a manager that ran in a cluster before can have promised a leader
+                    // not to vote for anyone else; a fresh one votes at once.
+                    if meta.joined() {
+                        router.hold_votes_until(
+                            std::time::Instant::now()
+                                + Duration::from_millis(config.raft.election_timeout_max_ms),
+                        );
+                    }
                     router
                 },
                 readers: RwLock::new(HashMap::new()),

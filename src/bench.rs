@@ -45,6 +45,9 @@ pub enum BenchCommand {
     Latency(crate::loadgen::LatencyArgs),
     /// Idle WebSocket connections over one or more gateways: resident memory per connection.
     Idle(crate::loadgen::IdleArgs),
+    /// etcd puts through its v3 JSON gateway, the control-plane peer of `commits`: puts/s and
+    /// put latency for each number of concurrent writers, and how long writing stopped.
+    EtcdPuts(crate::loadgen::EtcdPutsArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -52,6 +55,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Fanout(args) => return crate::loadgen::fanout(args).await,
         BenchCommand::Latency(args) => return crate::loadgen::latency(args).await,
         BenchCommand::Idle(args) => return crate::loadgen::idle(args).await,
+        BenchCommand::EtcdPuts(args) => return crate::loadgen::etcd_puts(args).await,
         BenchCommand::Commits {
             managers,
             writers,
@@ -124,6 +128,10 @@ struct RoundResult {
     p99_ms: f64,
     max_ms: f64,
     errors: u64,
+    /// Longest time no commit succeeded anywhere, ms (failover: how long writing stopped).
+    max_gap_ms: f64,
+    /// Longest time one writer went without a commit, ms.
+    max_writer_gap_ms: f64,
 }
 
 type Recorder = Arc<std::sync::Mutex<std::fs::File>>;
@@ -136,18 +144,21 @@ async fn commits_round(
     recorder: Option<Recorder>,
 ) -> anyhow::Result<RoundResult> {
     let errors = Arc::new(AtomicU64::new(0));
+    let gaps = Arc::new(crate::loadgen::GapTracker::default());
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::with_capacity(writers);
     for w in 0..writers {
         let link = link.clone();
         let errors = errors.clone();
+        let gaps = gaps.clone();
         let recorder = recorder.clone();
         tasks.push(tokio::spawn(async move {
             // Latencies in microseconds, up to 60 s, 3 significant figures.
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
                 .map_err(|e| anyhow!("histogram: {e}"))?;
             let mut n = 0u64;
+            let mut last_us = 0u64;
             while Instant::now() < deadline {
                 let topic = format!("bench.{run_id:08x}.{writers}.{w}.{n}");
                 n += 1;
@@ -155,6 +166,7 @@ async fn commits_round(
                 match link.subscribe(&topic).await {
                     Ok(_) => {
                         let _ = hist.record(t0.elapsed().as_micros().max(1) as u64);
+                        gaps.success(start.elapsed().as_micros() as u64, &mut last_us);
                         if let Some(r) = &recorder {
                             let mut f = r.lock().unwrap_or_else(|e| e.into_inner());
                             writeln!(f, "{topic}")?;
@@ -165,6 +177,8 @@ async fn commits_round(
                     }
                 }
             }
+            let end_us = duration.as_micros() as u64;
+            gaps.writer_done(end_us, last_us.min(end_us));
             anyhow::Ok(hist)
         }));
     }
@@ -175,6 +189,7 @@ async fn commits_round(
         total.add(&h).map_err(|e| anyhow!("histogram: {e}"))?;
     }
     let seconds = start.elapsed().as_secs_f64();
+    let (max_gap_ms, max_writer_gap_ms) = gaps.finish(duration.as_micros() as u64);
     Ok(RoundResult {
         writers,
         seconds,
@@ -184,5 +199,7 @@ async fn commits_round(
         p99_ms: total.value_at_quantile(0.99) as f64 / 1000.0,
         max_ms: total.max() as f64 / 1000.0,
         errors: errors.load(Ordering::Relaxed),
+        max_gap_ms,
+        max_writer_gap_ms,
     })
 }

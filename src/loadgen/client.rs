@@ -91,34 +91,37 @@ pub struct WsConn {
 impl WsConn {
     /// Connect from `source` (port chosen by the kernel) and upgrade.
     pub async fn connect(url: &WsUrl, source: Option<Ipv4Addr>) -> anyhow::Result<WsConn> {
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, Self::connect_inner(url, source))
-            .await
-            .map_err(|_| anyhow!("connect to {} timed out", url.addr))?
+        Self::connect_with(url, source, Some("firetower.json")).await
     }
 
-    async fn connect_inner(url: &WsUrl, source: Option<Ipv4Addr>) -> anyhow::Result<WsConn> {
-        let socket = match url.addr {
-            SocketAddr::V4(_) => TcpSocket::new_v4()?,
-            SocketAddr::V6(_) => TcpSocket::new_v6()?,
-        };
-        if let Some(ip) = source {
-            // Binding first is what lets more than one source address share a destination:
-            // each source IP has its own ephemeral port range.
-            socket
-                .bind(SocketAddr::new(IpAddr::V4(ip), 0))
-                .with_context(|| format!("cannot bind source address {ip}"))?;
-        }
-        socket.set_nodelay(true)?;
-        let mut stream = socket
-            .connect(url.addr)
-            .await
-            .with_context(|| format!("cannot connect to {}", url.addr))?;
+    /// Like [`WsConn::connect`], asking for `protocol` (`Sec-WebSocket-Protocol`) or none.
+    pub async fn connect_with(
+        url: &WsUrl,
+        source: Option<Ipv4Addr>,
+        protocol: Option<&str>,
+    ) -> anyhow::Result<WsConn> {
+        tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            Self::connect_inner(url, source, protocol),
+        )
+        .await
+        .map_err(|_| anyhow!("connect to {} timed out", url.addr))?
+    }
+
+    async fn connect_inner(
+        url: &WsUrl,
+        source: Option<Ipv4Addr>,
+        protocol: Option<&str>,
+    ) -> anyhow::Result<WsConn> {
+        let mut stream = tcp_connect(url.addr, source).await?;
         let key_bytes: [u8; 16] = rand::random();
         let key = base64::engine::general_purpose::STANDARD.encode(key_bytes);
+        let protocol = protocol
+            .map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n"))
+            .unwrap_or_default();
         let request = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Protocol: firetower.json\r\n\r\n",
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{protocol}\r\n",
             url.path, url.addr
         );
         stream.write_all(request.as_bytes()).await?;
@@ -152,25 +155,11 @@ impl WsConn {
         Ok(WsConn { stream, buf })
     }
 
-    /// Send one text message (masked, as a client must).
-    pub async fn send_text(&mut self, payload: &[u8]) -> anyhow::Result<()> {
-        let frame = ws::encode_frame(true, Opcode::Text, payload, Some(rand::random()));
+    /// Send one text or binary message (masked, as a client must).
+    pub async fn send_message(&mut self, opcode: Opcode, payload: &[u8]) -> anyhow::Result<()> {
+        let frame = ws::encode_frame(true, opcode, payload, Some(rand::random()));
         self.stream.write_all(&frame).await?;
         Ok(())
-    }
-
-    /// Wait for the next text message, answering pings on the way.
-    pub async fn next_text(&mut self) -> anyhow::Result<Option<Vec<u8>>> {
-        let mut out = None;
-        self.read_batch(|m| {
-            if let Incoming::Text(t) = m {
-                if out.is_none() {
-                    out = Some(t.to_vec());
-                }
-            }
-        })
-        .await?;
-        Ok(out)
     }
 
     /// Read at least one frame and hand every complete text message buffered to `on_message`;
@@ -284,12 +273,32 @@ pub struct WsWriter {
 }
 
 impl WsWriter {
-    /// Send one text message.
-    pub async fn send_text(&mut self, payload: &[u8]) -> anyhow::Result<()> {
-        let frame = ws::encode_frame(true, Opcode::Text, payload, Some(rand::random()));
+    /// Send one text or binary message.
+    pub async fn send_message(&mut self, opcode: Opcode, payload: &[u8]) -> anyhow::Result<()> {
+        let frame = ws::encode_frame(true, opcode, payload, Some(rand::random()));
         self.write.write_all(&frame).await?;
         Ok(())
     }
+}
+
+/// A TCP connection to `addr` from `source` (port chosen by the kernel), Nagle off.
+pub async fn tcp_connect(addr: SocketAddr, source: Option<Ipv4Addr>) -> anyhow::Result<TcpStream> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    if let Some(ip) = source {
+        // Binding first is what lets more than one source address share a destination:
+        // each source IP has its own ephemeral port range.
+        socket
+            .bind(SocketAddr::new(IpAddr::V4(ip), 0))
+            .with_context(|| format!("cannot bind source address {ip}"))?;
+    }
+    socket.set_nodelay(true)?;
+    socket
+        .connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))
 }
 
 /// Position of `needle` in `haystack`.

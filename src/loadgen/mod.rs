@@ -9,13 +9,21 @@
 //!                  (`bench idle --worker`, each under `ulimit -n`); RSS delta per connection
 //! ```
 //!
-//! Modules: `client` (a lean WebSocket client using the gateway's pure codec), `scenarios`
+//! The same scenarios drive the systems users would otherwise run (`--system nats|redis|node-ws`,
+//! see `peer` and scripts/bench/compare.sh), and `bench etcd-puts` measures etcd's puts next to
+//! `bench commits` (module `etcd`).
+//!
+//! Modules: `client` (a lean WebSocket client using the gateway's pure codec), `peer` (the
+//! per-system adapters: subscribe, publish, recognize a delivery), `etcd` (a small HTTP/1.1
+//! client of etcd's v3 JSON gateway and the puts benchmark), `scenarios`
 //! (the runs), `stats` (histograms, source-address ranges), `procstat` (CPU and RSS from
 //! `/proc`). Results are measurements printed as a table or one JSON object (`--json`); no
 //! test asserts on timing. Only literal IP addresses are used; source addresses must be
 //! loopback.
 
 mod client;
+mod etcd;
+mod peer;
 mod procstat;
 mod scenarios;
 mod stats;
@@ -24,13 +32,18 @@ use std::time::Duration;
 
 use anyhow::bail;
 
-use client::WsUrl;
+pub use etcd::{etcd_puts, EtcdPutsArgs, GapTracker};
+use peer::System;
 use scenarios::{FanoutPlan, FanoutReport, IdlePlan, IdleReport, Pace, WorkerArgs, WorkerPlan};
 
 /// Options shared by `fanout` and `latency`.
 #[derive(clap::Args, Debug)]
 pub struct FanoutCommon {
-    /// Gateway WebSocket URL (literal IP).
+    /// The system driven: a Firetower gateway, or a peer (nats-server's WebSocket listener,
+    /// redis-server over TCP, the Node.js `ws` broadcast server of scripts/bench/peers).
+    #[arg(long, value_enum, default_value_t = System::Firetower)]
+    system: System,
+    /// Gateway WebSocket URL (literal IP); `redis://IP:PORT` for `--system redis`.
     #[arg(long, default_value = "ws://127.0.0.1:9090/ws")]
     url: String,
     /// Subscriber connections, all on one topic.
@@ -89,7 +102,11 @@ pub struct LatencyArgs {
 /// `firetower bench idle`.
 #[derive(clap::Args, Debug)]
 pub struct IdleArgs {
+    /// The system driven (see `bench fanout --help`).
+    #[arg(long, value_enum, default_value_t = System::Firetower)]
+    system: System,
     /// Gateway WebSocket URLs (comma separated or repeated); connections are spread over them.
+    /// `redis://IP:PORT` for `--system redis`.
     #[arg(long, default_value = "ws://127.0.0.1:9090/ws")]
     url: Vec<String>,
     /// Connections in total.
@@ -162,7 +179,10 @@ pub async fn latency(args: LatencyArgs) -> anyhow::Result<()> {
 
 /// `firetower bench idle` (and its hidden `--worker` mode).
 pub async fn idle(args: IdleArgs) -> anyhow::Result<()> {
-    let urls = WsUrl::parse_list(&args.url)?;
+    let urls = args.system.parse_urls(&args.url)?;
+    if args.subscribe && args.system != System::Firetower {
+        peer::check_topic(&args.topic)?;
+    }
     let source_ips = match &args.source_ips {
         Some(s) => stats::parse_source_ips(s)?,
         None => Vec::new(),
@@ -173,6 +193,7 @@ pub async fn idle(args: IdleArgs) -> anyhow::Result<()> {
     let topic = args.subscribe.then(|| args.topic.clone());
     if args.worker {
         return scenarios::idle_worker(WorkerPlan {
+            system: args.system,
             urls,
             connections: args.connections,
             offset: args.offset,
@@ -191,6 +212,7 @@ pub async fn idle(args: IdleArgs) -> anyhow::Result<()> {
     };
     let report = scenarios::idle(
         IdlePlan {
+            system: args.system,
             urls,
             connections: args.connections,
             server_pids: procstat::parse_pids(&args.server_pid)?,
@@ -224,9 +246,17 @@ async fn run_fanout(scenario: &'static str, args: FanoutCommon, pace: Pace) -> a
     if args.duration == 0 {
         bail!("--duration must be at least 1 second");
     }
+    let topic = args
+        .topic
+        .unwrap_or_else(|| format!("bench.{scenario}.{:08x}", rand::random::<u32>()));
+    if args.system != System::Firetower {
+        // Used verbatim in NATS subjects, Redis channels and JSON text.
+        peer::check_topic(&topic)?;
+    }
     let plan = FanoutPlan {
         scenario,
-        url: WsUrl::parse(&args.url)?,
+        system: args.system,
+        url: args.system.parse_url(&args.url)?,
         subscribers: args.subscribers,
         payload: args.payload,
         warmup: Duration::from_secs(args.warmup),
@@ -238,9 +268,7 @@ async fn run_fanout(scenario: &'static str, args: FanoutCommon, pace: Pace) -> a
         },
         server_pids: procstat::parse_pids(&args.server_pid)?,
         connect_concurrency: args.connect_concurrency,
-        topic: args
-            .topic
-            .unwrap_or_else(|| format!("bench.{scenario}.{:08x}", rand::random::<u32>())),
+        topic,
     };
     let report = scenarios::fanout(plan).await?;
     if args.json {
@@ -258,8 +286,13 @@ fn print_fanout(r: &FanoutReport) {
         (None, None) => r.pace.to_string(),
     };
     println!(
-        "{} {} | {} subscribers ({} failed) | {} B payload | {pace}",
-        r.scenario, r.url, r.subscribers, r.connect_errors, r.payload_bytes
+        "{} {} {} | {} subscribers ({} failed) | {} B payload | {pace}",
+        r.scenario,
+        r.system.name(),
+        r.url,
+        r.subscribers,
+        r.connect_errors,
+        r.payload_bytes
     );
     println!(
         "{:>14} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
@@ -295,8 +328,13 @@ fn print_fanout(r: &FanoutReport) {
 
 fn print_idle(r: &IdleReport) {
     println!(
-        "idle | {} connections open ({} failed, {} closed by server) | {} workers | held {:.0} s",
-        r.connections, r.failed, r.closed_by_server, r.workers, r.hold_seconds
+        "idle {} | {} connections open ({} failed, {} closed by server) | {} workers | held {:.0} s",
+        r.system.name(),
+        r.connections,
+        r.failed,
+        r.closed_by_server,
+        r.workers,
+        r.hold_seconds
     );
     println!(
         "{:>8} {:>10} {:>12} {:>12} {:>10}",

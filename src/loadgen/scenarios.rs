@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::sync::{Notify, Semaphore};
 
-use super::client::{number_after, Incoming, WsConn, WsUrl};
+use super::client::{number_after, WsUrl};
+use super::peer::{Event, PeerConn, System};
 use super::procstat::{self, ProcUsage};
 use super::stats::{LatencySummary, ShardedHistogram};
 
@@ -67,7 +68,9 @@ pub enum Pace {
 pub struct FanoutPlan {
     /// `fanout` or `latency`, echoed in the report.
     pub scenario: &'static str,
-    /// The gateway.
+    /// The system driven (Firetower or a peer).
+    pub system: System,
+    /// The gateway (or the peer's address).
     pub url: WsUrl,
     /// Subscriber connections.
     pub subscribers: usize,
@@ -94,6 +97,8 @@ pub struct FanoutPlan {
 pub struct FanoutReport {
     /// `fanout` or `latency`.
     pub scenario: &'static str,
+    /// The system driven.
+    pub system: System,
     /// Gateway URL.
     pub url: String,
     /// Subscribers asked for.
@@ -198,6 +203,7 @@ pub async fn fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
 
     let setup = Instant::now();
     let (conns, errors) = open_connections(
+        plan.system,
         std::slice::from_ref(&plan.url),
         plan.subscribers,
         0,
@@ -220,7 +226,7 @@ pub async fn fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
         tasks.push(tokio::spawn(subscriber(i, conn, shared.clone())));
     }
 
-    let publisher_conn = WsConn::connect(&plan.url, None)
+    let publisher_conn = PeerConn::connect(plan.system, &plan.url, None, true)
         .await
         .context("publisher cannot connect")?;
     let start = shared.now_us();
@@ -277,7 +283,8 @@ pub async fn fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
     };
     Ok(FanoutReport {
         scenario: plan.scenario,
-        url: format!("ws://{}{}", plan.url.addr, plan.url.path),
+        system: plan.system,
+        url: plan.system.show_url(&plan.url),
         subscribers_requested: plan.subscribers,
         subscribers,
         connect_errors: errors.count,
@@ -317,7 +324,10 @@ pub async fn fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
 }
 
 /// One subscriber: count deliveries, check sequence numbers, record latencies.
-async fn subscriber(index: usize, mut conn: WsConn, shared: Arc<FanoutShared>) {
+///
+/// Order is checked with Firetower's `(term, seq)`; peers have no such numbers, so their
+/// payload carries the publisher's own `"ft_seq"` (one publisher, so it must arrive in order).
+async fn subscriber(index: usize, mut conn: PeerConn, shared: Arc<FanoutShared>) {
     let mut last: Option<(u64, u64)> = None;
     let mut latencies: Vec<u64> = Vec::new();
     loop {
@@ -326,17 +336,18 @@ async fn subscriber(index: usize, mut conn: WsConn, shared: Arc<FanoutShared>) {
         latencies.clear();
         let mut now_us = 0;
         let open = conn
-            .read_batch(|m| {
-                let Incoming::Text(text) = m else { return };
-                if !text.starts_with(b"{\"op\":\"message\"") {
-                    return;
-                }
+            .read_batch(|e| {
+                let Event::Delivery(text) = e else { return };
                 received += 1;
                 now_us = shared.now_us();
-                if let (Some(term), Some(seq)) = (
+                let order = match (
                     number_after(text, b",\"term\":"),
                     number_after(text, b",\"seq\":"),
                 ) {
+                    (Some(term), Some(seq)) => Some((term, seq)),
+                    _ => number_after(text, b"\"ft_seq\":").map(|seq| (0, seq)),
+                };
+                if let Some((term, seq)) = order {
                     match last {
                         Some((t, s)) if t == term && seq <= s => reordered += 1,
                         Some((t, s)) if t == term && seq > s + 1 => gaps += seq - s - 1,
@@ -389,7 +400,7 @@ struct Published {
 
 /// The publisher: paces publishes until the window ends, then waits for the last acks.
 async fn publish(
-    conn: WsConn,
+    conn: PeerConn,
     shared: Arc<FanoutShared>,
     plan: FanoutPlan,
     subscribers: u64,
@@ -406,16 +417,16 @@ async fn publish(
             loop {
                 let mut done = 0usize;
                 let open = reader
-                    .read_batch(|m| {
-                        if let Incoming::Text(t) = m {
-                            if t.starts_with(b"{\"op\":\"ack\"") {
-                                acked.fetch_add(1, Ordering::Relaxed);
-                                done += 1;
-                            } else if t.starts_with(b"{\"op\":\"error\"") {
-                                errors.fetch_add(1, Ordering::Relaxed);
-                                done += 1;
-                            }
+                    .read_batch(|e| match e {
+                        Event::Ack => {
+                            acked.fetch_add(1, Ordering::Relaxed);
+                            done += 1;
                         }
+                        Event::Error(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            done += 1;
+                        }
+                        _ => {}
                     })
                     .await;
                 unacked.add_permits(done);
@@ -429,6 +440,7 @@ async fn publish(
     let mut out = Published::default();
     let mut forgiven = 0u64;
     let mut text = Vec::with_capacity(plan.payload + 128);
+    let mut data = Vec::with_capacity(plan.payload + 64);
     let publishes_per_sec = match plan.pace {
         Pace::Rate { deliveries_per_sec } => deliveries_per_sec / subscribers as f64,
         Pace::Max { .. } => 0.0,
@@ -488,9 +500,18 @@ async fn publish(
             .map_err(|_| anyhow!("ack window closed"))?;
         permit.forget();
         let sent_at = shared.now_us();
-        publish_text(&mut text, &plan.topic, sent_at, out.sent + 1, plan.payload);
+        match plan.system {
+            System::Firetower | System::NodeWs => {
+                publish_text(&mut text, &plan.topic, sent_at, out.sent + 1, plan.payload)
+            }
+            System::Nats | System::Redis => {
+                peer_data(&mut data, sent_at, out.sent + 1, plan.payload);
+                plan.system
+                    .publish_frame(&mut text, &plan.topic, &data, out.sent + 1);
+            }
+        }
         writer
-            .send_text(&text)
+            .send(&text)
             .await
             .context("publisher connection failed")?;
         out.sent += 1;
@@ -527,6 +548,19 @@ fn publish_text(out: &mut Vec<u8>, topic: &str, sent_us: u64, id: u64, payload: 
     let _ = write!(out, "\"}},\"id\":{id}}}");
 }
 
+/// The published value for the peers without sequence numbers of their own:
+/// `{"ft_ts":µs,"ft_seq":N,"pad":"xxx"}`, exactly `payload` bytes long (or as short as it can
+/// be), so every system carries the same number of payload bytes.
+fn peer_data(out: &mut Vec<u8>, sent_us: u64, seq: u64, payload: usize) {
+    use std::io::Write;
+    out.clear();
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{{\"ft_ts\":{sent_us},\"ft_seq\":{seq},\"pad\":\"");
+    let pad = payload.saturating_sub(out.len() + 2);
+    out.resize(out.len() + pad, b'x');
+    out.extend_from_slice(b"\"}");
+}
+
 /// Connection failures while opening many.
 #[derive(Debug, Default)]
 struct ConnectErrors {
@@ -539,23 +573,24 @@ struct ConnectErrors {
 /// `urls[g % urls.len()]` from `source_ips[g % source_ips.len()]`, and subscribes to `topic`
 /// when given. Returns the connections with their url index.
 async fn open_connections(
+    system: System,
     urls: &[WsUrl],
     count: usize,
     offset: usize,
     source_ips: &[Ipv4Addr],
     topic: Option<&str>,
     concurrency: usize,
-) -> (Vec<(usize, WsConn)>, ConnectErrors) {
+) -> (Vec<(usize, PeerConn)>, ConnectErrors) {
     let retries = AtomicU64::new(0);
     let retries = &retries;
-    let results: Vec<(usize, anyhow::Result<WsConn>)> =
+    let results: Vec<(usize, anyhow::Result<PeerConn>)> =
         futures::stream::iter(offset..offset + count)
             .map(|g| async move {
                 let url_index = g % urls.len();
                 let source = (!source_ips.is_empty()).then(|| source_ips[g % source_ips.len()]);
                 let mut attempt = 0;
                 let conn = loop {
-                    match connect_and_subscribe(&urls[url_index], source, topic).await {
+                    match connect_and_subscribe(system, &urls[url_index], source, topic).await {
                         Err(_) if attempt < CONNECT_RETRIES => {
                             // An overloaded gateway times a handshake out; a real client retries
                             // after a pause, and so do we (counted).
@@ -590,24 +625,16 @@ async fn open_connections(
     (conns, errors)
 }
 
-/// Connect, upgrade, and subscribe to `topic` when given (waiting for the ack).
+/// Connect (upgrade, greet), and subscribe to `topic` when given (waiting for the ack).
 async fn connect_and_subscribe(
+    system: System,
     url: &WsUrl,
     source: Option<Ipv4Addr>,
     topic: Option<&str>,
-) -> anyhow::Result<WsConn> {
-    let mut conn = WsConn::connect(url, source).await?;
+) -> anyhow::Result<PeerConn> {
+    let mut conn = PeerConn::connect(system, url, source, false).await?;
     if let Some(topic) = topic {
-        let request = format!("{{\"op\":\"subscribe\",\"topics\":[\"{topic}\"],\"id\":1}}");
-        conn.send_text(request.as_bytes()).await?;
-        let reply = tokio::time::timeout(REPLY_TIMEOUT, conn.next_text())
-            .await
-            .map_err(|_| anyhow!("no answer to subscribe within {REPLY_TIMEOUT:?}"))??;
-        match reply {
-            Some(r) if r.starts_with(b"{\"op\":\"ack\"") => {}
-            Some(r) => bail!("subscribe refused: {}", String::from_utf8_lossy(&r)),
-            None => bail!("connection closed before the subscribe ack"),
-        }
+        conn.subscribe(topic).await?;
     }
     conn.release_buffer();
     Ok(conn)
@@ -641,6 +668,8 @@ fn check_fd_budget(needed: usize) -> anyhow::Result<()> {
 /// An idle-connections run.
 #[derive(Debug, Clone)]
 pub struct IdlePlan {
+    /// The system driven.
+    pub system: System,
     /// Gateways, connections spread round robin.
     pub urls: Vec<WsUrl>,
     /// Connections in total.
@@ -679,6 +708,8 @@ pub struct IdleServer {
 pub struct IdleReport {
     /// `idle`.
     pub scenario: &'static str,
+    /// The system driven.
+    pub system: System,
     /// Connections asked for.
     pub connections_requested: usize,
     /// Connections open at the end of the hold.
@@ -743,6 +774,7 @@ pub async fn idle(plan: IdlePlan, worker_args: WorkerArgs) -> anyhow::Result<Idl
         let count = plan.connections / workers + usize::from(w < plan.connections % workers);
         let mut cmd = tokio::process::Command::new(&exe);
         cmd.args(["bench", "idle", "--worker"])
+            .args(["--system", plan.system.name()])
             .args(["--url", &worker_args.urls])
             .args(["--connections", &count.to_string()])
             .args(["--offset", &offset.to_string()])
@@ -829,7 +861,7 @@ pub async fn idle(plan: IdlePlan, worker_args: WorkerArgs) -> anyhow::Result<Idl
             let connections = by_url.then(|| per_url[i]);
             IdleServer {
                 pid: b.pid,
-                url: by_url.then(|| format!("ws://{}{}", plan.urls[i].addr, plan.urls[i].path)),
+                url: by_url.then(|| plan.system.show_url(&plan.urls[i])),
                 connections,
                 rss_before_kib: b.rss_kib,
                 rss_after_kib: a.rss_kib,
@@ -846,6 +878,7 @@ pub async fn idle(plan: IdlePlan, worker_args: WorkerArgs) -> anyhow::Result<Idl
         .sum();
     Ok(IdleReport {
         scenario: "idle",
+        system: plan.system,
         connections_requested: plan.connections,
         connections: opened.saturating_sub(closed_by_server),
         failed,
@@ -879,6 +912,8 @@ pub struct WorkerArgs {
 /// A worker plan (`bench idle --worker`).
 #[derive(Debug, Clone)]
 pub struct WorkerPlan {
+    /// The system driven.
+    pub system: System,
     /// Gateways.
     pub urls: Vec<WsUrl>,
     /// Connections this worker opens.
@@ -899,6 +934,7 @@ pub struct WorkerPlan {
 pub async fn idle_worker(plan: WorkerPlan) -> anyhow::Result<()> {
     check_fd_budget(plan.connections)?;
     let (conns, errors) = open_connections(
+        plan.system,
         &plan.urls,
         plan.connections,
         plan.offset,
@@ -963,5 +999,19 @@ mod tests {
         publish_text(&mut out, "t", 1, 1, 0);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["data"]["pad"], "");
+    }
+
+    #[test]
+    fn peer_data_has_the_requested_size() {
+        let mut out = Vec::new();
+        peer_data(&mut out, 123_456, 9, 100);
+        assert_eq!(out.len(), 100);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["ft_ts"], 123_456);
+        assert_eq!(v["ft_seq"], 9);
+        assert_eq!(number_after(&out, b"\"ft_seq\":"), Some(9));
+        peer_data(&mut out, 1, 1, 0);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["pad"], "");
     }
 }

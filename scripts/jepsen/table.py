@@ -45,6 +45,13 @@ def detail(verdict):
         return (f"{s.get('delivered', 0):,} delivered, {s.get('lost_unexcused', 0)} lost "
                 f"({s.get('lost', 0)} incl. excused), {s.get('duplicates', 0)} dup, "
                 f"{s.get('reordered', 0)} reordered, {s.get('phantoms', 0)} phantom")
+    if verdict.get("workload") == "membership":
+        m = s.get("membership", {})
+        sub = s.get("subscriptions", {})
+        final = m.get("allowed_final_voters", [])
+        return (f"{sub.get('linearizable', 0)}/{sub.get('topics', 0)} topics linearizable; "
+                f"{m.get('changes_ok', 0)} changes ok, {m.get('changes_unknown', 0)} unknown, "
+                f"final voters {final[0] if len(final) == 1 else final}")
     return (f"{s.get('linearizable', 0)}/{s.get('topics', 0)} topics linearizable, "
             f"{s.get('anomalies', 0)} anomalous, {s.get('unknown', 0)} unknown")
 

@@ -3,6 +3,7 @@
 //! ```text
 //! firetower chaos run leader-kill-loop [--cycles 5]   availability under repeated faults
 //! firetower chaos run rolling-restart
+//! firetower chaos run reconnect-storm [--clients 2000] [--topics 50] [--faults 3]
 //! firetower chaos up [--hold-secs S]                  a cluster on test hosts, until Ctrl-C
 //! firetower chaos cleanup                             remove leftovers of crashed runs
 //! ```
@@ -16,20 +17,30 @@ use clap::Subcommand;
 use crate::cluster::{Cluster, ClusterSpec};
 use crate::net::HostSpec;
 use crate::scenario::{run_scenario, Scenario, ScenarioOptions};
+use crate::storm::{StormConfig, DEFAULT_CLIENTS, DEFAULT_TOPICS};
 use crate::ChaosError;
 
 /// `firetower chaos` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum ChaosCommand {
     /// Run a named availability scenario and report how long each fault made subscribing
-    /// and publishing unavailable (median over the faults).
+    /// and publishing unavailable (median over the faults). reconnect-storm also reports how
+    /// long the crashed gateway's clients took to come back, and fails (status 1, after the
+    /// report) when a client did not come back or missed a message.
     Run {
         /// The scenario.
         #[arg(value_enum)]
         scenario: Scenario,
-        /// How many faults (leader-kill-loop) or rounds (rolling-restart).
-        #[arg(long, default_value_t = 5)]
-        cycles: usize,
+        /// How many faults (leader-kill-loop: 5, reconnect-storm: 3) or rounds
+        /// (rolling-restart: 5).
+        #[arg(long, visible_alias = "faults")]
+        cycles: Option<usize>,
+        /// WebSocket clients, spread over both gateways (reconnect-storm).
+        #[arg(long, default_value_t = DEFAULT_CLIENTS)]
+        clients: usize,
+        /// Topics, one per client, each with clients on both gateways (reconnect-storm).
+        #[arg(long, default_value_t = DEFAULT_TOPICS)]
+        topics: usize,
         /// Quiet time after each fault, in milliseconds.
         #[arg(long, default_value_t = 2_000)]
         settle_ms: u64,
@@ -73,6 +84,29 @@ pub enum ChaosCommand {
         #[arg(long)]
         t0_unix_ms: f64,
     },
+    /// Internal: the reconnect-storm clients, run inside the client namespace.
+    #[command(hide = true)]
+    Storm {
+        /// WebSocket addresses of the gateways, comma separated (the last one carries the
+        /// probe publisher and the post-storm check).
+        #[arg(long)]
+        gateways: String,
+        /// Clients.
+        #[arg(long, default_value_t = DEFAULT_CLIENTS)]
+        clients: usize,
+        /// Topics.
+        #[arg(long, default_value_t = DEFAULT_TOPICS)]
+        topics: usize,
+        /// Pause between probe publishes, ms.
+        #[arg(long, default_value_t = 20)]
+        interval_ms: u64,
+        /// Seed of the reconnect jitter.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The harness's t0 (ms since the Unix epoch), so times line up.
+        #[arg(long)]
+        t0_unix_ms: f64,
+    },
 }
 
 /// Run a `firetower chaos` command. Ctrl-C and SIGTERM tear down every test host first.
@@ -96,6 +130,26 @@ pub async fn run(command: ChaosCommand) -> Result<(), ChaosError> {
             .await
             .map_err(|e| ChaosError::InvalidFault(format!("probe: {e}")))
         }
+        ChaosCommand::Storm {
+            gateways,
+            clients,
+            topics,
+            interval_ms,
+            seed,
+            t0_unix_ms,
+        } => {
+            let config = StormConfig {
+                gateways: parse_addrs(&gateways)?,
+                clients,
+                topics,
+                interval: Duration::from_millis(interval_ms),
+                t0_unix_ms,
+                seed,
+            };
+            crate::storm::run_worker(config)
+                .await
+                .map_err(|e| ChaosError::Worker(format!("storm worker: {e}")))
+        }
         ChaosCommand::Cleanup => {
             let removed = crate::net::remove_leftovers();
             println!("removed {} leftover run(s): {removed:?}", removed.len());
@@ -104,6 +158,8 @@ pub async fn run(command: ChaosCommand) -> Result<(), ChaosError> {
         ChaosCommand::Run {
             scenario,
             cycles,
+            clients,
+            topics,
             settle_ms,
             out,
             json,
@@ -119,8 +175,10 @@ pub async fn run(command: ChaosCommand) -> Result<(), ChaosError> {
             let options = ScenarioOptions {
                 binary: current_binary()?,
                 run_dir: run_dir.clone(),
-                cycles,
+                cycles: cycles.unwrap_or_else(|| scenario.default_cycles()),
                 settle: Duration::from_millis(settle_ms),
+                clients,
+                topics,
             };
             let report = tokio::task::spawn_blocking(move || run_scenario(scenario, &options))
                 .await
@@ -135,7 +193,13 @@ pub async fn run(command: ChaosCommand) -> Result<(), ChaosError> {
                 print!("{}", report.table());
                 println!("report: {}", path.display());
             }
-            Ok(())
+            match report.storm.as_ref().map(|s| s.errors.len()) {
+                Some(n) if n > 0 => Err(ChaosError::CheckFailed(format!(
+                    "{n} error(s); see the errors in {}",
+                    path.display()
+                ))),
+                _ => Ok(()),
+            }
         }
         ChaosCommand::Up {
             managers,
@@ -177,6 +241,7 @@ fn scenario_name(s: Scenario) -> &'static str {
     match s {
         Scenario::LeaderKillLoop => "leader-kill-loop",
         Scenario::RollingRestart => "rolling-restart",
+        Scenario::ReconnectStorm => "reconnect-storm",
     }
 }
 

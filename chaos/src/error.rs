@@ -78,6 +78,12 @@ pub enum ChaosError {
     /// A partition spec names too few nodes or is otherwise impossible.
     #[error("invalid fault: {0}")]
     InvalidFault(String),
+    /// A helper process of a scenario (the storm worker) failed or exited.
+    #[error("{0}")]
+    Worker(String),
+    /// A scenario ran to the end, but some of its checks failed (the report lists them).
+    #[error("the scenario's checks failed: {0}")]
+    CheckFailed(String),
 }
 
 impl ChaosError {

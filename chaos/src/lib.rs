@@ -4,8 +4,9 @@
 //! Entry points: [`Cluster::start`] builds a cluster on test hosts ([`TestNet`]) and offers
 //! every fault: `kill -9`, SIGSTOP/SIGCONT, restart, the wiped-disk replace procedure,
 //! write-ahead-log damage, membership changes and nftables [`Partition`]s. [`run_scenario`]
-//! measures availability under repeated faults (`firetower chaos run`). [`cli`] is the
-//! subcommand.
+//! measures availability under repeated faults (`firetower chaos run`), including the
+//! reconnect storm after a gateway crash (WebSocket clients in the client namespace).
+//! [`cli`] is the subcommand.
 //!
 //! ```text
 //!   harness (host namespace) ──ip netns exec──▶ <run>m1..mN  firetower manager
@@ -31,6 +32,7 @@ mod partition;
 mod probe;
 mod process;
 mod scenario;
+mod storm;
 mod wal;
 
 pub use cluster::{
@@ -47,5 +49,10 @@ pub use process::{NodeProcess, ProcessState};
 pub use scenario::{
     run_scenario, topic_in_group, FaultRecord, ProbeProcess, Scenario, ScenarioOptions,
     ScenarioReport,
+};
+pub use storm::{
+    gateway_of, percentile, run_worker, storm_progress, topic_name, topic_of, MissingClient,
+    StormCommand, StormConfig, StormEvent, StormFault, StormProgress, StormReport, Verification,
+    DEFAULT_CLIENTS, DEFAULT_FAULTS, DEFAULT_TOPICS, MAX_CLIENTS, MAX_TOPICS,
 };
 pub use wal::{damage_wal, last_segment, WalDamage};

@@ -6,6 +6,9 @@
 //!   leader-kill-loop   kill -9 the leader of the probe's group, wait for a new leader,
 //!                      restart the old one, let it catch up; repeat
 //!   rolling-restart    restart every manager in turn (SIGTERM, start on the same data)
+//!   reconnect-storm    kill -9 a gateway under N WebSocket clients and start it again: its
+//!                      clients all reconnect at once; check they come back and get every
+//!                      message published after the storm (see crate::storm)
 //! ```
 
 use std::io::{BufRead, BufReader};
@@ -19,6 +22,7 @@ use serde::Serialize;
 
 use crate::cluster::{Cluster, ClusterSpec};
 use crate::probe::{median, unavailability, unix_ms, ProbeRecord, Unavailability};
+use crate::storm::StormReport;
 use crate::ChaosError;
 
 /// The scenarios `firetower chaos run` knows.
@@ -29,6 +33,18 @@ pub enum Scenario {
     LeaderKillLoop,
     /// Restart every manager in turn.
     RollingRestart,
+    /// kill -9 a gateway under many WebSocket clients and start it again, repeatedly.
+    ReconnectStorm,
+}
+
+impl Scenario {
+    /// Faults (or rounds) when `--cycles`/`--faults` is not given.
+    pub fn default_cycles(self) -> usize {
+        match self {
+            Scenario::LeaderKillLoop | Scenario::RollingRestart => 5,
+            Scenario::ReconnectStorm => crate::storm::DEFAULT_FAULTS,
+        }
+    }
 }
 
 /// Knobs of a scenario run.
@@ -38,11 +54,15 @@ pub struct ScenarioOptions {
     pub binary: PathBuf,
     /// Where data, logs and the report go.
     pub run_dir: PathBuf,
-    /// Faults to inject (leader-kill-loop); rolling-restart restarts each manager once per
-    /// cycle.
+    /// Faults to inject (leader-kill-loop, reconnect-storm); rolling-restart restarts each
+    /// manager once per cycle.
     pub cycles: usize,
     /// Quiet time after each fault has healed, before the next.
     pub settle: Duration,
+    /// WebSocket clients (reconnect-storm).
+    pub clients: usize,
+    /// Topics the clients subscribe to, one each (reconnect-storm).
+    pub topics: usize,
 }
 
 /// One injected fault.
@@ -68,11 +88,13 @@ pub struct ScenarioReport {
     pub scenario: Scenario,
     /// The faults, in order.
     pub faults: Vec<FaultRecord>,
-    /// Per fault, subscribing.
+    /// Per fault, subscribing (empty for reconnect-storm: its clients' resubscribes are in
+    /// `storm`).
     pub subscribe: Vec<Unavailability>,
     /// Per fault, publishing.
     pub publish: Vec<Unavailability>,
-    /// Median unavailability of subscribing over the faults, ms.
+    /// Median unavailability of subscribing over the faults, ms (0 without a subscribe
+    /// probe).
     pub median_subscribe_ms: f64,
     /// Median unavailability of publishing over the faults, ms.
     pub median_publish_ms: f64,
@@ -80,11 +102,17 @@ pub struct ScenarioReport {
     pub max_ms: f64,
     /// Probe operations recorded.
     pub probe_ops: usize,
+    /// reconnect-storm: reconnection times and the post-storm delivery check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storm: Option<StormReport>,
 }
 
 impl ScenarioReport {
     /// A human-readable table.
     pub fn table(&self) -> String {
+        if let Some(storm) = &self.storm {
+            return storm.table(self);
+        }
         let mut s = format!(
             "scenario {:?}: {} faults, {} probe operations\n",
             self.scenario,
@@ -199,11 +227,15 @@ pub fn topic_in_group(prefix: &str, group: u32, groups: u32) -> String {
         .unwrap_or_else(|| format!("{prefix}.0"))
 }
 
-/// Run `scenario` on a fresh 3-manager cluster; the cluster is removed afterwards.
+/// Run `scenario` on a fresh 3-manager cluster (with 2 gateways for reconnect-storm); the
+/// cluster is removed afterwards.
 pub fn run_scenario(
     scenario: Scenario,
     options: &ScenarioOptions,
 ) -> Result<ScenarioReport, ChaosError> {
+    if scenario == Scenario::ReconnectStorm {
+        return crate::storm::run(options);
+    }
     let mut spec = ClusterSpec::new(options.binary.clone(), options.run_dir.clone());
     spec.tag = "ftc".into();
     let mut cluster = Cluster::start(spec)?;
@@ -268,6 +300,12 @@ pub fn run_scenario(
                 }
             }
         }
+        // Dispatched to crate::storm at the top; it needs gateways and no link probe.
+        Scenario::ReconnectStorm => {
+            return Err(ChaosError::InvalidFault(
+                "reconnect-storm runs in crate::storm".into(),
+            ))
+        }
     }
     let records = probe.stop();
     cluster.teardown();
@@ -286,6 +324,7 @@ pub fn run_scenario(
         publish,
         max_ms,
         probe_ops: records.len(),
+        storm: None,
     })
 }
 

@@ -45,6 +45,9 @@ pub enum BenchCommand {
     Latency(crate::loadgen::LatencyArgs),
     /// Idle WebSocket connections over one or more gateways: resident memory per connection.
     Idle(crate::loadgen::IdleArgs),
+    /// Many small topics: one subscriber connection per topic, a closed loop per topic;
+    /// deliveries per second, latency, server CPU and RSS.
+    Topics(crate::loadgen::TopicsArgs),
     /// etcd puts through its v3 JSON gateway, the control-plane peer of `commits`: puts/s and
     /// put latency for each number of concurrent writers, and how long writing stopped.
     EtcdPuts(crate::loadgen::EtcdPutsArgs),
@@ -55,6 +58,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Fanout(args) => return crate::loadgen::fanout(args).await,
         BenchCommand::Latency(args) => return crate::loadgen::latency(args).await,
         BenchCommand::Idle(args) => return crate::loadgen::idle(args).await,
+        BenchCommand::Topics(args) => return crate::loadgen::topics(args).await,
         BenchCommand::EtcdPuts(args) => return crate::loadgen::etcd_puts(args).await,
         BenchCommand::Commits {
             managers,

@@ -6,7 +6,7 @@
 # rewrites docs/bench-results/compare.md (medians, Firetower/peer ratios, machine, commands),
 # and stops everything it started.
 #
-#   scripts/bench/compare.sh                      # everything, 3 runs (about 40 minutes)
+#   scripts/bench/compare.sh                      # everything, 3 runs (about an hour)
 #   RUNS=1 SCENARIOS="fanout idle" SYSTEMS="firetower nats" scripts/bench/compare.sh
 #   LABEL=smoke SUBSCRIBERS=500 DURATION=5 ... scripts/bench/compare.sh   (see SMOKE=1)
 #   SMOKE=1 scripts/bench/compare.sh              # small, quick settings to prove every path
@@ -14,6 +14,10 @@
 # Scenarios (SCENARIOS, default all):
 #   fanout    one topic, SUBSCRIBERS (10,000) subscribers, PAYLOAD (100 B), max sustainable
 #             deliveries/s (closed loop, window 16), server CPU and RSS          [every system]
+#   topics    many small topics: TOPICS (18,000) subscriber connections with one topic each,
+#             PUBLISHERS (16) publisher connections, a closed loop per topic (next message
+#             when the previous was delivered); deliveries/s, server CPU and RSS  [every system]
+#             (the design's 50,000 would need more than one server process per system here)
 #   idle      IDLE_CONNECTIONS (19,000: what one process may hold under ulimit -Hn 20,000)
 #             idle connections to one fresh server process; RSS per connection   [every system]
 #   control   3 voters, fsync on: Firetower subscription commits (`bench commits`) vs etcd
@@ -34,15 +38,17 @@ export FIRETOWER_BIN=${FIRETOWER_BIN:-target/release/firetower}
 if [ "${SMOKE:-0}" = 1 ]; then
     : "${RUNS:=1}" "${SUBSCRIBERS:=500}" "${DURATION:=5}" "${WARMUP:=1}" "${IDLE_CONNECTIONS:=2000}"
     : "${IDLE_HOLD:=3}" "${WRITERS:=1,16}" "${CONTROL_DURATION:=5}" "${FAILOVER_DURATION:=12}"
-    : "${FAILOVER_KILL_AT:=4}" "${LABEL:=smoke}"
+    : "${FAILOVER_KILL_AT:=4}" "${TOPICS:=500}" "${PUBLISHERS:=4}" "${LABEL:=smoke}"
 fi
 RUNS=${RUNS:-3}
-SCENARIOS=${SCENARIOS:-"fanout idle control failover"}
+SCENARIOS=${SCENARIOS:-"fanout topics idle control failover"}
 SYSTEMS=${SYSTEMS:-"firetower nats redis node-ws"}
 SUBSCRIBERS=${SUBSCRIBERS:-10000}
 PAYLOAD=${PAYLOAD:-100}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
+TOPICS=${TOPICS:-18000}
+PUBLISHERS=${PUBLISHERS:-16}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-19000}
 IDLE_HOLD=${IDLE_HOLD:-10}
 WRITERS=${WRITERS:-1,16,256}
@@ -128,7 +134,7 @@ machine() {
         --arg v_node "$(version_of node-ws)" --arg v_etcd "$(version_of etcd)" \
         --arg runs "$RUNS" --arg scenarios "$SCENARIOS" --arg systems "$SYSTEMS" \
         --arg subscribers "$SUBSCRIBERS" --arg payload "$PAYLOAD" --arg duration "$DURATION" \
-        --arg warmup "$WARMUP" --arg idle "$IDLE_CONNECTIONS" --arg idle_hold "$IDLE_HOLD" \
+        --arg warmup "$WARMUP" --arg topics "$TOPICS" --arg publishers "$PUBLISHERS" --arg idle "$IDLE_CONNECTIONS" --arg idle_hold "$IDLE_HOLD" \
         --arg writers "$WRITERS" --arg control_duration "$CONTROL_DURATION" \
         --arg fo_writers "$FAILOVER_WRITERS" --arg fo_duration "$FAILOVER_DURATION" \
         --arg fo_kill "$FAILOVER_KILL_AT" --arg source_ips "$SOURCE_IPS" \
@@ -138,6 +144,7 @@ machine() {
           versions: {nats: $v_nats, redis: $v_redis, "node-ws": $v_node, etcd: $v_etcd},
           settings: {runs: $runs, scenarios: $scenarios, systems: $systems,
             subscribers: $subscribers, payload: $payload, duration: $duration, warmup: $warmup,
+            topics: $topics, publishers: $publishers,
             idle_connections: $idle, idle_hold: $idle_hold, writers: $writers,
             control_duration: $control_duration, failover_writers: $fo_writers,
             failover_duration: $fo_duration, failover_kill_at: $fo_kill,
@@ -160,6 +167,23 @@ run_fanout() {
                 log "fanout $sys run $r failed (see above)"
             jq -c '{system, deliveries_per_sec, cpu: ([.servers[].cpu_percent] | add),
                 missing, seq_gaps, closed_by_server, connect_errors}' "$OUT/fanout-$sys-$r.json" >&2 || true
+        done
+        stop "$sys"
+    done
+}
+
+run_topics() {
+    local sys
+    for sys in $SYSTEMS; do
+        start "$sys"
+        for r in $(seq 1 "$RUNS"); do
+            log "topics $sys run $r/$RUNS: $TOPICS topics, $PUBLISHERS publishers"
+            "$FIRETOWER_BIN" bench topics --system "$sys" --url "$PEER_URL" --topics "$TOPICS" \
+                --publishers "$PUBLISHERS" --payload "$PAYLOAD" --duration "$DURATION" \
+                --warmup "$WARMUP" --source-ips "$SOURCE_IPS" --server-pid "$PEER_PIDS" --json \
+                >"$OUT/topics-$sys-$r.json" || log "topics $sys run $r failed (see above)"
+            jq -c '{system, deliveries_per_sec, cpu: ([.servers[].cpu_percent] | add), missing,
+                stalled_topics, seq_gaps, closed_by_server, connect_errors}' "$OUT/topics-$sys-$r.json" >&2 || true
         done
         stop "$sys"
     done
@@ -247,11 +271,12 @@ log "output: $OUT (label: $LABEL)"
 for scenario in $SCENARIOS; do
     case $scenario in
     fanout) run_fanout ;;
+    topics) run_topics ;;
     idle) run_idle ;;
     control) run_control ;;
     failover) run_failover ;;
     *)
-        echo "unknown scenario $scenario (fanout idle control failover)" >&2
+        echo "unknown scenario $scenario (fanout topics idle control failover)" >&2
         exit 2
         ;;
     esac

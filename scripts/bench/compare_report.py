@@ -83,10 +83,10 @@ def ratio(a, b):
     return f"{a / b:.2f}×"
 
 
-def fanout_rows(out):
+def fanout_rows(out, kind="fanout"):
     rows = []
     for sys_ in SYSTEMS:
-        rs = runs(out, f"fanout-{sys_}-*.json")
+        rs = runs(out, f"{kind}-{sys_}-*.json")
         if not rs:
             continue
         dps = [r.get("deliveries_per_sec") for r in rs]
@@ -103,10 +103,12 @@ def fanout_rows(out):
                 "rss": median(rss),
                 "p99": median([r.get("latency", {}).get("p99_ms") for r in rs]),
                 "missing": sum(r.get("missing", 0) for r in rs),
+                "stalled": sum(r.get("stalled_topics", 0) for r in rs),
+                "p50": median([r.get("latency", {}).get("p50_ms") for r in rs]),
                 "gaps": sum(r.get("seq_gaps", 0) + r.get("out_of_order", 0) for r in rs),
                 "closed": sum(r.get("closed_by_server", 0) for r in rs),
-                "subscribers": min(r.get("subscribers", 0) for r in rs),
-                "requested": max(r.get("subscribers_requested", 0) for r in rs),
+                "subscribers": min(r.get("subscribers", r.get("topics", 0)) for r in rs),
+                "requested": max(r.get("subscribers_requested", r.get("topics_requested", 0)) for r in rs),
                 "loadgen_cpu": median([(r.get("loadgen") or {}).get("cpu_percent") for r in rs]),
                 "load": median([r.get("load_average") for r in rs]),
             }
@@ -271,6 +273,46 @@ def main():
             L.append(f"![fan-out deliveries per second]({rel}/fanout.svg)")
             L.append("")
 
+    top = fanout_rows(out, "topics")
+    if top:
+        ft = next((r for r in top if r["system"] == "firetower"), None)
+        L.append("## Many small topics: one subscriber per topic")
+        L.append("")
+        L.append(
+            f"{s.get('topics', '?')} topics with one subscriber connection each (all to one server "
+            f"process), {s.get('publishers', '?')} publisher connections, each publishing to its share of "
+            "the topics; a closed loop per topic: a topic's next message is published when the "
+            "previous one was delivered, and at most 64 publishes per publisher connection wait "
+            f"for their acknowledgement. {s.get('payload', '?')}-byte payloads, {s.get('duration', '?')} s "
+            "measured. This is routing cost per message rather than fan-out. The design's 50,000 "
+            "connections need more descriptors than one process may open here (each system would "
+            "need several server processes), so the run stays within one process."
+        )
+        L.append("")
+        L.append(
+            "| system | deliveries/s (runs) | server CPU % | deliveries/s per core | server RSS MiB | "
+            "p50 / p99 ms | missing / stalled topics / gaps / closed | Firetower ÷ this, deliveries/s | "
+            "Firetower ÷ this, per core |"
+        )
+        L.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for r in top:
+            subs = "" if r["subscribers"] >= r["requested"] else f" ({r['subscribers']} of {r['requested']} subscribed)"
+            L.append(
+                f"| {NAMES[r['system']]}{subs} | **{fmt(r['dps'])}** ({fmt_runs(r['runs'])}) | {fmt(r['cpu'])} | "
+                f"{fmt(r['per_core'])} | {fmt(r['rss'], 1)} | {fmt(r['p50'], 2)} / {fmt(r['p99'], 2)} | "
+                f"{r['missing']} / {r['stalled']} / {r['gaps']} / {r['closed']} | "
+                f"{ratio(ft and ft['dps'], r['dps'])} | {ratio(ft and ft['per_core'], r['per_core'])} |"
+            )
+        L.append("")
+        if bar_svg(
+            os.path.join(out, "topics.svg"),
+            "Many small topics: deliveries/s (median)",
+            "/s",
+            [(r["system"], r["dps"]) for r in top],
+        ):
+            L.append(f"![many topics deliveries per second]({rel}/topics.svg)")
+            L.append("")
+
     idle = idle_rows(out)
     if idle:
         ft = next((r for r in idle if r["system"] == "firetower"), None)
@@ -385,6 +427,36 @@ def main():
         )
         L.append("")
 
+    L.append("## Method notes and limits")
+    L.append("")
+    for note in [
+        "One load generator for every system: `firetower bench fanout|topics|idle --system …` "
+        "(Rust, tokio) with a small adapter per system (`src/loadgen/peer.rs`): the same "
+        "scenario code, payload bytes, pacing and counting; only subscribe, publish and "
+        "recognising a delivery differ. NATS is spoken over its WebSocket listener (the "
+        "browser-facing path, like Firetower's), Redis over plain TCP (it has no WebSocket), "
+        "the Node.js server speaks Firetower's own JSON protocol.",
+        "What an acknowledgement means differs: Firetower acks a publish once the topic's "
+        "leader ordered it (one QUIC round trip to a manager); NATS (`verbose` mode, publisher "
+        "only) and Redis (PUBLISH's reply) ack once the server took the message; the Node.js "
+        "server acks after handing the message to its sockets. None of the peers replicates "
+        "anything; the Firetower numbers include its 3 managers' CPU.",
+        "Order is checked per subscriber (Firetower's `term`/`seq`; for the peers a sequence "
+        "number the publisher puts in the payload); `missing` counts acknowledged publishes "
+        "that never arrived.",
+        "The load generator shares the 2 cores with the servers, so a server that is cheaper "
+        "per delivery can be limited by the load generator's share: compare deliveries/s per "
+        "core as well as deliveries/s, and read the load generator's CPU.",
+        "One server process per system, as packaged: nats-server (Go) and the Firetower gateway "
+        "(tokio) are multi-threaded; Redis and the Node.js server serve from one thread.",
+        "etcd is driven through its JSON gateway (HTTP/1.1), not gRPC: each put pays JSON and "
+        "base64 on top of what a Go client would; Firetower's writes go over its own QUIC link. "
+        "Both wait for a quorum with fsync.",
+        "Failover of Firetower is measured with subscription commits (the control plane). "
+        "Publishes use the same group leaders; `firetower chaos run leader-kill-loop` measures them.",
+    ]:
+        L.append(f"- {note}")
+    L.append("")
     L.append("## Machine")
     L.append("")
     L.append("| | |")
@@ -437,6 +509,8 @@ def main():
     L.append("```sh")
     L.append("firetower bench fanout --system firetower|nats|redis|node-ws --url URL --subscribers N --payload 100 \\")
     L.append("    --duration 10 --warmup 2 --rate max --source-ips 127.0.0.2-127.0.0.9 --server-pid PIDS --json")
+    L.append("firetower bench topics --system SYSTEM --url URL --topics 18000 --publishers 16 --payload 100 \\")
+    L.append("    --duration 10 --warmup 2 --source-ips 127.0.0.2-127.0.0.9 --server-pid PIDS --json")
     L.append("firetower bench idle --system SYSTEM --url URL --connections 19000 --source-ips 127.0.0.2-127.0.0.9 \\")
     L.append("    --server-pid PID --hold 10 --json")
     L.append("firetower bench commits --managers 127.0.0.1:7100,127.0.0.1:7102,127.0.0.1:7104 --writers 1,16,256 --duration 10 --json")

@@ -5,6 +5,7 @@
 //! ```text
 //!   bench fanout   one topic, N subscribers, one publisher (pace: max or a deliveries/s rate)
 //!   bench latency  the same at a steady deliveries/s rate, reporting percentiles
+//!   bench topics   many topics, one subscriber connection each, a closed loop per topic
 //!   bench idle     N idle connections over several gateways, from worker processes
 //!                  (`bench idle --worker`, each under `ulimit -n`); RSS delta per connection
 //! ```
@@ -27,6 +28,7 @@ mod peer;
 mod procstat;
 mod scenarios;
 mod stats;
+mod topics;
 
 use std::time::Duration;
 
@@ -97,6 +99,48 @@ pub struct LatencyArgs {
     /// Deliveries per second across all subscribers (publishes/s = rate / subscribers).
     #[arg(long, default_value_t = 50_000.0)]
     rate: f64,
+}
+
+/// `firetower bench topics`.
+#[derive(clap::Args, Debug)]
+pub struct TopicsArgs {
+    /// The system driven (see `bench fanout --help`).
+    #[arg(long, value_enum, default_value_t = System::Firetower)]
+    system: System,
+    /// Server URLs (comma separated or repeated); connections are spread over them.
+    /// `redis://IP:PORT` for `--system redis`.
+    #[arg(long, default_value = "ws://127.0.0.1:9090/ws")]
+    url: Vec<String>,
+    /// Topics, each with one subscriber connection of its own.
+    #[arg(long, default_value_t = 1_000)]
+    topics: usize,
+    /// Publisher connections; each publishes to its share of the topics.
+    #[arg(long, default_value_t = 16)]
+    publishers: usize,
+    /// Bytes of each published value (holds the send timestamp).
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Seconds of publishing before the measurement starts.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Loopback source addresses for the subscribers, e.g. 127.0.0.2-127.0.0.9.
+    #[arg(long)]
+    source_ips: Option<String>,
+    /// Server process ids to report CPU and RSS of (comma separated or repeated).
+    #[arg(long)]
+    server_pid: Vec<String>,
+    /// Topic name prefix (default: a fresh random one per run); topic g is PREFIX.g.
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Handshakes in flight while connecting the subscribers.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `firetower bench idle`.
@@ -228,6 +272,73 @@ pub async fn idle(args: IdleArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         print_idle(&report);
+    }
+    Ok(())
+}
+
+/// `firetower bench topics`.
+pub async fn topics(args: TopicsArgs) -> anyhow::Result<()> {
+    if args.topics == 0 || args.publishers == 0 {
+        bail!("--topics and --publishers must be at least 1");
+    }
+    if args.duration == 0 {
+        bail!("--duration must be at least 1 second");
+    }
+    let prefix = args
+        .prefix
+        .unwrap_or_else(|| format!("bench.topics.{:08x}", rand::random::<u32>()));
+    peer::check_topic(&format!("{prefix}.0"))?;
+    let plan = topics::TopicsPlan {
+        system: args.system,
+        urls: args.system.parse_urls(&args.url)?,
+        topics: args.topics,
+        publishers: args.publishers,
+        payload: args.payload,
+        warmup: Duration::from_secs(args.warmup),
+        duration: Duration::from_secs(args.duration),
+        source_ips: match &args.source_ips {
+            Some(s) => stats::parse_source_ips(s)?,
+            None => Vec::new(),
+        },
+        server_pids: procstat::parse_pids(&args.server_pid)?,
+        connect_concurrency: args.connect_concurrency,
+        prefix,
+    };
+    let r = topics::topics(plan).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    println!(
+        "topics {} | {} topics ({} failed), 1 subscriber each | {} publishers | {} B payload",
+        r.system.name(),
+        r.topics,
+        r.connect_errors,
+        r.publishers,
+        r.payload_bytes
+    );
+    println!(
+        "{:>14} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
+        "deliveries/s", "p50 ms", "p99 ms", "max ms", "missing", "stalled", "closed"
+    );
+    println!(
+        "{:>14.0} {:>9.2} {:>9.2} {:>9.2} {:>9} {:>9} {:>8}",
+        r.deliveries_per_sec,
+        r.latency.p50_ms,
+        r.latency.p99_ms,
+        r.latency.max_ms,
+        r.missing,
+        r.stalled_topics,
+        r.closed_by_server
+    );
+    for s in &r.servers {
+        println!(
+            "server pid {:>7}: cpu {:>6.1}%  rss {} KiB",
+            s.pid, s.cpu_percent, s.rss_end_kib
+        );
+    }
+    if let Some(e) = &r.first_connect_error {
+        println!("first connect error: {e}");
     }
     Ok(())
 }

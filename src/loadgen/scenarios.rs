@@ -208,7 +208,7 @@ pub async fn fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
         plan.subscribers,
         0,
         &plan.source_ips,
-        Some(&plan.topic),
+        Topics::One(&plan.topic),
         plan.connect_concurrency,
     )
     .await;
@@ -222,7 +222,7 @@ pub async fn fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
         );
     }
     let mut tasks = Vec::with_capacity(subscribers);
-    for (i, (_, conn)) in conns.into_iter().enumerate() {
+    for (i, (_, _, conn)) in conns.into_iter().enumerate() {
         tasks.push(tokio::spawn(subscriber(i, conn, shared.clone())));
     }
 
@@ -534,7 +534,7 @@ async fn publish(
 
 /// `{"op":"publish","topic":T,"data":{"ft_ts":µs,"pad":"xxx"},"id":N}` with `data` exactly
 /// `payload` bytes long (or as short as it can be).
-fn publish_text(out: &mut Vec<u8>, topic: &str, sent_us: u64, id: u64, payload: usize) {
+pub(super) fn publish_text(out: &mut Vec<u8>, topic: &str, sent_us: u64, id: u64, payload: usize) {
     use std::io::Write;
     out.clear();
     let head = format!("{{\"ft_ts\":{sent_us},\"pad\":\"");
@@ -551,7 +551,7 @@ fn publish_text(out: &mut Vec<u8>, topic: &str, sent_us: u64, id: u64, payload: 
 /// The published value for the peers without sequence numbers of their own:
 /// `{"ft_ts":µs,"ft_seq":N,"pad":"xxx"}`, exactly `payload` bytes long (or as short as it can
 /// be), so every system carries the same number of payload bytes.
-fn peer_data(out: &mut Vec<u8>, sent_us: u64, seq: u64, payload: usize) {
+pub(super) fn peer_data(out: &mut Vec<u8>, sent_us: u64, seq: u64, payload: usize) {
     use std::io::Write;
     out.clear();
     // Writing to a Vec cannot fail.
@@ -563,34 +563,63 @@ fn peer_data(out: &mut Vec<u8>, sent_us: u64, seq: u64, payload: usize) {
 
 /// Connection failures while opening many.
 #[derive(Debug, Default)]
-struct ConnectErrors {
-    count: usize,
-    first: Option<String>,
-    retries: u64,
+pub(super) struct ConnectErrors {
+    pub(super) count: usize,
+    pub(super) first: Option<String>,
+    pub(super) retries: u64,
+}
+
+/// What the connections opened by [`open_connections`] subscribe to.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Topics<'a> {
+    /// Nothing.
+    None,
+    /// All the same topic.
+    One(&'a str),
+    /// Connection `g` to `PREFIX.g`.
+    Numbered(&'a str),
+}
+
+impl<'a> Topics<'a> {
+    fn of(self, g: usize) -> Option<std::borrow::Cow<'a, str>> {
+        match self {
+            Topics::None => None,
+            Topics::One(t) => Some(std::borrow::Cow::Borrowed(t)),
+            Topics::Numbered(prefix) => Some(std::borrow::Cow::Owned(numbered_topic(prefix, g))),
+        }
+    }
+}
+
+/// The topic of connection `g` with [`Topics::Numbered`].
+pub(super) fn numbered_topic(prefix: &str, g: usize) -> String {
+    format!("{prefix}.{g}")
 }
 
 /// Open `count` connections numbered from `offset`; connection `g` goes to
-/// `urls[g % urls.len()]` from `source_ips[g % source_ips.len()]`, and subscribes to `topic`
-/// when given. Returns the connections with their url index.
-async fn open_connections(
+/// `urls[g % urls.len()]` from `source_ips[g % source_ips.len()]`, and subscribes as `topics`
+/// says. Returns the connections with their url index and number `g`.
+pub(super) async fn open_connections(
     system: System,
     urls: &[WsUrl],
     count: usize,
     offset: usize,
     source_ips: &[Ipv4Addr],
-    topic: Option<&str>,
+    topics: Topics<'_>,
     concurrency: usize,
-) -> (Vec<(usize, PeerConn)>, ConnectErrors) {
+) -> (Vec<(usize, usize, PeerConn)>, ConnectErrors) {
     let retries = AtomicU64::new(0);
     let retries = &retries;
-    let results: Vec<(usize, anyhow::Result<PeerConn>)> =
+    let results: Vec<(usize, usize, anyhow::Result<PeerConn>)> =
         futures::stream::iter(offset..offset + count)
             .map(|g| async move {
                 let url_index = g % urls.len();
                 let source = (!source_ips.is_empty()).then(|| source_ips[g % source_ips.len()]);
+                let topic = topics.of(g);
                 let mut attempt = 0;
                 let conn = loop {
-                    match connect_and_subscribe(system, &urls[url_index], source, topic).await {
+                    match connect_and_subscribe(system, &urls[url_index], source, topic.as_deref())
+                        .await
+                    {
                         Err(_) if attempt < CONNECT_RETRIES => {
                             // An overloaded gateway times a handshake out; a real client retries
                             // after a pause, and so do we (counted).
@@ -603,7 +632,7 @@ async fn open_connections(
                         other => break other,
                     }
                 };
-                (url_index, conn)
+                (url_index, g, conn)
             })
             .buffer_unordered(concurrency.max(1))
             .collect()
@@ -613,9 +642,9 @@ async fn open_connections(
         retries: retries.load(Ordering::Relaxed),
         ..ConnectErrors::default()
     };
-    for (i, r) in results {
+    for (i, g, r) in results {
         match r {
-            Ok(c) => conns.push((i, c)),
+            Ok(c) => conns.push((i, g, c)),
             Err(e) => {
                 errors.count += 1;
                 errors.first.get_or_insert_with(|| format!("{e:#}"));
@@ -653,7 +682,7 @@ fn fd_limit() -> usize {
         .unwrap_or(1024)
 }
 
-fn check_fd_budget(needed: usize) -> anyhow::Result<()> {
+pub(super) fn check_fd_budget(needed: usize) -> anyhow::Result<()> {
     let limit = fd_limit();
     if needed + FD_MARGIN > limit {
         bail!(
@@ -939,14 +968,14 @@ pub async fn idle_worker(plan: WorkerPlan) -> anyhow::Result<()> {
         plan.connections,
         plan.offset,
         &plan.source_ips,
-        plan.topic.as_deref(),
+        plan.topic.as_deref().map_or(Topics::None, Topics::One),
         plan.connect_concurrency,
     )
     .await;
     let mut opened_per_url = vec![0u64; plan.urls.len()];
     let closed = Arc::new(AtomicU64::new(0));
     let mut holders = Vec::with_capacity(conns.len());
-    for (url_index, mut conn) in conns {
+    for (url_index, _, mut conn) in conns {
         opened_per_url[url_index] += 1;
         let closed = closed.clone();
         holders.push(tokio::spawn(async move {

@@ -229,9 +229,6 @@ fn reconnect_storm_brings_every_client_back_and_leaves_nothing() {
 }
 
 #[test]
-#[ignore = "fails today: right after a gateway restart, acknowledged publishes can miss that \
-            gateway's freshly acknowledged subscribers (docs/chaos.md, reconnect-storm); run \
-            with --ignored once that is fixed, then drop this attribute"]
 fn reconnect_storm_delivers_every_post_storm_message() {
     let _serial = serial();
     let (report, status, stdout) = run_small_storm("storm-delivery");

@@ -332,7 +332,12 @@ impl ClusterUpstream {
             if !still_held {
                 continue;
             }
-            if let Err(e) = self.inner.link.subscribe(&topic).await {
+            if let Err(e) = self
+                .inner
+                .link
+                .subscribe_in_session(&topic, self.inner.epoch)
+                .await
+            {
                 tracing::warn!(topic, error = %e, "re-subscribe failed; the next resync retries");
             }
         }
@@ -382,7 +387,12 @@ impl Upstream for ClusterUpstream {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(topic.clone());
-            match this.inner.link.subscribe(&topic).await {
+            match this
+                .inner
+                .link
+                .subscribe_in_session(&topic, this.inner.epoch)
+                .await
+            {
                 Ok(_) => Ok(()),
                 Err(e) => {
                     let e = upstream_error(e);

@@ -160,8 +160,20 @@ impl LinkClient {
 
     /// Subscribe this gateway to `topic`; returns once committed in the topic's group.
     pub async fn subscribe(&self, topic: &str) -> Result<Written, LinkError> {
+        self.subscribe_in_session(topic, 0).await
+    }
+
+    /// Subscribe for the gateway session `epoch`: a group that still holds an older session
+    /// of this gateway expires it first, in the same log entry, so the old session's expiry
+    /// can never take this subscription with it.
+    pub async fn subscribe_in_session(
+        &self,
+        topic: &str,
+        epoch: u64,
+    ) -> Result<Written, LinkError> {
         let op = gateway_request::Op::Subscribe(Subscribe {
             topic: topic.to_string(),
+            epoch,
         });
         self.write(topic, op).await
     }

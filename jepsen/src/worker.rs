@@ -182,7 +182,10 @@ async fn run_subscriptions(config: WorkerConfig) -> Result<(), JepsenError> {
                     ),
                     4..=6 => (
                         "subscribe",
-                        gateway_request::Op::Subscribe(Subscribe { topic: key.clone() }),
+                        gateway_request::Op::Subscribe(Subscribe {
+                            topic: key.clone(),
+                            epoch: 0,
+                        }),
                         json!({ "gateway": gateway }),
                         false,
                     ),

@@ -115,13 +115,27 @@ pub(crate) async fn handle(manager: &Manager, request: GatewayRequest) -> Gatewa
     }
     let (topic, command) = match request.op {
         None => return failure("invalid_request", "request without an operation"),
-        Some(gateway_request::Op::Subscribe(s)) => (
-            s.topic.clone(),
-            Some(Command::Subscribe {
-                topic: s.topic,
+        Some(gateway_request::Op::Subscribe(s)) => {
+            let subscribe = Command::Subscribe {
+                topic: s.topic.clone(),
                 gateway,
-            }),
-        ),
+            };
+            let command = match stale_session(manager, gateway, s.epoch, &s.topic) {
+                // The gateway restarted and this group still holds its previous session:
+                // expire that first, in the same entry. Expired later (by the lease task),
+                // it would take this subscription with it while the client was told it is
+                // subscribed.
+                Some(old) => Command::Batch(vec![
+                    Command::ExpireSession {
+                        gateway,
+                        epoch: old,
+                    },
+                    subscribe,
+                ]),
+                None => subscribe,
+            };
+            (s.topic, Some(command))
+        }
         Some(gateway_request::Op::Unsubscribe(u)) => (
             u.topic.clone(),
             Some(Command::Unsubscribe {
@@ -193,11 +207,30 @@ pub(crate) fn routing(manager: &Manager) -> GatewayReply {
     }
 }
 
+/// The epoch of an older session of `gateway` still held by the group of `topic` (as this
+/// manager applied it), when the request comes from a newer session `epoch`.
+fn stale_session(manager: &Manager, gateway: u64, epoch: u64, topic: &str) -> Option<u64> {
+    if epoch == 0 || firetower_proto::validate_topic(topic).is_err() {
+        return None;
+    }
+    let group = group_of(topic, manager.group_count());
+    let stored = manager.reader(group)?.session(gateway).ok()??;
+    (stored.epoch < epoch).then_some(stored.epoch)
+}
+
 async fn write(manager: &Manager, group: GroupId, command: Command) -> GatewayReply {
     let Some(proposer) = manager.proposer(group) else {
         return failure("unavailable", format!("group {group} is not running here"));
     };
-    match proposer.propose(command).await {
+    let proposed = proposer.propose(command).await.map(|(response, index)| {
+        // A batch of our own (expire a stale session, then subscribe) answers for its last
+        // command.
+        match response {
+            Response::Batch(mut responses) => (responses.pop().unwrap_or_default(), index),
+            other => (other, index),
+        }
+    });
+    match proposed {
         Ok((Response::Applied { changed }, index)) => GatewayReply {
             result: Some(gateway_reply::Result::Done(Done { changed, index })),
         },

@@ -178,6 +178,21 @@ pub fn run(config: &RunConfig) -> Result<Verdict, JepsenError> {
             let Some(&kind) = config.nemeses.choose(&mut rng) else {
                 break;
             };
+            if membership_workload && kind == NemesisKind::Membership {
+                // The membership workload records every change it checks; a membership fault
+                // is made (and recorded) the same way, or the final voters could not be
+                // explained.
+                let what = "membership change (recorded by the membership workload)";
+                let mut op = nemesis_op("start", what.into());
+                op.time_ns = clock.now_ns();
+                push(op);
+                for op in membership_change(&mut cluster, &mut rng, &clock) {
+                    push(op);
+                }
+                sleep_until(&started, elapsed() + config.fault_secs);
+                push(nemesis_op("stop", what.into()));
+                continue;
+            }
             let begin = clock.now_ns();
             match inject(kind, &mut cluster, &mut rng) {
                 Ok((active, what)) => {

@@ -104,6 +104,10 @@ def fanout_rows(out, kind="fanout"):
                 "p99": median([r.get("latency", {}).get("p99_ms") for r in rs]),
                 "missing": sum(r.get("missing", 0) for r in rs),
                 "stalled": sum(r.get("stalled_topics", 0) for r in rs),
+                "publish_errors": sum(r.get("publish_errors", 0) for r in rs),
+                "first_publish_error": next(
+                    (r.get("first_publish_error") for r in rs if r.get("first_publish_error")), None
+                ),
                 "p50": median([r.get("latency", {}).get("p50_ms") for r in rs]),
                 "gaps": sum(r.get("seq_gaps", 0) + r.get("out_of_order", 0) for r in rs),
                 "closed": sum(r.get("closed_by_server", 0) for r in rs),
@@ -304,6 +308,13 @@ def main():
                 f"{ratio(ft and ft['dps'], r['dps'])} | {ratio(ft and ft['per_core'], r['per_core'])} |"
             )
         L.append("")
+        for r in top:
+            if r["publish_errors"]:
+                L.append(
+                    f"{NAMES[r['system']]}: {r['publish_errors']} publishes refused or unanswered over "
+                    f"the runs (each stalls its topic's loop); first: `{str(r['first_publish_error'])[:200]}`"
+                )
+                L.append("")
         if bar_svg(
             os.path.join(out, "topics.svg"),
             "Many small topics: deliveries/s (median)",

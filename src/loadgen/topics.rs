@@ -108,6 +108,8 @@ pub struct TopicsReport {
     pub acked_total: u64,
     /// Publishes refused (or unanswered at the end).
     pub publish_errors: u64,
+    /// The first refusal, as the server worded it.
+    pub first_publish_error: Option<String>,
     /// Deliveries received over the whole run.
     pub delivered_total: u64,
     /// Acknowledged publishes never delivered.
@@ -153,6 +155,7 @@ struct Published {
     in_window: u64,
     acked: u64,
     errors: u64,
+    first_error: Option<String>,
     stalled: u64,
 }
 
@@ -259,6 +262,9 @@ pub async fn topics(plan: TopicsPlan) -> anyhow::Result<TopicsReport> {
         published.in_window += r.in_window;
         published.acked += r.acked;
         published.errors += r.errors;
+        if published.first_error.is_none() {
+            published.first_error = r.first_error;
+        }
     }
     // Drain: every acknowledged publish has exactly one subscriber.
     let mut last = shared.delivered_total.load(Ordering::Relaxed);
@@ -305,6 +311,7 @@ pub async fn topics(plan: TopicsPlan) -> anyhow::Result<TopicsReport> {
             + published
                 .sent
                 .saturating_sub(published.acked + published.errors),
+        first_publish_error: published.first_error,
         delivered_total,
         missing: published.acked.saturating_sub(delivered_total),
         stalled_topics: published.stalled,
@@ -402,8 +409,10 @@ async fn publisher(
     let unacked = Arc::new(Semaphore::new(MAX_UNACKED));
     let acked = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
+    let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
     let acks = {
         let (unacked, acked, errors) = (unacked.clone(), acked.clone(), errors.clone());
+        let first_error = first_error.clone();
         tokio::spawn(async move {
             loop {
                 let mut done = 0usize;
@@ -413,9 +422,15 @@ async fn publisher(
                             acked.fetch_add(1, Ordering::Relaxed);
                             done += 1;
                         }
-                        Event::Error(_) => {
+                        Event::Error(t) => {
                             errors.fetch_add(1, Ordering::Relaxed);
                             done += 1;
+                            first_error
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get_or_insert_with(|| {
+                                    String::from_utf8_lossy(&t[..t.len().min(300)]).into_owned()
+                                });
                         }
                         _ => {}
                     })
@@ -497,6 +512,13 @@ async fn publisher(
     acks.abort();
     out.acked = acked.load(Ordering::Relaxed);
     out.errors = errors.load(Ordering::Relaxed);
+    out.first_error = first_error.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if out.first_error.is_none() && out.acked + out.errors < out.sent {
+        out.first_error = Some(format!(
+            "{} publishes unanswered {ACK_TIMEOUT:?} after the window",
+            out.sent - out.acked - out.errors
+        ));
+    }
     Ok(out)
 }
 

@@ -6,7 +6,7 @@
 # rewrites docs/bench-results/compare.md (medians, Firetower/peer ratios, machine, commands),
 # and stops everything it started.
 #
-#   scripts/bench/compare.sh                      # everything, 3 runs (about an hour)
+#   scripts/bench/compare.sh                      # everything, 3 runs (about 30 minutes)
 #   RUNS=1 SCENARIOS="fanout idle" SYSTEMS="firetower nats" scripts/bench/compare.sh
 #   LABEL=smoke SUBSCRIBERS=500 DURATION=5 ... scripts/bench/compare.sh   (see SMOKE=1)
 #   SMOKE=1 scripts/bench/compare.sh              # small, quick settings to prove every path

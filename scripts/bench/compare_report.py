@@ -407,7 +407,8 @@ def main():
             f"{s.get('failover_writers', '?')} writers as in the control-plane scenario for "
             f"{s.get('failover_duration', '?')} s; at {s.get('failover_kill_at', '?')} s the leader is killed with "
             "`kill -9` (a fresh cluster per run). Firetower: the manager that leads the most of the 8 "
-            "groups (the others keep their leaders, so writes to their topics go on); etcd: the leader "
+            "groups (the others keep their leaders, but each writer waits for its own write, so once "
+            "every writer has drawn a topic of a leaderless group nothing succeeds anywhere); etcd: the leader "
             "of its single group. *No write anywhere* is the longest interval in which no write "
             "succeeded at all; *longest stall of one writer* is the longest a single writer went "
             "without a success (its write retried until it succeeded: Firetower's link retries "
@@ -458,6 +459,9 @@ def main():
         "The load generator shares the 2 cores with the servers, so a server that is cheaper "
         "per delivery can be limited by the load generator's share: compare deliveries/s per "
         "core as well as deliveries/s, and read the load generator's CPU.",
+        "RSS includes whatever each runtime's allocator or garbage collector keeps (Rust with "
+        "glibc malloc, Go, V8, Redis's jemalloc): it is what the machine pays, the same measure "
+        "as Firetower's own per-connection budget.",
         "One server process per system, as packaged: nats-server (Go) and the Firetower gateway "
         "(tokio) are multi-threaded; Redis and the Node.js server serve from one thread.",
         "etcd is driven through its JSON gateway (HTTP/1.1), not gRPC: each put pays JSON and "

@@ -132,8 +132,16 @@ pub(crate) async fn publish(
             EnqueueError::Closed => "lost its session",
             EnqueueError::Stalled => "does not keep up with deliveries",
         };
+        // Nothing queued anywhere: nothing was delivered, and the link may retry it
+        // ("unavailable"). Queued for some gateways: the outcome is partial, which the link
+        // must not retry (a retry would deliver it twice there): "timeout", outcome unknown.
+        let code = if waits.is_empty() {
+            "unavailable"
+        } else {
+            "timeout"
+        };
         return failure(
-            "unavailable",
+            code,
             format!(
                 "gateway {gateway} {why}; ({term}, {seq}) of {topic} may have reached only some \
                  subscribers"
@@ -152,8 +160,9 @@ pub(crate) async fn publish(
             DeliveryOutcome::Delivered => {}
             DeliveryOutcome::Superseded if manager.config().unsafe_stale_leadership => {}
             DeliveryOutcome::Superseded => {
+                // Other gateways may have passed it on: outcome unknown, never retried.
                 return failure(
-                    "unavailable",
+                    "timeout",
                     format!(
                         "gateway {} had already passed on a newer message of {topic} and \
                          dropped ({term}, {seq}); not published (leadership moved meanwhile)",

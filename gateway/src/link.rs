@@ -272,7 +272,7 @@ impl LinkClient {
                     gateway: self.inner.gateway,
                     op: Some(gateway_request::Op::GetRouting(GetRouting {})),
                 };
-                match self.send(addr, &request).await {
+                match self.send(addr, &request, deadline).await {
                     Attempt::Reply(GatewayReply {
                         result: Some(gateway_reply::Result::Routing(r)),
                     }) if r.groups > 0 => {
@@ -379,7 +379,7 @@ impl LinkClient {
                 ));
             };
             let attempt_result = tokio::select! {
-                a = self.send(target, &request) => a,
+                a = self.send(target, &request, deadline) => a,
                 // The group elected another leader while this request waited on the old one
                 // (which may be dead): stop waiting for it.
                 _ = self.leader_moved(group, target) => {
@@ -486,11 +486,16 @@ impl LinkClient {
                     gateway: self.inner.gateway,
                     op: Some(gateway_request::Op::GetRouting(GetRouting {})),
                 };
-                let answer =
-                    tokio::time::timeout(Duration::from_millis(400), self.send(addr, &request));
-                if let Ok(Attempt::Reply(GatewayReply {
+                let answer = self
+                    .send(
+                        addr,
+                        &request,
+                        tokio::time::Instant::now() + Duration::from_millis(400),
+                    )
+                    .await;
+                if let Attempt::Reply(GatewayReply {
                     result: Some(gateway_reply::Result::Routing(r)),
-                })) = answer.await
+                }) = answer
                 {
                     self.apply_routing(r);
                     break;
@@ -563,16 +568,29 @@ impl LinkClient {
         Ok(conn)
     }
 
-    async fn send(&self, addr: SocketAddr, request: &GatewayRequest) -> Attempt {
-        let conn = match self.connection(addr).await {
-            Ok(c) => c,
-            Err(e) => return Attempt::Transport(e),
-        };
-        let (mut send, mut recv) = match conn.open_bi().await {
-            Ok(s) => s,
-            Err(e) => {
+    /// One attempt, bounded by the request's `deadline` in every phase: connecting and
+    /// opening a stream (which waits for stream credit when the manager has many requests of
+    /// this gateway in flight) count as not sent; once the request is written, no answer by
+    /// the deadline is an unknown outcome.
+    async fn send(
+        &self,
+        addr: SocketAddr,
+        request: &GatewayRequest,
+        deadline: tokio::time::Instant,
+    ) -> Attempt {
+        let opened = tokio::time::timeout_at(deadline, async {
+            let conn = self.connection(addr).await?;
+            conn.open_bi().await.map_err(|e| {
                 self.drop_connection(addr);
-                return Attempt::Transport(e.to_string());
+                e.to_string()
+            })
+        })
+        .await;
+        let (mut send, mut recv) = match opened {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Attempt::Transport(e),
+            Err(_) => {
+                return Attempt::Transport(format!("no stream to {addr} before the deadline"))
             }
         };
         let result = async {
@@ -587,7 +605,7 @@ impl LinkClient {
             decode_frame::<GatewayReply>(&bytes).map_err(|e| e.to_string())
         };
         // The manager answers a write after it commits; its own proposal timeout is shorter.
-        match tokio::time::timeout(self.inner.options.request_timeout, result).await {
+        match tokio::time::timeout_at(deadline, result).await {
             Ok(Ok(reply)) => Attempt::Reply(reply),
             Ok(Err(e)) => {
                 self.drop_connection(addr);

@@ -66,6 +66,7 @@ mod tests {
             gateway: 7,
             op: Some(gateway_request::Op::Subscribe(Subscribe {
                 topic: "room.1".into(),
+                epoch: 1_795_692_954_333_266,
             })),
         };
         let bytes = encode_frame(&request);

@@ -469,7 +469,8 @@ impl Cluster {
             .and_then(|g| g.leader))
     }
 
-    /// The member host that leads the most groups (ties: lowest name).
+    /// The member host that leads the most groups (ties: lowest name). A leader that is no
+    /// longer a member (the view can lag a removal by a moment) is not counted.
     pub fn busiest_leader(&self) -> Result<Option<String>, ChaosError> {
         let mut count: BTreeMap<u64, usize> = BTreeMap::new();
         for g in self.groups()? {
@@ -477,8 +478,14 @@ impl Cluster {
                 *count.entry(l).or_default() += 1;
             }
         }
+        let is_member = |id: &u64| {
+            self.name_of_id(*id)
+                .and_then(|n| self.managers.get(&n))
+                .is_some_and(|m| m.member)
+        };
         let best = count
             .into_iter()
+            .filter(|(id, _)| is_member(id))
             .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
             .map(|(id, _)| id);
         Ok(best.and_then(|id| self.name_of_id(id)))

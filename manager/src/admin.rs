@@ -503,9 +503,26 @@ impl Admin for AdminService {
             })
             .await?;
         for g in 0..self.manager.group_count() {
-            self.change_group(g, Change::AddLearner(member.clone()))
-                .await?;
-            self.change_group(g, Change::AddVoter(d.id)).await?;
+            // A leader change between the two steps can lose a learner that was not yet
+            // committed everywhere: the promotion is then refused ("learner not found"), and
+            // adding the learner again and promoting it once more is the cure.
+            let mut tries = 0;
+            loop {
+                self.change_group(g, Change::AddLearner(member.clone()))
+                    .await?;
+                match self.change_group(g, Change::AddVoter(d.id)).await {
+                    Ok(()) => break,
+                    Err(e)
+                        if e.code() == tonic::Code::FailedPrecondition
+                            && e.message().contains("not found")
+                            && tries < 3 =>
+                    {
+                        tries += 1;
+                        tracing::info!(group = g, manager = d.id, error = %e.message(), "learner lost before its promotion; adding it again");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
         Ok(Response::new(AddManagerReply {
             manager: Some(ManagerInfo {

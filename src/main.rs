@@ -85,7 +85,8 @@ struct ManagerArgs {
     #[arg(long)]
     no_fsync: bool,
     /// DELIBERATELY UNSAFE (Jepsen harness self-test only): answer topic reads from the local
-    /// state machine without checking leadership, so reads can be stale.
+    /// state machine without checking leadership, so reads can be stale; publishes look their
+    /// subscribers up in a copy of the table up to 3 s old.
     #[arg(long)]
     unsafe_stale_reads: bool,
     /// DELIBERATELY UNSAFE (Jepsen harness self-test only): stamp publishes on the word of the

@@ -37,8 +37,10 @@ pub struct ManagerConfig {
     #[serde(default)]
     pub raft: RaftTuning,
     /// DELIBERATELY UNSAFE, for verifying the Jepsen harness only: answer topic reads from
-    /// this manager's local state machine, leader or not, without a read index. Reads may then
-    /// be stale, which the `subscriptions` workload must detect.
+    /// this manager's local state machine, leader or not, without a read index, and look a
+    /// publish's subscribers up in a copy of the table up to 3 s old. Reads may then be stale
+    /// and new subscribers miss messages, which the `subscriptions` and `delivery` workloads
+    /// must detect.
     #[serde(default)]
     pub unsafe_stale_reads: bool,
     /// DELIBERATELY UNSAFE, for verifying the Jepsen harness only: stamp publishes on the word

@@ -45,7 +45,13 @@ pub(crate) struct PublishState {
 #[derive(Debug, Default)]
 pub(crate) struct Stamps {
     groups: Mutex<HashMap<GroupId, std::sync::Arc<Mutex<PublishState>>>>,
+    /// `--unsafe-stale-reads` only: a topic's subscribers as read up to
+    /// [`UNSAFE_STALE_COPY`] ago.
+    stale_copies: Mutex<HashMap<String, (std::time::Instant, Vec<u64>)>>,
 }
+
+/// How old the subscriber lists of `--unsafe-stale-reads` may get.
+const UNSAFE_STALE_COPY: Duration = Duration::from_secs(3);
 
 impl Stamps {
     fn group(&self, group: GroupId) -> std::sync::Arc<Mutex<PublishState>> {
@@ -257,6 +263,27 @@ fn serving_term(
                 ),
             ));
         }
+    }
+    if manager.config().unsafe_stale_reads {
+        // DELIBERATELY UNSAFE (Jepsen self-test): look the subscribers up in a copy of the
+        // table up to a few seconds old, as a cache would; a subscription acknowledged since
+        // is missed.
+        let mut copies = manager
+            .stamps()
+            .stale_copies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some((taken, gateways)) = copies.get(topic) {
+            if taken.elapsed() < UNSAFE_STALE_COPY {
+                return Ok((term, gateways.clone()));
+            }
+        }
+        let gateways = local_gateways(manager, group, topic)?;
+        copies.insert(
+            topic.to_string(),
+            (std::time::Instant::now(), gateways.clone()),
+        );
+        return Ok((term, gateways));
     }
     Ok((term, local_gateways(manager, group, topic)?))
 }

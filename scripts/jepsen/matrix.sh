@@ -8,9 +8,10 @@
 #   scripts/jepsen/matrix.sh unsafe-single   the single runs against the unsafe server modes
 #   scripts/jepsen/matrix.sh unsafe-mixed    the mixed runs against the unsafe server modes
 #
-# Unsafe modes: subscriptions and membership runs use --unsafe-stale-reads (followers answer reads from
-# their own copy), delivery runs --unsafe-stale-leadership (publishes stamped on the word of
-# stale Raft metrics, followers stamp too). Every unsafe run must end invalid.
+# Unsafe mode: --unsafe-stale-reads (followers answer reads from their own copy; publishes
+# look their subscribers up in a copy of the table up to 3 s old). Every unsafe run must end
+# invalid. UNSAFE_LEADERSHIP=1 runs the delivery runs with --unsafe-stale-leadership instead
+# (publishes stamped on the word of stale Raft metrics), named unsafe-leadership-delivery-*.
 #   scripts/jepsen/matrix.sh all             all of the above
 #
 # A run whose directory already holds a verdict is skipped (RERUN=1 runs it again), so an
@@ -58,8 +59,8 @@ run() {
 
 unsafe_flag() {
     case "$1" in
-        subscriptions | membership) echo "--unsafe-stale-reads" ;;
-        delivery) echo "--unsafe-stale-leadership" ;;
+        subscriptions | membership | delivery) echo "--unsafe-stale-reads" ;;
+        delivery-leadership) echo "--unsafe-stale-leadership" ;;
     esac
 }
 
@@ -68,10 +69,13 @@ single() {
     if [ "$unsafe" = 1 ]; then prefix="unsafe-"; fi
     for seed in 1 2; do
         for w in $WORKLOADS; do
-            flag=""
+            flag="" name="${prefix}$w"
             if [ "$unsafe" = 1 ]; then flag=$(unsafe_flag "$w"); fi
+            if [ "$unsafe" = 1 ] && [ "$w" = delivery ] && [ -n "${UNSAFE_LEADERSHIP:-}" ]; then
+                flag=$(unsafe_flag delivery-leadership) name="unsafe-leadership-$w"
+            fi
             for n in $NEMESES; do
-                run "${prefix}$w-$n-s$seed" --workload "$w" --nemesis "$n" \
+                run "$name-$n-s$seed" --workload "$w" --nemesis "$n" \
                     --time-limit 60 --seed "$seed" $flag
             done
         done
@@ -83,9 +87,12 @@ mixed() {
     if [ "$unsafe" = 1 ]; then prefix="unsafe-"; fi
     for seed in 1 2 3; do
         for w in $WORKLOADS; do
-            flag=""
+            flag="" name="${prefix}$w"
             if [ "$unsafe" = 1 ]; then flag=$(unsafe_flag "$w"); fi
-            run "${prefix}$w-mixed-s$seed" --workload "$w" --nemesis "$MIXED" \
+            if [ "$unsafe" = 1 ] && [ "$w" = delivery ] && [ -n "${UNSAFE_LEADERSHIP:-}" ]; then
+                flag=$(unsafe_flag delivery-leadership) name="unsafe-leadership-$w"
+            fi
+            run "$name-mixed-s$seed" --workload "$w" --nemesis "$MIXED" \
                 --time-limit 300 --seed "$seed" $flag
         done
     done

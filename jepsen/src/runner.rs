@@ -194,11 +194,21 @@ pub fn run(config: &RunConfig) -> Result<Verdict, JepsenError> {
                 continue;
             }
             let begin = clock.now_ns();
+            let ids_before = member_ids(&cluster);
             match inject(kind, &mut cluster, &mut rng) {
                 Ok((active, what)) => {
                     let mut op = nemesis_op("start", what.clone());
                     op.time_ns = begin;
                     push(op);
+                    if membership_workload {
+                        // A wipe replaces a member by a new id: record that as the membership
+                        // changes it is, or the final voters could not be explained.
+                        for op in
+                            replaced_members(&ids_before, &member_ids(&cluster), begin, &clock)
+                        {
+                            push(op);
+                        }
+                    }
                     tracing::info!(fault = %what, "nemesis start");
                     sleep_until(&started, elapsed() + config.fault_secs);
                     let r = heal(active, &mut cluster);
@@ -314,6 +324,41 @@ fn membership_change(cluster: &mut Cluster, rng: &mut StdRng, clock: &Clock) -> 
         Err(e) => op(OpType::Info, f, value, clock.now_ns(), Some(e.to_string())),
     };
     vec![invoke, done]
+}
+
+/// Host name -> manager id of every current member.
+fn member_ids(cluster: &Cluster) -> std::collections::BTreeMap<String, u64> {
+    cluster
+        .member_names()
+        .into_iter()
+        .filter_map(|n| cluster.manager(&n).ok().map(|m| (n.clone(), m.id)))
+        .collect()
+}
+
+/// Membership operations for members a fault replaced (same host, new id): the removal of
+/// the old id and the addition of the new one, both done by the time the fault returned.
+fn replaced_members(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+    begin: u64,
+    clock: &Clock,
+) -> Vec<Op> {
+    use crate::membership::op;
+    let now = clock.now_ns();
+    let mut ops = Vec::new();
+    for (host, old) in before {
+        match after.get(host) {
+            Some(new) if new != old => {
+                for (f, id) in [("remove", *old), ("add", *new)] {
+                    let value = serde_json::json!({ "manager": id });
+                    ops.push(op(OpType::Invoke, f, value.clone(), begin, None));
+                    ops.push(op(OpType::Ok, f, value, now, None));
+                }
+            }
+            _ => {}
+        }
+    }
+    ops
 }
 
 /// The final `cluster members` read of the membership workload, after every fault healed;

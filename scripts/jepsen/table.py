@@ -40,6 +40,8 @@ def unsafe_mode(config):
 
 
 def detail(verdict):
+    if "aborted" in verdict:
+        return "run aborted: " + verdict["aborted"]
     s = verdict.get("stats", {})
     if verdict.get("workload") == "delivery":
         return (f"{s.get('delivered', 0):,} delivered, {s.get('lost_unexcused', 0)} lost "
@@ -64,9 +66,21 @@ def main():
         d = os.path.join(root, name)
         try:
             config = json.load(open(os.path.join(d, "config.json")))
-            verdict = json.load(open(os.path.join(d, "verdict.json")))
         except (OSError, ValueError):
             continue
+        try:
+            verdict = json.load(open(os.path.join(d, "verdict.json")))
+        except (OSError, ValueError):
+            # The run ended without a verdict: say why, from the last error line of its log.
+            reason = "no verdict"
+            try:
+                lines = [l for l in open(d + ".log", errors="replace") if l.startswith("error:")]
+                if lines:
+                    reason = lines[-1].strip()[:160].replace("|", "/")
+            except OSError:
+                pass
+            verdict = {"valid": "aborted", "ops": {}, "stats": {}, "workload": config["workload"],
+                       "aborted": reason}
         nemesis = ",".join(config.get("nemeses", []))
         if len(config.get("nemeses", [])) > 3:
             nemesis = "all mixed"

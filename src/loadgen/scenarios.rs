@@ -323,6 +323,40 @@ pub async fn fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
     })
 }
 
+/// Account for one delivered message `text` received at `now_us`: order by Firetower's
+/// `(term, seq)` or, for peers without them, the payload's `"ft_seq"` (a gap or a step back
+/// within one term counts); latency from the payload's `"ft_ts"`. `last` is the subscriber's
+/// newest stamp so far.
+pub(crate) fn observe_delivery(
+    text: &[u8],
+    now_us: u64,
+    last: &mut Option<(u64, u64)>,
+    gaps: &mut u64,
+    reordered: &mut u64,
+    latencies: &mut Vec<u64>,
+) {
+    let order = match (
+        number_after(text, b",\"term\":"),
+        number_after(text, b",\"seq\":"),
+    ) {
+        (Some(term), Some(seq)) => Some((term, seq)),
+        _ => number_after(text, b"\"ft_seq\":").map(|seq| (0, seq)),
+    };
+    if let Some((term, seq)) = order {
+        match *last {
+            Some((t, s)) if t == term && seq <= s => *reordered += 1,
+            Some((t, s)) if t == term && seq > s + 1 => *gaps += seq - s - 1,
+            _ => {}
+        }
+        if last.is_none_or(|(t, s)| t != term || seq > s) {
+            *last = Some((term, seq));
+        }
+    }
+    if let Some(sent) = number_after(text, b"\"ft_ts\":") {
+        latencies.push(now_us.saturating_sub(sent));
+    }
+}
+
 /// One subscriber: count deliveries, check sequence numbers, record latencies.
 ///
 /// Order is checked with Firetower's `(term, seq)`; peers have no such numbers, so their
@@ -340,26 +374,14 @@ async fn subscriber(index: usize, mut conn: PeerConn, shared: Arc<FanoutShared>)
                 let Event::Delivery(text) = e else { return };
                 received += 1;
                 now_us = shared.now_us();
-                let order = match (
-                    number_after(text, b",\"term\":"),
-                    number_after(text, b",\"seq\":"),
-                ) {
-                    (Some(term), Some(seq)) => Some((term, seq)),
-                    _ => number_after(text, b"\"ft_seq\":").map(|seq| (0, seq)),
-                };
-                if let Some((term, seq)) = order {
-                    match last {
-                        Some((t, s)) if t == term && seq <= s => reordered += 1,
-                        Some((t, s)) if t == term && seq > s + 1 => gaps += seq - s - 1,
-                        _ => {}
-                    }
-                    if last.is_none_or(|(t, s)| t != term || seq > s) {
-                        last = Some((term, seq));
-                    }
-                }
-                if let Some(sent) = number_after(text, b"\"ft_ts\":") {
-                    latencies.push(now_us.saturating_sub(sent));
-                }
+                observe_delivery(
+                    text,
+                    now_us,
+                    &mut last,
+                    &mut gaps,
+                    &mut reordered,
+                    &mut latencies,
+                );
             })
             .await;
         if received > 0 {

@@ -23,9 +23,10 @@ use anyhow::{anyhow, bail, Context};
 use serde::Serialize;
 use tokio::sync::{mpsc, Semaphore};
 
-use super::client::{number_after, WsUrl};
+use super::client::WsUrl;
 use super::peer::{Event, PeerConn, System};
 use super::procstat::{self, ProcUsage};
+use super::scenarios::observe_delivery;
 use super::scenarios::{
     check_fd_budget, numbered_topic, open_connections, peer_data, publish_text, Topics,
 };
@@ -346,26 +347,14 @@ async fn subscriber(
                 let Event::Delivery(text) = e else { return };
                 received += 1;
                 now_us = shared.now_us();
-                let order = match (
-                    number_after(text, b",\"term\":"),
-                    number_after(text, b",\"seq\":"),
-                ) {
-                    (Some(term), Some(seq)) => Some((term, seq)),
-                    _ => number_after(text, b"\"ft_seq\":").map(|seq| (0, seq)),
-                };
-                if let Some((term, seq)) = order {
-                    match last {
-                        Some((t, s)) if t == term && seq <= s => reordered += 1,
-                        Some((t, s)) if t == term && seq > s + 1 => gaps += seq - s - 1,
-                        _ => {}
-                    }
-                    if last.is_none_or(|(t, s)| t != term || seq > s) {
-                        last = Some((term, seq));
-                    }
-                }
-                if let Some(sent) = number_after(text, b"\"ft_ts\":") {
-                    latencies.push(now_us.saturating_sub(sent));
-                }
+                observe_delivery(
+                    text,
+                    now_us,
+                    &mut last,
+                    &mut gaps,
+                    &mut reordered,
+                    &mut latencies,
+                );
             })
             .await;
         if received > 0 {

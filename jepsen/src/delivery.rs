@@ -7,10 +7,13 @@
 //!       subscribe(topic) invoke/ok/fail/info; every received message (conn, id, term, seq)
 //!     publishers p0..pP ──ws──▶ gN (and g1..): publish {"id":"p3-17"} invoke/ok/fail/info
 //!   runner: nemesis start/stop + session-down windows parsed from the gateway logs
+//!     churn subscribers, one per churn topic at a time: subscribe on a random gateway, stay
+//!       1.5-5 s, unsubscribe, close; so the table's entries for those topics keep changing
 //!   checker: per subscriber connection and topic -- exactly once, (term, seq) increasing,
 //!            ack order kept, nothing never published, lost messages counted and excused
 //!            only by a fault window (a loss during a gateway's session gap is an anomaly:
-//!            the server must fail such a publish, not acknowledge it)
+//!            the server must fail such a publish, not acknowledge it); obligations end
+//!            when the unsubscribe is invoked; nothing published after its ack arrives
 //! ```
 //!
 //! History lines besides the client operations (which [`crate::history::pair`] pairs):
@@ -46,6 +49,12 @@ use crate::JepsenError;
 pub const SUB_PROCESS_BASE: u64 = 1_000_000;
 /// Topics of a run.
 pub const TOPICS: usize = 4;
+/// Churn topics of a run: each has one subscriber at a time, which subscribes on a gateway,
+/// stays a few seconds, unsubscribes and leaves, and comes back on another (or the same)
+/// gateway, so that the table's entries for these topics change all run long.
+pub const CHURN_TOPICS: usize = 3;
+/// A churn subscriber stays this many ms (uniform) before it unsubscribes.
+const CHURN_HOLD_MS: std::ops::Range<u64> = 1_500..5_000;
 /// Subscriber connections open at the start.
 const INITIAL_SUBSCRIBERS: u64 = 4;
 /// At most this many subscriber connections over a run (one more every few seconds).
@@ -89,9 +98,16 @@ fn client_op(process: u64, kind: OpType, f: &str, key: &str, value: Value, t: u6
     }
 }
 
-/// The topics of a run.
+/// The topics of a run that subscribers join and stay on.
 pub fn topics(seed: u64) -> Vec<String> {
     (0..TOPICS).map(|i| format!("jd{seed}.{i}")).collect()
+}
+
+/// The churn topics of a run.
+pub fn churn_topics(seed: u64) -> Vec<String> {
+    (0..CHURN_TOPICS)
+        .map(|i| format!("jd{seed}.c{i}"))
+        .collect()
 }
 
 /// Which gateways hold subscribers and which one publisher `p` uses: with three or more
@@ -135,6 +151,8 @@ pub async fn run_delivery_worker(config: WorkerConfig) -> Result<(), JepsenError
         let tx = tx.clone();
         let config = config.clone();
         let topics = topics.clone();
+        let conn_ids = conn_ids.clone();
+        let sub_gws = sub_gws.clone();
         tasks.push(tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(config.seed ^ 0x5eed_0005);
             let mut subs = Vec::new();
@@ -177,7 +195,31 @@ pub async fn run_delivery_worker(config: WorkerConfig) -> Result<(), JepsenError
         }));
     }
 
-    // Publishers.
+    // Churn: one subscriber at a time per churn topic, coming and going.
+    for (i, topic) in churn_topics(config.seed).into_iter().enumerate() {
+        let tx = tx.clone();
+        let config = config.clone();
+        let conn_ids = conn_ids.clone();
+        let sub_gws = sub_gws.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(config.seed ^ (0xc4u64 << 32) ^ i as u64);
+            while clock.now_ns() + 4_000_000_000 < limit_ns {
+                let gw = sub_gws[rng.random_range(0..sub_gws.len())];
+                let conn = conn_ids.fetch_add(1, Ordering::Relaxed);
+                let hold = rng.random_range(CHURN_HOLD_MS);
+                let leave = Leave::At(clock.now_ns() + hold * 1_000_000);
+                let topics = [topic.clone()];
+                subscriber(conn, gw, config.gateways[gw], &topics, clock, &tx, leave).await;
+                tokio::time::sleep(Duration::from_millis(rng.random_range(50..500))).await;
+            }
+        }));
+    }
+
+    // Publishers: to the steady and the churn topics.
+    let topics: Vec<String> = topics
+        .into_iter()
+        .chain(churn_topics(config.seed))
+        .collect();
     for p in 0..config.concurrency {
         let tx = tx.clone();
         let config = config.clone();
@@ -226,13 +268,26 @@ async fn subscriber_slot(
     let mut rng = StdRng::seed_from_u64(seed);
     while clock.now_ns() + 5_000_000_000 < limit_ns {
         let conn = conn_ids.fetch_add(1, Ordering::Relaxed);
-        let closed_by_gateway = subscriber(conn, gw, addr, &topics, clock, &tx, drain_end_ns).await;
+        let leave = Leave::Stay(drain_end_ns);
+        let closed_by_gateway = subscriber(conn, gw, addr, &topics, clock, &tx, leave).await;
         if !closed_by_gateway {
             return;
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..800))).await;
     }
 }
+
+/// When a subscriber connection ends.
+#[derive(Debug, Clone, Copy)]
+enum Leave {
+    /// Stay subscribed until the drain ends (ns since t0), then close.
+    Stay(u64),
+    /// Unsubscribe from every topic at this time (ns since t0), read a little longer, close.
+    At(u64),
+}
+
+/// Time a churn subscriber keeps reading after its unsubscribes were acknowledged.
+const AFTER_UNSUBSCRIBE_MS: u64 = 300;
 
 /// One subscriber connection. Returns true when the gateway (or the network) ended it.
 async fn subscriber(
@@ -242,7 +297,7 @@ async fn subscriber(
     topics: &[String],
     clock: Clock,
     tx: &mpsc::UnboundedSender<Op>,
-    drain_end_ns: u64,
+    leave: Leave,
 ) -> bool {
     let gateway = gw as u64 + 1;
     let url = format!("ws://{addr}/ws");
@@ -373,40 +428,57 @@ async fn subscriber(
         if gone.load(Ordering::SeqCst) {
             break;
         }
-        let (wtx, wrx) = oneshot::channel();
-        pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, wtx);
-        let value = json!({"conn": conn, "gateway": gateway});
-        let _ = tx.send(client_op(
-            process,
-            OpType::Invoke,
-            "subscribe",
-            topic,
-            value.clone(),
-            clock.now_ns(),
-        ));
-        let frame = json!({"op": "subscribe", "topics": [topic], "id": id}).to_string();
-        let sent = sink.send(Message::text(frame)).await;
-        let (kind, error) = match sent {
-            Err(e) => (OpType::Fail, Some(format!("send: {e}"))),
-            Ok(()) => match tokio::time::timeout(Duration::from_secs(12), wrx).await {
-                Ok(Ok(Ok(()))) => (OpType::Ok, None),
-                Ok(Ok(Err(code))) if code == "timeout" => (OpType::Info, Some(code)),
-                Ok(Ok(Err(code))) => (OpType::Fail, Some(code)),
-                Ok(Err(_)) => (OpType::Info, Some("connection closed".into())),
-                Err(_) => (OpType::Info, Some("no answer in 12 s".into())),
-            },
-        };
-        let mut done = client_op(process, kind, "subscribe", topic, value, clock.now_ns());
-        done.error = error;
-        let _ = tx.send(done);
+        request(
+            &mut sink,
+            &pending,
+            id,
+            json!({"op": "subscribe", "topics": [topic], "id": id}),
+            (
+                process,
+                "subscribe",
+                topic,
+                json!({"conn": conn, "gateway": gateway}),
+            ),
+            clock,
+            tx,
+        )
+        .await;
     }
 
-    // Listen until the drain ends or the gateway closes the connection.
-    while clock.now_ns() < drain_end_ns && !gone.load(Ordering::SeqCst) {
+    // Listen until it is time to leave or the gateway closes the connection.
+    let (Leave::Stay(until) | Leave::At(until)) = leave;
+    while clock.now_ns() < until && !gone.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if matches!(leave, Leave::At(_)) && !gone.load(Ordering::SeqCst) {
+        let id0 = topics.len() as u64 + 1;
+        for (id, topic) in (id0..).zip(topics) {
+            if gone.load(Ordering::SeqCst) {
+                break;
+            }
+            let kind = request(
+                &mut sink,
+                &pending,
+                id,
+                json!({"op": "unsubscribe", "topics": [topic], "id": id}),
+                (
+                    process,
+                    "unsubscribe",
+                    topic,
+                    json!({"conn": conn, "gateway": gateway}),
+                ),
+                clock,
+                tx,
+            )
+            .await;
+            if kind != OpType::Ok {
+                break;
+            }
+        }
+        let after = clock.now_ns() + AFTER_UNSUBSCRIBE_MS * 1_000_000;
+        while clock.now_ns() < after && !gone.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     if gone.load(Ordering::SeqCst) {
         let _ = reader.await;
@@ -422,6 +494,50 @@ async fn subscriber(
     let _ = sink.send(Message::Close(None)).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), reader).await;
     false
+}
+
+type WsSink = futures::stream::SplitSink<Ws, Message>;
+
+/// Send one subscribe or unsubscribe request of a subscriber connection and record it
+/// (`op` = process, f, topic, value) as invoke and ok/fail/info. Returns the outcome.
+async fn request(
+    sink: &mut WsSink,
+    pending: &Pending,
+    id: u64,
+    frame: Value,
+    op: (u64, &str, &str, Value),
+    clock: Clock,
+    tx: &mpsc::UnboundedSender<Op>,
+) -> OpType {
+    let (process, f, topic, value) = op;
+    let (wtx, wrx) = oneshot::channel();
+    pending
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, wtx);
+    let _ = tx.send(client_op(
+        process,
+        OpType::Invoke,
+        f,
+        topic,
+        value.clone(),
+        clock.now_ns(),
+    ));
+    let sent = sink.send(Message::text(frame.to_string())).await;
+    let (kind, error) = match sent {
+        Err(e) => (OpType::Fail, Some(format!("send: {e}"))),
+        Ok(()) => match tokio::time::timeout(Duration::from_secs(12), wrx).await {
+            Ok(Ok(Ok(()))) => (OpType::Ok, None),
+            Ok(Ok(Err(code))) if code == "timeout" => (OpType::Info, Some(code)),
+            Ok(Ok(Err(code))) => (OpType::Fail, Some(code)),
+            Ok(Err(_)) => (OpType::Info, Some("connection closed".into())),
+            Err(_) => (OpType::Info, Some("no answer in 12 s".into())),
+        },
+    };
+    let mut done = client_op(process, kind, f, topic, value, clock.now_ns());
+    done.error = error;
+    let _ = tx.send(done);
+    kind
 }
 
 /// One publisher: publishes `{"id":"p<process>-<n>"}` to random topics until the time limit.
@@ -593,6 +709,9 @@ pub struct DeliveryStats {
     pub delivered_after_fail: u64,
     /// Messages of publishes of unknown outcome.
     pub delivered_info: u64,
+    /// Messages of publishes invoked after the connection's unsubscribe from the topic was
+    /// acknowledged (each is an anomaly).
+    pub delivered_after_unsubscribe: u64,
     /// Fault windows (nemesis) and gateway session gaps used for excuses.
     pub fault_windows: usize,
     /// Session gaps read from the gateway logs.
@@ -619,6 +738,8 @@ struct Conn {
     gateway: u64,
     /// topic -> (ack time of the first ok subscribe, its pair).
     subs: BTreeMap<String, (u64, usize)>,
+    /// topic -> (invoke time of the first unsubscribe, its ack time if ok, its pair).
+    unsubs: BTreeMap<String, (u64, Option<u64>, usize)>,
     /// When its obligations end, how, and the line.
     end: Option<(u64, bool, Op)>,
     received: Vec<Op>,
@@ -707,6 +828,24 @@ pub fn check_history(history: &[Op]) -> Result<Verdict, JepsenError> {
                     if done.time_ns < e.0 {
                         *e = (done.time_ns, i);
                     }
+                }
+            }
+            "unsubscribe" => {
+                let conn = u64_of(&p.invoke.value, "conn").ok_or_else(|| {
+                    JepsenError::BadHistory(format!("unsubscribe {} has no conn", p.invoke.index))
+                })?;
+                let c = conns.entry(conn).or_default();
+                let acked = match (p.outcome(), &p.complete) {
+                    (OpType::Ok, Some(done)) => Some(done.time_ns),
+                    _ => None,
+                };
+                let topic = p.invoke.key.clone().unwrap_or_default();
+                let e = c
+                    .unsubs
+                    .entry(topic)
+                    .or_insert((p.invoke.time_ns, acked, i));
+                if p.invoke.time_ns < e.0 {
+                    *e = (p.invoke.time_ns, acked, i);
                 }
             }
             _ => {}
@@ -828,6 +967,24 @@ pub fn check_history(history: &[Op]) -> Result<Verdict, JepsenError> {
                 continue;
             };
             let p = &publishes[pi];
+            if let Some(&(_, Some(unsubscribed), unsub_pair)) = c.unsubs.get(&topic) {
+                if p.invoke > unsubscribed {
+                    stats.delivered_after_unsubscribe += 1;
+                    let mut ops = vec![m.clone()];
+                    ops.extend(pair_ops(unsub_pair));
+                    ops.extend(pair_ops(p.pair));
+                    report(
+                        "after-unsubscribe",
+                        Some(topic.clone()),
+                        format!(
+                            "connection {conn} received {id} on topic {topic}, published after \
+                             its unsubscribe from {topic} was acknowledged at {:.3} s",
+                            unsubscribed as f64 / 1e9
+                        ),
+                        ops,
+                    );
+                }
+            }
             match p.outcome {
                 OpType::Fail => stats.delivered_after_fail += 1,
                 OpType::Ok => {}
@@ -947,10 +1104,12 @@ pub fn check_history(history: &[Op]) -> Result<Verdict, JepsenError> {
             .map_or((end_of_history, false), |e| (e.0, e.1));
         for (topic, &(subscribed, sub_pair)) in &c.subs {
             stats.subscriptions += 1;
+            // Owed until the unsubscribe was invoked or the connection ended.
+            let until = c.unsubs.get(topic).map_or(end, |u| u.0.min(end));
             for &pi in by_topic.get(topic.as_str()).map_or(&[][..], Vec::as_slice) {
                 let p = &publishes[pi];
                 let Some(ack) = p.ack else { continue };
-                if p.invoke <= subscribed || ack > end {
+                if p.invoke <= subscribed || ack > until {
                     continue;
                 }
                 stats.obligations += 1;
@@ -1159,6 +1318,19 @@ mod tests {
             ));
             self.push(client_op(p, OpType::Ok, "subscribe", topic, v, done * MS))
         }
+        fn unsubscribe(&mut self, conn: u64, topic: &str, t: u64, done: u64) -> &mut Self {
+            let v = json!({"conn": conn, "gateway": 1});
+            let p = SUB_PROCESS_BASE + conn;
+            self.push(client_op(
+                p,
+                OpType::Invoke,
+                "unsubscribe",
+                topic,
+                v.clone(),
+                t * MS,
+            ));
+            self.push(client_op(p, OpType::Ok, "unsubscribe", topic, v, done * MS))
+        }
         fn publish(
             &mut self,
             p: u64,
@@ -1335,6 +1507,46 @@ mod tests {
         assert_eq!(v.valid, Validity::Valid, "{}", v.text());
         assert_eq!(stat(&v, "obligations"), 0);
         assert_eq!(stat(&v, "delivered_info"), 1);
+    }
+
+    #[test]
+    fn obligations_end_when_the_unsubscribe_is_invoked() {
+        let mut h = H::default();
+        h.subscribe(0, "t", 0, 10)
+            .publish(0, "p0-1", "t", 20, 30, OpType::Ok)
+            .recv(0, "p0-1", "t", 1, 1, 25)
+            // Acknowledged after the unsubscribe was invoked: not owed, may still arrive.
+            .publish(0, "p0-2", "t", 35, 45, OpType::Ok)
+            .unsubscribe(0, "t", 40, 50)
+            .publish(1, "p1-1", "t", 38, 47, OpType::Ok)
+            .recv(0, "p1-1", "t", 1, 3, 46);
+        let v = h.check();
+        assert_eq!(v.valid, Validity::Valid, "{}", v.text());
+        assert_eq!(stat(&v, "obligations"), 1);
+        assert_eq!(stat(&v, "delivered_after_unsubscribe"), 0);
+
+        // Acknowledged before the unsubscribe was invoked and never received: lost.
+        let mut h = H::default();
+        h.subscribe(0, "t", 0, 10)
+            .publish(0, "p0-1", "t", 20, 30, OpType::Ok)
+            .unsubscribe(0, "t", 40, 50);
+        let v = h.check();
+        assert_eq!(v.valid, Validity::Invalid, "{}", v.text());
+        assert_eq!(stat(&v, "lost_unexcused"), 1);
+    }
+
+    #[test]
+    fn a_message_published_after_the_unsubscribe_ack_is_caught() {
+        let mut h = H::default();
+        h.subscribe(0, "t", 0, 10)
+            .unsubscribe(0, "t", 20, 25)
+            .publish(0, "p0-1", "t", 30, 40, OpType::Ok)
+            .recv(0, "p0-1", "t", 1, 1, 35);
+        let v = h.check();
+        assert_eq!(v.valid, Validity::Invalid, "{}", v.text());
+        assert_eq!(stat(&v, "delivered_after_unsubscribe"), 1);
+        assert_eq!(v.anomalies[0].kind, "after-unsubscribe");
+        assert_eq!(v.anomalies[0].sub_history.len(), 5);
     }
 
     #[test]

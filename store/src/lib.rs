@@ -21,6 +21,7 @@
 //! about networking or the number of groups.
 
 mod error;
+mod follower;
 mod log_store;
 mod snapshot;
 mod state_machine;

@@ -11,11 +11,23 @@
 //!     g{N}.sm          last_applied, membership, topic_count
 //! ```
 //!
+//! The table lives in memory (one ordered map per group, the same keys as in sled) and sled
+//! follows it:
+//!
+//! ```text
+//!   apply(entries) ─▶ Overlay (pending writes) ─▶ commit: memory map (readers see it now)
+//!                                                   └──▶ SledFollower: writes merged per key,
+//!                                                        one sled batch per group every
+//!                                                        FOLLOW_INTERVAL, `last_applied` included
+//! ```
+//!
 //! A batch of entries is computed against an overlay of pending writes (so an entry sees the
-//! effects of earlier ones in the same batch), then committed as one sled transaction over
-//! all the group's trees, `last_applied` included: the table never shows half a batch after
-//! a crash. sled is not synced per apply; after a crash it may lag, and openraft re-applies
-//! from the log (or the snapshot when the log was already purged).
+//! effects of earlier ones in the same batch), then committed to memory, and later to sled as
+//! one atomic batch per group that carries `last_applied`: sled never shows half a batch after
+//! a crash, only an older state. sled is not synced per apply (and every sled batch costs
+//! sled a write of its own, so they are merged); after a crash it lags, and openraft
+//! re-applies from the log (or the snapshot when the log was already purged). The Raft log
+//! is the durable record; sled only shortens the replay.
 //!
 //! `topic ++ 0x00` is not a unique prefix when topics contain NUL bytes; lookups therefore
 //! also check the key length, which makes them exact.
@@ -25,7 +37,7 @@ use std::fmt;
 use std::io::Cursor;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -36,6 +48,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::StoreError;
+use crate::follower::SledFollower;
 use crate::snapshot::{Meta, SnapshotSlot, TableSnapshot};
 use crate::types::{Command, GatewayId, ManagerId, ManagerNode, Response, Session};
 use crate::StoreTypeConfig;
@@ -51,6 +64,7 @@ type Membership = StoredMembership<ManagerId, ManagerNode>;
 #[derive(Clone)]
 pub struct StateStore {
     db: sled::Db,
+    follower: Arc<SledFollower>,
     snapshot_root: PathBuf,
 }
 
@@ -71,7 +85,12 @@ impl StateStore {
             path: snapshot_root.clone(),
             source,
         })?;
-        Ok(StateStore { db, snapshot_root })
+        let follower = SledFollower::start()?;
+        Ok(StateStore {
+            db,
+            follower,
+            snapshot_root,
+        })
     }
 
     /// The state machine of `group`. If the latest snapshot is newer than what sled holds
@@ -80,7 +99,7 @@ impl StateStore {
         &self,
         group: u32,
     ) -> Result<StateMachine<C>, StoreError> {
-        let trees = GroupTrees::open(&self.db, group)?;
+        let trees = GroupTrees::open(&self.db, &self.follower, group)?;
         let (slot, snapshot) = SnapshotSlot::open(self.snapshot_root.join(format!("g{group}")))?;
         let (mut last_applied, mut membership) = trees.applied_state()?;
         if let Some((meta, data)) = snapshot {
@@ -109,6 +128,7 @@ impl StateStore {
     /// Flushes sled to disk. Not needed for safety (the log is durable); useful before a
     /// planned shutdown to shorten the next startup.
     pub fn flush(&self) -> Result<(), StoreError> {
+        self.follower.write_pending()?;
         self.db.flush()?;
         Ok(())
     }
@@ -414,10 +434,15 @@ impl TableReader {
 /// The tables of one group. They share one sled tree, `g{N}`, each under a one-byte key
 /// prefix (its [`Tree`] discriminant), so that a batch of entries is applied with one atomic
 /// `apply_batch` instead of a multi-tree transaction, which costs several times more.
+///
+/// Reads and applies use the in-memory copy, `mem`; sled follows through the
+/// [`SledFollower`].
 #[derive(Clone)]
 struct GroupTrees {
     group: u32,
     tree: sled::Tree,
+    mem: Arc<RwLock<BTreeMap<Vec<u8>, Vec<u8>>>>,
+    follower: Arc<SledFollower>,
 }
 
 /// Names a table of [`GroupTrees`]; the discriminant is its key prefix and indexes
@@ -468,30 +493,67 @@ fn tagged(t: Tree, key: &[u8]) -> Vec<u8> {
 }
 
 impl GroupTrees {
-    fn open(db: &sled::Db, group: u32) -> Result<GroupTrees, StoreError> {
+    /// Opens the group's sled tree and reads it into memory.
+    fn open(
+        db: &sled::Db,
+        follower: &Arc<SledFollower>,
+        group: u32,
+    ) -> Result<GroupTrees, StoreError> {
+        let tree = db.open_tree(format!("g{group}"))?;
+        let mut mem = BTreeMap::new();
+        for item in tree.iter() {
+            let (k, v) = item?;
+            mem.insert(k.to_vec(), v.to_vec());
+        }
         Ok(GroupTrees {
             group,
-            tree: db.open_tree(format!("g{group}"))?,
+            tree,
+            mem: Arc::new(RwLock::new(mem)),
+            follower: Arc::clone(follower),
         })
     }
 
-    fn get(&self, t: Tree, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
-        Ok(self.tree.get(tagged(t, key))?)
+    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<Vec<u8>, Vec<u8>>> {
+        self.mem.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn get(&self, t: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.read().get(&tagged(t, key)).cloned())
     }
 
     fn contains(&self, t: Tree, key: &[u8]) -> Result<bool, StoreError> {
-        Ok(self.tree.contains_key(tagged(t, key))?)
+        Ok(self.read().contains_key(&tagged(t, key)))
     }
 
-    /// Entries of table `t` whose key starts with `prefix`, keys without the table tag.
+    /// Entries of table `t` whose key starts with `prefix`, keys without the table tag, as of
+    /// one moment.
     fn scan(
         &self,
         t: Tree,
         prefix: &[u8],
-    ) -> impl Iterator<Item = Result<(Vec<u8>, sled::IVec), sled::Error>> {
-        self.tree
-            .scan_prefix(tagged(t, prefix))
-            .map(|item| item.map(|(k, v)| (k[1..].to_vec(), v)))
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> {
+        let from = tagged(t, prefix);
+        let found: Vec<(Vec<u8>, Vec<u8>)> = self
+            .read()
+            .range(from.clone()..)
+            .take_while(|(k, _)| k.starts_with(&from))
+            .map(|(k, v)| (k[1..].to_vec(), v.clone()))
+            .collect();
+        found.into_iter().map(Ok)
+    }
+
+    /// Applies `writes` (tagged keys) to memory now and hands them to the sled follower.
+    fn write(&self, writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>) {
+        {
+            let mut mem = self.mem.write().unwrap_or_else(PoisonError::into_inner);
+            for (key, value) in &writes {
+                match value {
+                    Some(v) => mem.insert(key.clone(), v.clone()),
+                    None => mem.remove(key),
+                };
+            }
+        }
+        self.follower.follow(self.group, &self.tree, writes);
     }
 
     fn name(&self, t: Tree) -> String {
@@ -554,46 +616,76 @@ impl GroupTrees {
     /// Replaces the whole table with `table` as of `meta`: one atomic batch after the clear.
     /// A crash between the two leaves no `last_applied`, so the next open restores again.
     fn restore(&self, table: &TableSnapshot, meta: &Meta) -> Result<(), StoreError> {
-        self.tree.clear()?;
-        let mut batch = sled::Batch::default();
+        let mut batch = BTreeMap::new();
         let mut topic_count = 0u64;
         for (topic, gateways) in &table.subscriptions {
             for gateway in gateways {
-                batch.insert(
+                put(
+                    &mut batch,
                     tagged(Tree::Subs, &sub_key(topic.as_bytes(), *gateway)),
-                    &[],
+                    [],
                 );
-                batch.insert(
+                put(
+                    &mut batch,
                     tagged(Tree::ByGateway, &gateway_key(*gateway, topic.as_bytes())),
-                    &[],
+                    [],
                 );
             }
             if !gateways.is_empty() {
-                batch.insert(
+                put(
+                    &mut batch,
                     tagged(Tree::Topics, topic.as_bytes()),
-                    &(gateways.len() as u64).to_be_bytes(),
+                    (gateways.len() as u64).to_be_bytes(),
                 );
                 topic_count += 1;
             }
         }
         for (gateway, session) in &table.sessions {
-            batch.insert(
+            put(
+                &mut batch,
                 tagged(Tree::Sessions, &gateway.to_be_bytes()),
                 encode(session)?,
             );
         }
         for gateway in &table.blacklist {
-            batch.insert(tagged(Tree::Blacklist, &gateway.to_be_bytes()), &[]);
+            put(
+                &mut batch,
+                tagged(Tree::Blacklist, &gateway.to_be_bytes()),
+                [],
+            );
         }
         for (key, value) in &table.meta {
-            batch.insert(tagged(Tree::Meta, key.as_bytes()), value.as_slice());
+            put(
+                &mut batch,
+                tagged(Tree::Meta, key.as_bytes()),
+                value.as_slice(),
+            );
         }
-        batch.insert(tagged(Tree::Sm, TOPIC_COUNT), &topic_count.to_be_bytes());
-        batch.insert(tagged(Tree::Sm, LAST_APPLIED), encode(&meta.last_log_id)?);
-        batch.insert(tagged(Tree::Sm, MEMBERSHIP), encode(&meta.last_membership)?);
-        self.tree.apply_batch(batch)?;
+        put(
+            &mut batch,
+            tagged(Tree::Sm, TOPIC_COUNT),
+            topic_count.to_be_bytes(),
+        );
+        put(
+            &mut batch,
+            tagged(Tree::Sm, LAST_APPLIED),
+            encode(&meta.last_log_id)?,
+        );
+        put(
+            &mut batch,
+            tagged(Tree::Sm, MEMBERSHIP),
+            encode(&meta.last_membership)?,
+        );
+        // sled first (cleared and rewritten at once, whatever it was behind), then memory.
+        self.follower.replace(self.group, &self.tree, &batch)?;
+        *self.mem.write().unwrap_or_else(PoisonError::into_inner) = batch;
         Ok(())
     }
+}
+
+/// `batch.insert` for the restore's map.
+fn put(batch: &mut BTreeMap<Vec<u8>, Vec<u8>>, key: Vec<u8>, value: impl AsRef<[u8]>) {
+    batch.insert(key, value.as_ref().to_vec());
 }
 
 /// Writes pending for one batch of entries, read through before sled.
@@ -614,7 +706,7 @@ impl<'t> Overlay<'t> {
     fn get(&self, t: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match self.writes[t as usize].get(key) {
             Some(pending) => Ok(pending.clone()),
-            None => Ok(self.trees.get(t, key)?.map(|v| v.to_vec())),
+            None => self.trees.get(t, key),
         }
     }
 
@@ -654,18 +746,15 @@ impl<'t> Overlay<'t> {
         Ok(keys.into_iter().collect())
     }
 
-    /// Writes everything in one atomic batch.
+    /// Writes everything at once: to memory now, to sled with the follower's next batch.
     fn commit(self) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for t in Tree::ALL {
-            for (key, value) in &self.writes[t as usize] {
-                match value {
-                    Some(v) => batch.insert(tagged(t, key), v.as_slice()),
-                    None => batch.remove(tagged(t, key)),
-                }
+        let mut writes = BTreeMap::new();
+        for (t, pending) in Tree::ALL.into_iter().zip(self.writes) {
+            for (key, value) in pending {
+                writes.insert(tagged(t, &key), value);
             }
         }
-        self.trees.tree.apply_batch(batch)?;
+        self.trees.write(writes);
         Ok(())
     }
 }

@@ -54,6 +54,8 @@ use crate::types::{Command, GatewayId, ManagerId, ManagerNode, Response, Session
 use crate::StoreTypeConfig;
 
 const LAST_APPLIED: &[u8] = b"last_applied";
+/// sled's page cache.
+const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 const MEMBERSHIP: &[u8] = b"membership";
 const TOPIC_COUNT: &[u8] = b"topic_count";
 
@@ -79,7 +81,12 @@ impl fmt::Debug for StateStore {
 impl StateStore {
     /// Opens (or creates) the database in `dir/sled` and snapshots under `dir/snapshots`.
     pub fn open(dir: &Path) -> Result<StateStore, StoreError> {
-        let db = sled::open(dir.join("sled"))?;
+        // sled is only read when a manager starts (the tables are served from memory), so
+        // its page cache need not hold them a second time.
+        let db = sled::Config::default()
+            .path(dir.join("sled"))
+            .cache_capacity(SLED_CACHE_BYTES)
+            .open()?;
         let snapshot_root = dir.join("snapshots");
         std::fs::create_dir_all(&snapshot_root).map_err(|source| StoreError::Io {
             path: snapshot_root.clone(),

@@ -206,6 +206,51 @@ fn stress_delivery_under_partition_and_kill_is_exactly_once_and_ordered() {
     }
     let history = std::fs::read_to_string(out.join("history.jsonl")).unwrap();
     assert!(history.contains(r#""f":"message""#));
+    // The churn subscribers came and went (and their topics were published to).
+    assert!(
+        history.contains(r#""type":"ok","f":"unsubscribe""#),
+        "no acknowledged unsubscribe in the history"
+    );
+    assert!(history.contains(r#""f":"message","key":"jd4.c"#));
+    assert_nothing_left(&out, pid);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// Publishes routed by a subscriber list up to 3 s old miss gateways that subscribed since;
+/// the churn topics make that happen all run long, so the run must be invalid.
+#[test]
+fn stress_stale_subscriber_lists_lose_acknowledged_publishes_and_are_caught() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let out = std::env::temp_dir().join(format!("ftj-test-{}-stale-delivery", std::process::id()));
+    let Run { output, pid } = jepsen_workload(
+        "delivery",
+        &out,
+        &[
+            "--nemesis",
+            "partition",
+            "--seed",
+            "2",
+            "--unsafe-stale-reads",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !output.status.success(),
+        "an unsafe cluster must fail:\n{stdout}"
+    );
+    assert!(stdout.contains("valid: Invalid"), "{stdout}");
+    let verdict: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("verdict.json")).unwrap()).unwrap();
+    assert!(
+        verdict["stats"]["lost_unexcused"].as_u64().unwrap() > 0,
+        "{}",
+        verdict["stats"]
+    );
+    assert!(verdict["anomalies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["kind"] == "lost"));
     assert_nothing_left(&out, pid);
     let _ = std::fs::remove_dir_all(&out);
 }

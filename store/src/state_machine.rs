@@ -56,6 +56,8 @@ use crate::StoreTypeConfig;
 const LAST_APPLIED: &[u8] = b"last_applied";
 /// sled's page cache.
 const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// How long opening waits for sled's file lock (see [`open_sled`]).
+const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 const MEMBERSHIP: &[u8] = b"membership";
 const TOPIC_COUNT: &[u8] = b"topic_count";
 
@@ -81,12 +83,7 @@ impl fmt::Debug for StateStore {
 impl StateStore {
     /// Opens (or creates) the database in `dir/sled` and snapshots under `dir/snapshots`.
     pub fn open(dir: &Path) -> Result<StateStore, StoreError> {
-        // sled is only read when a manager starts (the tables are served from memory), so
-        // its page cache need not hold them a second time.
-        let db = sled::Config::default()
-            .path(dir.join("sled"))
-            .cache_capacity(SLED_CACHE_BYTES)
-            .open()?;
+        let db = open_sled(&dir.join("sled"))?;
         let snapshot_root = dir.join("snapshots");
         std::fs::create_dir_all(&snapshot_root).map_err(|source| StoreError::Io {
             path: snapshot_root.clone(),
@@ -141,6 +138,32 @@ impl StateStore {
     }
 }
 
+/// Opens sled, waiting a little for its file lock. sled releases the lock of a closed
+/// database only once its deferred garbage is collected, which may lag the last handle's drop
+/// when other threads wrote to it (the follower's): a store closed and opened again in the
+/// same process (a restart inside tests or an embedding program) would otherwise fail. A
+/// second process on the same directory still gets the lock error, after the wait.
+fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
+    loop {
+        // sled is only read when a manager starts (the tables are served from memory), so
+        // its page cache need not hold them a second time.
+        let opened = sled::Config::default()
+            .path(path)
+            .cache_capacity(SLED_CACHE_BYTES)
+            .open();
+        match opened {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 /// openraft's state machine for one group: applies entries to the group's table and makes and
 /// installs snapshots.
 pub struct StateMachine<C: StoreTypeConfig> {
@@ -181,14 +204,14 @@ impl<C: StoreTypeConfig> StateMachine<C> {
         let mut tx = Overlay::new(&self.trees);
         let mut responses = Vec::new();
         let mut last_applied = self.last_applied;
-        let mut membership = self.membership.clone();
+        let mut membership = None;
         for entry in entries {
             last_applied = Some(entry.log_id);
             let response = match entry.payload {
                 EntryPayload::Blank => Response::None,
                 EntryPayload::Normal(command) => apply_command(&mut tx, &command)?,
                 EntryPayload::Membership(m) => {
-                    membership = StoredMembership::new(Some(entry.log_id), m);
+                    membership = Some(StoredMembership::new(Some(entry.log_id), m));
                     Response::None
                 }
             };
@@ -198,10 +221,15 @@ impl<C: StoreTypeConfig> StateMachine<C> {
             return Ok(responses);
         }
         tx.put(Tree::Sm, LAST_APPLIED.to_vec(), encode(&last_applied)?);
-        tx.put(Tree::Sm, MEMBERSHIP.to_vec(), encode(&membership)?);
+        // Written only when it changed (rare); the stored one stays valid otherwise.
+        if let Some(membership) = &membership {
+            tx.put(Tree::Sm, MEMBERSHIP.to_vec(), encode(membership)?);
+        }
         tx.commit()?;
         self.last_applied = last_applied;
-        self.membership = membership;
+        if let Some(membership) = membership {
+            self.membership = membership;
+        }
         Ok(responses)
     }
 }

@@ -11,6 +11,11 @@
 //!
 //! With few writers a batch holds one command and adds no delay; under load batches grow by
 //! themselves while earlier ones are in flight.
+//!
+//! Fast path: when nothing waits in the queue and a batch slot is free, the caller proposes
+//! its command itself, in its own task, saving the hops through the proposer task (three task
+//! wake-ups, a measurable share of a commit's latency when a group is quiet). Under load the
+//! slots are taken or the queue is not empty, and proposals batch as before.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,9 +51,21 @@ struct Pending {
 }
 
 /// The proposal queue of one group.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Proposer {
     tx: mpsc::Sender<Pending>,
+    raft: Raft,
+    in_flight: Arc<Semaphore>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Proposer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proposer")
+            .field("queued", &(QUEUE - self.tx.capacity()))
+            .field("free_slots", &self.in_flight.available_permits())
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Pending {
@@ -63,8 +80,14 @@ impl Proposer {
     /// Start the proposer task of a group.
     pub fn spawn(raft: Raft, timeout: Duration) -> Proposer {
         let (tx, mut rx) = mpsc::channel::<Pending>(QUEUE);
+        let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let proposer = Proposer {
+            tx,
+            raft: raft.clone(),
+            in_flight: in_flight.clone(),
+            timeout,
+        };
         tokio::spawn(async move {
-            let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
             while let Some(first) = rx.recv().await {
                 // Wait for a slot first: proposals arriving meanwhile join this batch.
                 let Ok(permit) = in_flight.clone().acquire_owned().await else {
@@ -84,11 +107,18 @@ impl Proposer {
                 });
             }
         });
-        Proposer { tx }
+        proposer
     }
 
     /// Propose one command and wait for it to commit and apply.
     pub async fn propose(&self, command: Command) -> Result<Committed, ProposeError> {
+        if self.tx.capacity() == QUEUE {
+            if let Ok(permit) = self.in_flight.clone().try_acquire_owned() {
+                let result = write(&self.raft, command, self.timeout).await;
+                drop(permit);
+                return result;
+            }
+        }
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Pending { command, reply })
@@ -96,6 +126,25 @@ impl Proposer {
             .map_err(|_| ProposeError::Unavailable("the group's proposer stopped".into()))?;
         rx.await
             .map_err(|_| ProposeError::Unavailable("the group's proposer stopped".into()))?
+    }
+}
+
+/// One Raft entry: write it and wait for it to be applied.
+async fn write(
+    raft: &Raft,
+    command: Command,
+    timeout: Duration,
+) -> Result<Committed, ProposeError> {
+    match tokio::time::timeout(timeout, raft.client_write(command)).await {
+        Err(_) => Err(ProposeError::Timeout),
+        Ok(Ok(r)) => Ok((r.data, r.log_id.index)),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+            Err(ProposeError::NotLeader(f.leader_id.zip(f.leader_node)))
+        }
+        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+            Err(ProposeError::Unavailable(e.to_string()))
+        }
+        Ok(Err(RaftError::Fatal(e))) => Err(ProposeError::Unavailable(e.to_string())),
     }
 }
 
@@ -112,18 +161,7 @@ async fn commit_batch(raft: &Raft, batch: Vec<Pending>, timeout: Duration) {
     } else {
         Command::Batch(commands)
     };
-    let result = tokio::time::timeout(timeout, raft.client_write(command)).await;
-    let outcome: Result<(Response, u64), ProposeError> = match result {
-        Err(_) => Err(ProposeError::Timeout),
-        Ok(Ok(r)) => Ok((r.data, r.log_id.index)),
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-            Err(ProposeError::NotLeader(f.leader_id.zip(f.leader_node)))
-        }
-        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-            Err(ProposeError::Unavailable(e.to_string()))
-        }
-        Ok(Err(RaftError::Fatal(e))) => Err(ProposeError::Unavailable(e.to_string())),
-    };
+    let outcome = write(raft, command, timeout).await;
     match outcome {
         Ok((Response::Batch(responses), index)) if !single && responses.len() == replies.len() => {
             for (reply, response) in replies.into_iter().zip(responses) {

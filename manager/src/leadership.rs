@@ -157,6 +157,52 @@ where
     Ok(term)
 }
 
+/// After a restart, do not stand for election in `group` until a leader has been heard from
+/// or `hold` has passed.
+///
+/// Why: the restarted manager's peers may take a while to reach it again (their connection
+/// attempts to it back off while it is down, up to the reconnect cap, and a handshake begun
+/// then completes only at its next retransmission). Meanwhile its own election timer runs
+/// out, and it stands for election in the term the cluster's current leader holds. openraft
+/// orders votes of one term by node id, so if the restarted manager's id is higher, the
+/// leader that hears of that vote steps down and the group needs a second election: about
+/// 1.5 s of unavailability more, for half of the leader kills in `chaos run
+/// leader-kill-loop` (the 3 s mode of its bimodal distribution). Holding the campaign until
+/// the leader's first heartbeat arrives (which also makes the vote committed, so the leader
+/// lease then guards against early campaigns) removes that second election. A group with a
+/// single voter, or a manager that never ran in a cluster, does not hold.
+pub(crate) fn hold_elections_after_restart(raft: &Raft, id: ManagerId, hold: Duration) {
+    let metrics = raft.metrics();
+    if metrics.borrow().membership_config.voter_ids().count() <= 1 {
+        return;
+    }
+    raft.runtime_config().elect(false);
+    let raft = raft.clone();
+    tokio::spawn(async move {
+        let mut metrics = metrics;
+        let heard = tokio::time::timeout(hold, async {
+            loop {
+                if metrics
+                    .borrow()
+                    .current_leader
+                    .is_some_and(|leader| leader != id)
+                {
+                    return;
+                }
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        tracing::debug!(
+            leader_heard = heard.is_ok(),
+            "standing for election again after the restart hold"
+        );
+        raft.runtime_config().elect(true);
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

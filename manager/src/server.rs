@@ -20,6 +20,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+/// After a restart a manager does not stand for election for this many maximum election
+/// timeouts unless it hears from a leader first (see
+/// `leadership::hold_elections_after_restart`). 3 × 800 ms by default: longer than the
+/// reconnect backoff cap (2 s) with which peers retry a manager that was down.
+const RESTART_ELECTION_HOLD_FACTOR: u32 = 3;
+
 use firetower_proto::admin::{GroupStatus, ReplicaStatus};
 use firetower_raft::{
     GroupId, GroupRouter, ManagerNode, PeerConnections, QuicNetworkFactory, Raft, TypeConfig,
@@ -146,7 +152,8 @@ impl Manager {
             }),
         };
         if meta.joined() {
-            manager.start_groups(meta.groups).await?;
+            // A restart: this manager's groups existed before this process.
+            manager.start_groups(meta.groups, true).await?;
         }
         manager.spawn_quic_accept_loop();
         crate::sessions::spawn_lease_task(manager.clone());
@@ -340,7 +347,7 @@ impl Manager {
             meta::store(&self.inner.config.data_dir, &new_meta)
                 .map_err(|e| tonic::Status::internal(e.to_string()))?;
             *self.inner.meta.lock().unwrap_or_else(|e| e.into_inner()) = new_meta;
-            self.start_groups(groups)
+            self.start_groups(groups, false)
                 .await
                 .map_err(|e| tonic::Status::internal(e.to_string()))?;
         }
@@ -364,7 +371,8 @@ impl Manager {
         Ok(())
     }
 
-    async fn start_groups(&self, groups: u32) -> Result<(), StartError> {
+    /// Start the Raft groups; `restarted` when they existed before this process started.
+    async fn start_groups(&self, groups: u32, restarted: bool) -> Result<(), StartError> {
         let cluster_id = self.meta().cluster_id;
         let _ = self.inner.cluster_id.send_replace(cluster_id.clone());
         let peers = PeerConnections::new(self.inner.endpoint.clone(), cluster_id);
@@ -416,6 +424,14 @@ impl Manager {
                 &raft,
                 self.inner.shutdown.clone(),
             );
+            if restarted {
+                crate::leadership::hold_elections_after_restart(
+                    &raft,
+                    self.id(),
+                    RESTART_ELECTION_HOLD_FACTOR
+                        * Duration::from_millis(self.inner.config.raft.election_timeout_max_ms),
+                );
+            }
             self.inner.router.insert(group, raft);
         }
         Ok(())

@@ -86,3 +86,66 @@ fn leader_kill_fails_over_and_restart_catches_up() {
         cluster.dump_logs()
     );
 }
+
+/// (leader, term) of every group.
+fn leaders_and_terms(members: &serde_json::Value) -> Vec<(u64, Option<u64>, Option<u64>)> {
+    members["groups"]
+        .as_array()
+        .map(|gs| {
+            gs.iter()
+                .map(|g| {
+                    (
+                        g["id"].as_u64().unwrap_or(u64::MAX),
+                        g["leader"].as_u64(),
+                        g["term"].as_u64(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Regression (found by `chaos run leader-kill-loop`): a manager restarted after its peers had
+/// elected new leaders stood for election before their heartbeats reached it, in the term
+/// those leaders held, and openraft orders one term's votes by node id, so leaders with a
+/// lower id stepped down and every such group needed a second election. Manager 3 (the
+/// highest id) is killed, stays down long enough for the leaders' reconnect attempts to it to
+/// back off, and is restarted: no group may change leader or term.
+#[test]
+fn a_restarted_manager_does_not_unseat_the_leaders() {
+    let mut cluster = Cluster::start_initialized(3);
+    wait_until(Duration::from_secs(10), || {
+        cluster
+            .members()
+            .is_some_and(|m| all_groups_led(&m, &[1, 2, 3], &[1, 2, 3]))
+    })
+    .unwrap_or_else(|_| panic!("not formed\n{}", cluster.dump_logs()));
+    cluster.manager(3).kill();
+    wait_until(Duration::from_secs(10), || {
+        cluster
+            .members()
+            .is_some_and(|m| all_groups_led(&m, &[1, 2], &[1, 2, 3]))
+    })
+    .unwrap_or_else(|_| panic!("no failover to 1 and 2\n{}", cluster.dump_logs()));
+    std::thread::sleep(Duration::from_secs(3));
+    let before = leaders_and_terms(&cluster.members().expect("members"));
+    assert_eq!(before.len(), 8, "{before:?}");
+
+    cluster.manager(3).start();
+    wait_until(Duration::from_secs(20), || {
+        cluster
+            .members()
+            .is_some_and(|m| reachable(&m, 3) == Some(true))
+    })
+    .unwrap_or_else(|_| panic!("manager 3 did not come back\n{}", cluster.dump_logs()));
+    // Longer than the restart hold (3 × 800 ms) plus an election timeout: a premature
+    // campaign would have happened by now.
+    std::thread::sleep(Duration::from_secs(4));
+    let after = leaders_and_terms(&cluster.members().expect("members"));
+    assert_eq!(
+        before,
+        after,
+        "the restart of manager 3 changed leaders or terms (group, leader, term)\n{}",
+        cluster.dump_logs()
+    );
+}

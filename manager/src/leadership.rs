@@ -177,16 +177,21 @@ pub(crate) fn hold_elections_after_restart(raft: &Raft, id: ManagerId, hold: Dur
         return;
     }
     raft.runtime_config().elect(false);
+    // A leader restored from disk proves nothing (its heartbeats may not reach us yet); only
+    // a vote that changed since the start, to a committed one for another manager, does.
+    let restored = metrics.borrow().vote;
     let raft = raft.clone();
     tokio::spawn(async move {
         let mut metrics = metrics;
         let heard = tokio::time::timeout(hold, async {
             loop {
-                if metrics
-                    .borrow()
-                    .current_leader
-                    .is_some_and(|leader| leader != id)
-                {
+                let heard = {
+                    let m = metrics.borrow();
+                    m.vote != restored
+                        && m.vote.is_committed()
+                        && m.current_leader.is_some_and(|leader| leader != id)
+                };
+                if heard {
                     return;
                 }
                 if metrics.changed().await.is_err() {

@@ -154,6 +154,7 @@ impl Manager {
         if meta.joined() {
             // A restart: this manager's groups existed before this process.
             manager.start_groups(meta.groups, true).await?;
+            manager.announce_restart();
         }
         manager.spawn_quic_accept_loop();
         crate::sessions::spawn_lease_task(manager.clone());
@@ -371,6 +372,38 @@ impl Manager {
         Ok(())
     }
 
+    fn peers(&self) -> Option<PeerConnections> {
+        self.inner
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// After a restart, connect to every other manager of the groups' memberships, so that
+    /// each of them stops backing off its attempts to reach us (`PeerConnections::peer_seen`)
+    /// and its leaders' heartbeats arrive within a round trip.
+    fn announce_restart(&self) {
+        let Some(peers) = self.peers() else {
+            return;
+        };
+        let mut addrs = std::collections::BTreeSet::new();
+        for group in 0..self.meta().groups {
+            if let Some(raft) = self.raft(group) {
+                let metrics = raft.metrics().borrow().clone();
+                for (id, node) in metrics.membership_config.membership().nodes() {
+                    if *id != self.id() {
+                        addrs.insert(node.quic.clone());
+                    }
+                }
+            }
+        }
+        for addr in addrs {
+            let peers = peers.clone();
+            tokio::spawn(async move { peers.warm_up(&addr).await });
+        }
+    }
+
     /// Start the Raft groups; `restarted` when they existed before this process started.
     async fn start_groups(&self, groups: u32, restarted: bool) -> Result<(), StartError> {
         let cluster_id = self.meta().cluster_id;
@@ -463,6 +496,10 @@ impl Manager {
                         .and_then(|d| d.protocol);
                     match alpn.as_deref() {
                         Some(a) if a == firetower_raft::ALPN_RAFT => {
+                            // A peer manager is up: let our RPCs to it dial again at once.
+                            if let Some(peers) = manager.peers() {
+                                peers.peer_seen(conn.remote_address());
+                            }
                             firetower_raft::serve_raft_connection(
                                 conn,
                                 manager.inner.router.clone(),

@@ -178,6 +178,38 @@ impl PeerConnections {
         &self.inner.cluster_id
     }
 
+    /// A peer at `remote` just connected to us, so it is up: forget the backoff of our own
+    /// connection attempts to it, and any attempt still waiting on a handshake begun while it
+    /// was down (that one would complete only at its next retransmission). Our next RPC to it
+    /// dials at once. Without this a restarted manager could go unheard by the leader for up
+    /// to the backoff cap plus a handshake timeout.
+    pub fn peer_seen(&self, remote: SocketAddr) {
+        let mut slots = self.inner.slots();
+        for (addr, slot) in slots.iter_mut() {
+            if addr.parse::<SocketAddr>().ok() != Some(remote) {
+                continue;
+            }
+            let connected = slot
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.close_reason().is_none());
+            if !connected {
+                slot.conn = None;
+                slot.dialing = None;
+                slot.failures = 0;
+                slot.retry_at = None;
+            }
+        }
+    }
+
+    /// Open the connection to `addr` now (if it is not open), so that the peer learns we are
+    /// up (see [`PeerConnections::peer_seen`]). Errors are left to the next RPC.
+    pub async fn warm_up(&self, addr: &str) {
+        if let Err(e) = self.connection(addr).await {
+            tracing::debug!(peer = %addr, error = %e, "could not reach a peer at start");
+        }
+    }
+
     /// One RPC: a new stream on the peer's connection, one request frame, one reply frame.
     async fn call(
         &self,

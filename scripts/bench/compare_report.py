@@ -434,8 +434,8 @@ def main():
             )
         L.append("")
         L.append(
-            "For reference, the chaos scenario `firetower chaos run leader-kill-loop` (docs/chaos.md) "
-            "measured a median of 2.1 s of *publish* unavailability per leader kill."
+            "For *publish* unavailability per leader kill, see the chaos scenario "
+            "`firetower chaos run leader-kill-loop` and its measurements in docs/chaos.md."
         )
         L.append("")
 

@@ -9,13 +9,7 @@ use common::*;
 
 #[test]
 fn acknowledged_subscriptions_survive_kill_of_every_manager() {
-    let mut cluster = Cluster::start_initialized(3);
-    wait_until(Duration::from_secs(10), || {
-        cluster
-            .members()
-            .is_some_and(|m| all_groups_led(&m, &[1, 2, 3], &[1, 2, 3]))
-    })
-    .unwrap_or_else(|_| panic!("not formed\n{}", cluster.dump_logs()));
+    let mut cluster = Cluster::start_formed(3);
     let quic = cluster.quic_list();
     let record = cluster.dir.path().join("acked.txt");
     let record_s = record.to_str().expect("utf-8").to_string();

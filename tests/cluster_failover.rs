@@ -9,13 +9,7 @@ use common::*;
 
 #[test]
 fn leader_kill_fails_over_and_restart_catches_up() {
-    let mut cluster = Cluster::start_initialized(3);
-    wait_until(Duration::from_secs(10), || {
-        cluster
-            .members()
-            .is_some_and(|m| all_groups_led(&m, &[1, 2, 3], &[1, 2, 3]))
-    })
-    .unwrap_or_else(|_| panic!("not formed\n{}", cluster.dump_logs()));
+    let mut cluster = Cluster::start_formed(3);
     // Some writes so that `applied` has something to catch up on.
     let quic = cluster.quic_list();
     cli_ok(&[
@@ -113,13 +107,7 @@ fn leaders_and_terms(members: &serde_json::Value) -> Vec<(u64, Option<u64>, Opti
 /// back off, and is restarted: no group may change leader or term.
 #[test]
 fn a_restarted_manager_does_not_unseat_the_leaders() {
-    let mut cluster = Cluster::start_initialized(3);
-    wait_until(Duration::from_secs(10), || {
-        cluster
-            .members()
-            .is_some_and(|m| all_groups_led(&m, &[1, 2, 3], &[1, 2, 3]))
-    })
-    .unwrap_or_else(|_| panic!("not formed\n{}", cluster.dump_logs()));
+    let mut cluster = Cluster::start_formed(3);
     cluster.manager(3).kill();
     wait_until(Duration::from_secs(10), || {
         cluster

@@ -10,13 +10,7 @@ use common::*;
 
 #[test]
 fn add_and_remove_under_writes_loses_nothing() {
-    let mut cluster = Cluster::start_initialized(3);
-    wait_until(Duration::from_secs(10), || {
-        cluster
-            .members()
-            .is_some_and(|m| all_groups_led(&m, &[1, 2, 3], &[1, 2, 3]))
-    })
-    .unwrap_or_else(|_| panic!("not formed\n{}", cluster.dump_logs()));
+    let mut cluster = Cluster::start_formed(3);
     let admin1 = cluster.managers[0].admin.clone();
     let new_admin = cluster.spawn_extra(4).admin.clone();
     let quic = cluster.quic_list();

@@ -171,6 +171,18 @@ impl Cluster {
         c
     }
 
+    /// Start `n` managers, `cluster init` them, and wait (10 s at most) until every group has
+    /// a leader and all `n` managers as voters.
+    pub fn start_formed(n: u64) -> Self {
+        let c = Cluster::start_initialized(n);
+        let ids: Vec<u64> = (1..=n).collect();
+        wait_until(Duration::from_secs(10), || {
+            c.members().is_some_and(|m| all_groups_led(&m, &ids, &ids))
+        })
+        .unwrap_or_else(|_| panic!("not formed\n{}", c.dump_logs()));
+        c
+    }
+
     pub fn init(&self) {
         let mut args = vec!["cluster", "init", "--admin", &self.managers[0].admin];
         for m in &self.managers[1..] {

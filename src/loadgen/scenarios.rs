@@ -162,25 +162,118 @@ pub struct FanoutReport {
     pub load_average: Option<f64>,
 }
 
+/// What the subscriber tasks of a scenario (fan-out, many topics) count, and the measurement
+/// window they count in.
+#[derive(Debug)]
+pub(super) struct Deliveries {
+    pub(super) epoch: Instant,
+    window_start_us: AtomicU64,
+    window_end_us: AtomicU64,
+    pub(super) delivered_total: AtomicU64,
+    pub(super) delivered_in_window: AtomicU64,
+    pub(super) seq_gaps: AtomicU64,
+    pub(super) out_of_order: AtomicU64,
+    pub(super) closed: AtomicU64,
+    pub(super) latencies: ShardedHistogram,
+}
+
+impl Deliveries {
+    /// Nothing counted yet; no window until [`Deliveries::set_window`].
+    pub(super) fn new(epoch: Instant) -> Deliveries {
+        Deliveries {
+            epoch,
+            window_start_us: AtomicU64::new(u64::MAX),
+            window_end_us: AtomicU64::new(u64::MAX),
+            delivered_total: AtomicU64::new(0),
+            delivered_in_window: AtomicU64::new(0),
+            seq_gaps: AtomicU64::new(0),
+            out_of_order: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
+            latencies: ShardedHistogram::default(),
+        }
+    }
+
+    /// Microseconds since the epoch.
+    pub(super) fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// The measurement window, µs since the epoch: `[start, end)`.
+    pub(super) fn set_window(&self, start: u64, end: u64) {
+        self.window_start_us.store(start, Ordering::SeqCst);
+        self.window_end_us.store(end, Ordering::SeqCst);
+    }
+
+    /// The end of the measurement window, µs since the epoch.
+    pub(super) fn window_end(&self) -> u64 {
+        self.window_end_us.load(Ordering::Relaxed)
+    }
+
+    /// Whether `us` falls in the measurement window.
+    pub(super) fn in_window(&self, us: u64) -> bool {
+        us >= self.window_start_us.load(Ordering::Relaxed)
+            && us < self.window_end_us.load(Ordering::Relaxed)
+    }
+
+    /// One subscriber connection: read deliveries until the connection ends, counting them,
+    /// checking their order ([`observe_delivery`]) and recording latencies in histogram
+    /// shard `index`; `after_batch` runs after every batch that held a delivery.
+    pub(super) async fn subscribe(
+        &self,
+        index: usize,
+        mut conn: PeerConn,
+        mut after_batch: impl FnMut(),
+    ) {
+        let mut last: Option<(u64, u64)> = None;
+        let mut latencies: Vec<u64> = Vec::new();
+        loop {
+            let mut received = 0u64;
+            let (mut gaps, mut reordered) = (0u64, 0u64);
+            latencies.clear();
+            let mut now_us = 0;
+            let open = conn
+                .read_batch(|e| {
+                    let Event::Delivery(text) = e else { return };
+                    received += 1;
+                    now_us = self.now_us();
+                    observe_delivery(
+                        text,
+                        now_us,
+                        &mut last,
+                        &mut gaps,
+                        &mut reordered,
+                        &mut latencies,
+                    );
+                })
+                .await;
+            if received > 0 {
+                self.delivered_total.fetch_add(received, Ordering::Relaxed);
+                if self.in_window(now_us) {
+                    self.delivered_in_window
+                        .fetch_add(received, Ordering::Relaxed);
+                    self.latencies.record_batch(index, &latencies);
+                }
+                if gaps > 0 {
+                    self.seq_gaps.fetch_add(gaps, Ordering::Relaxed);
+                }
+                if reordered > 0 {
+                    self.out_of_order.fetch_add(reordered, Ordering::Relaxed);
+                }
+                after_batch();
+            }
+            if !matches!(open, Ok(true)) {
+                self.closed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+}
+
 /// Counters shared by the subscriber tasks, the publisher and the driver.
 #[derive(Debug)]
 struct FanoutShared {
-    epoch: Instant,
-    window_start_us: AtomicU64,
-    window_end_us: AtomicU64,
-    delivered_total: AtomicU64,
-    delivered_in_window: AtomicU64,
-    seq_gaps: AtomicU64,
-    out_of_order: AtomicU64,
-    closed: AtomicU64,
-    latencies: ShardedHistogram,
+    d: Deliveries,
     progress: Notify,
-}
-
-impl FanoutShared {
-    fn now_us(&self) -> u64 {
-        self.epoch.elapsed().as_micros() as u64
-    }
 }
 
 /// Run a fan-out scenario against one gateway.
@@ -189,15 +282,7 @@ pub async fn fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
     // Fail on a wrong --server-pid now, not after connecting thousands of subscribers.
     procstat::sample_all(&plan.server_pids)?;
     let shared = Arc::new(FanoutShared {
-        epoch: Instant::now(),
-        window_start_us: AtomicU64::new(u64::MAX),
-        window_end_us: AtomicU64::new(u64::MAX),
-        delivered_total: AtomicU64::new(0),
-        delivered_in_window: AtomicU64::new(0),
-        seq_gaps: AtomicU64::new(0),
-        out_of_order: AtomicU64::new(0),
-        closed: AtomicU64::new(0),
-        latencies: ShardedHistogram::default(),
+        d: Deliveries::new(Instant::now()),
         progress: Notify::new(),
     });
 
@@ -229,11 +314,10 @@ pub async fn fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
     let publisher_conn = PeerConn::connect(plan.system, &plan.url, None, true)
         .await
         .context("publisher cannot connect")?;
-    let start = shared.now_us();
+    let start = shared.d.now_us();
     let window_start = start + plan.warmup.as_micros() as u64;
     let window_end = window_start + plan.duration.as_micros() as u64;
-    shared.window_start_us.store(window_start, Ordering::SeqCst);
-    shared.window_end_us.store(window_end, Ordering::SeqCst);
+    shared.d.set_window(window_start, window_end);
     let publisher = tokio::spawn(publish(
         publisher_conn,
         shared.clone(),
@@ -243,7 +327,7 @@ pub async fn fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
         window_end,
     ));
 
-    let at = |us: u64| tokio::time::Instant::from_std(shared.epoch + Duration::from_micros(us));
+    let at = |us: u64| tokio::time::Instant::from_std(shared.d.epoch + Duration::from_micros(us));
     tokio::time::sleep_until(at(window_start)).await;
     let self_pid = std::process::id();
     let servers_before = procstat::sample_all(&plan.server_pids)?;
@@ -259,10 +343,10 @@ pub async fn fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
         .map_err(|e| anyhow!("publisher task: {e}"))??;
     let expected_total = published.acked * subscribers as u64;
     // Drain: wait until every acknowledged publish reached every subscriber, or progress stops.
-    let mut last = shared.delivered_total.load(Ordering::Relaxed);
+    let mut last = shared.d.delivered_total.load(Ordering::Relaxed);
     let mut last_change = Instant::now();
     loop {
-        let now = shared.delivered_total.load(Ordering::Relaxed);
+        let now = shared.d.delivered_total.load(Ordering::Relaxed);
         if now >= expected_total || last_change.elapsed() > DRAIN_TIMEOUT {
             break;
         }
@@ -275,8 +359,8 @@ pub async fn fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
     for t in &tasks {
         t.abort();
     }
-    let delivered_total = shared.delivered_total.load(Ordering::Relaxed);
-    let deliveries = shared.delivered_in_window.load(Ordering::Relaxed);
+    let delivered_total = shared.d.delivered_total.load(Ordering::Relaxed);
+    let deliveries = shared.d.delivered_in_window.load(Ordering::Relaxed);
     let (pace, target, window) = match plan.pace {
         Pace::Max { window } => ("max", None, Some(window)),
         Pace::Rate { deliveries_per_sec } => ("rate", Some(deliveries_per_sec), None),
@@ -300,7 +384,7 @@ pub async fn fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
         publishes_per_sec: published.in_window as f64 / seconds,
         deliveries,
         deliveries_per_sec: deliveries as f64 / seconds,
-        latency: LatencySummary::of(&shared.latencies.merged()),
+        latency: LatencySummary::of(&shared.d.latencies.merged()),
         published_total: published.sent,
         acked_total: published.acked,
         publish_errors: published.errors
@@ -310,9 +394,9 @@ pub async fn fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
         expected_total,
         delivered_total,
         missing: expected_total.saturating_sub(delivered_total),
-        seq_gaps: shared.seq_gaps.load(Ordering::Relaxed),
-        out_of_order: shared.out_of_order.load(Ordering::Relaxed),
-        closed_by_server: shared.closed.load(Ordering::Relaxed),
+        seq_gaps: shared.d.seq_gaps.load(Ordering::Relaxed),
+        out_of_order: shared.d.out_of_order.load(Ordering::Relaxed),
+        closed_by_server: shared.d.closed.load(Ordering::Relaxed),
         stalls: published.stalls,
         servers: procstat::usage(&servers_before, &servers_after),
         loadgen: match (self_before, self_after) {
@@ -327,7 +411,7 @@ pub async fn fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
 /// `(term, seq)` or, for peers without them, the payload's `"ft_seq"` (a gap or a step back
 /// within one term counts); latency from the payload's `"ft_ts"`. `last` is the subscriber's
 /// newest stamp so far.
-pub(crate) fn observe_delivery(
+fn observe_delivery(
     text: &[u8],
     now_us: u64,
     last: &mut Option<(u64, u64)>,
@@ -361,54 +445,11 @@ pub(crate) fn observe_delivery(
 ///
 /// Order is checked with Firetower's `(term, seq)`; peers have no such numbers, so their
 /// payload carries the publisher's own `"ft_seq"` (one publisher, so it must arrive in order).
-async fn subscriber(index: usize, mut conn: PeerConn, shared: Arc<FanoutShared>) {
-    let mut last: Option<(u64, u64)> = None;
-    let mut latencies: Vec<u64> = Vec::new();
-    loop {
-        let mut received = 0u64;
-        let (mut gaps, mut reordered) = (0u64, 0u64);
-        latencies.clear();
-        let mut now_us = 0;
-        let open = conn
-            .read_batch(|e| {
-                let Event::Delivery(text) = e else { return };
-                received += 1;
-                now_us = shared.now_us();
-                observe_delivery(
-                    text,
-                    now_us,
-                    &mut last,
-                    &mut gaps,
-                    &mut reordered,
-                    &mut latencies,
-                );
-            })
-            .await;
-        if received > 0 {
-            shared
-                .delivered_total
-                .fetch_add(received, Ordering::Relaxed);
-            let start = shared.window_start_us.load(Ordering::Relaxed);
-            let end = shared.window_end_us.load(Ordering::Relaxed);
-            if now_us >= start && now_us < end {
-                shared
-                    .delivered_in_window
-                    .fetch_add(received, Ordering::Relaxed);
-                shared.latencies.record_batch(index, &latencies);
-            }
-            if gaps > 0 {
-                shared.seq_gaps.fetch_add(gaps, Ordering::Relaxed);
-            }
-            if reordered > 0 {
-                shared.out_of_order.fetch_add(reordered, Ordering::Relaxed);
-            }
-            shared.progress.notify_one();
-        }
-        if !matches!(open, Ok(true)) {
-            shared.closed.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-    }
+async fn subscriber(index: usize, conn: PeerConn, shared: Arc<FanoutShared>) {
+    shared
+        .d
+        .subscribe(index, conn, || shared.progress.notify_one())
+        .await;
 }
 
 #[derive(Debug, Default)]
@@ -467,9 +508,9 @@ async fn publish(
         Pace::Rate { deliveries_per_sec } => deliveries_per_sec / subscribers as f64,
         Pace::Max { .. } => 0.0,
     };
-    let start_us = shared.now_us();
+    let start_us = shared.d.now_us();
     loop {
-        let now = shared.now_us();
+        let now = shared.d.now_us();
         if now >= window_end {
             break;
         }
@@ -477,17 +518,17 @@ async fn publish(
             Pace::Max { window } => {
                 // Wait while more than `window` publishes are not yet delivered everywhere.
                 let mut waited_since = Instant::now();
-                let mut seen = shared.delivered_total.load(Ordering::Relaxed);
+                let mut seen = shared.d.delivered_total.load(Ordering::Relaxed);
                 loop {
-                    let delivered = shared.delivered_total.load(Ordering::Relaxed) + forgiven;
+                    let delivered = shared.d.delivered_total.load(Ordering::Relaxed) + forgiven;
                     let allowed = (delivered / subscribers) + window as u64;
-                    if out.sent < allowed || shared.now_us() >= window_end {
+                    if out.sent < allowed || shared.d.now_us() >= window_end {
                         break;
                     }
                     let _ =
                         tokio::time::timeout(Duration::from_millis(5), shared.progress.notified())
                             .await;
-                    let d = shared.delivered_total.load(Ordering::Relaxed);
+                    let d = shared.d.delivered_total.load(Ordering::Relaxed);
                     if d != seen {
                         seen = d;
                         waited_since = Instant::now();
@@ -502,17 +543,17 @@ async fn publish(
             }
             Pace::Rate { .. } => {
                 let due_at = start_us + (out.sent as f64 * 1e6 / publishes_per_sec) as u64;
-                let now = shared.now_us();
+                let now = shared.d.now_us();
                 if due_at > now {
                     let until = tokio::time::Instant::from_std(
-                        shared.epoch + Duration::from_micros(due_at.min(window_end)),
+                        shared.d.epoch + Duration::from_micros(due_at.min(window_end)),
                     );
                     tokio::time::sleep_until(until).await;
                     continue;
                 }
             }
         }
-        if shared.now_us() >= window_end {
+        if shared.d.now_us() >= window_end {
             break;
         }
         // Closed only by this function, never: acquiring cannot fail.
@@ -521,7 +562,7 @@ async fn publish(
             .await
             .map_err(|_| anyhow!("ack window closed"))?;
         permit.forget();
-        let sent_at = shared.now_us();
+        let sent_at = shared.d.now_us();
         match plan.system {
             System::Firetower | System::NodeWs => {
                 publish_text(&mut text, &plan.topic, sent_at, out.sent + 1, plan.payload)

@@ -26,11 +26,11 @@ use tokio::sync::{mpsc, Semaphore};
 use super::client::WsUrl;
 use super::peer::{Event, PeerConn, System};
 use super::procstat::{self, ProcUsage};
-use super::scenarios::observe_delivery;
+use super::scenarios::Deliveries;
 use super::scenarios::{
     check_fd_budget, numbered_topic, open_connections, peer_data, publish_text, Topics,
 };
-use super::stats::{LatencySummary, ShardedHistogram};
+use super::stats::LatencySummary;
 
 /// Publishes waiting for their ack per publisher connection (the gateway's own limit is 64).
 const MAX_UNACKED: usize = 64;
@@ -131,25 +131,6 @@ pub struct TopicsReport {
     pub load_average: Option<f64>,
 }
 
-#[derive(Debug)]
-struct Shared {
-    epoch: Instant,
-    window_start_us: u64,
-    window_end_us: u64,
-    delivered_total: AtomicU64,
-    delivered_in_window: AtomicU64,
-    seq_gaps: AtomicU64,
-    out_of_order: AtomicU64,
-    closed: AtomicU64,
-    latencies: ShardedHistogram,
-}
-
-impl Shared {
-    fn now_us(&self) -> u64 {
-        self.epoch.elapsed().as_micros() as u64
-    }
-}
-
 #[derive(Debug, Default)]
 struct Published {
     sent: u64,
@@ -200,17 +181,8 @@ pub async fn topics(plan: TopicsPlan) -> anyhow::Result<TopicsReport> {
     let start = epoch.elapsed().as_micros() as u64;
     let window_start_us = start + plan.warmup.as_micros() as u64;
     let window_end_us = window_start_us + plan.duration.as_micros() as u64;
-    let shared = Arc::new(Shared {
-        epoch,
-        window_start_us,
-        window_end_us,
-        delivered_total: AtomicU64::new(0),
-        delivered_in_window: AtomicU64::new(0),
-        seq_gaps: AtomicU64::new(0),
-        out_of_order: AtomicU64::new(0),
-        closed: AtomicU64::new(0),
-        latencies: ShardedHistogram::default(),
-    });
+    let shared = Arc::new(Deliveries::new(epoch));
+    shared.set_window(window_start_us, window_end_us);
 
     // One notification channel per publisher; see the module doc for its bound.
     let mut senders = Vec::with_capacity(plan.publishers);
@@ -331,57 +303,17 @@ pub async fn topics(plan: TopicsPlan) -> anyhow::Result<TopicsReport> {
 /// One topic's subscriber: count, check order, record latency, tell the topic's publisher.
 async fn subscriber(
     g: usize,
-    mut conn: PeerConn,
-    shared: Arc<Shared>,
+    conn: PeerConn,
+    shared: Arc<Deliveries>,
     delivered: mpsc::UnboundedSender<usize>,
 ) {
-    let mut last: Option<(u64, u64)> = None;
-    let mut latencies: Vec<u64> = Vec::new();
-    loop {
-        let mut received = 0u64;
-        let (mut gaps, mut reordered) = (0u64, 0u64);
-        latencies.clear();
-        let mut now_us = 0;
-        let open = conn
-            .read_batch(|e| {
-                let Event::Delivery(text) = e else { return };
-                received += 1;
-                now_us = shared.now_us();
-                observe_delivery(
-                    text,
-                    now_us,
-                    &mut last,
-                    &mut gaps,
-                    &mut reordered,
-                    &mut latencies,
-                );
-            })
-            .await;
-        if received > 0 {
-            shared
-                .delivered_total
-                .fetch_add(received, Ordering::Relaxed);
-            if now_us >= shared.window_start_us && now_us < shared.window_end_us {
-                shared
-                    .delivered_in_window
-                    .fetch_add(received, Ordering::Relaxed);
-                shared.latencies.record_batch(g, &latencies);
-            }
-            if gaps > 0 {
-                shared.seq_gaps.fetch_add(gaps, Ordering::Relaxed);
-            }
-            if reordered > 0 {
-                shared.out_of_order.fetch_add(reordered, Ordering::Relaxed);
-            }
-            // The publisher ignores a notification for a topic with nothing in flight, so
-            // duplicates cannot widen the loop.
+    // The publisher ignores a notification for a topic with nothing in flight, so duplicates
+    // cannot widen the loop.
+    shared
+        .subscribe(g, conn, || {
             let _ = delivered.send(g);
-        }
-        if !matches!(open, Ok(true)) {
-            shared.closed.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-    }
+        })
+        .await;
 }
 
 /// One publisher: publish to each of its topics, then to each again as soon as its previous
@@ -390,7 +322,7 @@ async fn publisher(
     conn: PeerConn,
     mut delivered: mpsc::UnboundedReceiver<usize>,
     mine: Vec<usize>,
-    shared: Arc<Shared>,
+    shared: Arc<Deliveries>,
     plan: TopicsPlan,
 ) -> anyhow::Result<Published> {
     let p = plan.publishers;
@@ -445,7 +377,7 @@ async fn publisher(
     let mut text = Vec::with_capacity(plan.payload + 256);
     let mut data = Vec::with_capacity(plan.payload + 64);
     let end =
-        tokio::time::Instant::from_std(shared.epoch + Duration::from_micros(shared.window_end_us));
+        tokio::time::Instant::from_std(shared.epoch + Duration::from_micros(shared.window_end()));
     loop {
         while let Ok(g) = delivered.try_recv() {
             mark_delivered(g, p, &mut in_flight, &mut ready);
@@ -460,7 +392,7 @@ async fn publisher(
                 Ok(None) | Err(_) => break,
             },
         };
-        if shared.now_us() >= shared.window_end_us {
+        if shared.now_us() >= shared.window_end() {
             break;
         }
         // Closed only by this function, never: acquiring cannot fail.
@@ -488,7 +420,7 @@ async fn publisher(
             .context("publisher connection failed")?;
         in_flight[slot] = true;
         out.sent += 1;
-        if sent_at >= shared.window_start_us && sent_at < shared.window_end_us {
+        if shared.in_window(sent_at) {
             out.in_window += 1;
         }
     }

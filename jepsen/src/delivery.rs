@@ -333,7 +333,7 @@ async fn subscriber(
         json!({"conn": conn, "gateway": gateway}),
         clock.now_ns(),
     ));
-    let (mut sink, mut stream) = ws.split();
+    let (sink, mut stream) = ws.split();
     let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
     let closing = Arc::new(AtomicBool::new(false));
     let gone = Arc::new(AtomicBool::new(false));
@@ -423,63 +423,37 @@ async fn subscriber(
         })
     };
 
-    let process = SUB_PROCESS_BASE + conn;
+    let mut requests = Requests {
+        sink,
+        pending,
+        gone: gone.clone(),
+        process: SUB_PROCESS_BASE + conn,
+        value: json!({"conn": conn, "gateway": gateway}),
+        clock,
+        tx,
+    };
     for (id, topic) in (1u64..).zip(topics) {
-        if gone.load(Ordering::SeqCst) {
+        if requests.gone() {
             break;
         }
-        request(
-            &mut sink,
-            &pending,
-            id,
-            json!({"op": "subscribe", "topics": [topic], "id": id}),
-            (
-                process,
-                "subscribe",
-                topic,
-                json!({"conn": conn, "gateway": gateway}),
-            ),
-            clock,
-            tx,
-        )
-        .await;
+        requests.send(id, "subscribe", topic).await;
     }
 
     // Listen until it is time to leave or the gateway closes the connection.
     let (Leave::Stay(until) | Leave::At(until)) = leave;
-    while clock.now_ns() < until && !gone.load(Ordering::SeqCst) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if matches!(leave, Leave::At(_)) && !gone.load(Ordering::SeqCst) {
+    requests.listen_until(until).await;
+    if matches!(leave, Leave::At(_)) && !requests.gone() {
         let id0 = topics.len() as u64 + 1;
         for (id, topic) in (id0..).zip(topics) {
-            if gone.load(Ordering::SeqCst) {
+            if requests.gone() || requests.send(id, "unsubscribe", topic).await != OpType::Ok {
                 break;
             }
-            let kind = request(
-                &mut sink,
-                &pending,
-                id,
-                json!({"op": "unsubscribe", "topics": [topic], "id": id}),
-                (
-                    process,
-                    "unsubscribe",
-                    topic,
-                    json!({"conn": conn, "gateway": gateway}),
-                ),
-                clock,
-                tx,
-            )
+        }
+        requests
+            .listen_until(clock.now_ns() + AFTER_UNSUBSCRIBE_MS * 1_000_000)
             .await;
-            if kind != OpType::Ok {
-                break;
-            }
-        }
-        let after = clock.now_ns() + AFTER_UNSUBSCRIBE_MS * 1_000_000;
-        while clock.now_ns() < after && !gone.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
+    let mut sink = requests.sink;
     if gone.load(Ordering::SeqCst) {
         let _ = reader.await;
         return true;
@@ -498,46 +472,67 @@ async fn subscriber(
 
 type WsSink = futures::stream::SplitSink<Ws, Message>;
 
-/// Send one subscribe or unsubscribe request of a subscriber connection and record it
-/// (`op` = process, f, topic, value) as invoke and ok/fail/info. Returns the outcome.
-async fn request(
-    sink: &mut WsSink,
-    pending: &Pending,
-    id: u64,
-    frame: Value,
-    op: (u64, &str, &str, Value),
+/// The request side of one subscriber connection: subscribes and unsubscribes, one topic
+/// per request, each recorded as an operation of the connection's process.
+struct Requests<'a> {
+    sink: WsSink,
+    /// Replies by request id, filled by the connection's reader.
+    pending: Pending,
+    /// Set by the reader when the connection ended.
+    gone: Arc<AtomicBool>,
+    process: u64,
+    /// The operations' value: `{"conn", "gateway"}`.
+    value: Value,
     clock: Clock,
-    tx: &mpsc::UnboundedSender<Op>,
-) -> OpType {
-    let (process, f, topic, value) = op;
-    let (wtx, wrx) = oneshot::channel();
-    pending
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(id, wtx);
-    let _ = tx.send(client_op(
-        process,
-        OpType::Invoke,
-        f,
-        topic,
-        value.clone(),
-        clock.now_ns(),
-    ));
-    let sent = sink.send(Message::text(frame.to_string())).await;
-    let (kind, error) = match sent {
-        Err(e) => (OpType::Fail, Some(format!("send: {e}"))),
-        Ok(()) => match tokio::time::timeout(Duration::from_secs(12), wrx).await {
-            Ok(Ok(Ok(()))) => (OpType::Ok, None),
-            Ok(Ok(Err(code))) if code == "timeout" => (OpType::Info, Some(code)),
-            Ok(Ok(Err(code))) => (OpType::Fail, Some(code)),
-            Ok(Err(_)) => (OpType::Info, Some("connection closed".into())),
-            Err(_) => (OpType::Info, Some("no answer in 12 s".into())),
-        },
-    };
-    let mut done = client_op(process, kind, f, topic, value, clock.now_ns());
-    done.error = error;
-    let _ = tx.send(done);
-    kind
+    tx: &'a mpsc::UnboundedSender<Op>,
+}
+
+impl Requests<'_> {
+    fn gone(&self) -> bool {
+        self.gone.load(Ordering::SeqCst)
+    }
+
+    /// Keep reading (the reader task does) until `until` (ns since t0) or the end of the
+    /// connection.
+    async fn listen_until(&self, until: u64) {
+        while self.clock.now_ns() < until && !self.gone() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Send `{"op": f, "topics": [topic], "id": id}` (`f`: subscribe or unsubscribe), record it
+    /// as invoke and ok/fail/info, and return the outcome.
+    async fn send(&mut self, id: u64, f: &str, topic: &str) -> OpType {
+        let (process, clock) = (self.process, self.clock);
+        let (wtx, wrx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, wtx);
+        let _ = self.tx.send(client_op(
+            process,
+            OpType::Invoke,
+            f,
+            topic,
+            self.value.clone(),
+            clock.now_ns(),
+        ));
+        let frame = json!({"op": f, "topics": [topic], "id": id}).to_string();
+        let (kind, error) = match self.sink.send(Message::text(frame)).await {
+            Err(e) => (OpType::Fail, Some(format!("send: {e}"))),
+            Ok(()) => match tokio::time::timeout(Duration::from_secs(12), wrx).await {
+                Ok(Ok(Ok(()))) => (OpType::Ok, None),
+                Ok(Ok(Err(code))) if code == "timeout" => (OpType::Info, Some(code)),
+                Ok(Ok(Err(code))) => (OpType::Fail, Some(code)),
+                Ok(Err(_)) => (OpType::Info, Some("connection closed".into())),
+                Err(_) => (OpType::Info, Some("no answer in 12 s".into())),
+            },
+        };
+        let mut done = client_op(process, kind, f, topic, self.value.clone(), clock.now_ns());
+        done.error = error;
+        let _ = self.tx.send(done);
+        kind
+    }
 }
 
 /// One publisher: publishes `{"id":"p<process>-<n>"}` to random topics until the time limit.

@@ -1300,31 +1300,18 @@ mod tests {
             self.ops.push(op);
             self
         }
-        fn subscribe(&mut self, conn: u64, topic: &str, t: u64, done: u64) -> &mut Self {
+        /// An acknowledged subscribe or unsubscribe (`f`) of connection `conn`.
+        fn request(&mut self, f: &str, conn: u64, topic: &str, t: u64, done: u64) -> &mut Self {
             let v = json!({"conn": conn, "gateway": 1});
             let p = SUB_PROCESS_BASE + conn;
-            self.push(client_op(
-                p,
-                OpType::Invoke,
-                "subscribe",
-                topic,
-                v.clone(),
-                t * MS,
-            ));
-            self.push(client_op(p, OpType::Ok, "subscribe", topic, v, done * MS))
+            self.push(client_op(p, OpType::Invoke, f, topic, v.clone(), t * MS));
+            self.push(client_op(p, OpType::Ok, f, topic, v, done * MS))
+        }
+        fn subscribe(&mut self, conn: u64, topic: &str, t: u64, done: u64) -> &mut Self {
+            self.request("subscribe", conn, topic, t, done)
         }
         fn unsubscribe(&mut self, conn: u64, topic: &str, t: u64, done: u64) -> &mut Self {
-            let v = json!({"conn": conn, "gateway": 1});
-            let p = SUB_PROCESS_BASE + conn;
-            self.push(client_op(
-                p,
-                OpType::Invoke,
-                "unsubscribe",
-                topic,
-                v.clone(),
-                t * MS,
-            ));
-            self.push(client_op(p, OpType::Ok, "unsubscribe", topic, v, done * MS))
+            self.request("unsubscribe", conn, topic, t, done)
         }
         fn publish(
             &mut self,

@@ -1,0 +1,1 @@
+//! What both ends of Firetower's cluster QUIC share (being moved here from the gateway and raft).

@@ -9,6 +9,7 @@ use firetower_proto::admin::{
     AddManagerRequest, InitRequest, MembersReply, MembersRequest, RemoveManagerRequest,
     TopicInfoRequest, TransferLeaderRequest,
 };
+use firetower_proto::MembersView;
 use serde_json::json;
 
 /// How long an operator command waits for the cluster. Adding a manager waits for it to
@@ -216,36 +217,7 @@ pub fn status(s: tonic::Status) -> anyhow::Error {
 
 /// The `cluster members --json` object (see docs/operations.md for the fields).
 pub fn members_json(reply: &MembersReply) -> serde_json::Value {
-    let managers: Vec<_> = reply
-        .managers
-        .iter()
-        .map(|m| json!({"id": m.id, "quic": m.quic, "admin": m.admin, "reachable": m.reachable}))
-        .collect();
-    let groups: Vec<_> = reply
-        .groups
-        .iter()
-        .map(|g| {
-            let replicas: Vec<_> = g
-                .replicas
-                .iter()
-                .map(|r| {
-                    json!({"id": r.id, "state": r.state, "term": r.term,
-                           "committed": r.committed, "applied": r.applied})
-                })
-                .collect();
-            json!({
-                "id": g.id,
-                "leader": if g.leader == 0 { serde_json::Value::Null } else { json!(g.leader) },
-                "term": g.term,
-                "voters": g.voters,
-                "learners": g.learners,
-                "committed": g.committed,
-                "applied": g.applied,
-                "replicas": replicas,
-            })
-        })
-        .collect();
-    json!({"cluster_id": reply.cluster_id, "managers": managers, "groups": groups})
+    serde_json::to_value(MembersView::from(reply)).expect("a MembersView always serialises")
 }
 
 fn print_members(reply: &MembersReply) {

@@ -61,16 +61,10 @@ fn leader_kill_fails_over_and_restart_catches_up() {
             return false;
         };
         reachable(&m, victim) == Some(true)
-            && m["groups"].as_array().is_some_and(|groups| {
-                groups.iter().all(|g| {
-                    let leader_applied = g["applied"].as_u64();
-                    g["replicas"].as_array().is_some_and(|rs| {
-                        rs.iter().any(|r| {
-                            r["id"].as_u64() == Some(victim)
-                                && r["applied"].as_u64() == leader_applied
-                        })
-                    })
-                })
+            && m.groups.iter().all(|g| {
+                g.replicas
+                    .iter()
+                    .any(|r| r.id.get() == victim && r.applied == g.applied)
             })
     });
     assert!(
@@ -82,21 +76,12 @@ fn leader_kill_fails_over_and_restart_catches_up() {
 }
 
 /// (leader, term) of every group.
-fn leaders_and_terms(members: &serde_json::Value) -> Vec<(u64, Option<u64>, Option<u64>)> {
-    members["groups"]
-        .as_array()
-        .map(|gs| {
-            gs.iter()
-                .map(|g| {
-                    (
-                        g["id"].as_u64().unwrap_or(u64::MAX),
-                        g["leader"].as_u64(),
-                        g["term"].as_u64(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+fn leaders_and_terms(members: &firetower_proto::MembersView) -> Vec<(u64, Option<u64>, u64)> {
+    members
+        .groups
+        .iter()
+        .map(|g| (u64::from(g.id.get()), g.leader.map(|l| l.get()), g.term))
+        .collect()
 }
 
 /// Regression (found by `chaos run leader-kill-loop`): a manager restarted after its peers had

@@ -43,7 +43,7 @@ fn add_and_remove_under_writes_loses_nothing() {
     let m = cluster.members().expect("members");
     assert!(
         all_groups_led(&m, &[1, 2, 3, 4], &[1, 2, 3, 4]),
-        "after add: {m:#}"
+        "after add: {m:#?}"
     );
 
     cli_ok(&["cluster", "remove", "--admin", &admin1, "--id", "2"]);
@@ -59,12 +59,7 @@ fn add_and_remove_under_writes_loses_nothing() {
     })
     .unwrap_or_else(|_| panic!("membership not [1,3,4]: {last:#?}\n{}", cluster.dump_logs()));
     let m = last.expect("members");
-    let ids: Vec<u64> = m["managers"]
-        .as_array()
-        .expect("managers")
-        .iter()
-        .filter_map(|x| x["id"].as_u64())
-        .collect();
+    let ids: Vec<u64> = m.managers.iter().map(|x| x.id.get()).collect();
     assert_eq!(ids, vec![1, 3, 4]);
 
     let survivors: String = cluster

@@ -35,3 +35,11 @@ pub use placement::{group_of, jump_consistent_hash};
 mod frame;
 
 pub use frame::{decode_frame, encode_frame, FrameError, MAX_LINK_FRAME_BYTES};
+
+mod ids;
+
+pub use ids::{Epoch, GatewayId, GroupId, ManagerId};
+
+mod members;
+
+pub use members::{GroupView, ManagerView, MembersView, ReplicaView};

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use firetower_proto::{GroupId, MembersView};
 use serde_json::Value;
 
 /// The binary under test.
@@ -227,7 +228,13 @@ impl Cluster {
     }
 
     /// `cluster members --json` through a running manager, or None if the call failed.
-    pub fn members(&self) -> Option<Value> {
+    /// `cluster members --json`, read into the CLI's own view type.
+    pub fn members(&self) -> Option<MembersView> {
+        serde_json::from_value(self.members_json()?).ok()
+    }
+
+    /// `cluster members --json` as untyped JSON, for tests of the output's shape itself.
+    pub fn members_json(&self) -> Option<Value> {
         let out = cli(&["cluster", "members", "--admin", &self.any_admin(), "--json"]);
         if !out.status.success() {
             return None;
@@ -264,37 +271,27 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Result<Dura
 }
 
 /// Every group has a leader among `allowed`, and voters equal `voters`.
-pub fn all_groups_led(members: &Value, allowed: &[u64], voters: &[u64]) -> bool {
-    let Some(groups) = members["groups"].as_array() else {
-        return false;
-    };
-    !groups.is_empty()
-        && groups.iter().all(|g| {
-            let leader = g["leader"].as_u64();
-            let v: Vec<u64> = g["voters"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
-                .unwrap_or_default();
-            leader.is_some_and(|l| allowed.contains(&l)) && v == voters
+pub fn all_groups_led(members: &MembersView, allowed: &[u64], voters: &[u64]) -> bool {
+    !members.groups.is_empty()
+        && members.groups.iter().all(|g| {
+            let v: Vec<u64> = g.voters.iter().map(|id| id.get()).collect();
+            g.leader.is_some_and(|l| allowed.contains(&l.get())) && v == voters
         })
 }
 
-/// The leader of a group in a members object.
-pub fn leader_of(members: &Value, group: u64) -> Option<u64> {
-    members["groups"]
-        .as_array()?
-        .iter()
-        .find(|g| g["id"].as_u64() == Some(group))?["leader"]
-        .as_u64()
+/// The leader of a group in a members view.
+pub fn leader_of(members: &MembersView, group: u64) -> Option<u64> {
+    let group = GroupId(u32::try_from(group).ok()?);
+    Some(members.group(group)?.leader?.get())
 }
 
-/// Reachability of a manager in a members object.
-pub fn reachable(members: &Value, id: u64) -> Option<bool> {
-    members["managers"]
-        .as_array()?
+/// Reachability of a manager in a members view.
+pub fn reachable(members: &MembersView, id: u64) -> Option<bool> {
+    members
+        .managers
         .iter()
-        .find(|m| m["id"].as_u64() == Some(id))?["reachable"]
-        .as_bool()
+        .find(|m| m.id.get() == id)
+        .map(|m| m.reachable)
 }
 
 /// One gateway process connected to a cluster.

@@ -126,9 +126,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// What a terminal shows by default: our own `info` and up, and openraft only when it reports
+/// an error. openraft warns about routine events of a healthy cluster (a vote that changed
+/// while a message was in flight, dozens of times while groups elect their first leaders),
+/// which a user cannot act on. `FIRETOWER_LOG` or `RUST_LOG` (an `EnvFilter` string) opens
+/// anything, e.g. `RUST_LOG=debug`.
+const DEFAULT_LOG_FILTER: &str = "info,openraft=error";
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FIRETOWER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

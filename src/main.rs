@@ -137,10 +137,18 @@ fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FIRETOWER_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
-    let _ = tracing_subscriber::fmt()
+    // `FIRETOWER_LOG_FORMAT=json`: one JSON object per line, for harnesses and log shippers
+    // (events that tools read carry a stable `event` field, e.g. the gateway's
+    // `session_up` / `session_down`).
+    let json = std::env::var("FIRETOWER_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 fn manager_config(args: ManagerArgs) -> anyhow::Result<ManagerConfig> {

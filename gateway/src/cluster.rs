@@ -163,7 +163,8 @@ impl ClusterUpstream {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&addr);
             if let Err(e) = &result {
-                tracing::debug!(%addr, error = %e, "session with manager ended");
+                // `event` is a stable field: the Jepsen delivery checker reads these from JSON logs.
+                tracing::debug!(event = "session_down", %addr, error = %e, "session with manager ended");
             }
             // A session that opened ends the run of failures: the next attempt starts with
             // the shortest backoff, however the session ended.
@@ -226,7 +227,7 @@ impl ClusterUpstream {
             let frame: SessionFrame = decode_frame(&bytes).map_err(|e| e.to_string())?;
             match frame.frame {
                 Some(session_frame::Frame::Opened(_)) => {
-                    tracing::info!(%addr, "session with manager open");
+                    tracing::info!(event = "session_up", %addr, "session with manager open");
                     self.inner
                         .open_sessions
                         .lock()

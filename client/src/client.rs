@@ -254,8 +254,9 @@ impl Client {
     /// Send one client frame, encoded in this connection's flavour, without waiting.
     pub async fn send_client_frame(&mut self, frame: &ClientFrame) -> Result<(), ClientError> {
         match self.flavour {
+            // The JSON text exactly as encoded (no lossy round trip through `str`).
             Flavour::Json => {
-                self.send_text(&String::from_utf8_lossy(&frame.encode_json()))
+                self.send_frame(true, Opcode::Text, &frame.encode_json())
                     .await
             }
             Flavour::Proto => self.send_binary(&frame.encode_proto()).await,

@@ -20,7 +20,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// What the client sends.
 #[derive(Clone)]
-enum Send {
+enum Step {
     /// One masked frame with raw opcode bits and reserved bits (RSV1..3 as 0..=7).
     Frame {
         fin: bool,
@@ -56,8 +56,8 @@ const CLOSE: u8 = 0x8;
 const PING: u8 = 0x9;
 const PONG: u8 = 0xA;
 
-fn frame(fin: bool, opcode: u8, payload: impl Into<Vec<u8>>) -> Send {
-    Send::Frame {
+fn frame(fin: bool, opcode: u8, payload: impl Into<Vec<u8>>) -> Step {
+    Step::Frame {
         fin,
         opcode,
         rsv: 0,
@@ -65,7 +65,7 @@ fn frame(fin: bool, opcode: u8, payload: impl Into<Vec<u8>>) -> Send {
     }
 }
 
-fn whole(opcode: u8, payload: impl Into<Vec<u8>>) -> Send {
+fn whole(opcode: u8, payload: impl Into<Vec<u8>>) -> Step {
     frame(true, opcode, payload)
 }
 
@@ -84,7 +84,7 @@ fn encode(fin: bool, opcode: u8, rsv: u8, payload: &[u8]) -> Vec<u8> {
     bytes
 }
 
-type Case = (&'static str, Vec<Send>, Vec<Expect>);
+type Case = (&'static str, Vec<Step>, Vec<Expect>);
 
 fn cases() -> Vec<Case> {
     use Expect::*;
@@ -110,7 +110,7 @@ fn cases() -> Vec<Case> {
     let text = vec![b'*'; 65536];
     cases.push((
         "1.1.8 text of 65536 bytes in 997-byte writes",
-        vec![Send::Chunked {
+        vec![Step::Chunked {
             fin: true,
             opcode: TEXT,
             payload: text.clone(),
@@ -146,7 +146,7 @@ fn cases() -> Vec<Case> {
     ));
     cases.push((
         "2.6 ping of 125 bytes written byte by byte",
-        vec![Send::Chunked {
+        vec![Step::Chunked {
             fin: true,
             opcode: PING,
             payload: vec![0xfe; 125],
@@ -167,7 +167,7 @@ fn cases() -> Vec<Case> {
         ],
         vec![Pong(b"y".to_vec())],
     ));
-    let pings: Vec<Send> = (0..10).map(|i| whole(PING, vec![i])).collect();
+    let pings: Vec<Step> = (0..10).map(|i| whole(PING, vec![i])).collect();
     cases.push((
         "2.10 ten pings, ten pongs in order",
         pings,
@@ -185,7 +185,7 @@ fn cases() -> Vec<Case> {
             format!("3.{rsv} RSV bits {rsv:03b} are refused"),
             vec![
                 whole(TEXT, b"before".to_vec()),
-                Send::Frame {
+                Step::Frame {
                     fin: true,
                     opcode,
                     rsv,
@@ -486,14 +486,14 @@ fn cases() -> Vec<Case> {
     over.extend_from_slice(&[0; 1024]);
     cases.push((
         "9.x a frame over the limit is refused from its header",
-        vec![Send::Raw(over)],
+        vec![Step::Raw(over)],
         vec![Close(1009)],
     ));
     cases
 }
 
 /// A case name built at run time (the table holds `&'static str`; a test leaks a few bytes).
-fn leak(name: String, send: Vec<Send>, expect: Vec<Expect>) -> Case {
+fn leak(name: String, send: Vec<Step>, expect: Vec<Expect>) -> Case {
     (Box::leak(name.into_boxed_str()), send, expect)
 }
 
@@ -505,14 +505,14 @@ async fn run_case(addr: &str, (name, sends, expects): Case) {
     for send in sends {
         // A write may fail once the server closed; what it answered is still checked below.
         let _ = match send {
-            Send::Frame {
+            Step::Frame {
                 fin,
                 opcode,
                 rsv,
                 payload,
             } => c.send_raw(&encode(fin, opcode, rsv, &payload)).await,
-            Send::Raw(bytes) => c.send_raw(&bytes).await,
-            Send::Chunked {
+            Step::Raw(bytes) => c.send_raw(&bytes).await,
+            Step::Chunked {
                 fin,
                 opcode,
                 payload,

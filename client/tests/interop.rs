@@ -28,6 +28,8 @@ async fn tungstenite_gateway() -> std::net::SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let (stream, _) = listener.accept().await.unwrap();
+        // The error type is tungstenite's `ErrorResponse`, fixed by `accept_hdr_async`.
+        #[allow(clippy::result_large_err)]
         let pick = |req: &Request, mut resp: Response| {
             let offered = req.headers().get("sec-websocket-protocol").cloned();
             assert_eq!(offered, Some(HeaderValue::from_static("firetower.json")));

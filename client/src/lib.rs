@@ -1,1 +1,33 @@
-//! The Firetower client protocol as a library (being moved here from the gateway).
+//! The Firetower client protocol as a library: what a client and a gateway say to each other,
+//! and a small tokio client that says it.
+//!
+//! Entry point for applications and tests: [`Client::connect`] (WebSocket, `firetower.json` or
+//! `firetower.proto`) or [`Client::connect_tcp`] (raw TCP framing), then
+//! [`Client::subscribe`], [`Client::publish`] and [`Client::next_message`].
+//!
+//! ```text
+//!   Client (tokio, the only I/O here)
+//!     │ ClientFrame::encode_*            ServerFrame::parse_*        frame   (JSON | protobuf)
+//!     │ ws::encode_frame (masked)        ws::decode_frame + Assembler ws     (RFC 6455)
+//!     │ tcp::encode_frame                tcp::decode_frame            tcp    (u32 length)
+//!     │ ws::upgrade_request              http::parse_response_head    http   (handshake)
+//!     ▼
+//!   socket ──────────────▶ gateway (the same modules, server role)
+//! ```
+//!
+//! Everything but [`Client`] is sans-I/O: pure functions over byte buffers, property-tested,
+//! shared with the gateway (which encodes each published message once and hands the same
+//! bytes to every subscriber). Not here: TLS (`wss://`), WebSocket compression
+//! (permessage-deflate), reconnection and resubscription (an SDK's job, above this crate),
+//! and hidden time-outs: wrap any call in `tokio::time::timeout`.
+
+mod client;
+pub mod frame;
+pub mod http;
+mod payload;
+pub mod tcp;
+pub mod ws;
+
+pub use client::{Client, ClientError, Event, TopicMessage};
+pub use frame::{ClientFrame, Flavour, ParseError, ProtocolError, ServerFrame};
+pub use payload::Payload;

@@ -31,15 +31,17 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use firetower_client::http::{parse_request_head, MAX_REQUEST_HEAD};
+use firetower_client::tcp;
+use firetower_client::ws::{self, close_code, Message, MessageAssembler, Opcode, Role, WsError};
+use firetower_client::{ClientFrame, Flavour, ParseError, ServerFrame};
+
 use crate::config::ConnectionLimits;
-use crate::http::{self, parse_request_head, MAX_REQUEST_HEAD};
+use crate::http;
 use crate::index::{ConnId, IndexError};
 use crate::metrics::inc;
-use crate::protocol::{ClientFrame, Flavour, ParseError, ServerFrame};
 use crate::server::{apply, lock, spawn_guarded, Shared};
-use crate::tcp;
 use crate::upstream::UpstreamError;
-use crate::ws::{self, close_code, Message, MessageAssembler, Opcode, Role, WsError};
 
 /// Smallest read: enough for a typical client frame in one `read`.
 const READ_CHUNK: usize = 2 * 1024;

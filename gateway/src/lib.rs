@@ -13,24 +13,22 @@
 //!                                dyn Upstream ──▶ the topic managers (LinkClient over QUIC)
 //! ```
 //!
-//! Pure parts (protocol, WebSocket codec, HTTP head parsing, TCP framing, index) have no
-//! sockets and are property-tested; `connection` and `server` do the I/O. The manager side of
+//! The client protocol itself (frames, the WebSocket codec and handshake, HTTP head parsing,
+//! TCP framing) lives in `firetower-client` and is re-exported here; the index is pure and
+//! property-tested; `connection` and `server` do the I/O. The manager side of
 //! the link ([`LinkClient`]) keeps one QUIC connection per manager and follows leaders. This
 //! crate does not terminate TLS (put a proxy in front) and does not compress WebSocket frames.
 
 mod cluster;
 mod config;
 mod connection;
-pub mod http;
+mod http;
 mod index;
 mod link;
 mod metrics;
-mod protocol;
 mod quic;
 mod server;
-mod tcp;
 mod upstream;
-pub mod ws;
 
 pub use cluster::{ClusterOptions, ClusterUpstream};
 pub use config::{ConfigError, ConnectionLimits, GatewayConfig};
@@ -38,7 +36,11 @@ pub use connection::{PushOutcome, QueueLimits, SendQueue, Wire};
 pub use index::{ConnId, Effect, IndexError, SubscriptionIndex, TopicState};
 pub use link::{LinkClient, LinkError, LinkOptions, Written};
 pub use metrics::MetricsSnapshot;
-pub use protocol::{ClientFrame, Flavour, ParseError, ProtocolError, ServerFrame};
 pub use quic::client_endpoint;
 pub use server::{Gateway, GatewayError, GatewayHandle};
-pub use upstream::{BoxFuture, Delivery, Payload, Stamp, Upstream, UpstreamError};
+pub use upstream::{BoxFuture, Delivery, Stamp, Upstream, UpstreamError};
+
+// The client protocol, from the crate that owns it, under the names other crates know.
+pub use firetower_client::{
+    ws, ClientFrame, Flavour, ParseError, Payload, ProtocolError, ServerFrame,
+};

@@ -29,6 +29,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use firetower_client::ServerFrame;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -38,7 +39,6 @@ use crate::config::{ConfigError, GatewayConfig};
 use crate::connection::{serve_http, serve_tcp, ConnCtx, PushOutcome};
 use crate::index::{ConnId, Effect, SubscriptionIndex};
 use crate::metrics::{inc, Metrics, MetricsSnapshot};
-use crate::protocol::ServerFrame;
 use crate::upstream::{Delivery, Upstream, UpstreamError};
 
 /// Why the gateway could not start.

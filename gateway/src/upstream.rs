@@ -17,7 +17,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use bytes::Bytes;
+pub use firetower_client::Payload;
 
 /// A boxed, sendable future: what [`Upstream`] methods return (same shape as
 /// `futures::future::BoxFuture`, without the dependency).
@@ -34,39 +34,6 @@ pub struct Delivery {
     pub term: u64,
     /// The message's sequence number within the topic (and term).
     pub seq: u64,
-}
-
-/// Published data: JSON text (from JSON clients: the raw text of `data`, validated JSON) or
-/// opaque bytes (from protobuf clients).
-///
-/// Invariant relied on when encoding for JSON clients: `Json` holds valid JSON text. Every
-/// producer in this crate validates it; upstream implementations must only pass on what a
-/// gateway produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Payload {
-    /// Valid JSON text, sent to JSON subscribers verbatim.
-    Json(Bytes),
-    /// Opaque bytes, sent to JSON subscribers as base64.
-    Binary(Bytes),
-}
-
-impl Payload {
-    /// The payload's bytes, whatever their kind.
-    pub fn bytes(&self) -> &Bytes {
-        match self {
-            Payload::Json(b) | Payload::Binary(b) => b,
-        }
-    }
-
-    /// Length in bytes.
-    pub fn len(&self) -> usize {
-        self.bytes().len()
-    }
-
-    /// True when it holds no bytes.
-    pub fn is_empty(&self) -> bool {
-        self.bytes().is_empty()
-    }
 }
 
 /// The position a topic's leader gave a published message.

@@ -9,11 +9,9 @@ use bytes::Bytes;
 use common::*;
 use firetower_gateway::ws::Opcode;
 use firetower_gateway::{GatewayHandle, Payload};
-use futures::SinkExt;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
 
 /// A client subscribed to "calm" that must keep getting messages.
 struct Bystander {
@@ -116,7 +114,7 @@ async fn a_one_mib_frame_is_refused_with_1009() {
         r#"{{"op":"publish","topic":"t","data":"{}","id":1}}"#,
         "a".repeat(1 << 20)
     );
-    ws.send(Message::text(big)).await.unwrap();
+    ws.send_text(&big).await.unwrap();
     let (code, before) = recv_close(&mut ws).await.unwrap();
     assert_eq!(code, 1009);
     assert_eq!(before.len(), 1);
@@ -130,7 +128,7 @@ async fn binary_on_the_json_subprotocol_is_refused_with_1003() {
     let (gw, fake) = start(test_config()).await;
     let mut by = Bystander::new(&gw).await;
     let mut ws = connect(gw.local_addr(), Some("firetower.json")).await;
-    ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    ws.send_binary(&[1u8, 2, 3]).await.unwrap();
     let (code, before) = recv_close(&mut ws).await.unwrap();
     assert_eq!(code, 1003);
     assert_eq!(before[0]["code"], "binary_on_json");
@@ -147,7 +145,7 @@ async fn websocket_protocol_violations_close_with_the_right_code() {
     let mut raw = RawWs::connect(gw.local_addr()).await;
     let unmasked =
         firetower_gateway::ws::encode_frame(true, Opcode::Text, br#"{"op":"ping","id":1}"#, None);
-    raw.stream.write_all(&unmasked).await.unwrap();
+    raw.send_raw(&unmasked).await;
     assert_eq!(raw.recv_close().await.0, 1002);
 
     // Continuation without a start: 1002.
@@ -197,19 +195,18 @@ async fn a_subscribe_flood_is_rate_limited_then_closed() {
     let (gw, fake) = start(test_config()).await;
     let mut by = Bystander::new(&gw).await;
     let mut ws = connect(gw.local_addr(), None).await;
-    // 10,000 subscribe requests as fast as the socket takes them (feed() does not flush per
-    // frame). Topics repeat so the topic limit is not what stops it.
+    // 10,000 subscribe requests as fast as the socket takes them (no reading in between).
+    // Topics repeat so the topic limit is not what stops it.
     let flood = tokio::spawn(async move {
         for i in 0..10_000u32 {
             let frame = format!(
                 r#"{{"op":"subscribe","topics":["flood.{}"],"id":{i}}}"#,
                 i % 50
             );
-            if ws.feed(Message::text(frame)).await.is_err() {
+            if ws.send_text(&frame).await.is_err() {
                 break;
             }
         }
-        let _ = ws.flush().await;
         ws
     });
     let mut ws = flood.await.unwrap();

@@ -19,12 +19,7 @@ async fn shutdown_closes_with_1001_and_unsubscribes() {
         id: 1,
         topics: vec!["y".into()],
     };
-    futures::SinkExt::send(
-        &mut b,
-        tokio_tungstenite::tungstenite::Message::binary(sub.encode_proto()),
-    )
-    .await
-    .unwrap();
+    b.send_binary(&sub.encode_proto()).await.unwrap();
     recv_binary(&mut b).await.unwrap();
     assert_eq!(fake.interest().len(), 2);
 
@@ -33,11 +28,9 @@ async fn shutdown_closes_with_1001_and_unsubscribes() {
         let clients = async {
             let (ca, _) = recv_close(&mut a).await.unwrap();
             let cb = loop {
-                match futures::StreamExt::next(&mut b).await {
-                    Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f)))) => {
-                        break u16::from(f.code)
-                    }
-                    Some(Ok(_)) => continue,
+                match b.next_event().await {
+                    Ok(Some(firetower_client::Event::Close(Some((code, _))))) => break code,
+                    Ok(Some(_)) => continue,
                     other => panic!("no close frame: {other:?}"),
                 }
             };
@@ -96,13 +89,11 @@ async fn silent_clients_are_pinged_then_closed_and_live_ones_stay() {
     config.limits.pong_timeout = Duration::from_millis(200);
     let (gw, _fake) = start(config).await;
 
-    // tungstenite answers pings while it is being read: it stays.
+    // The client answers pings while it is being read: it stays.
     let mut live = connect(gw.local_addr(), None).await;
     let keep_reading = tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(900);
-        while let Ok(Some(Ok(_))) =
-            tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut live)).await
-        {}
+        while let Ok(Ok(Some(_))) = tokio::time::timeout_at(deadline, live.next_event()).await {}
         live
     });
 

@@ -8,10 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use firetower_gateway::{ClientFrame, Payload, ServerFrame};
-use futures::SinkExt;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn subscribe_ack_publish_message() {
@@ -141,10 +139,7 @@ async fn proto_and_json_clients_share_topics() {
         id: 1,
         topics: vec!["mixed".into()],
     };
-    proto
-        .send(Message::binary(sub.encode_proto()))
-        .await
-        .unwrap();
+    proto.send_binary(&sub.encode_proto()).await.unwrap();
     assert_eq!(
         ServerFrame::parse_proto(&recv_binary(&mut proto).await.unwrap()).unwrap(),
         ServerFrame::Ack { id: 1 }
@@ -156,7 +151,7 @@ async fn proto_and_json_clients_share_topics() {
         topic: "mixed".into(),
         payload: Payload::Binary(Bytes::from_static(b"\x00\xff")),
     };
-    proto.send(Message::binary(p.encode_proto())).await.unwrap();
+    proto.send_binary(&p.encode_proto()).await.unwrap();
     let mut got_ack = false;
     let mut got_msg = false;
     while !(got_ack && got_msg) {
@@ -284,16 +279,14 @@ async fn fragmented_messages_and_interleaved_pings_are_handled() {
 async fn client_pings_are_answered() {
     let (gw, _fake) = start(test_config()).await;
     let mut ws = connect(gw.local_addr(), None).await;
-    ws.send(Message::Ping(Bytes::from_static(b"hello")))
-        .await
-        .unwrap();
+    ws.send_ping(b"hello").await.unwrap();
     loop {
-        let msg = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut ws))
+        let msg = tokio::time::timeout(WAIT, ws.next_event())
             .await
             .unwrap()
             .unwrap()
             .unwrap();
-        if let Message::Pong(p) = msg {
+        if let firetower_client::Event::Pong(p) = msg {
             assert_eq!(&p[..], b"hello");
             break;
         }

@@ -1,19 +1,14 @@
-//! A small WebSocket client for the binary-level tests, on a standard client library
-//! (tokio-tungstenite), speaking the JSON flavour of the client protocol.
+//! A small WebSocket client for the binary-level tests, on `firetower_client::Client`,
+//! speaking the JSON flavour of the client protocol and handing frames back as JSON values.
 
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use firetower_client::{Event, Flavour};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
-
-type Stream =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// One client connection.
 pub struct Client {
-    ws: Stream,
+    ws: firetower_client::Client,
     next_id: u64,
     /// Frames received while waiting for something else (acks or messages).
     pub backlog: Vec<Value>,
@@ -21,14 +16,7 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: &str) -> Client {
-        let mut request = format!("ws://{addr}/ws")
-            .into_client_request()
-            .expect("valid URL");
-        request.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            "firetower.json".parse().expect("header value"),
-        );
-        let (ws, _) = tokio_tungstenite::connect_async(request)
+        let ws = firetower_client::Client::connect(&format!("ws://{addr}/ws"), Flavour::Json)
             .await
             .expect("WebSocket connect");
         Client {
@@ -39,22 +27,19 @@ impl Client {
     }
 
     pub async fn send(&mut self, v: Value) {
-        self.ws
-            .send(Message::Text(v.to_string().into()))
-            .await
-            .expect("send frame");
+        self.ws.send_text(&v.to_string()).await.expect("send frame");
     }
 
     /// Next JSON frame, or None on timeout or close.
     pub async fn recv(&mut self, timeout: Duration) -> Option<Value> {
         loop {
-            let msg = tokio::time::timeout(timeout, self.ws.next())
+            let event = tokio::time::timeout(timeout, self.ws.next_event())
                 .await
-                .ok()??
-                .ok()?;
-            match msg {
-                Message::Text(t) => return serde_json::from_str(&t).ok(),
-                Message::Close(_) => return None,
+                .ok()?
+                .ok()??;
+            match event {
+                Event::Text(t) => return serde_json::from_slice(&t).ok(),
+                Event::Close(_) => return None,
                 _ => continue,
             }
         }

@@ -1,5 +1,6 @@
 //! Shared fixtures: an in-memory upstream that loops publishes back as deliveries, a gateway on
-//! loopback, and small clients (tokio-tungstenite for WebSocket, raw sockets for the rest).
+//! loopback, and small clients (`firetower_client::Client` for WebSocket, raw sockets for
+//! plain HTTP).
 
 #![allow(dead_code)]
 
@@ -10,22 +11,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
+use firetower_client::{Client, Event, Flavour};
 use firetower_gateway::{
     BoxFuture, Delivery, Gateway, GatewayConfig, GatewayHandle, Payload, Stamp, Upstream,
     UpstreamError,
 };
-use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// A WebSocket client connection (it answers pings and echoes the server's close itself).
+pub type Ws = Client;
 
 /// An in-memory cluster serving one gateway: interest is a set; a publish to a topic of
 /// interest becomes a delivery with the next seq of that topic (term 1). Topics starting with
@@ -176,51 +174,47 @@ pub async fn start(config: GatewayConfig) -> (GatewayHandle, Arc<FakeUpstream>) 
     (handle, fake)
 }
 
-/// Connect a WebSocket client (tokio-tungstenite), optionally naming a subprotocol.
+/// Connect a WebSocket client, optionally naming a subprotocol (`firetower.json` without one).
 pub async fn connect(addr: SocketAddr, subprotocol: Option<&str>) -> Ws {
-    let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
-    if let Some(p) = subprotocol {
-        req.headers_mut()
-            .insert("Sec-WebSocket-Protocol", HeaderValue::from_str(p).unwrap());
-    }
-    let (ws, _resp) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+    let flavour = subprotocol.map_or(Flavour::Json, |p| {
+        Flavour::from_subprotocol(p).expect("a firetower subprotocol")
+    });
+    tokio::time::timeout(WAIT, Client::connect(&addr.to_string(), flavour))
         .await
         .expect("connect timed out")
-        .expect("connect failed");
-    ws
+        .expect("connect failed")
 }
 
 pub async fn send(ws: &mut Ws, text: &str) {
-    ws.send(Message::text(text)).await.unwrap();
+    ws.send_text(text).await.unwrap();
+}
+
+/// The next whole message (pings answered, pongs skipped); an error when none comes in time.
+async fn next_event(ws: &mut Ws, what: &'static str) -> anyhow::Result<Event> {
+    loop {
+        let event = tokio::time::timeout(WAIT, ws.next_event())
+            .await
+            .context(what)??
+            .ok_or_else(|| anyhow!("stream ended"))?;
+        if !matches!(event, Event::Pong(_)) {
+            return Ok(event);
+        }
+    }
 }
 
 /// The next JSON frame (skipping pings/pongs).
 pub async fn recv(ws: &mut Ws) -> anyhow::Result<serde_json::Value> {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .context("no frame in time")?
-            .ok_or_else(|| anyhow!("stream ended"))??;
-        match msg {
-            Message::Text(t) => return Ok(serde_json::from_str(&t)?),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => bail!("unexpected {other:?}"),
-        }
+    match next_event(ws, "no frame in time").await? {
+        Event::Text(t) => Ok(serde_json::from_slice(&t)?),
+        other => bail!("unexpected {other:?}"),
     }
 }
 
 /// The next binary frame (skipping pings/pongs).
 pub async fn recv_binary(ws: &mut Ws) -> anyhow::Result<Vec<u8>> {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .context("no frame in time")?
-            .ok_or_else(|| anyhow!("stream ended"))??;
-        match msg {
-            Message::Binary(b) => return Ok(b.to_vec()),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => bail!("unexpected {other:?}"),
-        }
+    match next_event(ws, "no frame in time").await? {
+        Event::Binary(b) => Ok(b.to_vec()),
+        other => bail!("unexpected {other:?}"),
     }
 }
 
@@ -228,14 +222,14 @@ pub async fn recv_binary(ws: &mut Ws) -> anyhow::Result<Vec<u8>> {
 pub async fn recv_close(ws: &mut Ws) -> anyhow::Result<(u16, Vec<serde_json::Value>)> {
     let mut before = Vec::new();
     loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
+        let event = tokio::time::timeout(WAIT, ws.next_event())
             .await
-            .context("no close in time")?
-            .ok_or_else(|| anyhow!("stream ended without a close frame"))??;
-        match msg {
-            Message::Close(Some(frame)) => return Ok((u16::from(frame.code), before)),
-            Message::Close(None) => bail!("close frame without a code"),
-            Message::Text(t) => before.push(serde_json::from_str(&t)?),
+            .context("no close in time")??
+            .ok_or_else(|| anyhow!("stream ended without a close frame"))?;
+        match event {
+            Event::Close(Some((code, _))) => return Ok((code, before)),
+            Event::Close(None) => bail!("close frame without a code"),
+            Event::Text(t) => before.push(serde_json::from_slice(&t)?),
             _ => {}
         }
     }
@@ -322,40 +316,17 @@ pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// A hand-driven WebSocket client, for what tungstenite refuses to send (unmasked frames,
-/// odd fragmentation) and for clients that misbehave on purpose.
+/// A WebSocket client driven frame by frame, for what a well-behaved client never sends
+/// (unmasked frames, odd fragmentation) and for clients that misbehave on purpose: it never
+/// answers pings on its own.
 pub struct RawWs {
-    pub stream: TcpStream,
-    buf: bytes::BytesMut,
+    client: Client,
 }
 
 impl RawWs {
     pub async fn connect(addr: SocketAddr) -> RawWs {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream
-            .write_all(
-                b"GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            )
-            .await
-            .unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut b = [0u8; 1];
-            tokio::time::timeout(WAIT, stream.read_exact(&mut b))
-                .await
-                .unwrap()
-                .unwrap();
-            head.push(b[0]);
-        }
-        assert!(
-            head.starts_with(b"HTTP/1.1 101"),
-            "{}",
-            String::from_utf8_lossy(&head)
-        );
         RawWs {
-            stream,
-            buf: bytes::BytesMut::new(),
+            client: connect(addr, None).await,
         }
     }
 
@@ -366,30 +337,20 @@ impl RawWs {
         opcode: firetower_gateway::ws::Opcode,
         payload: &[u8],
     ) {
-        let f = firetower_gateway::ws::encode_frame(
-            fin,
-            opcode,
-            payload,
-            Some([0x12, 0x34, 0x56, 0x78]),
-        );
-        self.stream.write_all(&f).await.unwrap();
+        self.client.send_frame(fin, opcode, payload).await.unwrap();
+    }
+
+    /// Write bytes to the socket as they are.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.client.send_raw(bytes).await.unwrap();
     }
 
     /// The next frame from the server; None on EOF.
     pub async fn recv_frame(&mut self) -> Option<firetower_gateway::ws::Frame> {
-        use firetower_gateway::ws::{decode_frame, Role};
-        loop {
-            if let Some(f) = decode_frame(&mut self.buf, 1 << 20, Role::Client).unwrap() {
-                return Some(f);
-            }
-            let n = tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buf))
-                .await
-                .expect("no frame in time")
-                .unwrap_or(0);
-            if n == 0 {
-                return None;
-            }
-        }
+        tokio::time::timeout(WAIT, self.client.next_frame())
+            .await
+            .expect("no frame in time")
+            .unwrap()
     }
 
     /// Read frames until the close frame; its code and the text frames before it.

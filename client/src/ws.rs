@@ -1,11 +1,12 @@
-//! WebSocket (RFC 6455), server side, as pure functions over byte buffers.
+//! WebSocket (RFC 6455), both roles, as pure functions over byte buffers.
 //!
 //! Our own small codec instead of a library so that a connection costs only what it holds:
 //! no read or write buffer lives between messages, and the fan-out can hand every subscriber
 //! the same pre-encoded frame ([`encode_frame`] once, `Bytes` clones after).
 //!
 //! ```text
-//!   HTTP/1.1 GET /ws  ──negotiate()──▶ Upgrade { accept key, flavour } ──▶ 101 response
+//!   server: HTTP/1.1 GET /ws ──negotiate()──▶ Upgrade { accept key, flavour } ──▶ 101 response
+//!   client: upgrade_request() ──▶ GET /ws … 101 ──check_upgrade_response()──▶ Flavour
 //!   socket bytes ──decode_frame()──▶ Frame ──MessageAssembler::push()──▶ Message
 //!                    │ masking, RSV, opcode, control-frame and size rules
 //!                    ▼ WsError ──close_code()──▶ 1002 / 1007 / 1009 close
@@ -18,8 +19,8 @@ use base64::Engine as _;
 use bytes::{BufMut, Bytes, BytesMut};
 use sha1::{Digest, Sha1};
 
-use crate::http::RequestHead;
-use crate::protocol::Flavour;
+use crate::frame::Flavour;
+use crate::http::{RequestHead, ResponseHead};
 
 /// The GUID of RFC 6455 section 1.3.
 const ACCEPT_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -323,6 +324,12 @@ pub fn encode_message(opcode: Opcode, payload: &[u8]) -> Bytes {
 
 /// A server close frame. The reason is cut to fit a control frame.
 pub fn encode_close(code: u16, reason: &str) -> Bytes {
+    encode_close_frame(code, reason, None)
+}
+
+/// A close frame, masked when `mask` is `Some` (client role). The reason is cut to fit a
+/// control frame, on a character boundary.
+pub fn encode_close_frame(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Bytes {
     let mut payload = Vec::with_capacity(2 + reason.len().min(123));
     payload.extend_from_slice(&code.to_be_bytes());
     let mut cut = reason.len().min(MAX_CONTROL_PAYLOAD - 2);
@@ -330,7 +337,7 @@ pub fn encode_close(code: u16, reason: &str) -> Bytes {
         cut -= 1;
     }
     payload.extend_from_slice(&reason.as_bytes()[..cut]);
-    encode_message(Opcode::Close, &payload)
+    encode_frame(true, Opcode::Close, &payload, mask)
 }
 
 /// Close codes a peer may send (RFC 6455 section 7.4).
@@ -536,6 +543,74 @@ pub fn upgrade_response(upgrade: &Upgrade) -> Vec<u8> {
     r.into_bytes()
 }
 
+/// Why a server's answer to an upgrade request is not an accepted WebSocket.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpgradeRefused {
+    /// The server answered with another status than 101.
+    #[error("the server answered HTTP {0} instead of 101 Switching Protocols")]
+    Status(u16),
+    /// No `Upgrade: websocket` / `Connection: upgrade` in the 101 response.
+    #[error("the 101 response lacks `Upgrade: websocket` and `Connection: Upgrade`")]
+    NotUpgrade,
+    /// `Sec-WebSocket-Accept` does not match the key sent.
+    #[error("Sec-WebSocket-Accept does not match the key sent; not a WebSocket server")]
+    BadAccept,
+    /// The server chose another subprotocol than the one asked for (or none).
+    #[error("the server chose subprotocol {got:?}, not {wanted:?}")]
+    Subprotocol {
+        /// What the client asked for.
+        wanted: &'static str,
+        /// What the server answered, if anything.
+        got: Option<String>,
+    },
+}
+
+/// The upgrade request a client sends: `GET path` on `host`, asking for `flavour`'s
+/// subprotocol. `key` is the base64 of 16 random bytes ([`client_key`]); the caller draws
+/// them so that this stays pure.
+pub fn upgrade_request(host: &str, path: &str, key: &str, flavour: Flavour) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: {}\r\n\r\n",
+        flavour.subprotocol()
+    )
+    .into_bytes()
+}
+
+/// A `Sec-WebSocket-Key` from 16 bytes the caller drew at random.
+pub fn client_key(nonce: [u8; 16]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(nonce)
+}
+
+/// Check the server's answer to [`upgrade_request`]: a 101 with the matching accept key and
+/// the subprotocol asked for.
+pub fn check_upgrade_response(
+    head: &ResponseHead,
+    key: &str,
+    flavour: Flavour,
+) -> Result<(), UpgradeRefused> {
+    if head.status != 101 {
+        return Err(UpgradeRefused::Status(head.status));
+    }
+    if !has_token(head.header("upgrade"), "websocket")
+        || !has_token(head.header("connection"), "upgrade")
+    {
+        return Err(UpgradeRefused::NotUpgrade);
+    }
+    if head.header("sec-websocket-accept").map(str::trim) != Some(accept_key(key).as_str()) {
+        return Err(UpgradeRefused::BadAccept);
+    }
+    let got = head.header("sec-websocket-protocol").map(str::trim);
+    if got != Some(flavour.subprotocol()) {
+        return Err(UpgradeRefused::Subprotocol {
+            wanted: flavour.subprotocol(),
+            got: got.map(str::to_string),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -736,6 +811,50 @@ mod tests {
         let mut v = base.to_vec();
         v[2].1 = "8";
         assert_eq!(negotiate(&head(&v)), Err(HandshakeError::BadVersion));
+    }
+
+    #[test]
+    fn client_handshake_against_negotiate() {
+        let key = client_key([7; 16]);
+        let request = upgrade_request("example:80", "/ws", &key, Flavour::Proto);
+        let (head, len) = crate::http::parse_request_head(&request).unwrap().unwrap();
+        assert_eq!(len, request.len());
+        let up = negotiate(&head).unwrap();
+        assert_eq!(up.flavour, Flavour::Proto);
+        let response = upgrade_response(&up);
+        let (resp, _) = crate::http::parse_response_head(&response)
+            .unwrap()
+            .unwrap();
+        assert_eq!(check_upgrade_response(&resp, &key, Flavour::Proto), Ok(()));
+        assert_eq!(
+            check_upgrade_response(&resp, &client_key([8; 16]), Flavour::Proto),
+            Err(UpgradeRefused::BadAccept)
+        );
+        assert!(matches!(
+            check_upgrade_response(&resp, &key, Flavour::Json),
+            Err(UpgradeRefused::Subprotocol { .. })
+        ));
+        let (not_found, _) = crate::http::parse_response_head(b"HTTP/1.1 404 Not Found\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            check_upgrade_response(&not_found, &key, Flavour::Json),
+            Err(UpgradeRefused::Status(404))
+        );
+    }
+
+    #[test]
+    fn client_close_frames_are_masked_and_cut() {
+        let reason = "é".repeat(100);
+        let frame = encode_close_frame(1000, &reason, Some([1, 2, 3, 4]));
+        let mut buf = BytesMut::from(&frame[..]);
+        let f = decode_frame(&mut buf, MAX, Role::Server).unwrap().unwrap();
+        assert_eq!(f.opcode, Opcode::Close);
+        assert!(f.payload.len() <= MAX_CONTROL_PAYLOAD);
+        let msg = MessageAssembler::new(MAX).push(f).unwrap();
+        assert!(
+            matches!(msg, Some(Message::Close(Some((1000, r)))) if r.chars().all(|c| c == 'é'))
+        );
     }
 
     fn arb_opcode() -> impl Strategy<Value = Opcode> {

@@ -14,8 +14,8 @@
 //! ```
 //!
 //! Both directions are implemented for both sides (the gateway parses client frames and
-//! encodes server frames; test and benchmark clients do the opposite), so every codec round
-//! trips and is property-tested.
+//! encodes server frames; [`crate::Client`], tests and benchmarks do the opposite), so every
+//! codec round trips and is property-tested.
 //!
 //! JSON `data` is kept as the raw text the client sent (validated, never re-serialised), so
 //! subscribers see exactly what was published. A JSON subscriber of a binary payload gets
@@ -32,7 +32,7 @@ use prost::Message as _;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-use crate::upstream::Payload;
+use crate::payload::Payload;
 
 /// Which encoding a connection speaks, chosen by WebSocket subprotocol (raw TCP is always
 /// protobuf).

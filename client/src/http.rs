@@ -1,0 +1,218 @@
+//! The little HTTP/1.1 a WebSocket handshake needs, as pure functions over byte buffers:
+//! the request head a server reads ([`parse_request_head`]) and the response head a client
+//! reads ([`parse_response_head`]).
+//!
+//! ```text
+//!   client ── GET /ws (Upgrade) ──▶ server: parse_request_head ─▶ ws::negotiate
+//!   client ◀── 101 Switching ───── server
+//!   client: parse_response_head ─▶ ws::check_upgrade_response
+//! ```
+//!
+//! Both are bounded by [`MAX_REQUEST_HEAD`] and by a header count, and leave the bytes after
+//! the head (possibly WebSocket frames already) to the caller. No bodies, no keep-alive: the
+//! server's own short responses (health, metrics) are its business, not the protocol's.
+
+/// Longest request head accepted (request line and headers), in bytes.
+pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
+
+/// Most headers accepted in one request.
+const MAX_HEADERS: usize = 32;
+
+/// Why a request head is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HttpError {
+    /// Not HTTP/1.x.
+    #[error("malformed HTTP request: {0}")]
+    Malformed(String),
+    /// Head larger than [`MAX_REQUEST_HEAD`] or more than 32 headers.
+    #[error("request head too large")]
+    TooLarge,
+}
+
+impl HttpError {
+    /// The HTTP status to answer with.
+    pub fn status(&self) -> u16 {
+        match self {
+            HttpError::Malformed(_) => 400,
+            HttpError::TooLarge => 431,
+        }
+    }
+}
+
+/// The parts of a request a WebSocket server looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    /// `GET`, ...
+    pub method: String,
+    /// The path, without the query string.
+    pub path: String,
+    /// Headers with lower-cased names, in order.
+    headers: Vec<(String, String)>,
+}
+
+impl RequestHead {
+    /// The first value of a header (`name` in lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parse a request head from the front of `buf`: `Ok(None)` while incomplete, else the head and
+/// its length in bytes (what follows may already be WebSocket frames).
+pub fn parse_request_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let status = match req.parse(buf) {
+        Ok(s) => s,
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooLarge),
+        Err(e) => return Err(HttpError::Malformed(e.to_string())),
+    };
+    let len = match status {
+        httparse::Status::Complete(len) => len,
+        httparse::Status::Partial if buf.len() >= MAX_REQUEST_HEAD => {
+            return Err(HttpError::TooLarge)
+        }
+        httparse::Status::Partial => return Ok(None),
+    };
+    if len > MAX_REQUEST_HEAD {
+        return Err(HttpError::TooLarge);
+    }
+    let (Some(method), Some(target)) = (req.method, req.path) else {
+        return Err(HttpError::Malformed("no request line".into()));
+    };
+    let path = target.split('?').next().unwrap_or_default().to_string();
+    let headers = lower_case_headers(req.headers);
+    Ok(Some((
+        RequestHead {
+            method: method.to_string(),
+            path,
+            headers,
+        },
+        len,
+    )))
+}
+
+/// The parts of a response a WebSocket client looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    /// `101`, `400`, ...
+    pub status: u16,
+    /// Headers with lower-cased names, in order.
+    headers: Vec<(String, String)>,
+}
+
+impl ResponseHead {
+    /// The first value of a header (`name` in lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parse a response head from the front of `buf`: `Ok(None)` while incomplete, else the head
+/// and its length in bytes (what follows may already be WebSocket frames).
+pub fn parse_response_head(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let status = match resp.parse(buf) {
+        Ok(s) => s,
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooLarge),
+        Err(e) => return Err(HttpError::Malformed(e.to_string())),
+    };
+    let len = match status {
+        httparse::Status::Complete(len) => len,
+        httparse::Status::Partial if buf.len() >= MAX_REQUEST_HEAD => {
+            return Err(HttpError::TooLarge)
+        }
+        httparse::Status::Partial => return Ok(None),
+    };
+    if len > MAX_REQUEST_HEAD {
+        return Err(HttpError::TooLarge);
+    }
+    let Some(code) = resp.code else {
+        return Err(HttpError::Malformed("no status line".into()));
+    };
+    Ok(Some((
+        ResponseHead {
+            status: code,
+            headers: lower_case_headers(resp.headers),
+        },
+        len,
+    )))
+}
+
+fn lower_case_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_heads_and_leaves_what_follows() {
+        let raw = b"GET /ws?token=1 HTTP/1.1\r\nHost: a\r\nUpgrade: WebSocket\r\n\r\n\x81\x80";
+        let (head, len) = parse_request_head(raw).unwrap().unwrap();
+        assert_eq!(head.method, "GET");
+        assert_eq!(head.path, "/ws");
+        assert_eq!(head.header("upgrade"), Some("WebSocket"));
+        assert_eq!(&raw[len..], b"\x81\x80");
+        assert_eq!(parse_request_head(b"GET / HTTP/1.1\r\nHost"), Ok(None));
+        assert!(matches!(
+            parse_request_head(b"\x16\x03\x01garbage\r\n\r\n"),
+            Err(HttpError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn bounds_the_head() {
+        let mut raw = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        raw.resize(MAX_REQUEST_HEAD + 10, b'a');
+        assert_eq!(parse_request_head(&raw), Err(HttpError::TooLarge));
+        let mut many = String::from("GET / HTTP/1.1\r\n");
+        for i in 0..40 {
+            many.push_str(&format!("H{i}: v\r\n"));
+        }
+        many.push_str("\r\n");
+        assert_eq!(
+            parse_request_head(many.as_bytes()),
+            Err(HttpError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn parses_response_heads_and_leaves_what_follows() {
+        let raw = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x00";
+        let (head, len) = parse_response_head(raw).unwrap().unwrap();
+        assert_eq!(head.status, 101);
+        assert_eq!(head.header("upgrade"), Some("websocket"));
+        assert_eq!(&raw[len..], b"\x81\x00");
+        assert_eq!(parse_response_head(b"HTTP/1.1 101 Swi"), Ok(None));
+        assert!(matches!(
+            parse_response_head(b"\x16\x03\x01garbage\r\n\r\n"),
+            Err(HttpError::Malformed(_))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_request_head(&bytes);
+            let _ = parse_response_head(&bytes);
+        }
+    }
+}

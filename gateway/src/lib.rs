@@ -23,10 +23,8 @@ mod config;
 mod connection;
 pub mod http;
 mod index;
-mod link;
 mod metrics;
 mod protocol;
-mod quic;
 mod server;
 mod tcp;
 mod upstream;
@@ -34,11 +32,11 @@ pub mod ws;
 
 pub use cluster::{ClusterOptions, ClusterUpstream};
 pub use config::{ConfigError, ConnectionLimits, GatewayConfig};
+/// The link to the managers lives in `firetower-link`; re-exported for existing users.
+pub use firetower_link::{client_endpoint, LinkClient, LinkError, LinkOptions, Written};
 pub use connection::{PushOutcome, QueueLimits, SendQueue, Wire};
 pub use index::{ConnId, Effect, IndexError, SubscriptionIndex, TopicState};
-pub use link::{LinkClient, LinkError, LinkOptions, Written};
 pub use metrics::MetricsSnapshot;
 pub use protocol::{ClientFrame, Flavour, ParseError, ProtocolError, ServerFrame};
-pub use quic::client_endpoint;
 pub use server::{Gateway, GatewayError, GatewayHandle};
 pub use upstream::{BoxFuture, Delivery, Payload, Stamp, Upstream, UpstreamError};

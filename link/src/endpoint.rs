@@ -95,7 +95,8 @@ pub fn make_endpoint_with_reset_secret(
 }
 
 /// A manager endpoint (as [`make_endpoint_with_reset_secret`], or [`make_endpoint`] when
-/// `reset_secret` is `None`) over any socket, for example one of [`crate::memnet`].
+/// `reset_secret` is `None`) over any socket, for example a `MemSocket` of the in-memory
+/// network.
 pub fn make_endpoint_on(
     socket: Arc<dyn AsyncUdpSocket>,
     reset_secret: Option<&[u8]>,
@@ -125,7 +126,8 @@ pub fn client_endpoint(bind: SocketAddr) -> std::io::Result<Endpoint> {
     Ok(endpoint)
 }
 
-/// A gateway's client-only endpoint over any socket, for example one of [`crate::memnet`].
+/// A gateway's client-only endpoint over any socket, for example a `MemSocket` of the
+/// in-memory network.
 pub fn client_endpoint_on(socket: Arc<dyn AsyncUdpSocket>) -> std::io::Result<Endpoint> {
     install_crypto_provider();
     let mut endpoint = Endpoint::new_with_abstract_socket(

@@ -276,7 +276,6 @@ mod tests {
     use super::*;
     use crate::endpoint::{client_config, ALPN_RAFT};
     use crate::tls::SERVER_NAME;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn addr(i: u8) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, i], 6666))
@@ -292,8 +291,7 @@ mod tests {
                     let Ok(conn) = incoming.await else { return };
                     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                         tokio::spawn(async move {
-                            let mut buf = Vec::new();
-                            if recv.read_to_end(&mut buf).await.is_ok() {
+                            if let Ok(buf) = recv.read_to_end(1 << 16).await {
                                 let _ = send.write_all(&buf).await;
                                 let _ = send.finish();
                             }
@@ -309,9 +307,7 @@ mod tests {
         let (mut send, mut recv) = conn.open_bi().await?;
         send.write_all(data).await?;
         send.finish()?;
-        let mut out = Vec::new();
-        recv.read_to_end(&mut out).await?;
-        Ok(out)
+        recv.read_to_end(1 << 16).await.map_err(io::Error::other)
     }
 
     async fn echo_within(conn: &quinn::Connection, data: &[u8], limit: Duration) -> bool {

@@ -32,9 +32,9 @@ pub mod ws;
 
 pub use cluster::{ClusterOptions, ClusterUpstream};
 pub use config::{ConfigError, ConnectionLimits, GatewayConfig};
+pub use connection::{PushOutcome, QueueLimits, SendQueue, Wire};
 /// The link to the managers lives in `firetower-link`; re-exported for existing users.
 pub use firetower_link::{client_endpoint, LinkClient, LinkError, LinkOptions, Written};
-pub use connection::{PushOutcome, QueueLimits, SendQueue, Wire};
 pub use index::{ConnId, Effect, IndexError, SubscriptionIndex, TopicState};
 pub use metrics::MetricsSnapshot;
 pub use protocol::{ClientFrame, Flavour, ParseError, ProtocolError, ServerFrame};

@@ -101,12 +101,10 @@ pub fn make_endpoint_on(
     socket: Arc<dyn AsyncUdpSocket>,
     reset_secret: Option<&[u8]>,
 ) -> Result<Endpoint, TransportError> {
-    let addr = socket
-        .local_addr()
-        .map_err(|source| TransportError::Bind {
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            source,
-        })?;
+    let addr = socket.local_addr().map_err(|source| TransportError::Bind {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })?;
     let config = server_config(addr)?;
     Endpoint::new_with_abstract_socket(
         endpoint_config(reset_secret),

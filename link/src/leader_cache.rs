@@ -253,22 +253,21 @@ mod tests {
                         }
                     }
                 }
-                Event::Reply(group, from, observation) if *group < self.groups => {
-                    match observation {
-                        Observation::Answered => {}
-                        Observation::NotLeader { leader: Some(l) } => {
-                            self.leaders.insert(*group, *l);
-                        }
-                        Observation::NotLeader { leader: None } | Observation::Unavailable => {
+                Event::Reply(group, from, observation) if *group < self.groups => match observation
+                {
+                    Observation::Answered => {}
+                    Observation::NotLeader { leader: Some(l) } => {
+                        self.leaders.insert(*group, *l);
+                    }
+                    Observation::NotLeader { leader: None } | Observation::Unavailable => {
+                        self.leaders.remove(group);
+                    }
+                    Observation::Unreachable => {
+                        if self.leaders.get(group) == Some(from) {
                             self.leaders.remove(group);
                         }
-                        Observation::Unreachable => {
-                            if self.leaders.get(group) == Some(from) {
-                                self.leaders.remove(group);
-                            }
-                        }
                     }
-                }
+                },
                 Event::Reply(..) => {}
             }
             before != (self.groups, self.leaders.clone())

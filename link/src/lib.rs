@@ -43,8 +43,6 @@ pub use frame::{
 };
 pub use leader_cache::{LeaderCache, Observation, Target};
 pub use memnet::{MemNet, MemSocket};
-pub use message::{
-    GroupLeader, LinkReply, LinkRequest, MessageError, Published, Routing, Written,
-};
+pub use message::{GroupLeader, LinkReply, LinkRequest, MessageError, Published, Routing, Written};
 pub use reconnect::ReconnectPolicy;
 pub use tls::{install_crypto_provider, TlsError, SERVER_NAME};

@@ -353,11 +353,7 @@ mod tests {
             "a handshake with an isolated endpoint must not complete"
         );
         net.heal();
-        let conn = client
-            .connect(addr(1), SERVER_NAME)
-            .unwrap()
-            .await
-            .unwrap();
+        let conn = client.connect(addr(1), SERVER_NAME).unwrap().await.unwrap();
         assert!(echo_within(&conn, b"back", Duration::from_secs(5)).await);
     }
 

@@ -109,11 +109,11 @@ impl From<LinkRequest> for gateway_request::Op {
     fn from(request: LinkRequest) -> Self {
         use gateway_request::Op;
         match request {
-            LinkRequest::Subscribe { topic, epoch } => Op::Subscribe(pb::Subscribe { topic, epoch }),
-            LinkRequest::Unsubscribe { topic } => Op::Unsubscribe(pb::Unsubscribe { topic }),
-            LinkRequest::TopicGateways { topic } => {
-                Op::TopicGateways(pb::TopicGateways { topic })
+            LinkRequest::Subscribe { topic, epoch } => {
+                Op::Subscribe(pb::Subscribe { topic, epoch })
             }
+            LinkRequest::Unsubscribe { topic } => Op::Unsubscribe(pb::Unsubscribe { topic }),
+            LinkRequest::TopicGateways { topic } => Op::TopicGateways(pb::TopicGateways { topic }),
             LinkRequest::Publish { topic, data, json } => {
                 Op::Publish(pb::Publish { topic, data, json })
             }
@@ -404,8 +404,16 @@ mod tests {
                 .prop_map(|(topic, epoch)| LinkRequest::Subscribe { topic, epoch }),
             ".{0,16}".prop_map(|topic| LinkRequest::Unsubscribe { topic }),
             ".{0,16}".prop_map(|topic| LinkRequest::TopicGateways { topic }),
-            (".{0,16}", proptest::collection::vec(any::<u8>(), 0..16), any::<bool>())
-                .prop_map(|(topic, data, json)| LinkRequest::Publish { topic, data, json }),
+            (
+                ".{0,16}",
+                proptest::collection::vec(any::<u8>(), 0..16),
+                any::<bool>()
+            )
+                .prop_map(|(topic, data, json)| LinkRequest::Publish {
+                    topic,
+                    data,
+                    json
+                }),
             Just(LinkRequest::GetRouting),
             (any::<u64>(), 0u64..1_000_000).prop_map(|(epoch, ms)| LinkRequest::OpenSession {
                 epoch,

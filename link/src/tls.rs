@@ -145,6 +145,9 @@ mod tests {
         let client = client_crypto(b"x/1");
         assert_eq!(client.alpn_protocols, vec![b"x/1".to_vec()]);
         let server = server_crypto("127.0.0.1".parse().unwrap(), &[b"a/1", b"b/1"]).unwrap();
-        assert_eq!(server.alpn_protocols, vec![b"a/1".to_vec(), b"b/1".to_vec()]);
+        assert_eq!(
+            server.alpn_protocols,
+            vec![b"a/1".to_vec(), b"b/1".to_vec()]
+        );
     }
 }

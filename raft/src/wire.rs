@@ -19,13 +19,13 @@
 //! the whole format is tested without a socket. Nothing decoded from the network can panic:
 //! bad input is a [`WireError`].
 
+use firetower_link::{ReadFrameError, HEADER_LEN};
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
 use serde::de::DeserializeOwned;
-use firetower_link::{ReadFrameError, HEADER_LEN};
 use serde::{Deserialize, Serialize};
 
 use crate::{GroupId, ManagerId, TypeConfig};
@@ -107,7 +107,9 @@ pub enum WireError {
         /// Announced or encoded body length.
         len: usize,
     },
-    /// The stream ended inside a frame.
+    /// A frame held in memory ends early (reading a stream reports
+    /// [`ReadFrameError::Truncated`] instead).
+    #[cfg(test)]
     #[error("stream ended inside a frame: expected {expected} bytes, got {got}")]
     Truncated {
         /// Bytes the frame announced (including the header while reading it).
@@ -150,6 +152,7 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, WireError> {
 }
 
 /// Body length announced by a frame header, checked against [`MAX_FRAME_LEN`].
+#[cfg(test)]
 pub fn body_len(header: [u8; HEADER_LEN]) -> Result<usize, WireError> {
     let len = u32::from_be_bytes(header) as usize;
     if len > MAX_FRAME_LEN {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use clap::Subcommand;
-use firetower_gateway::{LinkClient, LinkOptions};
+use firetower_link::{LinkClient, LinkOptions};
 use hdrhistogram::Histogram;
 
 use crate::cluster::parse_addr_list;

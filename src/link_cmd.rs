@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, Context};
 use clap::Subcommand;
-use firetower_gateway::{LinkClient, LinkOptions};
+use firetower_link::{LinkClient, LinkOptions};
 
 use crate::cluster::parse_addr_list;
 

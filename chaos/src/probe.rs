@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use firetower_gateway::{LinkClient, LinkOptions};
+use firetower_link::{LinkClient, LinkOptions};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 

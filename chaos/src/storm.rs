@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use firetower_gateway::{Flavour, Payload, ServerFrame};
+use firetower_link::ReconnectPolicy;
 use futures::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -1083,8 +1084,12 @@ async fn serve(ws: &mut Ws, topic: &str, state: &ClientState) -> String {
 
 /// Pause after the `attempt`-th failed attempt: 100 ms doubling to 1 s, plus jitter.
 fn backoff(attempt: u32, rng: &mut StdRng) -> Duration {
-    let base = (100u64 << attempt.saturating_sub(1).min(4)).min(MAX_BACKOFF_MS);
-    Duration::from_millis(base + rng.random_range(0..=RECONNECT_JITTER_MS))
+    let policy = ReconnectPolicy {
+        base: Duration::from_millis(100),
+        cap: Duration::from_millis(MAX_BACKOFF_MS),
+        ..ReconnectPolicy::default()
+    };
+    policy.delay_above_ceiling(attempt, Duration::from_millis(RECONNECT_JITTER_MS), rng)
 }
 
 /// One client: connect, subscribe, read; when the connection ends, reconnect after a jitter

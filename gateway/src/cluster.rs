@@ -21,14 +21,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use firetower_proto::link::{
-    gateway_frame, gateway_request, session_frame, DeliveryAck, GatewayFrame, GatewayRequest,
-    Heartbeat, OpenSession, SessionFrame,
+use firetower_link::{
+    decode_body, read_link_frame, write_link_frame, LinkClient, LinkError, LinkOptions,
+    LinkRequest, Routing, MAX_LINK_FRAME_BYTES,
 };
-use firetower_proto::{decode_frame, encode_frame, group_of, MAX_LINK_FRAME_BYTES};
+use firetower_proto::group_of;
+use firetower_proto::link::{
+    gateway_frame, session_frame, DeliveryAck, GatewayFrame, Heartbeat, SessionFrame,
+};
 use tokio::sync::mpsc;
 
-use crate::link::{LinkClient, LinkError, LinkOptions};
 use crate::upstream::{BoxFuture, Delivery, Payload, Stamp, Upstream, UpstreamError};
 
 /// Tuning of the cluster connection.
@@ -180,15 +182,18 @@ impl ClusterUpstream {
     }
 
     async fn run_session(&self, addr: SocketAddr) -> Result<(), String> {
-        let (mut send, mut recv) = self.inner.link.open_stream(addr).await?;
-        let open = GatewayRequest {
-            gateway: self.inner.link.gateway(),
-            op: Some(gateway_request::Op::OpenSession(OpenSession {
-                epoch: self.inner.epoch,
-                lease_ms: self.inner.lease.as_millis() as u64,
-            })),
-        };
-        send.write_all(&encode_frame(&open))
+        let (mut send, mut recv) = self
+            .inner
+            .link
+            .open_stream(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let open = LinkRequest::OpenSession {
+            epoch: self.inner.epoch,
+            lease: self.inner.lease,
+        }
+        .to_frame(self.inner.link.gateway());
+        write_link_frame(&mut send, &open)
             .await
             .map_err(|e| e.to_string())?;
         let (ack_tx, mut ack_rx) = mpsc::channel::<GatewayFrame>(1024);
@@ -204,7 +209,7 @@ impl ClusterUpstream {
                         None => break,
                     },
                 };
-                if send.write_all(&encode_frame(&frame)).await.is_err() {
+                if write_link_frame(&mut send, &frame).await.is_err() {
                     break;
                 }
             }
@@ -221,10 +226,13 @@ impl ClusterUpstream {
         acks: &mpsc::Sender<GatewayFrame>,
     ) -> Result<(), String> {
         loop {
-            let Some(bytes) = read_frame(recv).await? else {
+            let Some(bytes) = read_link_frame(recv, MAX_LINK_FRAME_BYTES)
+                .await
+                .map_err(|e| e.to_string())?
+            else {
                 return Ok(());
             };
-            let frame: SessionFrame = decode_frame(&bytes).map_err(|e| e.to_string())?;
+            let frame: SessionFrame = decode_body(&bytes).map_err(|e| e.to_string())?;
             match frame.frame {
                 Some(session_frame::Frame::Opened(_)) => {
                     tracing::info!(event = "session_up", %addr, "session with manager open");
@@ -256,7 +264,10 @@ impl ClusterUpstream {
                     tokio::spawn(async move { this.resync(r.groups).await });
                 }
                 Some(session_frame::Frame::Routing(r)) => {
-                    self.inner.link.apply_routing(r);
+                    match Routing::try_from(r) {
+                        Ok(routing) => self.inner.link.apply_routing(&routing),
+                        Err(e) => tracing::debug!(%addr, error = %e, "ignoring pushed routing"),
+                    }
                     self.spawn_missing_sessions();
                 }
                 Some(session_frame::Frame::Failure(f)) => {
@@ -343,25 +354,6 @@ impl ClusterUpstream {
             }
         }
     }
-}
-
-async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, String> {
-    let mut head = [0u8; 4];
-    match recv.read_exact(&mut head).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(e) => return Err(e.to_string()),
-    }
-    let len = u32::from_be_bytes(head) as usize;
-    if len > MAX_LINK_FRAME_BYTES {
-        return Err(format!("frame of {len} bytes exceeds the limit"));
-    }
-    let mut frame = vec![0u8; 4 + len];
-    frame[..4].copy_from_slice(&head);
-    recv.read_exact(&mut frame[4..])
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(Some(frame))
 }
 
 fn upstream_error(e: LinkError) -> UpstreamError {

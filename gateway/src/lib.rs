@@ -24,19 +24,17 @@ mod config;
 mod connection;
 mod http;
 mod index;
-mod link;
 mod metrics;
-mod quic;
 mod server;
 mod upstream;
 
 pub use cluster::{ClusterOptions, ClusterUpstream};
 pub use config::{ConfigError, ConnectionLimits, GatewayConfig};
 pub use connection::{PushOutcome, QueueLimits, SendQueue, Wire};
+/// The link to the managers lives in `firetower-link`; re-exported for existing users.
+pub use firetower_link::{client_endpoint, LinkClient, LinkError, LinkOptions, Written};
 pub use index::{ConnId, Effect, IndexError, SubscriptionIndex, TopicState};
-pub use link::{LinkClient, LinkError, LinkOptions, Written};
 pub use metrics::MetricsSnapshot;
-pub use quic::client_endpoint;
 pub use server::{Gateway, GatewayError, GatewayHandle};
 pub use upstream::{BoxFuture, Delivery, Stamp, Upstream, UpstreamError};
 

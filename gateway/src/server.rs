@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use firetower_client::ServerFrame;
+use firetower_link::ReconnectPolicy;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -352,9 +353,13 @@ impl Drop for GatewayHandle {
 }
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: ListenerKind) {
-    const MIN_BACKOFF: Duration = Duration::from_millis(5);
-    const MAX_BACKOFF: Duration = Duration::from_secs(1);
-    let mut backoff = MIN_BACKOFF;
+    // 5 ms doubling to 1 s, without jitter: one listener has no herd to spread.
+    let policy = ReconnectPolicy {
+        base: Duration::from_millis(5),
+        cap: Duration::from_secs(1),
+        ..ReconnectPolicy::default()
+    };
+    let mut failures = 0u32;
     loop {
         let accepted = tokio::select! {
             _ = shared.cancel.cancelled() => return,
@@ -362,17 +367,18 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: ListenerK
         };
         match accepted {
             Ok((stream, _peer)) => {
-                backoff = MIN_BACKOFF;
+                failures = 0;
                 spawn_connection(&shared, stream, kind);
             }
             Err(e) => {
                 // EMFILE and friends: wait for connections to go away instead of spinning.
+                failures = failures.saturating_add(1);
+                let backoff = policy.ceiling(failures);
                 tracing::warn!(error = %e, ?backoff, "accept failed");
                 tokio::select! {
                     _ = shared.cancel.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }

@@ -6,15 +6,16 @@
 //! Reads go to a random manager first (not the cached leader), so that a manager that
 //! answers reads it should not (the `--unsafe-stale-reads` self-test) gets asked.
 //!
-//! [`LinkClient`]: firetower_gateway::LinkClient
+//! [`LinkClient`]: firetower_link::LinkClient
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use firetower_link::{decode_frame, encode_frame, MAX_LINK_FRAME_BYTES};
+use firetower_proto::group_of;
 use firetower_proto::link::{gateway_reply, gateway_request, GatewayReply, GatewayRequest};
-use firetower_proto::{decode_frame, encode_frame, group_of, MAX_LINK_FRAME_BYTES};
 use rand::Rng;
 
 /// The outcome of one logical request.
@@ -51,7 +52,7 @@ enum Attempt {
 impl RawLink {
     /// Connect lazily to `managers`; `groups` is learned from the first manager that answers.
     pub async fn new(managers: Vec<SocketAddr>, deadline: Duration) -> Result<RawLink, String> {
-        let endpoint = firetower_gateway::client_endpoint("0.0.0.0:0".parse().map_err(|_| "bind")?)
+        let endpoint = firetower_link::client_endpoint("0.0.0.0:0".parse().map_err(|_| "bind")?)
             .map_err(|e| format!("QUIC endpoint: {e}"))?;
         let mut link = RawLink {
             endpoint,

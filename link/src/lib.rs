@@ -1,1 +1,48 @@
-//! What both ends of Firetower's cluster QUIC share (being moved here from the gateway and raft).
+//! What both ends of Firetower's cluster QUIC share: the length-prefixed framing, endpoint and
+//! transport set-up, ALPN names, TLS (one certificate verifier), the reconnect policy, the
+//! link's domain messages, and the gateway's [`LinkClient`] with its pure [`LeaderCache`].
+//!
+//! ```text
+//!   gateway                                                      manager
+//!   ┌──────────────────────────────────┐                        ┌──────────────────────────┐
+//!   │ LinkClient ── LeaderCache (pure) │                        │ make_endpoint            │
+//!   │   │ LinkRequest ─▶ GatewayRequest│  ALPN_LINK, one stream │   ALPN_LINK ─▶ manager   │
+//!   │   │ LinkReply ◀─TryFrom─ Reply   │◀══ per request ═══════▶│   ALPN_RAFT ─▶ raft      │
+//!   │   └ ReconnectPolicy (backoff)    │  [len u32 BE][body]    │ read_link_frame          │
+//!   │ client_endpoint ── tls           │  (frame)               │ ReconnectPolicy (peers)  │
+//!   └──────────────────────────────────┘                        └──────────────────────────┘
+//!                     memnet: the same endpoints over an in-memory switch, for tests
+//! ```
+//!
+//! Entry points: [`LinkClient::connect`] for a gateway; [`make_endpoint`] (or
+//! [`make_endpoint_with_reset_secret`]) and [`client_config`] for a manager; [`read_link_frame`]
+//! and [`encode_frame`] for anyone reading or writing a cluster stream; [`MemNet`] for tests
+//! that partition endpoints without root.
+//!
+//! This crate does not serve requests (that is the manager), does not speak Raft (that is
+//! `firetower-raft`, which puts its own messages in this framing), and does not authenticate
+//! peers yet (see [`tls`]).
+
+mod client;
+mod endpoint;
+mod frame;
+mod leader_cache;
+pub mod memnet;
+mod message;
+mod reconnect;
+pub mod tls;
+
+pub use client::{LinkClient, LinkError, LinkOptions, StreamError};
+pub use endpoint::{
+    client_config, client_endpoint, client_endpoint_on, make_endpoint, make_endpoint_on,
+    make_endpoint_with_reset_secret, TransportError, ALPN_LINK, ALPN_RAFT,
+};
+pub use frame::{
+    decode_body, decode_frame, encode_frame, read_link_frame, write_link_frame, FrameError,
+    ReadFrameError, HEADER_LEN, MAX_LINK_FRAME_BYTES,
+};
+pub use leader_cache::{LeaderCache, Observation, Target};
+pub use memnet::{MemNet, MemSocket};
+pub use message::{GroupLeader, LinkReply, LinkRequest, MessageError, Published, Routing, Written};
+pub use reconnect::ReconnectPolicy;
+pub use tls::{install_crypto_provider, TlsError, SERVER_NAME};

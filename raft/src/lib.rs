@@ -18,27 +18,25 @@
 //! [`serve_raft_connection`]. [`group_of`] says which group owns a topic.
 //!
 //! This crate does not store anything (that is `firetower-store`), does not decide which groups
-//! exist or who is a member (that is the manager), and does not authenticate peers (see
-//! [`quic`]).
+//! exist or who is a member (that is the manager), and does not set up QUIC itself: endpoints,
+//! ALPN names, TLS (peers are not authenticated yet, see `firetower_link::tls`), the frame
+//! reader and the reconnect policy come from `firetower-link` and are re-exported here for the
+//! manager.
 
 use std::io::Cursor;
 
-mod backoff;
 mod network;
-
-pub mod quic;
 mod router;
 mod server;
 mod wire;
 
-pub use backoff::ReconnectPolicy;
+pub use firetower_link::{
+    client_config, install_crypto_provider, make_endpoint, make_endpoint_with_reset_secret,
+    ReconnectPolicy, TransportError, ALPN_LINK, ALPN_RAFT,
+};
 pub use firetower_proto::{group_of, jump_consistent_hash};
 pub use firetower_store::{Command, ManagerId, ManagerNode, Response};
 pub use network::{PeerConnections, QuicNetwork, QuicNetworkFactory};
-pub use quic::{
-    client_config, install_crypto_provider, make_endpoint, make_endpoint_with_reset_secret,
-    TransportError, ALPN_LINK, ALPN_RAFT,
-};
 pub use router::GroupRouter;
 pub use server::serve_raft_connection;
 pub use wire::{Rejection, MAX_FRAME_LEN};

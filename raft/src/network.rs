@@ -39,10 +39,9 @@ use openraft::raft::{
 use quinn::{ClientConfig, Connection, Endpoint};
 use tokio::time::Instant;
 
-use crate::backoff::ReconnectPolicy;
-use crate::quic::{client_config, ALPN_RAFT, SERVER_NAME};
 use crate::wire::{self, RaftReply, RaftRequest, Rejection, ReplyBody, RequestBody, WireError};
 use crate::{GroupId, ManagerId, ManagerNode, TypeConfig};
+use firetower_link::{client_config, ReconnectPolicy, ALPN_RAFT, SERVER_NAME};
 
 /// The QUIC connections of this manager to its peers, shared by every Raft group.
 /// Cheap to clone: clones share the connections.
@@ -228,9 +227,7 @@ impl PeerConnections {
         let (mut send, mut recv) = conn.open_bi().await?;
         send.write_all(&frame).await?;
         send.finish()?;
-        let reply = wire::read_frame(&mut recv)
-            .await?
-            .ok_or(RpcError::NoReply)?;
+        let reply = wire::read_body(&mut recv).await?.ok_or(RpcError::NoReply)?;
         let reply: RaftReply = wire::decode_body(&reply)?;
         Ok(reply?)
     }

@@ -74,7 +74,7 @@ async fn serve_stream(
     router: GroupRouter,
     cluster_id: watch::Receiver<String>,
 ) {
-    let frame = match tokio::time::timeout(REQUEST_TIMEOUT, wire::read_frame(&mut recv)).await {
+    let frame = match tokio::time::timeout(REQUEST_TIMEOUT, wire::read_body(&mut recv)).await {
         Ok(Ok(Some(frame))) => frame,
         // The peer opened a stream and closed it without a request: nothing to answer.
         Ok(Ok(None)) => return,

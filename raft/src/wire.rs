@@ -14,10 +14,12 @@
 //! id in every request lets a manager refuse traffic meant for another cluster (a stale address
 //! reused by a fresh deployment, say) instead of letting two clusters' logs mix.
 //!
-//! Encoding and decoding are pure functions; [`read_frame`] works on any `AsyncRead`, so the
-//! whole format is tested without a socket. Nothing decoded from the network can panic: bad
-//! input is a [`WireError`].
+//! Encoding and decoding are pure functions; frames are read off a stream with
+//! [`firetower_link::read_link_frame`] (the framing is the link's, the body is postcard), so
+//! the whole format is tested without a socket. Nothing decoded from the network can panic:
+//! bad input is a [`WireError`].
 
+use firetower_link::{ReadFrameError, HEADER_LEN};
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -25,7 +27,6 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::{GroupId, ManagerId, TypeConfig};
 
@@ -33,9 +34,6 @@ use crate::{GroupId, ManagerId, TypeConfig};
 /// snapshot chunks by `snapshot_max_chunk_size` (3 MiB by default), far below this; the limit
 /// only keeps a corrupt or hostile length prefix from costing unbounded memory.
 pub const MAX_FRAME_LEN: usize = 64 * 1024 * 1024;
-
-/// Size of the big-endian length prefix of a frame.
-const HEADER_LEN: usize = 4;
 
 /// A Raft RPC from one manager to a peer.
 #[derive(Debug, Serialize, Deserialize)]
@@ -109,7 +107,9 @@ pub enum WireError {
         /// Announced or encoded body length.
         len: usize,
     },
-    /// The stream ended inside a frame.
+    /// A frame held in memory ends early (reading a stream reports
+    /// [`ReadFrameError::Truncated`] instead).
+    #[cfg(test)]
     #[error("stream ended inside a frame: expected {expected} bytes, got {got}")]
     Truncated {
         /// Bytes the frame announced (including the header while reading it).
@@ -126,9 +126,17 @@ pub enum WireError {
     /// The body is not a valid message of the expected type.
     #[error("cannot decode message: {0}")]
     Decode(#[source] postcard::Error),
-    /// Reading the stream failed (reset by the peer, connection lost, ...).
-    #[error("stream read failed: {0}")]
-    Io(#[from] std::io::Error),
+    /// The frame could not be read off the stream (reset, lost, truncated or oversized).
+    #[error(transparent)]
+    Read(#[from] ReadFrameError),
+}
+
+/// Reads one frame body of at most [`MAX_FRAME_LEN`] bytes from `stream` (`None`: the stream
+/// ended cleanly before a frame); the link's one frame reader with Raft's size limit.
+pub async fn read_body<R: tokio::io::AsyncRead + Unpin>(
+    stream: &mut R,
+) -> Result<Option<Vec<u8>>, WireError> {
+    Ok(firetower_link::read_link_frame(stream, MAX_FRAME_LEN).await?)
 }
 
 /// Encodes `msg` as one frame: 4-byte big-endian body length, then the postcard body.
@@ -144,6 +152,7 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, WireError> {
 }
 
 /// Body length announced by a frame header, checked against [`MAX_FRAME_LEN`].
+#[cfg(test)]
 pub fn body_len(header: [u8; HEADER_LEN]) -> Result<usize, WireError> {
     let len = u32::from_be_bytes(header) as usize;
     if len > MAX_FRAME_LEN {
@@ -179,43 +188,6 @@ pub fn decode_frame<T: DeserializeOwned>(frame: &[u8]) -> Result<T, WireError> {
         std::cmp::Ordering::Greater => Err(WireError::TrailingBytes(body.len() - len)),
         std::cmp::Ordering::Equal => decode_body(body),
     }
-}
-
-/// Reads one frame body from `stream`.
-///
-/// Returns `Ok(None)` when the stream ends cleanly before the first byte of a frame. The body
-/// buffer grows as bytes arrive rather than being sized from the (untrusted) length prefix.
-pub async fn read_frame<R: AsyncRead + Unpin>(
-    stream: &mut R,
-) -> Result<Option<Vec<u8>>, WireError> {
-    let mut header = [0u8; HEADER_LEN];
-    let mut got = 0;
-    while got < HEADER_LEN {
-        let n = stream.read(&mut header[got..]).await?;
-        if n == 0 {
-            if got == 0 {
-                return Ok(None);
-            }
-            return Err(WireError::Truncated {
-                expected: HEADER_LEN,
-                got,
-            });
-        }
-        got += n;
-    }
-    let len = body_len(header)?;
-    let mut body = Vec::with_capacity(len.min(64 * 1024));
-    let n = (&mut *stream)
-        .take(len as u64)
-        .read_to_end(&mut body)
-        .await?;
-    if n < len {
-        return Err(WireError::Truncated {
-            expected: len,
-            got: n,
-        });
-    }
-    Ok(Some(body))
 }
 
 #[cfg(test)]
@@ -396,13 +368,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn read_frame_reads_back_to_back_frames() {
+    async fn read_body_reads_back_to_back_frames() {
         let mut bytes = encode(&append(entries())).unwrap();
         bytes.extend(encode(&append(vec![])).unwrap());
         let mut stream = &bytes[..];
-        let first = read_frame(&mut stream).await.unwrap().unwrap();
-        let second = read_frame(&mut stream).await.unwrap().unwrap();
-        assert!(read_frame(&mut stream).await.unwrap().is_none());
+        let first = read_body(&mut stream).await.unwrap().unwrap();
+        let second = read_body(&mut stream).await.unwrap().unwrap();
+        assert!(read_body(&mut stream).await.unwrap().is_none());
         let first: RaftRequest = decode_body(&first).unwrap();
         let second: RaftRequest = decode_body(&second).unwrap();
         assert_eq!(format!("{:?}", first), format!("{:?}", append(entries())));
@@ -410,26 +382,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn read_frame_reports_truncation_and_oversize() {
+    async fn read_body_reports_truncation_and_oversize() {
         let frame = encode(&append(entries())).unwrap();
         let mut cut = &frame[..frame.len() - 1];
         assert!(matches!(
-            read_frame(&mut cut).await,
-            Err(WireError::Truncated { .. })
+            read_body(&mut cut).await,
+            Err(WireError::Read(ReadFrameError::Truncated { .. }))
         ));
         let mut half_header = &frame[..2];
         assert!(matches!(
-            read_frame(&mut half_header).await,
-            Err(WireError::Truncated {
+            read_body(&mut half_header).await,
+            Err(WireError::Read(ReadFrameError::Truncated {
                 expected: 4,
                 got: 2
-            })
+            }))
         ));
         let huge = u32::MAX.to_be_bytes();
         let mut huge = &huge[..];
         assert!(matches!(
-            read_frame(&mut huge).await,
-            Err(WireError::TooLarge { .. })
+            read_body(&mut huge).await,
+            Err(WireError::Read(ReadFrameError::TooLarge { .. }))
         ));
     }
 

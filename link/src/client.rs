@@ -1,26 +1,43 @@
-//! The gateway's link to the topic managers.
+//! [`LinkClient`]: a gateway's link to the topic managers.
 //!
 //! ```text
 //!   subscribe("room.1") ─▶ group_of(topic, G) ─▶ LeaderCache[g] ─▶ QUIC stream to that manager
 //!                                                   ▲        │
 //!             NotLeader { leader } ─────────────────┘        ▼
 //!             transport error: forget the leader, try the next manager after a backoff
-//!             (exponential, full jitter), until the request's deadline
+//!             (ReconnectPolicy: exponential, full jitter), until the request's deadline
 //! ```
 //!
-//! Every request is one bidirectional QUIC stream on a connection kept per manager.
+//! Every request is one bidirectional QUIC stream on a connection kept per manager. The
+//! decisions about leaders are [`LeaderCache`]'s (pure); this module does the sending, the
+//! waiting and the retrying.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use firetower_proto::link::{
-    gateway_reply, gateway_request, GatewayReply, GatewayRequest, GetRouting, Publish, Routing,
-    Subscribe, TopicGateways, Unsubscribe,
-};
-use firetower_proto::{decode_frame, encode_frame, group_of, validate_topic, MAX_LINK_FRAME_BYTES};
-use rand::Rng;
+use firetower_proto::link::GatewayReply;
+use firetower_proto::{validate_topic, TopicError};
+
+use crate::endpoint::client_endpoint;
+use crate::frame::{decode_frame, write_link_frame, MAX_LINK_FRAME_BYTES};
+use crate::leader_cache::{LeaderCache, Observation, Target};
+use crate::message::{LinkReply, LinkRequest, MessageError, Routing, Written};
+use crate::reconnect::ReconnectPolicy;
+use crate::tls::SERVER_NAME;
+
+/// A QUIC handshake with a manager that takes longer than this counts as a failed attempt.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A request that has had no answer for this long starts asking the other managers who leads
+/// (a dead leader is then noticed within an election, not a connection timeout).
+const ROUTING_POLL_AFTER: Duration = Duration::from_millis(200);
+/// While requests wait, the routing is asked for at most this often. It bounds how late a new
+/// leader is noticed after its election (it was 500 ms, which showed as 0.5 s steps in the
+/// unavailability measured by `chaos run leader-kill-loop`).
+const ROUTING_POLL_EVERY: Duration = Duration::from_millis(100);
+/// How long one routing poll waits for a manager's answer.
+const ROUTING_POLL_TIMEOUT: Duration = Duration::from_millis(400);
 
 /// Tuning of the link client.
 #[derive(Debug, Clone)]
@@ -43,6 +60,17 @@ impl Default for LinkOptions {
     }
 }
 
+impl LinkOptions {
+    /// The retry policy these options describe.
+    pub fn reconnect_policy(&self) -> ReconnectPolicy {
+        ReconnectPolicy {
+            base: self.min_backoff,
+            cap: self.max_backoff,
+            connect_timeout: HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
 /// Why a link request failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LinkError {
@@ -59,7 +87,7 @@ pub enum LinkError {
     },
     /// The topic name is not valid; nothing was sent.
     #[error("invalid topic: {0}")]
-    InvalidTopic(#[from] firetower_proto::TopicError),
+    InvalidTopic(#[from] TopicError),
     /// The QUIC endpoint could not be created.
     #[error("QUIC endpoint: {0}")]
     Endpoint(String),
@@ -73,13 +101,18 @@ impl LinkError {
     }
 }
 
-/// A committed subscription change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Written {
-    /// False when it was already in effect.
-    pub changed: bool,
-    /// Log index of the committed entry.
-    pub index: u64,
+/// Why a stream to a manager could not be opened.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StreamError {
+    /// The connection could not be started (bad address, endpoint closed).
+    #[error("{0}")]
+    Connect(#[from] quinn::ConnectError),
+    /// The handshake did not finish within its timeout.
+    #[error("QUIC handshake timed out")]
+    HandshakeTimeout,
+    /// The connection failed or was lost.
+    #[error("{0}")]
+    Connection(#[from] quinn::ConnectionError),
 }
 
 /// The manager link of one gateway. Cheap to clone.
@@ -93,35 +126,18 @@ struct Inner {
     gateway: u64,
     endpoint: quinn::Endpoint,
     options: LinkOptions,
+    policy: ReconnectPolicy,
     seeds: Vec<SocketAddr>,
     connections: Mutex<HashMap<SocketAddr, quinn::Connection>>,
     routing: RwLock<LeaderCache>,
     /// Bumped whenever a cached leader changes.
     routing_version: tokio::sync::watch::Sender<u64>,
-    /// When a slow request last asked the other managers for the routing: one such poll per
-    /// [`ROUTING_POLL_EVERY`] for the whole client, however many requests wait.
-    last_routing_poll: Mutex<Option<std::time::Instant>>,
-}
-
-/// A request that has had no answer for this long starts asking the other managers who leads
-/// (a dead leader is then noticed within an election, not a connection timeout).
-const ROUTING_POLL_AFTER: Duration = Duration::from_millis(200);
-/// While requests wait, the routing is asked for at most this often. It bounds how late a new
-/// leader is noticed after its election (it was 500 ms, which showed as 0.5 s steps in the
-/// unavailability measured by `chaos run leader-kill-loop`).
-const ROUTING_POLL_EVERY: Duration = Duration::from_millis(100);
-
-/// What the gateway knows of the cluster's routing.
-#[derive(Debug, Default)]
-struct LeaderCache {
-    groups: u32,
-    cluster_id: String,
-    managers: Vec<SocketAddr>,
-    leaders: Vec<Option<SocketAddr>>,
 }
 
 enum Attempt {
-    Reply(GatewayReply),
+    Reply(LinkReply),
+    /// A frame arrived but is not a valid reply (nothing learned, the connection is fine).
+    Malformed(MessageError),
     /// Failed before the request could reach the manager: safe to send again.
     Transport(String),
     /// Failed after the request may have reached the manager: a write may have taken effect.
@@ -135,25 +151,33 @@ impl LinkClient {
         managers: Vec<SocketAddr>,
         options: LinkOptions,
     ) -> Result<LinkClient, LinkError> {
-        let bind: SocketAddr = match managers.first() {
-            Some(a) if a.is_ipv6() => "[::]:0".parse().map_err(|_| unreachable_addr())?,
-            _ => "0.0.0.0:0".parse().map_err(|_| unreachable_addr())?,
+        let bind = match managers.first() {
+            Some(a) if a.is_ipv6() => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+            _ => SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0)),
         };
-        let endpoint =
-            crate::quic::client_endpoint(bind).map_err(|e| LinkError::Endpoint(e.to_string()))?;
+        let endpoint = client_endpoint(bind).map_err(|e| LinkError::Endpoint(e.to_string()))?;
+        Self::connect_with_endpoint(endpoint, gateway, managers, options).await
+    }
+
+    /// Like [`LinkClient::connect`], over an endpoint the caller made (one of
+    /// [`crate::memnet`], say). The endpoint's default client config must speak
+    /// [`crate::ALPN_LINK`], as [`crate::client_endpoint`]'s does.
+    pub async fn connect_with_endpoint(
+        endpoint: quinn::Endpoint,
+        gateway: u64,
+        managers: Vec<SocketAddr>,
+        options: LinkOptions,
+    ) -> Result<LinkClient, LinkError> {
         let client = LinkClient {
             inner: Arc::new(Inner {
                 gateway,
                 endpoint,
+                policy: options.reconnect_policy(),
                 options,
                 seeds: managers.clone(),
                 connections: Mutex::new(HashMap::new()),
-                routing: RwLock::new(LeaderCache {
-                    managers,
-                    ..LeaderCache::default()
-                }),
+                routing: RwLock::new(LeaderCache::new(managers)),
                 routing_version: tokio::sync::watch::channel(0).0,
-                last_routing_poll: Mutex::new(None),
             }),
         };
         client.refresh_routing().await?;
@@ -162,12 +186,12 @@ impl LinkClient {
 
     /// The number of groups of the cluster.
     pub fn groups(&self) -> u32 {
-        self.read_cache().groups
+        self.read_cache().groups()
     }
 
     /// The cluster id reported by the managers.
     pub fn cluster_id(&self) -> String {
-        self.read_cache().cluster_id.clone()
+        self.read_cache().cluster_id().to_string()
     }
 
     /// Subscribe this gateway to `topic`; returns once committed in the topic's group.
@@ -183,28 +207,28 @@ impl LinkClient {
         topic: &str,
         epoch: u64,
     ) -> Result<Written, LinkError> {
-        let op = gateway_request::Op::Subscribe(Subscribe {
+        self.write(LinkRequest::Subscribe {
             topic: topic.to_string(),
             epoch,
-        });
-        self.write(topic, op).await
+        })
+        .await
     }
 
     /// Unsubscribe this gateway from `topic`; returns once committed.
     pub async fn unsubscribe(&self, topic: &str) -> Result<Written, LinkError> {
-        let op = gateway_request::Op::Unsubscribe(Unsubscribe {
+        self.write(LinkRequest::Unsubscribe {
             topic: topic.to_string(),
-        });
-        self.write(topic, op).await
+        })
+        .await
     }
 
     /// The gateways subscribed to `topic` (linearizable read at the group's leader).
     pub async fn topic_gateways(&self, topic: &str) -> Result<Vec<u64>, LinkError> {
-        let op = gateway_request::Op::TopicGateways(TopicGateways {
+        let request = LinkRequest::TopicGateways {
             topic: topic.to_string(),
-        });
-        match self.request(topic, op).await? {
-            gateway_reply::Result::Gateways(g) => Ok(g.gateways),
+        };
+        match self.request(topic, request).await? {
+            LinkReply::Gateways(g) => Ok(g),
             other => Err(unexpected(&other)),
         }
     }
@@ -217,13 +241,13 @@ impl LinkClient {
         data: Vec<u8>,
         json: bool,
     ) -> Result<(u64, u64), LinkError> {
-        let op = gateway_request::Op::Publish(Publish {
+        let request = LinkRequest::Publish {
             topic: topic.to_string(),
             data,
             json,
-        });
-        match self.request(topic, op).await? {
-            gateway_reply::Result::Published(p) => Ok((p.term, p.seq)),
+        };
+        match self.request(topic, request).await? {
+            LinkReply::Published(p) => Ok((p.term, p.seq)),
             other => Err(unexpected(&other)),
         }
     }
@@ -235,30 +259,25 @@ impl LinkClient {
 
     /// The QUIC addresses of every manager known from the routing table.
     pub fn managers(&self) -> Vec<SocketAddr> {
-        self.read_cache().managers.clone()
+        self.read_cache().managers().to_vec()
     }
 
     /// True when a leader is known for every group.
     pub fn all_leaders_known(&self) -> bool {
-        let cache = self.read_cache();
-        cache.groups > 0 && cache.leaders.iter().all(|l| l.is_some())
+        self.read_cache().all_leaders_known()
     }
 
-    /// Open a long-lived bidirectional stream to a manager (for the session).
-    pub(crate) async fn open_stream(
+    /// Open a long-lived bidirectional stream to a manager (for the gateway's session).
+    pub async fn open_stream(
         &self,
         addr: SocketAddr,
-    ) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), StreamError> {
         let conn = self.connection(addr).await?;
         match conn.open_bi().await {
             Ok(s) => Ok(s),
             Err(e) => {
-                self.inner
-                    .connections
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&addr);
-                Err(e.to_string())
+                self.drop_connection(addr);
+                Err(e.into())
             }
         }
     }
@@ -270,8 +289,7 @@ impl LinkClient {
         let mut last_error = String::from("no manager address given");
         loop {
             let candidates = {
-                let cache = self.read_cache();
-                let mut c = cache.managers.clone();
+                let mut c = self.managers();
                 for s in &self.inner.seeds {
                     if !c.contains(s) {
                         c.push(*s);
@@ -280,18 +298,13 @@ impl LinkClient {
                 c
             };
             for addr in candidates {
-                let request = GatewayRequest {
-                    gateway: self.inner.gateway,
-                    op: Some(gateway_request::Op::GetRouting(GetRouting {})),
-                };
-                match self.send(addr, &request, deadline).await {
-                    Attempt::Reply(GatewayReply {
-                        result: Some(gateway_reply::Result::Routing(r)),
-                    }) if r.groups > 0 => {
-                        self.apply_routing(r);
+                match self.send(addr, &LinkRequest::GetRouting, deadline).await {
+                    Attempt::Reply(LinkReply::Routing(r)) => {
+                        self.apply_routing(&r);
                         return Ok(());
                     }
-                    Attempt::Reply(r) => last_error = format!("{addr}: {:?}", r.result),
+                    Attempt::Reply(r) => last_error = format!("{addr}: {r:?}"),
+                    Attempt::Malformed(e) => last_error = format!("{addr}: {e}"),
                     Attempt::Transport(e) | Attempt::Indeterminate(e) => {
                         last_error = format!("{addr}: {e}")
                     }
@@ -308,83 +321,44 @@ impl LinkClient {
         }
     }
 
-    /// Replace the routing table with one pushed by a manager.
-    pub(crate) fn apply_routing(&self, r: Routing) {
-        if r.groups == 0 {
-            return;
+    /// Take in a routing table (from a reply or pushed on a session stream).
+    pub fn apply_routing(&self, routing: &Routing) {
+        let changed = self.write_cache().on_routing(routing);
+        if changed {
+            self.inner.routing_version.send_modify(|v| *v += 1);
         }
-        let mut cache = self
-            .inner
-            .routing
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        cache.groups = r.groups;
-        cache.cluster_id = r.cluster_id;
-        let managers: Vec<SocketAddr> = r
-            .managers
-            .iter()
-            .filter_map(|m| m.quic.parse().ok())
-            .collect();
-        if !managers.is_empty() {
-            cache.managers = managers;
-        }
-        // Merge: a manager that does not know a group's leader (an election it has not seen
-        // the end of) must not erase a leader this gateway learned from elsewhere.
-        cache.leaders.resize(r.groups as usize, None);
-        for l in r.leaders {
-            if let (Some(slot), Ok(addr)) = (
-                cache.leaders.get_mut(l.group as usize),
-                l.leader_quic.parse::<SocketAddr>(),
-            ) {
-                *slot = Some(addr);
-            }
-        }
-        drop(cache);
-        self.inner.routing_version.send_modify(|v| *v += 1);
     }
 
-    async fn write(&self, topic: &str, op: gateway_request::Op) -> Result<Written, LinkError> {
-        match self.request(topic, op).await? {
-            gateway_reply::Result::Done(d) => Ok(Written {
-                changed: d.changed,
-                index: d.index,
-            }),
+    /// Sleep before retry number `attempt + 1` (0 after the first failure): the options'
+    /// [`ReconnectPolicy`], full jitter.
+    pub async fn backoff(&self, attempt: u32) {
+        let delay = self
+            .inner
+            .policy
+            .delay(attempt.saturating_add(1), &mut rand::rng());
+        tokio::time::sleep(delay).await;
+    }
+
+    async fn write(&self, request: LinkRequest) -> Result<Written, LinkError> {
+        let topic = request.topic().unwrap_or_default().to_string();
+        match self.request(&topic, request).await? {
+            LinkReply::Done(w) => Ok(w),
             other => Err(unexpected(&other)),
         }
     }
 
     /// Send a request about `topic` to its group's leader, following `NotLeader` hints and
     /// retrying transport failures until the deadline.
-    async fn request(
-        &self,
-        topic: &str,
-        op: gateway_request::Op,
-    ) -> Result<gateway_reply::Result, LinkError> {
+    async fn request(&self, topic: &str, request: LinkRequest) -> Result<LinkReply, LinkError> {
         validate_topic(topic)?;
-        // Subscribe, unsubscribe and reads may be repeated; a publish repeated after it may
-        // have reached a leader could be delivered twice, so it is never sent again once sent.
-        let idempotent = !matches!(op, gateway_request::Op::Publish(_));
-        let request = GatewayRequest {
-            gateway: self.inner.gateway,
-            op: Some(op),
-        };
+        let idempotent = request.is_idempotent();
         let deadline = tokio::time::Instant::now() + self.inner.options.request_timeout;
         let mut attempt = 0u32;
         let mut rotation = 0usize;
         let mut last_error;
         loop {
-            let (group, target) = {
-                let cache = self.read_cache();
-                let group = group_of(topic, cache.groups);
-                let leader = cache.leaders.get(group as usize).copied().flatten();
-                let fallback = if cache.managers.is_empty() {
-                    None
-                } else {
-                    Some(cache.managers[rotation % cache.managers.len()])
-                };
-                (group, leader.or(fallback))
-            };
-            let Some(target) = target else {
+            let Target { group, addr } = self.read_cache().target(topic, rotation);
+            let Some(target) = addr else {
                 return Err(LinkError::Timeout(
                     Duration::ZERO,
                     "no managers known".into(),
@@ -403,38 +377,32 @@ impl LinkClient {
                 _ = self.poll_routing_while_waiting(target) => unreachable_attempt(),
             };
             match attempt_result {
-                Attempt::Reply(reply) => match reply.result {
-                    Some(gateway_reply::Result::NotLeader(n)) => {
-                        let hint = n.leader_quic.parse::<SocketAddr>().ok();
-                        self.set_leader(group, hint);
-                        last_error = format!("{target} does not lead group {group}");
-                        if hint.is_none() || hint == Some(target) {
-                            // Election under way: wait a little before asking again.
-                            rotation += 1;
-                            if tokio::time::Instant::now() >= deadline {
-                                break;
-                            }
-                            self.backoff(attempt).await;
-                            attempt += 1;
-                        }
-                        continue;
-                    }
-                    Some(gateway_reply::Result::Failure(f)) if f.code == "unavailable" => {
-                        last_error = format!("{target}: {}", f.message);
-                        self.set_leader(group, None);
+                Attempt::Reply(LinkReply::NotLeader { leader: hint, .. }) => {
+                    self.observe(group, target, Observation::NotLeader { leader: hint });
+                    last_error = format!("{target} does not lead group {group}");
+                    if hint.is_none() || hint == Some(target) {
+                        // Election under way: wait a little before asking again.
                         rotation += 1;
+                        if tokio::time::Instant::now() >= deadline {
+                            break;
+                        }
+                        self.backoff(attempt).await;
+                        attempt += 1;
                     }
-                    Some(gateway_reply::Result::Failure(f)) => {
-                        return Err(LinkError::Refused {
-                            code: f.code,
-                            message: f.message,
-                        })
-                    }
-                    Some(result) => return Ok(result),
-                    None => last_error = format!("{target}: empty reply"),
-                },
+                    continue;
+                }
+                Attempt::Reply(LinkReply::Failure { code, message }) if code == "unavailable" => {
+                    last_error = format!("{target}: {message}");
+                    self.observe(group, target, Observation::Unavailable);
+                    rotation += 1;
+                }
+                Attempt::Reply(LinkReply::Failure { code, message }) => {
+                    return Err(LinkError::Refused { code, message })
+                }
+                Attempt::Reply(reply) => return Ok(reply),
+                Attempt::Malformed(e) => last_error = format!("{target}: {e}"),
                 Attempt::Indeterminate(e) if !idempotent => {
-                    self.forget_leader(group, target);
+                    self.observe(group, target, Observation::Unreachable);
                     return Err(LinkError::Timeout(
                         self.inner.options.request_timeout,
                         format!("{target}: {e}; the publish may or may not have been delivered"),
@@ -442,7 +410,7 @@ impl LinkClient {
                 }
                 Attempt::Transport(e) | Attempt::Indeterminate(e) => {
                     last_error = format!("{target}: {e}");
-                    self.forget_leader(group, target);
+                    self.observe(group, target, Observation::Unreachable);
                     rotation += 1;
                 }
             }
@@ -458,73 +426,34 @@ impl LinkClient {
         ))
     }
 
-    fn set_leader(&self, group: u32, leader: Option<SocketAddr>) {
-        let mut cache = self
-            .inner
-            .routing
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(slot) = cache.leaders.get_mut(group as usize) {
-            if *slot != leader {
-                *slot = leader;
-                self.inner.routing_version.send_modify(|v| *v += 1);
-            }
+    fn observe(&self, group: u32, from: SocketAddr, observation: Observation) {
+        let changed = self.write_cache().on_reply(group, from, observation);
+        if changed {
+            self.inner.routing_version.send_modify(|v| *v += 1);
         }
     }
 
-    /// Forget `failed` as the leader of `group`, unless another leader was learned meanwhile.
-    fn forget_leader(&self, group: u32, failed: SocketAddr) {
-        let current = self
-            .read_cache()
-            .leaders
-            .get(group as usize)
-            .copied()
-            .flatten();
-        if current == Some(failed) {
-            self.set_leader(group, None);
-        }
-    }
-
-    /// Every 500 ms, ask a manager other than `busy` for the routing table. Never resolves.
+    /// Every [`ROUTING_POLL_EVERY`], ask a manager other than `busy` for the routing table.
+    /// Never resolves.
     async fn poll_routing_while_waiting(&self, busy: SocketAddr) {
         tokio::time::sleep(ROUTING_POLL_AFTER).await;
         let mut tick = tokio::time::interval(ROUTING_POLL_EVERY);
         loop {
             tick.tick().await;
-            let due = {
-                let mut last = self
-                    .inner
-                    .last_routing_poll
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                let due = last.is_none_or(|t| t.elapsed() >= ROUTING_POLL_EVERY);
-                if due {
-                    *last = Some(std::time::Instant::now());
-                }
-                due
-            };
+            let due = self
+                .write_cache()
+                .poll_due(std::time::Instant::now(), ROUTING_POLL_EVERY);
             if !due {
                 continue;
             }
             let others: Vec<SocketAddr> =
                 self.managers().into_iter().filter(|m| *m != busy).collect();
             for addr in others {
-                let request = GatewayRequest {
-                    gateway: self.inner.gateway,
-                    op: Some(gateway_request::Op::GetRouting(GetRouting {})),
-                };
-                let answer = self
-                    .send(
-                        addr,
-                        &request,
-                        tokio::time::Instant::now() + Duration::from_millis(400),
-                    )
-                    .await;
-                if let Attempt::Reply(GatewayReply {
-                    result: Some(gateway_reply::Result::Routing(r)),
-                }) = answer
+                let deadline = tokio::time::Instant::now() + ROUTING_POLL_TIMEOUT;
+                if let Attempt::Reply(LinkReply::Routing(r)) =
+                    self.send(addr, &LinkRequest::GetRouting, deadline).await
                 {
-                    self.apply_routing(r);
+                    self.apply_routing(&r);
                     break;
                 }
             }
@@ -535,12 +464,7 @@ impl LinkClient {
     async fn leader_moved(&self, group: u32, from: SocketAddr) {
         let mut version = self.inner.routing_version.subscribe();
         loop {
-            let leader = self
-                .read_cache()
-                .leaders
-                .get(group as usize)
-                .copied()
-                .flatten();
+            let leader = self.read_cache().leader(group);
             if leader.is_some_and(|l| l != from) {
                 return;
             }
@@ -555,18 +479,14 @@ impl LinkClient {
         self.inner.routing.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Full jitter: sleep a uniform time in `[0, min(max, min_backoff * 2^attempt)]`.
-    pub(crate) async fn backoff(&self, attempt: u32) {
-        let o = &self.inner.options;
-        let cap = o
-            .min_backoff
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(o.max_backoff);
-        let millis = rand::rng().random_range(0..=cap.as_millis() as u64);
-        tokio::time::sleep(Duration::from_millis(millis)).await;
+    fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, LeaderCache> {
+        self.inner
+            .routing
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, String> {
+    async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, StreamError> {
         if let Some(c) = self
             .inner
             .connections
@@ -578,15 +498,10 @@ impl LinkClient {
                 return Ok(c.clone());
             }
         }
-        let connecting = self
-            .inner
-            .endpoint
-            .connect(addr, "firetower")
-            .map_err(|e| e.to_string())?;
-        let conn = tokio::time::timeout(Duration::from_secs(2), connecting)
+        let connecting = self.inner.endpoint.connect(addr, SERVER_NAME)?;
+        let conn = tokio::time::timeout(self.inner.policy.connect_timeout, connecting)
             .await
-            .map_err(|_| "QUIC handshake timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| StreamError::HandshakeTimeout)??;
         self.inner
             .connections
             .lock()
@@ -602,26 +517,20 @@ impl LinkClient {
     async fn send(
         &self,
         addr: SocketAddr,
-        request: &GatewayRequest,
+        request: &LinkRequest,
         deadline: tokio::time::Instant,
     ) -> Attempt {
-        let opened = tokio::time::timeout_at(deadline, async {
-            let conn = self.connection(addr).await?;
-            conn.open_bi().await.map_err(|e| {
-                self.drop_connection(addr);
-                e.to_string()
-            })
-        })
-        .await;
+        let opened = tokio::time::timeout_at(deadline, self.open_stream(addr)).await;
         let (mut send, mut recv) = match opened {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Attempt::Transport(e),
+            Ok(Err(e)) => return Attempt::Transport(e.to_string()),
             Err(_) => {
                 return Attempt::Transport(format!("no stream to {addr} before the deadline"))
             }
         };
+        let frame = request.to_frame(self.inner.gateway);
         let result = async {
-            send.write_all(&encode_frame(request))
+            write_link_frame(&mut send, &frame)
                 .await
                 .map_err(|e| e.to_string())?;
             send.finish().map_err(|e| e.to_string())?;
@@ -633,7 +542,10 @@ impl LinkClient {
         };
         // The manager answers a write after it commits; its own proposal timeout is shorter.
         match tokio::time::timeout_at(deadline, result).await {
-            Ok(Ok(reply)) => Attempt::Reply(reply),
+            Ok(Ok(reply)) => match LinkReply::try_from(reply) {
+                Ok(reply) => Attempt::Reply(reply),
+                Err(e) => Attempt::Malformed(e),
+            },
             Ok(Err(e)) => {
                 self.drop_connection(addr);
                 Attempt::Indeterminate(e)
@@ -656,13 +568,9 @@ fn unreachable_attempt() -> Attempt {
     Attempt::Transport("routing poll ended".into())
 }
 
-fn unexpected(result: &gateway_reply::Result) -> LinkError {
+fn unexpected(reply: &LinkReply) -> LinkError {
     LinkError::Refused {
         code: "internal".into(),
-        message: format!("unexpected reply {result:?}"),
+        message: format!("unexpected reply {reply:?}"),
     }
-}
-
-fn unreachable_addr() -> LinkError {
-    LinkError::Endpoint("cannot form the wildcard bind address".into())
 }

@@ -1,9 +1,21 @@
-//! Exponential backoff with full jitter, for reconnecting to a peer manager.
+//! Exponential backoff with full jitter: the one reconnect policy of the workspace (managers
+//! reconnecting to peers, the gateway's link client and sessions, accept loops, chaos clients).
 //!
 //! After the `n`-th consecutive failure the next attempt waits a uniformly random time in
-//! `[0, min(cap, base * 2^n)]` ("full jitter", as in the AWS Architecture Blog's *Exponential
+//! `[0, min(cap, base * 2^(n-1))]` ("full jitter", as in the AWS Architecture Blog's *Exponential
 //! Backoff And Jitter*). Randomness keeps the managers of a recovering cluster from retrying a
 //! returning peer in lockstep; the exponent keeps a dead peer from being hammered.
+//!
+//! ```text
+//!   wait ▲            cap ─────────────────────
+//!        │         ┌──┘
+//!        │      ┌──┘      delay(n) uniform in [0, ceiling(n)]
+//!        │   ┌──┘
+//!        │ ──┘ base
+//!        └────────────────────────────────▶ failures n = 1, 2, 3, ...
+//! ```
+//!
+//! Pure: the caller passes the random number generator and does the sleeping.
 
 use std::time::Duration;
 
@@ -51,6 +63,20 @@ impl ReconnectPolicy {
         Duration::from_nanos(rng.random_range(0..=ceiling))
     }
 
+    /// `ceiling(failures)` plus a uniform extra wait in `[0, jitter]`: a growing floor with a
+    /// little spread, for clients that model people reconnecting (chaos's connection storm)
+    /// rather than a herd to be spread over the whole interval.
+    pub fn delay_above_ceiling(
+        &self,
+        failures: u32,
+        jitter: Duration,
+        rng: &mut impl Rng,
+    ) -> Duration {
+        let jitter = u64::try_from(jitter.as_nanos()).unwrap_or(u64::MAX);
+        self.ceiling(failures)
+            .saturating_add(Duration::from_nanos(rng.random_range(0..=jitter)))
+    }
+
     /// The endless sequence of delays for failures 1, 2, 3, ... (what openraft's replication
     /// waits between attempts to a peer reported unreachable).
     pub fn delays(self) -> impl Iterator<Item = Duration> + Send + 'static {
@@ -95,6 +121,17 @@ mod tests {
         let distinct: std::collections::HashSet<_> = samples.iter().collect();
         assert!(distinct.len() > 32, "full jitter should spread delays");
         assert!(samples.iter().any(|d| *d < Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn delay_above_ceiling_stays_between_ceiling_and_jitter() {
+        let p = policy();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for failures in 1..20 {
+            let d = p.delay_above_ceiling(failures, Duration::from_millis(200), &mut rng);
+            assert!(d >= p.ceiling(failures), "{failures}: {d:?}");
+            assert!(d <= p.ceiling(failures) + Duration::from_millis(200));
+        }
     }
 
     #[test]

@@ -101,7 +101,11 @@ impl Admin for AdminService {
         &self,
         request: Request<ChangeGroupRequest>,
     ) -> Result<Response<ChangeGroupReply>, Status> {
-        answer(self.membership.change_group_here(request.into_inner()).await)
+        answer(
+            self.membership
+                .change_group_here(request.into_inner())
+                .await,
+        )
     }
 
     async fn campaign(

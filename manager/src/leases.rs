@@ -104,12 +104,15 @@ impl Leases {
         due
     }
 
-    /// The expiry of `gateway`'s session `epoch` committed: forget what was kept about it.
+    /// The expiry of `gateway`'s session `epoch` committed: forget what was kept about it,
+    /// and about its older epochs (replaced in the table, they can only come back as a new
+    /// registration, whose lease must start afresh).
     pub(crate) fn expired(&mut self, gateway: GatewayId, epoch: Epoch) {
         if self.heard.get(&gateway).is_some_and(|(e, _)| *e == epoch) {
             self.heard.remove(&gateway);
         }
-        self.first_seen.remove(&(gateway, epoch));
+        self.first_seen
+            .retain(|(g, e), _| *g != gateway || *e > epoch);
     }
 }
 

@@ -13,7 +13,9 @@
 //!                  ─▶ GetRouting                               ─▶ replies::routing
 //! ```
 
-use firetower_proto::link::{gateway_reply, gateway_request, GatewayReply, GatewayRequest, Gateways};
+use firetower_proto::link::{
+    gateway_reply, gateway_request, GatewayReply, GatewayRequest, Gateways,
+};
 use firetower_proto::{decode_frame, encode_frame};
 use firetower_raft::{group_of, Command};
 
@@ -119,7 +121,9 @@ pub(crate) async fn handle(node: &Node, request: GatewayRequest) -> GatewayReply
         Some(gateway_request::Op::TopicGateways(t)) => (t.topic, None),
         Some(gateway_request::Op::GetRouting(_)) => {
             return GatewayReply {
-                result: Some(gateway_reply::Result::Routing(crate::replies::routing(node))),
+                result: Some(gateway_reply::Result::Routing(crate::replies::routing(
+                    node,
+                ))),
             }
         }
         Some(gateway_request::Op::Publish(p)) => {
@@ -153,4 +157,3 @@ pub(crate) async fn handle(node: &Node, request: GatewayRequest) -> GatewayReply
         },
     }
 }
-

@@ -168,7 +168,8 @@ impl Membership {
             crate::meta::store(&self.node.config().data_dir, &new_meta)
                 .map_err(|e| MembershipError::Internal(e.to_string()))?;
             self.node.set_meta(new_meta);
-            self.node.start_groups(groups, false)
+            self.node
+                .start_groups(groups, false)
                 .await
                 .map_err(|e| MembershipError::Internal(e.to_string()))?;
         }
@@ -191,7 +192,6 @@ impl Membership {
         }
         Ok(())
     }
-
 
     pub(crate) fn require_joined(&self) -> Result<(), MembershipError> {
         if self.node.cluster_id().is_empty() {
@@ -245,7 +245,9 @@ impl Membership {
         let mut client = connect(addr, DESCRIBE_TIMEOUT).await?;
         let reply = tokio::time::timeout(DESCRIBE_TIMEOUT, client.describe(DescribeRequest {}))
             .await
-            .map_err(|_| MembershipError::Unavailable(format!("manager at {addr} did not answer")))??;
+            .map_err(|_| {
+                MembershipError::Unavailable(format!("manager at {addr} did not answer"))
+            })??;
         Ok(reply.into_inner())
     }
 
@@ -292,12 +294,15 @@ impl Membership {
         self.require_joined()?;
         self.check_group(request.group)?;
         let group = request.group;
-        let raft = self
-            .node
-            .raft(group)
-            .ok_or_else(|| MembershipError::Unavailable(format!("group {group} is not running here")))?;
+        let raft = self.node.raft(group).ok_or_else(|| {
+            MembershipError::Unavailable(format!("group {group} is not running here"))
+        })?;
         let result = match request.change {
-            None => return Err(MembershipError::InvalidRequest("ChangeGroup without a change".into())),
+            None => {
+                return Err(MembershipError::InvalidRequest(
+                    "ChangeGroup without a change".into(),
+                ))
+            }
             Some(Change::AddLearner(m)) => {
                 let node = ManagerNode {
                     quic: m.quic,
@@ -358,12 +363,12 @@ impl Membership {
                 leader: self.node.id(),
                 leader_admin: self.node.addrs().admin.clone(),
             }),
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(MembershipError::Refused(format!(
-                    "group {group}: membership change refused: {e}"
-                )))
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err(
+                MembershipError::Refused(format!("group {group}: membership change refused: {e}")),
+            ),
+            Err(RaftError::Fatal(e)) => {
+                Err(MembershipError::Internal(format!("group {group}: {e}")))
             }
-            Err(RaftError::Fatal(e)) => Err(MembershipError::Internal(format!("group {group}: {e}"))),
         }
     }
 
@@ -419,7 +424,6 @@ impl Membership {
             groups,
         })
     }
-
 
     pub(crate) async fn init(&self, request: InitRequest) -> Result<InitReply, MembershipError> {
         let request = request;
@@ -552,7 +556,10 @@ impl Membership {
         })
     }
 
-    pub(crate) async fn add_manager(&self, request: AddManagerRequest) -> Result<AddManagerReply, MembershipError> {
+    pub(crate) async fn add_manager(
+        &self,
+        request: AddManagerRequest,
+    ) -> Result<AddManagerReply, MembershipError> {
         self.require_joined()?;
         let addr = request.admin;
         let _guard = self.node.change_lock().await;
@@ -635,7 +642,10 @@ impl Membership {
         })
     }
 
-    pub(crate) async fn remove_manager(&self, request: RemoveManagerRequest) -> Result<RemoveManagerReply, MembershipError> {
+    pub(crate) async fn remove_manager(
+        &self,
+        request: RemoveManagerRequest,
+    ) -> Result<RemoveManagerReply, MembershipError> {
         self.require_joined()?;
         let id = request.id;
         let _guard = self.node.change_lock().await;
@@ -657,7 +667,10 @@ impl Membership {
         Ok(RemoveManagerReply {})
     }
 
-    pub(crate) async fn transfer_leader(&self, request: TransferLeaderRequest) -> Result<TransferLeaderReply, MembershipError> {
+    pub(crate) async fn transfer_leader(
+        &self,
+        request: TransferLeaderRequest,
+    ) -> Result<TransferLeaderReply, MembershipError> {
         self.require_joined()?;
         let TransferLeaderRequest { group, to } = request;
         self.check_group(group)?;
@@ -665,10 +678,9 @@ impl Membership {
         let target = known.get(&to).cloned().ok_or_else(|| {
             MembershipError::NotFound(format!("manager {to} is not a member of this cluster"))
         })?;
-        let raft = self
-            .node
-            .raft(group)
-            .ok_or_else(|| MembershipError::Unavailable(format!("group {group} is not running here")))?;
+        let raft = self.node.raft(group).ok_or_else(|| {
+            MembershipError::Unavailable(format!("group {group} is not running here"))
+        })?;
         let is_voter = raft
             .metrics()
             .borrow()
@@ -724,7 +736,10 @@ impl Membership {
         )))
     }
 
-    pub(crate) async fn topic_info(&self, request: TopicInfoRequest) -> Result<TopicInfoReply, MembershipError> {
+    pub(crate) async fn topic_info(
+        &self,
+        request: TopicInfoRequest,
+    ) -> Result<TopicInfoReply, MembershipError> {
         self.require_joined()?;
         let topic = request.topic;
         firetower_proto::validate_topic(&topic)
@@ -767,7 +782,9 @@ impl Membership {
     pub(crate) async fn join(&self, request: JoinRequest) -> Result<JoinReply, MembershipError> {
         let r = request;
         if r.cluster_id.is_empty() {
-            return Err(MembershipError::InvalidRequest("Join without a cluster id".into()));
+            return Err(MembershipError::InvalidRequest(
+                "Join without a cluster id".into(),
+            ));
         }
         if !r.members.iter().any(|m| m.id == self.node.id()) {
             return Err(MembershipError::InvalidRequest(format!(
@@ -794,14 +811,16 @@ impl Membership {
         Ok(JoinReply {})
     }
 
-    pub(crate) async fn campaign(&self, request: CampaignRequest) -> Result<CampaignReply, MembershipError> {
+    pub(crate) async fn campaign(
+        &self,
+        request: CampaignRequest,
+    ) -> Result<CampaignReply, MembershipError> {
         self.require_joined()?;
         let group = request.group;
         self.check_group(group)?;
-        let raft = self
-            .node
-            .raft(group)
-            .ok_or_else(|| MembershipError::Unavailable(format!("group {group} is not running here")))?;
+        let raft = self.node.raft(group).ok_or_else(|| {
+            MembershipError::Unavailable(format!("group {group} is not running here"))
+        })?;
         raft.trigger()
             .elect()
             .await
@@ -809,14 +828,16 @@ impl Membership {
         Ok(CampaignReply {})
     }
 
-    pub(crate) async fn hold_heartbeats(&self, request: HoldHeartbeatsRequest) -> Result<HoldHeartbeatsReply, MembershipError> {
+    pub(crate) async fn hold_heartbeats(
+        &self,
+        request: HoldHeartbeatsRequest,
+    ) -> Result<HoldHeartbeatsReply, MembershipError> {
         self.require_joined()?;
         let HoldHeartbeatsRequest { group, millis } = request;
         self.check_group(group)?;
-        let raft = self
-            .node
-            .raft(group)
-            .ok_or_else(|| MembershipError::Unavailable(format!("group {group} is not running here")))?;
+        let raft = self.node.raft(group).ok_or_else(|| {
+            MembershipError::Unavailable(format!("group {group} is not running here"))
+        })?;
         if raft.metrics().borrow().current_leader != Some(self.node.id()) {
             return Ok(HoldHeartbeatsReply { held: false });
         }

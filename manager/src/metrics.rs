@@ -69,6 +69,16 @@ pub(crate) enum PublishOutcome {
     failed,
 }
 
+impl PublishOutcome {
+    const ALL: [PublishOutcome; 5] = [
+        PublishOutcome::published,
+        PublishOutcome::not_leader,
+        PublishOutcome::unavailable,
+        PublishOutcome::timeout,
+        PublishOutcome::failed,
+    ];
+}
+
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: PublishOutcome,
@@ -138,8 +148,9 @@ impl ManagerMetrics {
             "Commands proposed here that committed and were applied",
             commits.clone(),
         );
-        let commit_latency =
-            Family::<GroupLabel, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
+        let commit_latency = Family::<GroupLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(latency_buckets())
+        });
         registry.register(
             "commit_latency_seconds",
             "Time from proposing a command to its being applied",
@@ -165,6 +176,9 @@ impl ManagerMetrics {
             gateway_sessions.clone(),
         );
         let publishes = Family::<OutcomeLabel, Counter>::default();
+        for outcome in PublishOutcome::ALL {
+            publishes.get_or_create(&OutcomeLabel { outcome });
+        }
         registry.register(
             "publishes",
             "Publish requests handled here, by outcome",
@@ -193,6 +207,15 @@ impl ManagerMetrics {
         }
     }
 
+    /// Create the series of a group that started here, at zero, so that dashboards and
+    /// `rate()` see them from the start rather than from the first event.
+    pub(crate) fn add_group(&self, group: u32) {
+        let label = GroupLabel { group };
+        self.proposals.get_or_create(&label);
+        self.commits.get_or_create(&label);
+        self.commit_latency.get_or_create(&label);
+    }
+
     /// The text exposition of every metric.
     pub(crate) fn encode(&self) -> String {
         let mut text = String::new();
@@ -206,9 +229,13 @@ impl ManagerMetrics {
         let label = GroupLabel { group };
         for role in Role::ALL {
             let value = i64::from(sample.role == Some(role));
-            self.role.get_or_create(&RoleLabels { group, role }).set(value);
+            self.role
+                .get_or_create(&RoleLabels { group, role })
+                .set(value);
         }
-        self.term.get_or_create(&label).set(saturating_i64(sample.term));
+        self.term
+            .get_or_create(&label)
+            .set(saturating_i64(sample.term));
         self.commit_index
             .get_or_create(&label)
             .set(saturating_i64(sample.committed));
@@ -222,7 +249,9 @@ impl ManagerMetrics {
 
     /// `commands` were proposed in `group`.
     pub(crate) fn proposed(&self, group: u32, commands: u64) {
-        self.proposals.get_or_create(&GroupLabel { group }).inc_by(commands);
+        self.proposals
+            .get_or_create(&GroupLabel { group })
+            .inc_by(commands);
     }
 
     /// `commands` proposed in `group` committed and were applied `took` after proposal.
@@ -236,7 +265,9 @@ impl ManagerMetrics {
 
     /// A publish ended with `outcome`.
     pub(crate) fn published(&self, outcome: PublishOutcome) {
-        self.publishes.get_or_create(&OutcomeLabel { outcome }).inc();
+        self.publishes
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
 
     /// `n` deliveries were queued to gateway sessions.
@@ -276,6 +307,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_started_group_has_its_series_at_zero() {
+        let m = ManagerMetrics::new();
+        m.add_group(4);
+        let text = m.encode();
+        for want in [
+            "firetower_manager_proposals_total{group=\"4\"} 0",
+            "firetower_manager_commits_total{group=\"4\"} 0",
+            "firetower_manager_commit_latency_seconds_count{group=\"4\"} 0",
+            "firetower_manager_publishes_total{outcome=\"timeout\"} 0",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+    }
+
+    #[test]
     fn every_metric_is_named_with_the_prefix() {
         let m = ManagerMetrics::new();
         m.set_group(
@@ -295,7 +341,10 @@ mod tests {
         m.set_gateway_sessions(1);
         firetower_store::FsyncObserver::fsync_done(&m, Duration::from_micros(300), 10);
         let text = m.encode();
-        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
             assert!(line.starts_with("firetower_manager_"), "{line}");
         }
         for want in [

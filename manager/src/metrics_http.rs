@@ -192,7 +192,11 @@ mod tests {
         );
         assert_eq!(route(b"GET /metr"), None);
         assert_eq!(route(b"\x00\x01garbage\r\n\r\n"), Some(Route::BadRequest));
-        let huge = [b"GET /metrics HTTP/1.1\r\nX: ".as_slice(), &[b'a'; MAX_REQUEST_BYTES]].concat();
+        let huge = [
+            b"GET /metrics HTTP/1.1\r\nX: ".as_slice(),
+            &[b'a'; MAX_REQUEST_BYTES],
+        ]
+        .concat();
         assert_eq!(route(&huge[..MAX_REQUEST_BYTES]), Some(Route::TooLarge));
     }
 

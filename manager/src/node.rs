@@ -253,7 +253,11 @@ impl Node {
     }
 
     /// Start the Raft groups; `restarted` when they existed before this process started.
-    pub(crate) async fn start_groups(&self, groups: u32, restarted: bool) -> Result<(), StartError> {
+    pub(crate) async fn start_groups(
+        &self,
+        groups: u32,
+        restarted: bool,
+    ) -> Result<(), StartError> {
         let inner = &self.inner;
         let cluster_id = self.meta().cluster_id;
         let _ = inner.cluster_id.send_replace(cluster_id.clone());
@@ -290,6 +294,7 @@ impl Node {
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(group, reader);
+            inner.metrics.add_group(group);
             let proposer = Proposer::spawn(
                 group,
                 raft.clone(),
@@ -337,7 +342,10 @@ impl Node {
     }
 
     /// This manager's own view of one group.
-    pub(crate) async fn group_status(&self, group: GroupId) -> Option<(GroupStatus, ReplicaStatus)> {
+    pub(crate) async fn group_status(
+        &self,
+        group: GroupId,
+    ) -> Option<(GroupStatus, ReplicaStatus)> {
         let raft = self.raft(group)?;
         let m = raft.metrics().borrow().clone();
         let committed = committed_index(&raft).await;
@@ -413,10 +421,7 @@ impl Node {
                 )
             };
             let committed = committed_index(&raft).await;
-            let stamp_topics = self
-                .stamper(group)
-                .map(|s| lock(&s).topics())
-                .unwrap_or(0);
+            let stamp_topics = self.stamper(group).map(|s| lock(&s).topics()).unwrap_or(0);
             metrics.set_group(
                 group,
                 GroupSample {

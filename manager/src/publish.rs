@@ -217,11 +217,7 @@ async fn publish_once(node: &Node, topic: String, data: Bytes, json: bool) -> Ga
 
 /// The term in which this manager may stamp a message of `group` now, and the gateways
 /// subscribed to `topic`; otherwise the reply that says why not.
-fn serving_term(
-    node: &Node,
-    group: GroupId,
-    topic: &str,
-) -> Result<(u64, Vec<u64>), GatewayReply> {
+fn serving_term(node: &Node, group: GroupId, topic: &str) -> Result<(u64, Vec<u64>), GatewayReply> {
     if node.shutdown_token().is_cancelled() {
         return Err(failure("unavailable", "manager is shutting down; retry"));
     }
@@ -278,21 +274,14 @@ fn serving_term(
             }
         }
         let gateways = local_gateways(node, group, topic)?;
-        copies.insert(
-            topic.to_string(),
-            (Instant::now(), gateways.clone()),
-        );
+        copies.insert(topic.to_string(), (Instant::now(), gateways.clone()));
         return Ok((term, gateways));
     }
     Ok((term, local_gateways(node, group, topic)?))
 }
 
 /// The gateways subscribed to `topic` in this manager's copy of the table.
-fn local_gateways(
-    node: &Node,
-    group: GroupId,
-    topic: &str,
-) -> Result<Vec<u64>, GatewayReply> {
+fn local_gateways(node: &Node, group: GroupId, topic: &str) -> Result<Vec<u64>, GatewayReply> {
     let Some(reader) = node.reader(group) else {
         return Err(failure(
             "unavailable",

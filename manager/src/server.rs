@@ -20,9 +20,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use firetower_proto::admin::{GroupStatus, ReplicaStatus};
 use firetower_raft::{GroupId, GroupRouter, ManagerNode, Raft};
 use firetower_store::{StateStore, TableReader, Wal, WalOptions};
-use firetower_proto::admin::{GroupStatus, ReplicaStatus};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ManagerConfig;
@@ -110,7 +110,8 @@ impl Manager {
         manager.spawn_routing_watch();
         manager.spawn_admin_server().await?;
         if let Some(addr) = metrics_bind {
-            manager.metrics_addr = Some(crate::metrics_http::serve(manager.node.clone(), addr).await?);
+            manager.metrics_addr =
+                Some(crate::metrics_http::serve(manager.node.clone(), addr).await?);
         }
         tracing::info!(
             id = manager.id(),
@@ -214,8 +215,8 @@ impl Manager {
             }
         }
         // Let the close frames reach the peers before the process exits.
-        let _ =
-            tokio::time::timeout(Duration::from_millis(500), self.node.endpoint().wait_idle()).await;
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.node.endpoint().wait_idle())
+            .await;
     }
 
     /// After a restart, connect to every other manager of the groups' memberships, so that
@@ -335,7 +336,6 @@ impl Manager {
         });
         Ok(())
     }
-
 }
 
 /// Take an exclusive lock on `DATA/LOCK`, so that a second process on the same directory
@@ -361,4 +361,3 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, StartError> {
         Err(std::fs::TryLockError::Error(source)) => Err(StartError::DataDir { path, source }),
     }
 }
-

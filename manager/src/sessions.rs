@@ -15,7 +15,9 @@
 use std::time::{Duration, Instant};
 
 use firetower_proto::decode_frame;
-use firetower_proto::link::{gateway_frame, session_frame, GatewayFrame, OpenSession, Resync, SessionOpened};
+use firetower_proto::link::{
+    gateway_frame, session_frame, GatewayFrame, OpenSession, Resync, SessionOpened,
+};
 use firetower_proto::MAX_LINK_FRAME_BYTES;
 use firetower_raft::{Command, GroupId, Response};
 use std::collections::HashMap;

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use firetower_manager::{connect_admin, Manager, ManagerConfig, RaftTuning};
 use firetower_proto::admin::InitRequest;
-use firetower_proto::link::{gateway_reply, gateway_request, GatewayReply, GatewayRequest, Subscribe};
+use firetower_proto::link::{
+    gateway_reply, gateway_request, GatewayReply, GatewayRequest, Subscribe,
+};
 use firetower_proto::{decode_frame, encode_frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -50,7 +52,10 @@ async fn start_single(dir: &std::path::Path) -> Manager {
         .await
         .expect("cluster init");
     assert!(
-        manager.wait_for_leaders(Duration::from_secs(10)).await.is_empty(),
+        manager
+            .wait_for_leaders(Duration::from_secs(10))
+            .await
+            .is_empty(),
         "group 0 elected no leader"
     );
     manager
@@ -105,7 +110,8 @@ async fn subscribe(manager: &Manager, gateway: u64, topic: &str) {
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(firetower_raft::client_config(firetower_raft::ALPN_LINK));
     let conn = endpoint
-        .connect(manager.quic_addr(), firetower_raft::SERVER_NAME)
+        // The name the managers' self-signed certificates carry (firetower_raft::quic).
+        .connect(manager.quic_addr(), "firetower")
         .unwrap()
         .await
         .expect("QUIC handshake");
@@ -161,11 +167,17 @@ async fn scrape_shows_the_manager_metrics() {
     }
     let before = samples(&before);
     assert_eq!(
-        value(&before, "firetower_manager_role{group=\"0\",role=\"leader\"}"),
+        value(
+            &before,
+            "firetower_manager_role{group=\"0\",role=\"leader\"}"
+        ),
         1.0
     );
     assert_eq!(
-        value(&before, "firetower_manager_role{group=\"0\",role=\"follower\"}"),
+        value(
+            &before,
+            "firetower_manager_role{group=\"0\",role=\"follower\"}"
+        ),
         0.0
     );
     assert!(value(&before, "firetower_manager_term{group=\"0\"}") >= 1.0);
@@ -189,8 +201,18 @@ async fn scrape_shows_the_manager_metrics() {
     );
     assert!(value(&after, "firetower_manager_proposals_total{group=\"0\"}") >= 1.0);
     assert!(value(&after, "firetower_manager_commits_total{group=\"0\"}") >= 1.0);
-    assert!(value(&after, "firetower_manager_commit_latency_seconds_count{group=\"0\"}") >= 1.0);
-    assert!(value(&after, "firetower_manager_commit_latency_seconds_sum{group=\"0\"}") > 0.0);
+    assert!(
+        value(
+            &after,
+            "firetower_manager_commit_latency_seconds_count{group=\"0\"}"
+        ) >= 1.0
+    );
+    assert!(
+        value(
+            &after,
+            "firetower_manager_commit_latency_seconds_sum{group=\"0\"}"
+        ) > 0.0
+    );
     assert!(
         value(&after, "firetower_manager_wal_fsync_seconds_count")
             > value(&before, "firetower_manager_wal_fsync_seconds_count")
@@ -208,7 +230,9 @@ async fn bad_requests_get_an_error_and_the_endpoint_keeps_serving() {
     assert_eq!(http(addr, b"\x00\x01\x02 nonsense\r\n\r\n").await.0, 400);
     assert_eq!(get(addr, "/nothing-here").await.0, 404);
     assert_eq!(
-        http(addr, b"POST /metrics HTTP/1.1\r\nHost: t\r\n\r\n").await.0,
+        http(addr, b"POST /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .0,
         405
     );
     // A head that does not end within the 8 KiB limit (sent whole, so that the server reads

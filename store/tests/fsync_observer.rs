@@ -21,7 +21,10 @@ struct Counting {
 
 impl FsyncObserver for Counting {
     fn fsync_done(&self, took: Duration, bytes: u64) {
-        assert!(took < Duration::from_secs(60), "an fsync of {took:?} is not plausible");
+        assert!(
+            took < Duration::from_secs(60),
+            "an fsync of {took:?} is not plausible"
+        );
         self.syncs.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
     }

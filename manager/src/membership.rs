@@ -61,6 +61,9 @@ pub enum MembershipError {
     /// A storage or Raft failure on this manager.
     #[error("{0}")]
     Internal(String),
+    /// The identity file could not be written or the groups could not start.
+    #[error(transparent)]
+    Start(#[from] crate::error::StartError),
     /// Another manager, called on the way, answered with this status (passed on as it is).
     #[error("{}", .0.message())]
     Remote(Status),
@@ -76,7 +79,7 @@ impl MembershipError {
             MembershipError::IdTaken(_) => Code::AlreadyExists,
             MembershipError::Unavailable(_) => Code::Unavailable,
             MembershipError::TimedOut(_) => Code::DeadlineExceeded,
-            MembershipError::Internal(_) => Code::Internal,
+            MembershipError::Internal(_) | MembershipError::Start(_) => Code::Internal,
             MembershipError::Remote(status) => status.code(),
         }
     }
@@ -165,13 +168,9 @@ impl Membership {
                 groups,
                 ..self.node.meta()
             };
-            crate::meta::store(&self.node.config().data_dir, &new_meta)
-                .map_err(|e| MembershipError::Internal(e.to_string()))?;
+            crate::meta::store(&self.node.config().data_dir, &new_meta)?;
             self.node.set_meta(new_meta);
-            self.node
-                .start_groups(groups, false)
-                .await
-                .map_err(|e| MembershipError::Internal(e.to_string()))?;
+            self.node.start_groups(groups, false).await?;
         }
         for &group in initialize {
             let raft = self.node.raft(group).ok_or_else(|| {
@@ -856,4 +855,49 @@ fn new_cluster_id() -> String {
     let a: u64 = rand::random();
     let b: u64 = rand::random();
     format!("{a:016x}{b:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_keep_their_grpc_code_and_message() {
+        for (error, code) in [
+            (
+                MembershipError::InvalidRequest("a".into()),
+                Code::InvalidArgument,
+            ),
+            (
+                MembershipError::Refused("a".into()),
+                Code::FailedPrecondition,
+            ),
+            (MembershipError::NotFound("a".into()), Code::NotFound),
+            (MembershipError::IdTaken("a".into()), Code::AlreadyExists),
+            (MembershipError::Unavailable("a".into()), Code::Unavailable),
+            (
+                MembershipError::TimedOut("a".into()),
+                Code::DeadlineExceeded,
+            ),
+            (MembershipError::Internal("a".into()), Code::Internal),
+        ] {
+            assert_eq!(error.code(), code);
+            let status = Status::from(error);
+            assert_eq!((status.code(), status.message()), (code, "a"));
+        }
+        // A status from another manager passes through unchanged.
+        let remote = MembershipError::from(Status::not_found("manager 9 is gone"));
+        assert_eq!(remote.message(), "manager 9 is gone");
+        let status = Status::from(remote);
+        assert_eq!(status.code(), Code::NotFound);
+        assert_eq!(status.message(), "manager 9 is gone");
+    }
+
+    #[test]
+    fn cluster_ids_are_128_bit_hex() {
+        let a = new_cluster_id();
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, new_cluster_id());
+    }
 }

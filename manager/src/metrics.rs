@@ -177,7 +177,7 @@ impl ManagerMetrics {
         );
         let publishes = Family::<OutcomeLabel, Counter>::default();
         for outcome in PublishOutcome::ALL {
-            publishes.get_or_create(&OutcomeLabel { outcome });
+            drop(publishes.get_or_create(&OutcomeLabel { outcome }));
         }
         registry.register(
             "publishes",
@@ -211,9 +211,9 @@ impl ManagerMetrics {
     /// `rate()` see them from the start rather than from the first event.
     pub(crate) fn add_group(&self, group: u32) {
         let label = GroupLabel { group };
-        self.proposals.get_or_create(&label);
-        self.commits.get_or_create(&label);
-        self.commit_latency.get_or_create(&label);
+        drop(self.proposals.get_or_create(&label));
+        drop(self.commits.get_or_create(&label));
+        drop(self.commit_latency.get_or_create(&label));
     }
 
     /// The text exposition of every metric.

@@ -154,6 +154,37 @@ async fn read_gateway_frame(recv: &mut quinn::RecvStream) -> Result<Option<Gatew
     }
 }
 
+/// Why a session could not be registered or expired in a group (the lease task retries at
+/// its next tick).
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    /// The group is not started on this manager (or stopped).
+    #[error("group {0} is not running here")]
+    GroupNotRunning(GroupId),
+    /// The group's table could not be read.
+    #[error("reading the session table: {0}")]
+    Table(#[from] firetower_store::StoreError),
+    /// The gateway reconnected with an epoch older than the one its table holds.
+    #[error("gateway {gateway} came back with epoch {epoch} below the recorded {recorded}")]
+    EpochBelowRecorded {
+        /// The gateway.
+        gateway: u64,
+        /// The epoch it came back with.
+        epoch: u64,
+        /// The epoch the table holds.
+        recorded: u64,
+    },
+    /// The state machine refused the command.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// Raft did not take the command (not leader any more, stopping).
+    #[error("{0}")]
+    Raft(String),
+    /// No commit within the proposal timeout.
+    #[error("proposal timed out")]
+    Timeout,
+}
+
 /// Make sure group `group` (led here) records this session's epoch. Returns true when it had
 /// to register it (the gateway had no session with this epoch there: its subscriptions in the
 /// group, if any, were dropped with the old epoch and must be re-sent).
@@ -161,19 +192,24 @@ async fn ensure_session(
     node: &Node,
     group: GroupId,
     handle: &SessionHandle,
-) -> Result<bool, String> {
-    let reader = node.reader(group).ok_or("group not running")?;
-    let raft = node.raft(group).ok_or("group not running")?;
-    let stored = reader.session(handle.gateway).map_err(|e| e.to_string())?;
+) -> Result<bool, SessionError> {
+    let reader = node
+        .reader(group)
+        .ok_or(SessionError::GroupNotRunning(group))?;
+    let raft = node
+        .raft(group)
+        .ok_or(SessionError::GroupNotRunning(group))?;
+    let stored = reader.session(handle.gateway)?;
     if stored.as_ref().is_some_and(|s| s.epoch == handle.epoch) {
         return Ok(false);
     }
     if let Some(old) = stored {
         if old.epoch > handle.epoch {
-            return Err(format!(
-                "gateway {} came back with epoch {} below the recorded {}",
-                handle.gateway, handle.epoch, old.epoch
-            ));
+            return Err(SessionError::EpochBelowRecorded {
+                gateway: handle.gateway,
+                epoch: handle.epoch,
+                recorded: old.epoch,
+            });
         }
         propose(
             &raft,
@@ -196,14 +232,14 @@ async fn ensure_session(
     Ok(true)
 }
 
-async fn propose(raft: &firetower_raft::Raft, command: Command) -> Result<(), String> {
+async fn propose(raft: &firetower_raft::Raft, command: Command) -> Result<(), SessionError> {
     match tokio::time::timeout(Duration::from_secs(5), raft.client_write(command)).await {
         Ok(Ok(r)) => match r.data {
-            Response::Refused { reason } => Err(reason),
+            Response::Refused { reason } => Err(SessionError::Refused(reason)),
             _ => Ok(()),
         },
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("proposal timed out".into()),
+        Ok(Err(e)) => Err(SessionError::Raft(e.to_string())),
+        Err(_) => Err(SessionError::Timeout),
     }
 }
 
@@ -230,16 +266,19 @@ pub(crate) fn spawn_lease_task(node: Node) {
     });
 }
 
-async fn lease_round(node: &Node, group: GroupId, since: Instant) -> Result<(), String> {
-    let reader = node.reader(group).ok_or("group not running")?;
-    let raft = node.raft(group).ok_or("group not running")?;
+async fn lease_round(node: &Node, group: GroupId, since: Instant) -> Result<(), SessionError> {
+    let reader = node
+        .reader(group)
+        .ok_or(SessionError::GroupNotRunning(group))?;
+    let raft = node
+        .raft(group)
+        .ok_or(SessionError::GroupNotRunning(group))?;
     let sessions = node.sessions();
     let now = Instant::now();
     // Expire sessions not heard from within their lease (see leases.rs for when a lease
     // starts to run).
     let table: Vec<HeldSession> = reader
-        .sessions()
-        .map_err(|e| e.to_string())?
+        .sessions()?
         .into_iter()
         .map(|(gateway, session)| HeldSession {
             gateway: GatewayId(gateway),

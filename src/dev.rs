@@ -13,7 +13,8 @@ pub struct DevArgs {
     /// Where the managers keep their data.
     #[arg(long, default_value = ".firetower-dev")]
     data_dir: PathBuf,
-    /// First port; the managers use it and the next five (QUIC and admin for each).
+    /// First port; the managers use it and the next eight (QUIC and admin for each, then
+    /// one metrics port each).
     #[arg(long, default_value_t = 6666)]
     base_port: u16,
     /// The gateway's WebSocket, health and metrics address.
@@ -29,6 +30,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .base_port
             .checked_add(i * 2)
             .context("--base-port too high")?;
+        let metrics_port = args
+            .base_port
+            .checked_add(6 + i)
+            .context("--base-port too high")?;
         let config = ManagerConfig {
             id,
             quic: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
@@ -36,6 +41,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             data_dir: args.data_dir.join(format!("manager-{id}")),
             cluster_id: None,
             raft: RaftTuning::default(),
+            metrics: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, metrics_port))),
             unsafe_stale_reads: false,
             unsafe_stale_leadership: false,
         };
@@ -81,6 +87,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "  members:    firetower cluster members --admin {}",
         admins[0]
     );
+    let metrics: Vec<String> = managers
+        .iter()
+        .filter_map(|m| m.metrics_addr())
+        .map(|a| format!("http://{a}/metrics"))
+        .collect();
+    println!("  managers' metrics: {}", metrics.join("  "));
     println!("  data:       {}", args.data_dir.display());
     println!();
     println!("Try it with any WebSocket client, for example `websocat {url}`, and send:");

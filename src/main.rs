@@ -81,6 +81,10 @@ struct ManagerArgs {
     /// Refuse to start unless the data directory belongs to this cluster.
     #[arg(long)]
     cluster_id: Option<String>,
+    /// Serve Prometheus metrics (`GET /metrics`) and `GET /healthz` over HTTP on this
+    /// address, for example 127.0.0.1:9100. Off unless given (or `metrics` in the config).
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
     /// Do not fdatasync the write-ahead log (loses acknowledged writes on power loss; tests only).
     #[arg(long)]
     no_fsync: bool,
@@ -169,6 +173,7 @@ fn manager_config(args: ManagerArgs) -> anyhow::Result<ManagerConfig> {
                 data_dir: args.data_dir.clone().ok_or_else(|| missing("--data-dir"))?,
                 cluster_id: None,
                 raft: RaftTuning::default(),
+                metrics: None,
                 unsafe_stale_reads: false,
                 unsafe_stale_leadership: false,
             }
@@ -188,6 +193,9 @@ fn manager_config(args: ManagerArgs) -> anyhow::Result<ManagerConfig> {
     }
     if args.cluster_id.is_some() {
         config.cluster_id = args.cluster_id;
+    }
+    if args.metrics.is_some() {
+        config.metrics = args.metrics;
     }
     if args.no_fsync {
         config.raft.fsync = false;

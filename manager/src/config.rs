@@ -36,6 +36,10 @@ pub struct ManagerConfig {
     /// Raft timing and durability.
     #[serde(default)]
     pub raft: RaftTuning,
+    /// If set, serve `GET /metrics` (Prometheus text) and `GET /healthz` over HTTP here.
+    /// Off by default: the metrics name groups, gateways and terms, which is for operators.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
     /// DELIBERATELY UNSAFE, for verifying the Jepsen harness only: answer topic reads from
     /// this manager's local state machine, leader or not, without a read index, and look a
     /// publish's subscribers up in a copy of the table up to 3 s old. Reads may then be stale
@@ -176,6 +180,7 @@ mod tests {
             data_dir: "/tmp/x".into(),
             cluster_id: None,
             raft: RaftTuning::default(),
+            metrics: None,
             unsafe_stale_reads: false,
             unsafe_stale_leadership: false,
         }
@@ -214,6 +219,13 @@ mod tests {
         assert_eq!(c.id, 2);
         assert_eq!(c.raft.heartbeat_ms, 50);
         assert_eq!(c.raft.election_timeout_min_ms, 400);
+        assert_eq!(c.metrics, None);
+        let c = ManagerConfig::from_toml(
+            "id = 2\nquic = \"127.0.0.1:7000\"\nadmin = \"127.0.0.1:7001\"\ndata_dir = \"d\"\n\
+             metrics = \"127.0.0.1:7002\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.metrics, Some("127.0.0.1:7002".parse().unwrap()));
         let err = ManagerConfig::from_toml(
             "id = 2\nquic = \"127.0.0.1:7000\"\nadmin = \"127.0.0.1:7001\"\ndata_dir = \"d\"\nqiuc = 1\n",
         )

@@ -19,113 +19,56 @@
 //!    The acknowledgement time is taken from openraft's metrics as they are published, and
 //!    the age is computed when a publish is stamped, so a Raft core that stopped (shutdown,
 //!    stuck disk) lets the lease run out instead of freezing it.
+//!
+//! The sans-I/O `stamper.rs` applies both rules to every stamp; this module feeds it the
+//! quorum acknowledgements and does what a restart needs on disk and in the Raft core.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use firetower_raft::{GroupId, ManagerId, Raft, TypeConfig};
+use firetower_raft::{ManagerId, Raft, TypeConfig};
 use openraft::storage::RaftLogStorage;
 use openraft::{ServerState, Vote};
 use tokio_util::sync::CancellationToken;
 
-/// The leadership facts of one group hosted here.
-#[derive(Debug)]
-pub(crate) struct GroupLeadership {
-    /// The term of the vote found on disk when the group started.
-    startup_term: u64,
-    /// `(term, instant)` of the latest quorum acknowledgement seen while leading.
-    quorum_ack: Mutex<Option<(u64, Instant)>>,
-}
+use crate::stamper::Stamper;
 
-/// Why this manager may not stamp a message of a group right now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum NotServing {
-    /// The term is one an earlier run of this process may have stamped in.
-    TermOfEarlierRun { term: u64 },
-    /// No quorum acknowledged this leader recently enough.
-    LeaseExpired,
-}
-
-impl GroupLeadership {
-    fn new(startup_term: u64) -> Self {
-        GroupLeadership {
-            startup_term,
-            quorum_ack: Mutex::new(None),
-        }
-    }
-
-    /// Ok when this manager, leading in `term`, holds an exclusive lease on the group:
-    /// a quorum acknowledged it less than `lease` ago and the term is one of this run.
-    pub(crate) fn check(&self, term: u64, lease: Duration) -> Result<(), NotServing> {
-        if term <= self.startup_term {
-            return Err(NotServing::TermOfEarlierRun { term });
-        }
-        let ack = *self.quorum_ack.lock().unwrap_or_else(|e| e.into_inner());
-        match ack {
-            Some((t, at)) if t == term && at.elapsed() < lease => Ok(()),
-            _ => Err(NotServing::LeaseExpired),
-        }
-    }
-
-    fn observe(&self, value: Option<(u64, Instant)>) {
-        *self.quorum_ack.lock().unwrap_or_else(|e| e.into_inner()) = value;
-    }
-}
-
-/// The leadership facts of every group hosted here.
-#[derive(Debug, Default)]
-pub(crate) struct Leadership {
-    groups: RwLock<HashMap<GroupId, Arc<GroupLeadership>>>,
-}
-
-impl Leadership {
-    pub(crate) fn group(&self, group: GroupId) -> Option<Arc<GroupLeadership>> {
-        self.groups
-            .read()
+/// Follow a group's Raft metrics until `shutdown` and tell its stamper every quorum
+/// acknowledgement while this manager (`id`) leads (rule 2 above); the stamper decides.
+pub(crate) fn watch(
+    id: ManagerId,
+    raft: &Raft,
+    stamper: Arc<Mutex<Stamper>>,
+    shutdown: CancellationToken,
+) {
+    let mut metrics = raft.metrics();
+    let observe = move |value| {
+        stamper
+            .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&group)
-            .cloned()
-    }
-
-    /// Record a group that is about to start with `startup_term` from disk, and follow its
-    /// metrics until `shutdown`.
-    pub(crate) fn watch(
-        &self,
-        group: GroupId,
-        id: ManagerId,
-        startup_term: u64,
-        raft: &Raft,
-        shutdown: CancellationToken,
-    ) {
-        let state = Arc::new(GroupLeadership::new(startup_term));
-        self.groups
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(group, state.clone());
-        let mut metrics = raft.metrics();
-        tokio::spawn(async move {
-            loop {
-                let value = {
-                    let observed = Instant::now();
-                    let m = metrics.borrow_and_update();
-                    match (m.state, m.current_leader, m.millis_since_quorum_ack) {
-                        (ServerState::Leader, Some(leader), Some(age)) if leader == id => observed
-                            .checked_sub(Duration::from_millis(age))
-                            .map(|at| (m.current_term, at)),
-                        _ => None,
-                    }
-                };
-                state.observe(value);
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    changed = metrics.changed() => if changed.is_err() { break },
+            .observe_quorum_ack(value)
+    };
+    tokio::spawn(async move {
+        loop {
+            let value = {
+                let observed = Instant::now();
+                let m = metrics.borrow_and_update();
+                match (m.state, m.current_leader, m.millis_since_quorum_ack) {
+                    (ServerState::Leader, Some(leader), Some(age)) if leader == id => observed
+                        .checked_sub(Duration::from_millis(age))
+                        .map(|at| (m.current_term, at)),
+                    _ => None,
                 }
+            };
+            observe(value);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                changed = metrics.changed() => if changed.is_err() { break },
             }
-            // The Raft core is gone or the manager is stopping: no lease any more.
-            state.observe(None);
-        });
-    }
+        }
+        // The Raft core is gone or the manager is stopping: no lease any more.
+        observe(None);
+    });
 }
 
 /// Step down from a leadership restored from disk: if the stored vote is a committed vote
@@ -207,49 +150,12 @@ pub(crate) fn hold_elections_after_restart(raft: &Raft, id: ManagerId, hold: Dur
         raft.runtime_config().elect(true);
     });
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn never_serves_in_the_term_of_an_earlier_run() {
-        let g = GroupLeadership::new(3);
-        g.observe(Some((3, Instant::now())));
-        assert_eq!(
-            g.check(3, Duration::from_secs(1)),
-            Err(NotServing::TermOfEarlierRun { term: 3 })
-        );
-        g.observe(Some((4, Instant::now())));
-        assert_eq!(g.check(4, Duration::from_secs(1)), Ok(()));
-    }
-
-    #[test]
-    fn lease_runs_out_when_metrics_stop() {
-        let g = GroupLeadership::new(0);
-        let long_ago = Instant::now()
-            .checked_sub(Duration::from_millis(500))
-            .expect("clock");
-        g.observe(Some((1, long_ago)));
-        assert_eq!(
-            g.check(1, Duration::from_millis(400)),
-            Err(NotServing::LeaseExpired)
-        );
-        assert_eq!(g.check(1, Duration::from_millis(600)), Ok(()));
-    }
-
-    #[test]
-    fn a_quorum_ack_of_another_term_does_not_count() {
-        let g = GroupLeadership::new(0);
-        g.observe(Some((1, Instant::now())));
-        assert_eq!(
-            g.check(2, Duration::from_secs(1)),
-            Err(NotServing::LeaseExpired)
-        );
-        g.observe(None);
-        assert_eq!(
-            g.check(1, Duration::from_secs(1)),
-            Err(NotServing::LeaseExpired)
-        );
-    }
+/// True when this manager leads `group` and has applied everything of earlier terms.
+pub(crate) fn is_ready_leader(raft: &firetower_raft::Raft, id: u64) -> bool {
+    let m = raft.metrics();
+    let m = m.borrow();
+    m.state == ServerState::Leader
+        && m.current_leader == Some(id)
+        && m.last_applied
+            .is_some_and(|l| l.leader_id.term == m.current_term)
 }

@@ -2,26 +2,54 @@
 //!
 //! Entry point: [`Manager::start`] with a [`ManagerConfig`]. A manager hosts one Raft
 //! instance per group of its cluster (openraft, via `firetower-raft`) on durable storage
-//! (`firetower-store`), serves gateways over QUIC (the link, ALPN `firetower-link/1`) and
-//! operators over gRPC (the admin API, with health checking and reflection).
+//! (`firetower-store`), serves gateways over QUIC (the link, ALPN `firetower-link/1`),
+//! operators over gRPC (the admin API, with health checking and reflection) and, with
+//! `metrics` set, Prometheus scrapes over HTTP.
 //!
 //! It does not talk to clients and does not fan out messages itself; gateways do.
+//!
+//! Modules depend in one direction only, top to bottom:
+//!
+//! ```text
+//!   wiring     server ─ Manager::start/shutdown, QUIC accept loop, admin and metrics listeners
+//!                 │
+//!   services   admin (gRPC, thin) ─▶ membership        metrics_http
+//!              link ─▶ sessions, publish, topics ─▶ replies
+//!                 │
+//!   context    node ─ Node: config, meta, groups (Raft, readers, proposers, stampers),
+//!                 │         session table, metrics, shutdown
+//!   parts      proposer  leadership  session_table  metrics  meta  config  error  locks
+//!                 │
+//!   sans-I/O   stamper (term, seq) and lease rules      leases (session expiry)
+//! ```
 
 mod admin;
 mod config;
 mod error;
 mod leadership;
+mod leases;
 mod link;
+mod locks;
+mod membership;
 mod meta;
+mod metrics;
+mod metrics_http;
+mod node;
 mod proposer;
 mod publish;
+mod replies;
 mod server;
+mod session_table;
 mod sessions;
+mod stamper;
+mod topics;
 
-pub use admin::{connect as connect_admin, AdminService};
+pub use admin::AdminService;
 pub use config::{
     ManagerConfig, RaftTuning, DEFAULT_ADMIN_PORT, DEFAULT_GROUPS, DEFAULT_QUIC_PORT, MAX_GROUPS,
 };
 pub use error::{ConfigError, StartError};
+pub use membership::{connect as connect_admin, MembershipError};
 pub use meta::NodeMeta;
-pub use server::{state_name, Manager};
+pub use node::state_name;
+pub use server::Manager;

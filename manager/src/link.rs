@@ -1,37 +1,32 @@
 //! The gateway link on the manager side: gateways subscribe and unsubscribe topics for
-//! themselves and read a topic's gateway set, over QUIC (ALPN `firetower-link/1`).
+//! themselves, read a topic's gateway set, publish, and open their session stream, over QUIC
+//! (ALPN `firetower-link/1`).
 //!
 //! One request per bidirectional stream: `len:u32 BE | GatewayRequest` from the gateway,
 //! `len:u32 BE | GatewayReply` back. A manager that does not lead the topic's group answers
 //! `NotLeader` with the leader it knows, so the gateway re-routes within one round trip.
-
-use std::time::Duration;
+//!
+//! ```text
+//!   GatewayRequest ─▶ Subscribe / Unsubscribe / TopicGateways ─▶ topics.rs
+//!                  ─▶ Publish                                  ─▶ publish.rs
+//!                  ─▶ OpenSession (keeps the stream)           ─▶ sessions.rs
+//!                  ─▶ GetRouting                               ─▶ replies::routing
+//! ```
 
 use firetower_proto::link::{
-    gateway_reply, gateway_request, Done, Failure, GatewayReply, GatewayRequest, Gateways,
-    GroupLeader, ManagerAddr, NotLeader, Routing,
+    gateway_reply, gateway_request, GatewayReply, GatewayRequest, Gateways,
 };
 use firetower_proto::{decode_frame, encode_frame};
-use firetower_raft::{group_of, Command, GroupId, ManagerNode, Response};
-use openraft::error::{CheckIsLeaderError, RaftError};
+use firetower_raft::{group_of, Command};
 
-use crate::proposer::ProposeError;
-
-use crate::server::Manager;
-
-/// Why a linearizable read could not be served here.
-#[derive(Debug)]
-pub(crate) enum ReadError {
-    /// Another manager leads the group (or none is known).
-    NotLeader { leader: Option<(u64, ManagerNode)> },
-    /// No quorum, a timeout, or a stopped group.
-    Unavailable(String),
-}
+use crate::node::Node;
+use crate::replies::{failure, not_leader};
+use crate::topics::{linearizable_gateways, stale_session, write, ReadError};
 
 /// Serve one gateway connection until it closes.
-pub(crate) async fn serve_connection(conn: quinn::Connection, manager: Manager) {
+pub(crate) async fn serve_connection(conn: quinn::Connection, node: Node) {
     let remote = conn.remote_address();
-    let shutdown = manager.shutdown_token();
+    let shutdown = node.shutdown_token();
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -44,7 +39,7 @@ pub(crate) async fn serve_connection(conn: quinn::Connection, manager: Manager) 
                 break;
             }
         };
-        let manager = manager.clone();
+        let node = node.clone();
         tokio::spawn(async move {
             let request = match read_request(&mut recv).await {
                 Ok(r) => r,
@@ -62,10 +57,10 @@ pub(crate) async fn serve_connection(conn: quinn::Connection, manager: Manager) 
                     .await;
                     return;
                 }
-                crate::sessions::serve_session(manager, request.gateway, open, send, recv).await;
+                crate::sessions::serve_session(node, request.gateway, open, send, recv).await;
                 return;
             }
-            let answer = handle(&manager, request).await;
+            let answer = handle(&node, request).await;
             reply(&mut send, &answer).await;
         });
     }
@@ -84,29 +79,9 @@ async fn read_request(recv: &mut quinn::RecvStream) -> Result<GatewayRequest, St
     }
 }
 
-pub(crate) fn failure(code: &str, message: impl Into<String>) -> GatewayReply {
-    GatewayReply {
-        result: Some(gateway_reply::Result::Failure(Failure {
-            code: code.to_string(),
-            message: message.into(),
-        })),
-    }
-}
-
-pub(crate) fn not_leader(group: GroupId, leader: Option<(u64, ManagerNode)>) -> GatewayReply {
-    let (leader_id, leader_quic) = leader.map(|(id, n)| (id, n.quic)).unwrap_or_default();
-    GatewayReply {
-        result: Some(gateway_reply::Result::NotLeader(NotLeader {
-            group,
-            leader_id,
-            leader_quic,
-        })),
-    }
-}
-
 /// Answer one gateway request.
-pub(crate) async fn handle(manager: &Manager, request: GatewayRequest) -> GatewayReply {
-    if manager.cluster_id().is_empty() {
+pub(crate) async fn handle(node: &Node, request: GatewayRequest) -> GatewayReply {
+    if node.cluster_id().is_empty() {
         return failure("not_initialized", "this manager is not in a cluster yet");
     }
     let gateway = request.gateway;
@@ -120,7 +95,7 @@ pub(crate) async fn handle(manager: &Manager, request: GatewayRequest) -> Gatewa
                 topic: s.topic.clone(),
                 gateway,
             };
-            let command = match stale_session(manager, gateway, s.epoch, &s.topic) {
+            let command = match stale_session(node, gateway, s.epoch, &s.topic) {
                 // The gateway restarted and this group still holds its previous session:
                 // expire that first, in the same entry. Expired later (by the lease task),
                 // it would take this subscription with it while the client was told it is
@@ -144,12 +119,18 @@ pub(crate) async fn handle(manager: &Manager, request: GatewayRequest) -> Gatewa
             }),
         ),
         Some(gateway_request::Op::TopicGateways(t)) => (t.topic, None),
-        Some(gateway_request::Op::GetRouting(_)) => return routing(manager),
+        Some(gateway_request::Op::GetRouting(_)) => {
+            return GatewayReply {
+                result: Some(gateway_reply::Result::Routing(crate::replies::routing(
+                    node,
+                ))),
+            }
+        }
         Some(gateway_request::Op::Publish(p)) => {
             if let Err(e) = firetower_proto::validate_topic(&p.topic) {
                 return failure(e.code(), e.to_string());
             }
-            return crate::publish::publish(manager, p.topic, p.data.into(), p.json).await;
+            return crate::publish::publish(node, p.topic, p.data.into(), p.json).await;
         }
         Some(gateway_request::Op::OpenSession(_)) => {
             return failure(
@@ -161,10 +142,10 @@ pub(crate) async fn handle(manager: &Manager, request: GatewayRequest) -> Gatewa
     if let Err(e) = firetower_proto::validate_topic(&topic) {
         return failure(e.code(), e.to_string());
     }
-    let group = group_of(&topic, manager.group_count());
+    let group = group_of(&topic, node.group_count());
     match command {
-        Some(command) => write(manager, group, command).await,
-        None => match linearizable_gateways(manager, group, &topic).await {
+        Some(command) => write(node, group, command).await,
+        None => match linearizable_gateways(node, group, &topic).await {
             Ok(gateways) => GatewayReply {
                 result: Some(gateway_reply::Result::Gateways(Gateways {
                     gateways,
@@ -174,115 +155,5 @@ pub(crate) async fn handle(manager: &Manager, request: GatewayRequest) -> Gatewa
             Err(ReadError::NotLeader { leader }) => not_leader(group, leader),
             Err(ReadError::Unavailable(m)) => failure("unavailable", m),
         },
-    }
-}
-
-/// The routing table as this manager knows it.
-pub(crate) fn routing(manager: &Manager) -> GatewayReply {
-    let managers = manager
-        .known_managers()
-        .into_iter()
-        .map(|(id, n)| ManagerAddr { id, quic: n.quic })
-        .collect();
-    let leaders = (0..manager.group_count())
-        .map(|group| {
-            let (leader_id, leader_quic) = manager
-                .leader_of(group)
-                .map(|(id, n)| (id, n.quic))
-                .unwrap_or_default();
-            GroupLeader {
-                group,
-                leader_id,
-                leader_quic,
-            }
-        })
-        .collect();
-    GatewayReply {
-        result: Some(gateway_reply::Result::Routing(Routing {
-            cluster_id: manager.cluster_id(),
-            groups: manager.group_count(),
-            managers,
-            leaders,
-        })),
-    }
-}
-
-/// The epoch of an older session of `gateway` still held by the group of `topic` (as this
-/// manager applied it), when the request comes from a newer session `epoch`.
-fn stale_session(manager: &Manager, gateway: u64, epoch: u64, topic: &str) -> Option<u64> {
-    if epoch == 0 || firetower_proto::validate_topic(topic).is_err() {
-        return None;
-    }
-    let group = group_of(topic, manager.group_count());
-    let stored = manager.reader(group)?.session(gateway).ok()??;
-    (stored.epoch < epoch).then_some(stored.epoch)
-}
-
-async fn write(manager: &Manager, group: GroupId, command: Command) -> GatewayReply {
-    let Some(proposer) = manager.proposer(group) else {
-        return failure("unavailable", format!("group {group} is not running here"));
-    };
-    let proposed = proposer.propose(command).await.map(|(response, index)| {
-        // A batch of our own (expire a stale session, then subscribe) answers for its last
-        // command.
-        match response {
-            Response::Batch(mut responses) => (responses.pop().unwrap_or_default(), index),
-            other => (other, index),
-        }
-    });
-    match proposed {
-        Ok((Response::Applied { changed }, index)) => GatewayReply {
-            result: Some(gateway_reply::Result::Done(Done { changed, index })),
-        },
-        Ok((Response::Refused { reason }, _)) => failure("refused", reason),
-        Ok((other, _)) => failure("internal", format!("unexpected response {other:?}")),
-        Err(ProposeError::NotLeader(leader)) => not_leader(group, leader),
-        Err(ProposeError::Timeout) => failure(
-            "timeout",
-            format!(
-                "group {group} did not commit in time; the write may or may not take effect: \
-                 retry (subscribe and unsubscribe are idempotent)"
-            ),
-        ),
-        Err(ProposeError::Unavailable(m)) => failure("unavailable", format!("group {group}: {m}")),
-    }
-}
-
-/// The gateways of a topic, read after confirming leadership with a quorum (read index), so
-/// the answer reflects every write acknowledged before the read began.
-pub(crate) async fn linearizable_gateways(
-    manager: &Manager,
-    group: GroupId,
-    topic: &str,
-) -> Result<Vec<u64>, ReadError> {
-    let raft = manager
-        .raft(group)
-        .ok_or_else(|| ReadError::Unavailable(format!("group {group} is not running here")))?;
-    let reader = manager
-        .reader(group)
-        .ok_or_else(|| ReadError::Unavailable(format!("group {group} is not running here")))?;
-    if manager.config().unsafe_stale_reads {
-        // The deliberately broken mode the Jepsen harness must catch: no leadership check.
-        return reader
-            .gateways(topic)
-            .map_err(|e| ReadError::Unavailable(format!("reading group {group}: {e}")));
-    }
-    let timeout = Duration::from_millis(manager.config().raft.election_timeout_max_ms * 2);
-    match tokio::time::timeout(timeout, raft.ensure_linearizable()).await {
-        Err(_) => Err(ReadError::Unavailable(format!(
-            "group {group}: leadership not confirmed within {timeout:?}"
-        ))),
-        Ok(Ok(_)) => reader
-            .gateways(topic)
-            .map_err(|e| ReadError::Unavailable(format!("reading group {group}: {e}"))),
-        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-            Err(ReadError::NotLeader {
-                leader: f.leader_id.zip(f.leader_node),
-            })
-        }
-        Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => Err(
-            ReadError::Unavailable(format!("group {group}: no quorum: {e}")),
-        ),
-        Ok(Err(RaftError::Fatal(e))) => Err(ReadError::Unavailable(format!("group {group}: {e}"))),
     }
 }

@@ -18,11 +18,13 @@
 //! slots are taken or the queue is not empty, and proposals batch as before.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use firetower_raft::{Command, ManagerNode, Raft, Response};
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::metrics::ManagerMetrics;
 
 /// Most commands in one entry. Keeps an entry well below the Raft frame limit.
 const MAX_BATCH: usize = 1_024;
@@ -54,15 +56,24 @@ struct Pending {
 #[derive(Clone)]
 pub(crate) struct Proposer {
     tx: mpsc::Sender<Pending>,
-    raft: Raft,
+    writer: EntryWriter,
     in_flight: Arc<Semaphore>,
+}
+
+/// Writes one entry of a group and counts it in the metrics.
+#[derive(Clone)]
+struct EntryWriter {
+    group: u32,
+    raft: Raft,
     timeout: Duration,
+    metrics: Arc<ManagerMetrics>,
 }
 
 impl std::fmt::Debug for Proposer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Proposer")
             .field("queued", &(QUEUE - self.tx.capacity()))
+            .field("group", &self.writer.group)
             .field("free_slots", &self.in_flight.available_permits())
             .finish_non_exhaustive()
     }
@@ -78,14 +89,24 @@ impl std::fmt::Debug for Pending {
 
 impl Proposer {
     /// Start the proposer task of a group.
-    pub fn spawn(raft: Raft, timeout: Duration) -> Proposer {
+    pub fn spawn(
+        group: u32,
+        raft: Raft,
+        timeout: Duration,
+        metrics: Arc<ManagerMetrics>,
+    ) -> Proposer {
         let (tx, mut rx) = mpsc::channel::<Pending>(QUEUE);
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let writer = EntryWriter {
+            group,
+            raft,
+            timeout,
+            metrics,
+        };
         let proposer = Proposer {
             tx,
-            raft: raft.clone(),
+            writer: writer.clone(),
             in_flight: in_flight.clone(),
-            timeout,
         };
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
@@ -100,9 +121,9 @@ impl Proposer {
                         Err(_) => break,
                     }
                 }
-                let raft = raft.clone();
+                let writer = writer.clone();
                 tokio::spawn(async move {
-                    commit_batch(&raft, batch, timeout).await;
+                    commit_batch(&writer, batch).await;
                     drop(permit);
                 });
             }
@@ -114,7 +135,7 @@ impl Proposer {
     pub async fn propose(&self, command: Command) -> Result<Committed, ProposeError> {
         if self.tx.capacity() == QUEUE {
             if let Ok(permit) = self.in_flight.clone().try_acquire_owned() {
-                let result = write(&self.raft, command, self.timeout).await;
+                let result = self.writer.write(command, 1).await;
                 drop(permit);
                 return result;
             }
@@ -126,6 +147,21 @@ impl Proposer {
             .map_err(|_| ProposeError::Unavailable("the group's proposer stopped".into()))?;
         rx.await
             .map_err(|_| ProposeError::Unavailable("the group's proposer stopped".into()))?
+    }
+}
+
+impl EntryWriter {
+    /// One Raft entry carrying `commands` callers' commands: write it and wait for it to be
+    /// applied.
+    async fn write(&self, command: Command, commands: u64) -> Result<Committed, ProposeError> {
+        self.metrics.proposed(self.group, commands);
+        let started = Instant::now();
+        let result = write(&self.raft, command, self.timeout).await;
+        if result.is_ok() {
+            self.metrics
+                .committed(self.group, commands, started.elapsed());
+        }
+        result
     }
 }
 
@@ -148,10 +184,11 @@ async fn write(
     }
 }
 
-async fn commit_batch(raft: &Raft, batch: Vec<Pending>, timeout: Duration) {
+async fn commit_batch(writer: &EntryWriter, batch: Vec<Pending>) {
     let (commands, replies): (Vec<Command>, Vec<_>) =
         batch.into_iter().map(|p| (p.command, p.reply)).unzip();
     let single = commands.len() == 1;
+    let count = commands.len() as u64;
     let command = if single {
         // One element: a batch of one would only add framing.
         commands
@@ -161,7 +198,7 @@ async fn commit_batch(raft: &Raft, batch: Vec<Pending>, timeout: Duration) {
     } else {
         Command::Batch(commands)
     };
-    let outcome = write(raft, command, timeout).await;
+    let outcome = writer.write(command, count).await;
     match outcome {
         Ok((Response::Batch(responses), index)) if !single && responses.len() == replies.len() => {
             for (reply, response) in replies.into_iter().zip(responses) {

@@ -18,71 +18,84 @@
 //! acknowledged message has reached every interested gateway. When one of them cannot be
 //! reached the publish fails and says so; it is never acknowledged.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use firetower_proto::link::{gateway_reply, GatewayReply, Published};
 use firetower_raft::{group_of, GroupId};
 
-use crate::leadership::NotServing;
-use crate::link::{failure, not_leader};
-use crate::server::Manager;
-use crate::sessions::{DeliveryOutcome, EnqueueError};
+use crate::locks::lock;
+use crate::metrics::PublishOutcome;
+use crate::node::Node;
+use crate::replies::{failure, not_leader};
+use crate::session_table::{DeliveryOutcome, EnqueueError};
+use crate::stamper::{NotServing, Stamp};
 
 /// How long a publish waits for the gateways' acks.
 const DELIVERY_ACK_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Per-group stamping state of the current term.
-#[derive(Debug, Default)]
-pub(crate) struct PublishState {
-    term: u64,
-    seqs: HashMap<String, u64>,
-}
-
-/// The stamping state of every group, one lock each.
-#[derive(Debug, Default)]
-pub(crate) struct Stamps {
-    groups: Mutex<HashMap<GroupId, std::sync::Arc<Mutex<PublishState>>>>,
-    /// `--unsafe-stale-reads` only: a topic's subscribers as read up to
-    /// [`UNSAFE_STALE_COPY`] ago.
-    stale_copies: Mutex<HashMap<String, (std::time::Instant, Vec<u64>)>>,
-}
-
 /// How old the subscriber lists of `--unsafe-stale-reads` may get.
 const UNSAFE_STALE_COPY: Duration = Duration::from_secs(3);
-
-impl Stamps {
-    fn group(&self, group: GroupId) -> std::sync::Arc<Mutex<PublishState>> {
-        self.groups
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(group)
-            .or_default()
-            .clone()
-    }
-}
 
 /// How long a publish waits for a subscribed gateway without a live session here (one that
 /// is reconnecting, typically after this manager restarted) before it fails.
 const SESSION_WAIT: Duration = Duration::from_millis(1_500);
 
+/// Publish `data` to `topic`, and count the outcome.
+pub(crate) async fn publish(node: &Node, topic: String, data: Bytes, json: bool) -> GatewayReply {
+    let reply = publish_once(node, topic, data, json).await;
+    node.metrics().published(outcome_of(&reply));
+    reply
+}
+
+fn outcome_of(reply: &GatewayReply) -> PublishOutcome {
+    match &reply.result {
+        Some(gateway_reply::Result::Published(_)) => PublishOutcome::published,
+        Some(gateway_reply::Result::NotLeader(_)) => PublishOutcome::not_leader,
+        Some(gateway_reply::Result::Failure(f)) if f.code == "unavailable" => {
+            PublishOutcome::unavailable
+        }
+        Some(gateway_reply::Result::Failure(f)) if f.code == "timeout" => PublishOutcome::timeout,
+        _ => PublishOutcome::failed,
+    }
+}
+
+/// The lease a leader's stamps rely on (see `stamper.rs`).
+fn stamp_lease(node: &Node) -> Duration {
+    Duration::from_millis(node.config().raft.election_timeout_min_ms)
+}
+
+/// Why a stamp was refused, as the link reply.
+fn not_serving(group: GroupId, why: NotServing) -> GatewayReply {
+    match why {
+        NotServing::LeaseExpired => failure(
+            "unavailable",
+            format!("group {group}: leader has not heard from a quorum recently; retry"),
+        ),
+        NotServing::TermOfEarlierRun { term } => failure(
+            "unavailable",
+            format!(
+                "group {group}: this manager restarted while leading term {term}; waiting \
+                 for a leader in a new term; retry"
+            ),
+        ),
+        NotServing::StaleTerm { term, current } => failure(
+            "unavailable",
+            format!("group {group}: term {term} is older than the stamps of term {current}; retry"),
+        ),
+    }
+}
+
 /// Publish `data` to `topic`.
-pub(crate) async fn publish(
-    manager: &Manager,
-    topic: String,
-    data: Bytes,
-    json: bool,
-) -> GatewayReply {
-    let group = group_of(&topic, manager.group_count());
-    let sessions = manager.sessions();
+async fn publish_once(node: &Node, topic: String, data: Bytes, json: bool) -> GatewayReply {
+    let group = group_of(&topic, node.group_count());
+    let sessions = node.sessions();
     let session_deadline = tokio::time::Instant::now() + SESSION_WAIT;
     // Every gateway subscribed to the topic needs a live session here: a message stamped
     // while one of them is reconnecting would never reach its subscribers, so the publish
     // waits a little for the session and otherwise fails rather than be acknowledged.
     let (term, gateways) = loop {
-        let (term, gateways) = match serving_term(manager, group, &topic) {
+        let (term, gateways) = match serving_term(node, group, &topic) {
             Ok(v) => v,
             Err(reply) => return reply,
         };
@@ -100,19 +113,23 @@ pub(crate) async fn publish(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let state = manager.stamps().group(group);
+    let Some(stamper) = node.stamper(group) else {
+        return failure("unavailable", format!("group {group} is not running here"));
+    };
     let mut waits = Vec::with_capacity(gateways.len());
     let mut undelivered = None;
     let seq = {
-        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
-        if st.term != term {
-            st.term = term;
-            st.seqs.clear();
-        }
-        let seq = {
-            let s = st.seqs.entry(topic.clone()).or_insert(0);
-            *s += 1;
-            *s
+        // Stamping and queueing happen under the stamper's lock, so queue order = stamp order.
+        let mut stamper = lock(&stamper);
+        let stamped = if node.config().unsafe_stale_leadership {
+            // DELIBERATELY UNSAFE (Jepsen self-test): no lease, no term rule.
+            Ok(stamper.stamp_unchecked(&topic, term))
+        } else {
+            stamper.stamp(&topic, term, stamp_lease(node), Instant::now())
+        };
+        let seq = match stamped {
+            Ok(Stamp { seq, .. }) => seq,
+            Err(why) => return not_serving(group, why),
         };
         for gateway in &gateways {
             let queued = match sessions.get(*gateway) {
@@ -133,6 +150,7 @@ pub(crate) async fn publish(
         }
         seq
     };
+    node.metrics().delivered(waits.len() as u64);
     if let Some((gateway, e)) = undelivered {
         let why = match e {
             EnqueueError::Closed => "lost its session",
@@ -164,7 +182,7 @@ pub(crate) async fn publish(
     for ((session, _), outcome) in waits.iter().zip(&acks) {
         match outcome {
             DeliveryOutcome::Delivered => {}
-            DeliveryOutcome::Superseded if manager.config().unsafe_stale_leadership => {}
+            DeliveryOutcome::Superseded if node.config().unsafe_stale_leadership => {}
             DeliveryOutcome::Superseded => {
                 // Other gateways may have passed it on: outcome unknown, never retried.
                 return failure(
@@ -199,15 +217,11 @@ pub(crate) async fn publish(
 
 /// The term in which this manager may stamp a message of `group` now, and the gateways
 /// subscribed to `topic`; otherwise the reply that says why not.
-fn serving_term(
-    manager: &Manager,
-    group: GroupId,
-    topic: &str,
-) -> Result<(u64, Vec<u64>), GatewayReply> {
-    if manager.shutdown_token().is_cancelled() {
+fn serving_term(node: &Node, group: GroupId, topic: &str) -> Result<(u64, Vec<u64>), GatewayReply> {
+    if node.shutdown_token().is_cancelled() {
         return Err(failure("unavailable", "manager is shutting down; retry"));
     }
-    let Some(raft) = manager.raft(group) else {
+    let Some(raft) = node.raft(group) else {
         return Err(failure(
             "unavailable",
             format!("group {group} is not running here"),
@@ -216,85 +230,59 @@ fn serving_term(
     let (term, leading) = {
         let m = raft.metrics();
         let m = m.borrow();
-        (m.current_term, m.current_leader == Some(manager.id()))
+        (m.current_term, m.current_leader == Some(node.id()))
     };
     if !leading {
-        if manager.config().unsafe_stale_leadership {
+        if node.config().unsafe_stale_leadership {
             // DELIBERATELY UNSAFE (Jepsen self-test): a follower stamps the message itself,
             // from its own copy of the table and its own counter, as if it led the group.
-            return Ok((term, local_gateways(manager, group, topic)?));
+            return Ok((term, local_gateways(node, group, topic)?));
         }
-        return Err(not_leader(group, manager.leader_of(group)));
+        return Err(not_leader(group, node.leader_of(group)));
     }
-    if !crate::sessions::is_ready_leader(&raft, manager.id()) {
+    if !crate::leadership::is_ready_leader(&raft, node.id()) {
         return Err(failure(
             "unavailable",
             format!("group {group}: the new leader is still applying earlier entries; retry"),
         ));
     }
-    // See leadership.rs: stamp only in a term of this run, and only while a quorum
+    // See stamper.rs: stamp only in a term of this run, and only while a quorum
     // acknowledged this leader within the minimum election timeout, so that no other leader
-    // can exist.
-    let lease = Duration::from_millis(manager.config().raft.election_timeout_min_ms);
-    let Some(leadership) = manager.leadership().group(group) else {
+    // can exist. Checked here to fail before waiting for sessions, and again when stamping.
+    let Some(stamper) = node.stamper(group) else {
         return Err(failure(
             "unavailable",
             format!("group {group} is not running here"),
         ));
     };
-    if manager.config().unsafe_stale_leadership {
+    if node.config().unsafe_stale_leadership {
         // DELIBERATELY UNSAFE (Jepsen self-test): the Raft metrics' word is taken for it.
-        return Ok((term, local_gateways(manager, group, topic)?));
+        return Ok((term, local_gateways(node, group, topic)?));
     }
-    match leadership.check(term, lease) {
-        Ok(()) => {}
-        Err(NotServing::LeaseExpired) => {
-            return Err(failure(
-                "unavailable",
-                format!("group {group}: leader has not heard from a quorum recently; retry"),
-            ));
-        }
-        Err(NotServing::TermOfEarlierRun { term }) => {
-            return Err(failure(
-                "unavailable",
-                format!(
-                    "group {group}: this manager restarted while leading term {term}; waiting \
-                     for a leader in a new term; retry"
-                ),
-            ));
-        }
+    let checked = lock(&stamper).check(term, stamp_lease(node), Instant::now());
+    if let Err(why) = checked {
+        return Err(not_serving(group, why));
     }
-    if manager.config().unsafe_stale_reads {
+    if node.config().unsafe_stale_reads {
         // DELIBERATELY UNSAFE (Jepsen self-test): look the subscribers up in a copy of the
         // table up to a few seconds old, as a cache would; a subscription acknowledged since
         // is missed.
-        let mut copies = manager
-            .stamps()
-            .stale_copies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut copies = lock(node.stale_copies());
         if let Some((taken, gateways)) = copies.get(topic) {
             if taken.elapsed() < UNSAFE_STALE_COPY {
                 return Ok((term, gateways.clone()));
             }
         }
-        let gateways = local_gateways(manager, group, topic)?;
-        copies.insert(
-            topic.to_string(),
-            (std::time::Instant::now(), gateways.clone()),
-        );
+        let gateways = local_gateways(node, group, topic)?;
+        copies.insert(topic.to_string(), (Instant::now(), gateways.clone()));
         return Ok((term, gateways));
     }
-    Ok((term, local_gateways(manager, group, topic)?))
+    Ok((term, local_gateways(node, group, topic)?))
 }
 
 /// The gateways subscribed to `topic` in this manager's copy of the table.
-fn local_gateways(
-    manager: &Manager,
-    group: GroupId,
-    topic: &str,
-) -> Result<Vec<u64>, GatewayReply> {
-    let Some(reader) = manager.reader(group) else {
+fn local_gateways(node: &Node, group: GroupId, topic: &str) -> Result<Vec<u64>, GatewayReply> {
+    let Some(reader) = node.reader(group) else {
         return Err(failure(
             "unavailable",
             format!("group {group} is not running here"),

@@ -32,7 +32,7 @@ pub use error::{StoreError, WalError};
 pub use log_store::LogStore;
 pub use state_machine::{SnapshotBuilder, StateMachine, StateStore, TableReader};
 pub use types::{Command, GatewayId, ManagerId, ManagerNode, Response, Session};
-pub use wal::{Wal, WalOptions};
+pub use wal::{FsyncObserver, Wal, WalOptions};
 
 /// The openraft type configurations this store works with: the server's own
 /// `firetower_raft::TypeConfig`, or a test configuration with the same associated types.

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::error::WalError;
 use crate::types::ManagerId;
-use crate::wal::{lock, Done, Effect, GroupLog, Record, WalInner, WriteRequest};
+use crate::wal::{lock, Done, Effect, GroupLog, Record, Wal, WalInner, WriteRequest};
 use crate::StoreTypeConfig;
 
 /// The Raft log and vote of one group: openraft's `RaftLogStorage` and `RaftLogReader`.
@@ -43,15 +43,15 @@ impl<C: StoreTypeConfig> fmt::Debug for LogStore<C> {
     }
 }
 
-impl<C: StoreTypeConfig> LogStore<C> {
-    pub(crate) fn new(
-        wal: Arc<WalInner<C>>,
-        group: u32,
-        log: Arc<Mutex<GroupLog<C>>>,
-    ) -> LogStore<C> {
+impl<C: StoreTypeConfig> Wal<C> {
+    /// The Raft log storage of `group`. Every call for the same group shares the same state.
+    pub fn log_store(&self, group: u32) -> LogStore<C> {
+        let (wal, log) = self.group_parts(group);
         LogStore { wal, group, log }
     }
+}
 
+impl<C: StoreTypeConfig> LogStore<C> {
     /// The group this log belongs to.
     pub fn group(&self) -> u32 {
         self.group

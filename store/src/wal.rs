@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use openraft::{LogId, Vote};
 
@@ -42,7 +43,6 @@ use writer::Writer;
 pub(crate) use writer::{Done, Effect, WriteRequest};
 
 use crate::error::WalError;
-use crate::log_store::LogStore;
 use crate::types::ManagerId;
 use crate::StoreTypeConfig;
 
@@ -66,9 +66,17 @@ impl Default for WalOptions {
     }
 }
 
+/// Told how long each fdatasync of the log took, from the writer thread. The manager
+/// registers one to feed its WAL fsync latency histogram; the store itself knows nothing of
+/// metrics. Implementations must be quick: the writer thread waits for them.
+pub trait FsyncObserver: Send + Sync + fmt::Debug + 'static {
+    /// One sync of `bytes` bytes (the batch just written) took `took`.
+    fn fsync_done(&self, took: Duration, bytes: u64);
+}
+
 /// The write-ahead log of one manager. Cheap to clone; all clones share one writer thread.
 ///
-/// Dropping the last clone (and every [`LogStore`] made from it) stops the writer thread
+/// Dropping the last clone (and every [`crate::LogStore`] made from it) stops the writer thread
 /// after it has finished the requests already sent.
 pub struct Wal<C: StoreTypeConfig> {
     inner: Arc<WalInner<C>>,
@@ -93,6 +101,15 @@ impl<C: StoreTypeConfig> fmt::Debug for Wal<C> {
 impl<C: StoreTypeConfig> Wal<C> {
     /// Opens (or creates) the log in `dir/wal/`, replays it, and starts the writer thread.
     pub fn open(dir: &Path, opts: WalOptions) -> Result<Wal<C>, WalError> {
+        Self::open_observed(dir, opts, None)
+    }
+
+    /// Like [`Wal::open`], reporting every fsync of the writer thread to `observer`.
+    pub fn open_observed(
+        dir: &Path,
+        opts: WalOptions,
+        observer: Option<Arc<dyn FsyncObserver>>,
+    ) -> Result<Wal<C>, WalError> {
         let dir = dir.join("wal");
         fs::create_dir_all(&dir).map_err(|source| WalError::Io {
             path: dir.clone(),
@@ -154,6 +171,7 @@ impl<C: StoreTypeConfig> Wal<C> {
                 .collect::<VecDeque<_>>(),
             pointers,
             stopped: None,
+            observer,
         };
 
         let (tx, rx) = mpsc::channel::<WriteRequest<C>>();
@@ -179,8 +197,9 @@ impl<C: StoreTypeConfig> Wal<C> {
         })
     }
 
-    /// The Raft log storage of `group`. Every call for the same group shares the same state.
-    pub fn log_store(&self, group: u32) -> LogStore<C> {
+    /// The shared state a [`crate::LogStore`] of this log works on, and the in-memory log of
+    /// `group` (created empty for a group the log has not seen).
+    pub(crate) fn group_parts(&self, group: u32) -> (Arc<WalInner<C>>, Arc<Mutex<GroupLog<C>>>) {
         let log = {
             let mut groups = lock(&self.inner.groups);
             Arc::clone(
@@ -189,7 +208,7 @@ impl<C: StoreTypeConfig> Wal<C> {
                     .or_insert_with(|| Arc::new(Mutex::new(GroupLog::default()))),
             )
         };
-        LogStore::new(Arc::clone(&self.inner), group, log)
+        (Arc::clone(&self.inner), log)
     }
 
     /// The directory holding the segment files (`<dir>/wal`).
@@ -198,7 +217,7 @@ impl<C: StoreTypeConfig> Wal<C> {
     }
 }
 
-/// Shared by a [`Wal`] and its [`LogStore`]s.
+/// Shared by a [`Wal`] and its [`crate::LogStore`]s.
 pub(crate) struct WalInner<C: StoreTypeConfig> {
     dir: PathBuf,
     groups: Mutex<HashMap<u32, Arc<Mutex<GroupLog<C>>>>>,

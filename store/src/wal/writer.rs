@@ -20,6 +20,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::Instant;
 
 use openraft::storage::LogFlushed;
 use openraft::{LogId, Vote};
@@ -27,7 +29,7 @@ use tokio::sync::oneshot;
 
 use super::codec::{self, GroupPointers, Record};
 use super::segment::{self, Segment};
-use super::WalOptions;
+use super::{FsyncObserver, WalOptions};
 use crate::error::WalError;
 use crate::types::ManagerId;
 use crate::StoreTypeConfig;
@@ -102,6 +104,8 @@ pub(crate) struct Writer {
     pub pointers: BTreeMap<u32, GroupPointers>,
     /// Set after a failed write or sync: the file's state is unknown from then on.
     pub stopped: Option<String>,
+    /// Told the duration of every fdatasync (the manager's fsync latency histogram).
+    pub observer: Option<Arc<dyn FsyncObserver>>,
 }
 
 impl Writer {
@@ -155,11 +159,22 @@ impl Writer {
             buf.extend_from_slice(&req.frame);
             self.note(req.effect);
         }
+        let bytes = buf.len() as u64;
         self.write_out(buf)?;
         if self.opts.fsync {
-            self.file
-                .sync_data()
-                .map_err(|source| self.io_error(source))?;
+            self.sync_active(bytes)?;
+        }
+        Ok(())
+    }
+
+    /// fdatasyncs the active segment and reports how long it took to the observer.
+    fn sync_active(&mut self, bytes: u64) -> Result<(), WalError> {
+        let started = Instant::now();
+        self.file
+            .sync_data()
+            .map_err(|source| self.io_error(source))?;
+        if let Some(observer) = &self.observer {
+            observer.fsync_done(started.elapsed(), bytes);
         }
         Ok(())
     }
@@ -183,9 +198,7 @@ impl Writer {
         self.write_out(buf)?;
         // Always synced, even with fsync off: recovery treats damage in a non-last segment as
         // corruption, so a closed segment must be complete.
-        self.file
-            .sync_data()
-            .map_err(|source| self.io_error(source))?;
+        self.sync_active(0)?;
         let next = Segment::new(&self.dir, self.active.id + 1);
         let file = create_segment(&next.path)?;
         segment::sync_dir(&self.dir)?;

@@ -1,0 +1,107 @@
+//! Topic subscriptions in the replicated table: writes (subscribe, unsubscribe) through the
+//! group's proposer, and linearizable reads of a topic's gateways (read index).
+//!
+//! ```text
+//!   Subscribe{topic, epoch} ─▶ older session of this gateway in the group? ─▶ Batch[Expire, Sub]
+//!                           ─▶ proposer of group(topic) ─▶ Done{changed, index} | NotLeader
+//!   TopicGateways{topic}    ─▶ ensure_linearizable (quorum) ─▶ the table's gateways
+//! ```
+
+use std::time::Duration;
+
+use firetower_proto::link::{gateway_reply, Done, GatewayReply};
+use firetower_raft::{group_of, Command, GroupId, ManagerNode, Response};
+use openraft::error::{CheckIsLeaderError, RaftError};
+
+use crate::node::Node;
+use crate::proposer::ProposeError;
+use crate::replies::{failure, not_leader};
+
+/// Why a linearizable read could not be served here.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// Another manager leads the group (or none is known).
+    NotLeader { leader: Option<(u64, ManagerNode)> },
+    /// No quorum, a timeout, or a stopped group.
+    Unavailable(String),
+}
+
+/// The epoch of an older session of `gateway` still held by the group of `topic` (as this
+/// manager applied it), when the request comes from a newer session `epoch`.
+pub(crate) fn stale_session(node: &Node, gateway: u64, epoch: u64, topic: &str) -> Option<u64> {
+    if epoch == 0 || firetower_proto::validate_topic(topic).is_err() {
+        return None;
+    }
+    let group = group_of(topic, node.group_count());
+    let stored = node.reader(group)?.session(gateway).ok()??;
+    (stored.epoch < epoch).then_some(stored.epoch)
+}
+
+pub(crate) async fn write(node: &Node, group: GroupId, command: Command) -> GatewayReply {
+    let Some(proposer) = node.proposer(group) else {
+        return failure("unavailable", format!("group {group} is not running here"));
+    };
+    let proposed = proposer.propose(command).await.map(|(response, index)| {
+        // A batch of our own (expire a stale session, then subscribe) answers for its last
+        // command.
+        match response {
+            Response::Batch(mut responses) => (responses.pop().unwrap_or_default(), index),
+            other => (other, index),
+        }
+    });
+    match proposed {
+        Ok((Response::Applied { changed }, index)) => GatewayReply {
+            result: Some(gateway_reply::Result::Done(Done { changed, index })),
+        },
+        Ok((Response::Refused { reason }, _)) => failure("refused", reason),
+        Ok((other, _)) => failure("internal", format!("unexpected response {other:?}")),
+        Err(ProposeError::NotLeader(leader)) => not_leader(group, leader),
+        Err(ProposeError::Timeout) => failure(
+            "timeout",
+            format!(
+                "group {group} did not commit in time; the write may or may not take effect: \
+                 retry (subscribe and unsubscribe are idempotent)"
+            ),
+        ),
+        Err(ProposeError::Unavailable(m)) => failure("unavailable", format!("group {group}: {m}")),
+    }
+}
+
+/// The gateways of a topic, read after confirming leadership with a quorum (read index), so
+/// the answer reflects every write acknowledged before the read began.
+pub(crate) async fn linearizable_gateways(
+    node: &Node,
+    group: GroupId,
+    topic: &str,
+) -> Result<Vec<u64>, ReadError> {
+    let raft = node
+        .raft(group)
+        .ok_or_else(|| ReadError::Unavailable(format!("group {group} is not running here")))?;
+    let reader = node
+        .reader(group)
+        .ok_or_else(|| ReadError::Unavailable(format!("group {group} is not running here")))?;
+    if node.config().unsafe_stale_reads {
+        // The deliberately broken mode the Jepsen harness must catch: no leadership check.
+        return reader
+            .gateways(topic)
+            .map_err(|e| ReadError::Unavailable(format!("reading group {group}: {e}")));
+    }
+    let timeout = Duration::from_millis(node.config().raft.election_timeout_max_ms * 2);
+    match tokio::time::timeout(timeout, raft.ensure_linearizable()).await {
+        Err(_) => Err(ReadError::Unavailable(format!(
+            "group {group}: leadership not confirmed within {timeout:?}"
+        ))),
+        Ok(Ok(_)) => reader
+            .gateways(topic)
+            .map_err(|e| ReadError::Unavailable(format!("reading group {group}: {e}"))),
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+            Err(ReadError::NotLeader {
+                leader: f.leader_id.zip(f.leader_node),
+            })
+        }
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => Err(
+            ReadError::Unavailable(format!("group {group}: no quorum: {e}")),
+        ),
+        Ok(Err(RaftError::Fatal(e))) => Err(ReadError::Unavailable(format!("group {group}: {e}"))),
+    }
+}

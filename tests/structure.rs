@@ -27,10 +27,9 @@ fn workspace_root() -> PathBuf {
 /// edge kind: normal, dev or build).
 fn workspace_graph() -> BTreeMap<String, (PathBuf, BTreeSet<String>)> {
     let root = workspace_root();
-    let manifest: toml::Table = toml::from_str(
-        &std::fs::read_to_string(root.join("Cargo.toml")).expect("root Cargo.toml"),
-    )
-    .expect("root Cargo.toml parses");
+    let manifest: toml::Table =
+        toml::from_str(&std::fs::read_to_string(root.join("Cargo.toml")).expect("root Cargo.toml"))
+            .expect("root Cargo.toml parses");
     let members: Vec<String> = manifest["workspace"]["members"]
         .as_array()
         .expect("workspace.members")
@@ -63,7 +62,10 @@ fn workspace_graph() -> BTreeMap<String, (PathBuf, BTreeSet<String>)> {
     graph
 }
 
-fn reachable(graph: &BTreeMap<String, (PathBuf, BTreeSet<String>)>, from: &str) -> BTreeSet<String> {
+fn reachable(
+    graph: &BTreeMap<String, (PathBuf, BTreeSet<String>)>,
+    from: &str,
+) -> BTreeSet<String> {
     let mut seen = BTreeSet::new();
     let mut stack = vec![from.to_owned()];
     while let Some(next) = stack.pop() {
@@ -82,7 +84,10 @@ fn reachable(graph: &BTreeMap<String, (PathBuf, BTreeSet<String>)>, from: &str) 
 fn outside_drivers_link_no_server_crate() {
     let graph = workspace_graph();
     for driver in OUTSIDE_DRIVERS {
-        assert!(graph.contains_key(*driver), "{driver} is a workspace member");
+        assert!(
+            graph.contains_key(*driver),
+            "{driver} is a workspace member"
+        );
         let linked = reachable(&graph, driver);
         let bad: Vec<_> = SERVER_CRATES
             .iter()
@@ -144,12 +149,18 @@ fn modules_of(src: &Path) -> BTreeMap<String, PathBuf> {
             if path.extension().and_then(|e| e.to_str()) != Some("rs") {
                 continue;
             }
-            let rel = path.strip_prefix(src).expect("under src").with_extension("");
+            let rel = path
+                .strip_prefix(src)
+                .expect("under src")
+                .with_extension("");
             let mut parts: Vec<String> = rel
                 .components()
                 .map(|c| c.as_os_str().to_string_lossy().into_owned())
                 .collect();
-            if matches!(parts.last().map(String::as_str), Some("mod" | "lib" | "main")) {
+            if matches!(
+                parts.last().map(String::as_str),
+                Some("mod" | "lib" | "main")
+            ) {
                 parts.pop();
             }
             if parts.first().map(String::as_str) == Some("bin") {
@@ -329,10 +340,19 @@ fn all_sources() -> Vec<(PathBuf, String)> {
 fn each_shared_mechanism_is_written_once() {
     let sources = all_sources();
     for (needle, what) in [
-        ("258EAFA5-E914-47DA-95CA-C5AB0DC85B11", "the WebSocket accept key"),
-        ("ServerCertVerifier for", "a QUIC server certificate verifier"),
+        (
+            "258EAFA5-E914-47DA-95CA-C5AB0DC85B11",
+            "the WebSocket accept key",
+        ),
+        (
+            "ServerCertVerifier for",
+            "a QUIC server certificate verifier",
+        ),
         ("struct ReconnectPolicy", "the reconnect backoff"),
-        ("fn read_link_frame", "the link's length-prefixed frame reader"),
+        (
+            "fn read_link_frame",
+            "the link's length-prefixed frame reader",
+        ),
     ] {
         let places: Vec<_> = sources
             .iter()

@@ -14,7 +14,10 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use base64::Engine as _;
 use bytes::BytesMut;
-use firetower_gateway::ws::{self, Opcode, Role};
+// The codec moves to `firetower-client` (issue 10); this is the loadgen's only import of it,
+// re-exported for `peer`, so the switch at merge is this one line.
+pub use firetower_gateway::ws::Opcode;
+use firetower_gateway::ws::{self, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 

@@ -444,7 +444,7 @@ def main():
     L.append("")
     for note in [
         "One load generator for every system: `firetower bench fanout|topics|idle --system …` "
-        "(Rust, tokio) with a small adapter per system (`src/loadgen/peer.rs`): the same "
+        "(Rust, tokio) with a small adapter per system (`bench/src/loadgen/peer.rs`): the same "
         "scenario code, payload bytes, pacing and counting; only subscribe, publish and "
         "recognising a delivery differ. NATS is spoken over its WebSocket listener (the "
         "browser-facing path, like Firetower's), Redis over plain TCP (it has no WebSocket), "

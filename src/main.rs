@@ -12,12 +12,10 @@
 //! Exit status: 0 on success, 1 when the operation failed (the message says why and what to
 //! do), 2 for a usage error.
 
-mod bench;
 mod cluster;
 mod dev;
 mod gateway_cmd;
 mod link_cmd;
-mod loadgen;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,7 +49,7 @@ enum Command {
     Link(link_cmd::LinkCommand),
     /// Benchmarks of a running cluster.
     #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    Bench(firetower_bench::BenchCommand),
     /// Start a whole local cluster on loopback, with data under ./.firetower-dev.
     Dev(dev::DevArgs),
     /// Jepsen-style runs: workloads under a nemesis, history checked (needs root, nftables).
@@ -115,7 +113,7 @@ fn main() -> ExitCode {
             Command::Gateway(args) => gateway_cmd::run(args).await,
             Command::Cluster(cmd) => cluster::run(cmd).await,
             Command::Link(cmd) => link_cmd::run(cmd).await,
-            Command::Bench(cmd) => bench::run(cmd).await,
+            Command::Bench(cmd) => firetower_bench::run(cmd).await,
             Command::Dev(args) => dev::run(args).await,
             Command::Jepsen(args) => firetower_jepsen::cli::run(args).await.map_err(Into::into),
             Command::Chaos(cmd) => firetower_chaos::cli::run(cmd).await.map_err(Into::into),

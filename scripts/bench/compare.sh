@@ -21,7 +21,8 @@
 #   idle      IDLE_CONNECTIONS (19,000: what one process may hold under ulimit -Hn 20,000)
 #             idle connections to one fresh server process; RSS per connection   [every system]
 #   control   3 voters, fsync on: Firetower subscription commits (`bench commits`) vs etcd
-#             puts (`bench etcd-puts`) at WRITERS (1,16,256) concurrent writers
+#             puts over gRPC (`bench etcd-puts`) at WRITERS (1,16,256) concurrent writers;
+#             the two interleaved run by run, a fresh cluster each time
 #   failover  FAILOVER_WRITERS (16) writers for FAILOVER_DURATION (20 s); kill -9 of the
 #             leader at FAILOVER_KILL_AT (5 s); how long writing stopped (Firetower: the
 #             manager leading most groups; etcd: the leader)
@@ -208,26 +209,31 @@ run_idle() {
 }
 
 run_control() {
-    start firetower-cluster
-    sleep 2 # as scripts/bench/commits.sh: let the fresh cluster settle before measuring
+    # Interleaved in one sitting, a fresh cluster per run, the order swapped every run
+    # (Firetower first in odd runs, etcd first in even ones) so drift in the machine's load
+    # falls on both systems alike.
+    local r sys order
     for r in $(seq 1 "$RUNS"); do
-        log "control firetower run $r/$RUNS: writers $WRITERS"
-        "$FIRETOWER_BIN" bench commits --managers "$PEER_ENDPOINTS" --writers "$WRITERS" \
-            --duration "$CONTROL_DURATION" --json >"$OUT/control-firetower-$r.jsonl" ||
-            log "control firetower run $r failed"
-        cat "$OUT/control-firetower-$r.jsonl" >&2 || true
+        if [ $((r % 2)) = 1 ]; then order="firetower-cluster etcd"; else order="etcd firetower-cluster"; fi
+        for sys in $order; do
+            start "$sys"
+            sleep 2 # as scripts/bench/commits.sh: let the fresh cluster settle before measuring
+            if [ "$sys" = etcd ]; then
+                log "control etcd run $r/$RUNS: writers $WRITERS (gRPC)"
+                "$FIRETOWER_BIN" bench etcd-puts --endpoints "$PEER_ENDPOINTS" --writers "$WRITERS" \
+                    --duration "$CONTROL_DURATION" --json >"$OUT/control-etcd-$r.jsonl" ||
+                    log "control etcd run $r failed"
+                cat "$OUT/control-etcd-$r.jsonl" >&2 || true
+            else
+                log "control firetower run $r/$RUNS: writers $WRITERS"
+                "$FIRETOWER_BIN" bench commits --managers "$PEER_ENDPOINTS" --writers "$WRITERS" \
+                    --duration "$CONTROL_DURATION" --json >"$OUT/control-firetower-$r.jsonl" ||
+                    log "control firetower run $r failed"
+                cat "$OUT/control-firetower-$r.jsonl" >&2 || true
+            fi
+            stop "$sys"
+        done
     done
-    stop firetower-cluster
-    start etcd
-    sleep 2
-    for r in $(seq 1 "$RUNS"); do
-        log "control etcd run $r/$RUNS: writers $WRITERS"
-        "$FIRETOWER_BIN" bench etcd-puts --endpoints "$PEER_ENDPOINTS" --writers "$WRITERS" \
-            --duration "$CONTROL_DURATION" --json >"$OUT/control-etcd-$r.jsonl" ||
-            log "control etcd run $r failed"
-        cat "$OUT/control-etcd-$r.jsonl" >&2 || true
-    done
-    stop etcd
 }
 
 run_failover() {

@@ -369,9 +369,10 @@ def main():
             "before every acknowledgement; etcd: its default, no `--unsafe-no-fsync`). Each writer "
             "writes a fresh key and waits for the acknowledgement before the next: Firetower "
             "subscribes a fresh topic through the manager link (`firetower bench commits`, QUIC, 8 "
-            "Raft groups); etcd puts a fresh key with a 16-byte value through its v3 JSON gateway "
-            "(`firetower bench etcd-puts`, HTTP/1.1 keep-alive, one connection per writer, writers "
-            f"spread over the 3 members). {s.get('control_duration', '?')} s per writer count."
+            "Raft groups); etcd puts a fresh key with a 16-byte value over gRPC with the etcd-client "
+            "crate (`firetower bench etcd-puts`, one HTTP/2 connection per member, writers spread "
+            "over the 3 members). The two run interleaved, a fresh cluster per run. "
+            f"{s.get('control_duration', '?')} s per writer count."
         )
         L.append("")
         L.append(
@@ -443,7 +444,7 @@ def main():
     L.append("")
     for note in [
         "One load generator for every system: `firetower bench fanout|topics|idle --system …` "
-        "(Rust, tokio) with a small adapter per system (`src/loadgen/peer.rs`): the same "
+        "(Rust, tokio) with a small adapter per system (`bench/src/loadgen/peer.rs`): the same "
         "scenario code, payload bytes, pacing and counting; only subscribe, publish and "
         "recognising a delivery differ. NATS is spoken over its WebSocket listener (the "
         "browser-facing path, like Firetower's), Redis over plain TCP (it has no WebSocket), "
@@ -464,9 +465,10 @@ def main():
         "as Firetower's own per-connection budget.",
         "One server process per system, as packaged: nats-server (Go) and the Firetower gateway "
         "(tokio) are multi-threaded; Redis and the Node.js server serve from one thread.",
-        "etcd is driven through its JSON gateway (HTTP/1.1), not gRPC: each put pays JSON and "
-        "base64 on top of what a Go client would; Firetower's writes go over its own QUIC link. "
-        "Both wait for a quorum with fsync.",
+        "etcd is driven over gRPC (the etcd-client crate, etcd's own KV API); Firetower's writes "
+        "go over its own QUIC link. Both wait for a quorum with fsync. (Runs before issue 10 "
+        "drove etcd through its JSON gateway, a translation hop that costs etcd CPU; those "
+        "ratios are withdrawn.)",
         "Failover of Firetower is measured with subscription commits (the control plane). "
         "Publishes use the same group leaders; `firetower chaos run leader-kill-loop` measures them.",
     ]:

@@ -1,7 +1,9 @@
 //! Numbers for the load generator: latency histograms and their summaries, the source-address
-//! list parser, and medians. Pure functions, tested below.
+//! and writer-count parsers, medians, and the "how long did writing stop" tracker shared by
+//! `bench commits` and `bench etcd-puts`. Pure functions, tested below.
 
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use anyhow::{anyhow, bail};
@@ -150,6 +152,60 @@ fn parse_loopback(text: &str) -> anyhow::Result<Ipv4Addr> {
     Ok(ip)
 }
 
+/// Parse `1,16,256`.
+pub fn parse_writers(text: &str) -> anyhow::Result<Vec<usize>> {
+    text.split(',')
+        .map(|w| {
+            w.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0 && *n <= 10_000)
+                .ok_or_else(|| anyhow!("--writers {w:?}: expected 1..=10000"))
+        })
+        .collect()
+}
+
+/// "How long did writing stop": the longest interval without a success, over all writers
+/// (`global`) and per writer. Times are microseconds since the round started.
+#[derive(Debug, Default)]
+pub struct GapTracker {
+    last_success_us: AtomicU64,
+    max_gap_us: AtomicU64,
+    max_writer_gap_us: AtomicU64,
+}
+
+impl GapTracker {
+    /// A success of a writer whose previous success (or start) was at `*writer_last`.
+    pub fn success(&self, now_us: u64, writer_last: &mut u64) {
+        let prev = self.last_success_us.fetch_max(now_us, Ordering::Relaxed);
+        if now_us > prev {
+            self.max_gap_us.fetch_max(now_us - prev, Ordering::Relaxed);
+        }
+        self.max_writer_gap_us
+            .fetch_max(now_us.saturating_sub(*writer_last), Ordering::Relaxed);
+        *writer_last = now_us;
+    }
+
+    /// A writer stopped at `end_us`: a stall that never ended counts up to there.
+    pub fn writer_done(&self, end_us: u64, writer_last: u64) {
+        self.max_writer_gap_us
+            .fetch_max(end_us.saturating_sub(writer_last), Ordering::Relaxed);
+    }
+
+    /// (global, per writer) longest gaps in ms, closing the global one at `end_us`.
+    pub fn finish(&self, end_us: u64) -> (f64, f64) {
+        let last = self.last_success_us.load(Ordering::Relaxed);
+        let global = self
+            .max_gap_us
+            .load(Ordering::Relaxed)
+            .max(end_us.saturating_sub(last));
+        (
+            global as f64 / 1000.0,
+            self.max_writer_gap_us.load(Ordering::Relaxed) as f64 / 1000.0,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,5 +269,26 @@ mod tests {
         assert!(parse_source_ips("").is_err());
         assert!(parse_source_ips("127.0.0.1-127.1.0.0").is_err());
         assert!(parse_source_ips("nope").is_err());
+    }
+
+    #[test]
+    fn writers() {
+        assert_eq!(parse_writers("1,16,256").unwrap(), vec![1, 16, 256]);
+        assert!(parse_writers("0").is_err());
+        assert!(parse_writers("x").is_err());
+    }
+
+    #[test]
+    fn gaps() {
+        let g = GapTracker::default();
+        let (mut a, mut b) = (0, 0);
+        g.success(100, &mut a);
+        g.success(150, &mut b);
+        g.success(2_000, &mut a);
+        g.success(2_100, &mut b);
+        g.writer_done(3_000, a);
+        let (global, writer) = g.finish(3_000);
+        assert_eq!(global, 1.85);
+        assert_eq!(writer, 1.95);
     }
 }

@@ -21,13 +21,12 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use bytes::{Buf, BytesMut};
-use firetower_gateway::ws::Opcode;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use super::client::{find, tcp_connect, Incoming, WsConn, WsReader, WsUrl, WsWriter};
+use super::client::{find, tcp_connect, Incoming, Opcode, WsConn, WsReader, WsUrl, WsWriter};
 
 /// Time for the connect handshake or a subscribe to be answered.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);

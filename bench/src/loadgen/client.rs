@@ -1,6 +1,6 @@
 //! A lean WebSocket client for load generation: one TCP socket, bound to a chosen loopback
 //! source address before `connect`, the `firetower.json` upgrade, and frames through the
-//! gateway's own pure codec (`firetower_gateway::ws`, client role).
+//! gateway's own pure codec (`firetower_client::ws`, client role).
 //!
 //! Why not a general client library: tens of thousands of these run in one process next to
 //! the gateway on the same cores, so a connection holds one small read buffer and nothing
@@ -14,7 +14,10 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use base64::Engine as _;
 use bytes::BytesMut;
-use firetower_gateway::ws::{self, Opcode, Role};
+// The codec moves to `firetower-client` (issue 10); this is the loadgen's only import of it,
+// re-exported for `peer`, so the switch at merge is this one line.
+pub use firetower_client::ws::Opcode;
+use firetower_client::ws::{self, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 

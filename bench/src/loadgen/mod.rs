@@ -15,10 +15,10 @@
 //! `bench commits` (module `etcd`).
 //!
 //! Modules: `client` (a lean WebSocket client using the gateway's pure codec), `peer` (the
-//! per-system adapters: subscribe, publish, recognize a delivery), `etcd` (a small HTTP/1.1
-//! client of etcd's v3 JSON gateway and the puts benchmark), `scenarios`
-//! (the runs), `stats` (histograms, source-address ranges), `procstat` (CPU and RSS from
-//! `/proc`). Results are measurements printed as a table or one JSON object (`--json`); no
+//! per-system adapters: subscribe, publish, recognize a delivery), `etcd` (the puts benchmark
+//! over gRPC with the etcd-client crate), `scenarios` (the runs), `topics` (the many-topics
+//! run), `stats` (histograms, source-address and writer-count parsers, the gap tracker),
+//! `procstat` (CPU and RSS from `/proc`). Results are measurements printed as a table or one JSON object (`--json`); no
 //! test asserts on timing. Only literal IP addresses are used; source addresses must be
 //! loopback.
 
@@ -34,9 +34,10 @@ use std::time::Duration;
 
 use anyhow::bail;
 
-pub use etcd::{etcd_puts, EtcdPutsArgs, GapTracker};
+pub use etcd::{etcd_puts, EtcdPutsArgs};
 use peer::System;
 use scenarios::{FanoutPlan, FanoutReport, IdlePlan, IdleReport, Pace, WorkerArgs, WorkerPlan};
+pub use stats::{parse_writers, GapTracker};
 
 /// Options shared by `fanout` and `latency`.
 #[derive(clap::Args, Debug)]

@@ -28,7 +28,7 @@ mod metrics;
 mod protocol;
 mod quic;
 mod server;
-mod tcp;
+pub mod tcp;
 mod upstream;
 pub mod ws;
 

@@ -29,7 +29,7 @@ mod network;
 pub mod quic;
 mod router;
 mod server;
-mod wire;
+pub mod wire;
 
 pub use backoff::ReconnectPolicy;
 pub use firetower_proto::{group_of, jump_consistent_hash};

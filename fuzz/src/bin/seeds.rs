@@ -242,12 +242,20 @@ fn raft_wire() -> Vec<Vec<u8>> {
     let vote = encode(&vote).expect("encode");
     let mut stream = append.clone();
     stream.extend_from_slice(&vote);
+    // An append whose one entry nests command batches one level deeper than decoding accepts
+    // (a deeper one overflowed the stack before `MAX_BATCH_DEPTH`): cluster id "", group 0,
+    // AppendEntries, vote (1, 1) uncommitted, no prev_log_id, one entry at (1, 1) index 1,
+    // Normal, then Batch-of-one (variant 6, length 1) again and again around a Blacklist.
+    let mut nested = vec![0, 0, 0, 1, 1, 0, 0, 1, 1, 1, 1, 1];
+    nested.extend([6, 1].repeat(firetower_store::MAX_BATCH_DEPTH + 1));
+    nested.extend([4, 0, 0, 0]);
     vec![
         with(&[0], &stream),
         with(&[1], &append[4..]),
         with(&[1], &vote[4..]),
         with(&[2], &encode(&ok).expect("encode")[4..]),
         with(&[2], &encode(&refused).expect("encode")[4..]),
+        with(&[1], &nested),
     ]
 }
 

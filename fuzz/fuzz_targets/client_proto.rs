@@ -86,8 +86,10 @@ fn accepted(frame: &ClientFrame) {
 
 /// The JSON text without the whitespace around it, when `bytes` is one JSON value.
 fn as_json_text(bytes: &[u8]) -> Option<Bytes> {
+    // UTF-8 first: serde_json skips the bytes of strings it ignores without checking them.
     // IgnoredAny, not Value: a number like 1e400 is JSON even if it is no f64.
-    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).ok()?;
+    let text = std::str::from_utf8(bytes).ok()?;
+    serde_json::from_str::<serde::de::IgnoredAny>(text).ok()?;
     let start = bytes.iter().position(|b| !b" \t\r\n".contains(b))?;
     let end = bytes.iter().rposition(|b| !b" \t\r\n".contains(b))?;
     Some(Bytes::copy_from_slice(&bytes[start..=end]))

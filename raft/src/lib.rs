@@ -28,7 +28,7 @@ use std::io::Cursor;
 mod network;
 mod router;
 mod server;
-mod wire;
+pub mod wire;
 
 pub use firetower_link::{
     client_config, install_crypto_provider, make_endpoint, make_endpoint_with_reset_secret,

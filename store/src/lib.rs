@@ -31,7 +31,7 @@ mod wal;
 pub use error::{StoreError, WalError};
 pub use log_store::LogStore;
 pub use state_machine::{SnapshotBuilder, StateMachine, StateStore, TableReader};
-pub use types::{Command, GatewayId, ManagerId, ManagerNode, Response, Session};
+pub use types::{Command, GatewayId, ManagerId, ManagerNode, Response, Session, MAX_BATCH_DEPTH};
 pub use wal::{FsyncObserver, Wal, WalOptions};
 
 /// The openraft type configurations this store works with: the server's own

@@ -1,9 +1,10 @@
 //! The replicated data: commands applied to the state machine, their responses, and the
 //! node type stored in memberships.
 
+use std::cell::Cell;
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Identifies a gateway process across restarts (given with `firetower gateway --id`).
 pub type GatewayId = u64;
@@ -50,7 +51,33 @@ pub enum Command {
     /// Several commands applied in order as one log entry: the manager packs the concurrent
     /// proposals of a group into one entry, so one Raft round trip and one fsync serve many.
     /// The response is [`Response::Batch`], one response per command.
-    Batch(Vec<Command>),
+    ///
+    /// Decoding refuses batches nested deeper than [`MAX_BATCH_DEPTH`].
+    Batch(#[serde(deserialize_with = "batch_within_depth")] Vec<Command>),
+}
+
+/// Deepest nesting of [`Command::Batch`] a decoded command may have. The manager nests two
+/// levels at most (a proposal that is itself a batch, packed into a batch); the limit keeps a
+/// hostile Raft frame or a damaged log record from recursing until the stack overflows.
+pub const MAX_BATCH_DEPTH: usize = 16;
+
+thread_local! {
+    /// Batches being decoded on this thread, around the current one (serde gives a
+    /// `Deserialize` impl no context to carry the depth in).
+    static BATCH_DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+fn batch_within_depth<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Command>, D::Error> {
+    let depth = BATCH_DEPTH.with(Cell::get);
+    if depth >= MAX_BATCH_DEPTH {
+        return Err(serde::de::Error::custom(format!(
+            "command batches nested deeper than {MAX_BATCH_DEPTH} levels"
+        )));
+    }
+    BATCH_DEPTH.with(|c| c.set(depth + 1));
+    let commands = Vec::<Command>::deserialize(d);
+    BATCH_DEPTH.with(|c| c.set(depth));
+    commands
 }
 
 /// The outcome of applying one log entry.
@@ -74,4 +101,47 @@ pub struct Session {
     pub epoch: u64,
     /// How long the session lives without a heartbeat, in milliseconds.
     pub lease_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nested(depth: usize) -> Command {
+        let mut command = Command::Blacklist {
+            gateway: 1,
+            blocked: true,
+        };
+        for _ in 0..depth {
+            command = Command::Batch(vec![command]);
+        }
+        command
+    }
+
+    #[test]
+    fn batches_up_to_the_depth_limit_decode() {
+        for depth in [0, 1, 2, MAX_BATCH_DEPTH] {
+            let bytes = postcard::to_allocvec(&nested(depth)).unwrap();
+            assert_eq!(
+                postcard::from_bytes::<Command>(&bytes).unwrap(),
+                nested(depth)
+            );
+        }
+    }
+
+    /// Found by the `raft_wire` fuzz target: 30,000 nested batches in one Raft frame (60 KB)
+    /// overflowed the stack of the decoding thread and aborted the manager.
+    #[test]
+    fn deeply_nested_batches_are_refused_not_a_stack_overflow() {
+        let too_deep = postcard::to_allocvec(&nested(MAX_BATCH_DEPTH + 1)).unwrap();
+        assert!(postcard::from_bytes::<Command>(&too_deep).is_err());
+        // Hand-made, since building the value itself would recurse as deep: Batch (variant
+        // 6) of one element, 100,000 times, around a Blacklist (variant 4).
+        let mut hostile = [6u8, 1].repeat(100_000);
+        hostile.extend_from_slice(&[4, 0, 0]);
+        assert!(postcard::from_bytes::<Command>(&hostile).is_err());
+        // The depth count is back to zero after a refusal: a normal batch still decodes.
+        let ok = postcard::to_allocvec(&nested(2)).unwrap();
+        assert_eq!(postcard::from_bytes::<Command>(&ok).unwrap(), nested(2));
+    }
 }

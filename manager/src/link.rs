@@ -13,10 +13,10 @@
 //!                  ─▶ GetRouting                               ─▶ replies::routing
 //! ```
 
+use firetower_link::{decode_body, encode_frame};
 use firetower_proto::link::{
     gateway_reply, gateway_request, GatewayReply, GatewayRequest, Gateways,
 };
-use firetower_proto::{decode_frame, encode_frame};
 use firetower_raft::{group_of, Command};
 
 use crate::node::Node;
@@ -73,9 +73,9 @@ async fn reply(send: &mut quinn::SendStream, answer: &GatewayReply) {
 }
 
 async fn read_request(recv: &mut quinn::RecvStream) -> Result<GatewayRequest, String> {
-    match crate::sessions::read_frame_bytes(recv).await? {
+    match crate::sessions::read_frame_body(recv).await? {
         None => Err("stream closed before a request".into()),
-        Some(bytes) => decode_frame(&bytes).map_err(|e| e.to_string()),
+        Some(body) => decode_body(&body).map_err(|e| e.to_string()),
     }
 }
 

@@ -425,7 +425,6 @@ impl Membership {
     }
 
     pub(crate) async fn init(&self, request: InitRequest) -> Result<InitReply, MembershipError> {
-        let request = request;
         let _guard = self.node.change_lock().await;
         if !self.node.cluster_id().is_empty() {
             return Err(MembershipError::Refused(format!(

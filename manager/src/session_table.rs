@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use firetower_proto::encode_frame;
+use firetower_link::encode_frame;
 use firetower_proto::link::{session_frame, Delivery, SessionFrame};
 use tokio::sync::{mpsc, watch};
 

@@ -14,11 +14,11 @@
 
 use std::time::{Duration, Instant};
 
-use firetower_proto::decode_frame;
+use firetower_link::MAX_LINK_FRAME_BYTES;
+use firetower_link::{decode_body, read_link_frame};
 use firetower_proto::link::{
     gateway_frame, session_frame, GatewayFrame, OpenSession, Resync, SessionOpened,
 };
-use firetower_proto::MAX_LINK_FRAME_BYTES;
 use firetower_raft::{Command, GroupId, Response};
 use std::collections::HashMap;
 use tokio::sync::watch;
@@ -125,32 +125,20 @@ fn routing_frame(node: &Node) -> session_frame::Frame {
     session_frame::Frame::Routing(crate::replies::routing(node))
 }
 
-/// Read one length-prefixed frame; `None` on a clean end of stream.
-pub(crate) async fn read_frame_bytes(
+/// Read one length-prefixed link frame's body (the link's one reader); `None` on a clean end
+/// of stream.
+pub(crate) async fn read_frame_body(
     recv: &mut quinn::RecvStream,
 ) -> Result<Option<Vec<u8>>, String> {
-    let mut head = [0u8; 4];
-    match recv.read_exact(&mut head).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(e) => return Err(e.to_string()),
-    }
-    let len = u32::from_be_bytes(head) as usize;
-    if len > MAX_LINK_FRAME_BYTES {
-        return Err(format!("frame of {len} bytes exceeds the limit"));
-    }
-    let mut frame = vec![0u8; 4 + len];
-    frame[..4].copy_from_slice(&head);
-    recv.read_exact(&mut frame[4..])
+    read_link_frame(recv, MAX_LINK_FRAME_BYTES)
         .await
-        .map_err(|e| e.to_string())?;
-    Ok(Some(frame))
+        .map_err(|e| e.to_string())
 }
 
 async fn read_gateway_frame(recv: &mut quinn::RecvStream) -> Result<Option<GatewayFrame>, String> {
-    match read_frame_bytes(recv).await? {
+    match read_frame_body(recv).await? {
         None => Ok(None),
-        Some(bytes) => decode_frame(&bytes).map(Some).map_err(|e| e.to_string()),
+        Some(body) => decode_body(&body).map(Some).map_err(|e| e.to_string()),
     }
 }
 

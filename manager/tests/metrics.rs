@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use firetower_link::{decode_frame, encode_frame};
 use firetower_manager::{connect_admin, Manager, ManagerConfig, RaftTuning};
 use firetower_proto::admin::InitRequest;
 use firetower_proto::link::{
     gateway_reply, gateway_request, GatewayReply, GatewayRequest, Subscribe,
 };
-use firetower_proto::{decode_frame, encode_frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn free_port(udp: bool) -> u16 {

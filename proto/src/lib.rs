@@ -32,10 +32,6 @@ mod placement;
 
 pub use placement::{group_of, jump_consistent_hash};
 
-mod frame;
-
-pub use frame::{decode_frame, encode_frame, FrameError, MAX_LINK_FRAME_BYTES};
-
 mod ids;
 
 pub use ids::{Epoch, GatewayId, GroupId, ManagerId};

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use firetower_gateway::{Flavour, Payload, ServerFrame};
+use firetower_client::{Flavour, Payload, ServerFrame};
 use firetower_link::ReconnectPolicy;
 use futures::{SinkExt, StreamExt};
 use rand::rngs::StdRng;

@@ -316,11 +316,8 @@ fn written(dir: &Path, small_segments: bool, ops: &[Op], damage: Damage) {
     reopen_is_idempotent(dir, small_segments, &recovered);
 }
 
-fn log_id(term: u8, index: u8) -> LogId<u64> {
-    LogId::new(
-        CommittedLeaderId::new(u64::from(term % 4), 1),
-        u64::from(index),
-    )
+fn log_id(term: u8, index: impl Into<u64>) -> LogId<u64> {
+    LogId::new(CommittedLeaderId::new(u64::from(term % 4), 1), index.into())
 }
 
 fn apply(wal: &Wal<TypeConfig>, op: &Op) {
@@ -336,7 +333,9 @@ fn apply(wal: &Wal<TypeConfig>, op: &Op) {
             } => {
                 let entries: Vec<Entry<TypeConfig>> = (0..count % 4)
                     .map(|i| Entry {
-                        log_id: log_id(*term, first.wrapping_add(i)),
+                        // Consecutive and ascending, as openraft appends (the WAL relies on it: a
+                        // segment's newest entry of a group is the last one appended).
+                        log_id: log_id(*term, u64::from(*first) + u64::from(i)),
                         payload: if *subscribe {
                             EntryPayload::Normal(Command::Subscribe {
                                 topic: format!("t{i}"),

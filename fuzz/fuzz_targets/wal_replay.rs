@@ -246,10 +246,11 @@ fn written(dir: &Path, small_segments: bool, ops: &[Op], damage: Damage) {
         .cloned()
         .expect("at least one segment");
     // Whether the damage leaves "some prefix of what was written" as the only valid outcome.
-    // With several segments a cut or flip can lose a purge record whose purged segments are
-    // already deleted: a real torn tail never loses a record that was synced, so that case is
-    // only checked for consistency.
-    let mut prefix_only = before.len() == 1;
+    // Once segments have rotated (small segments), a cut or flip can lose a checkpoint or a
+    // purge record whose purged segments are already deleted, even when one segment is left:
+    // a real torn tail never loses a record that was synced, so that case is only checked
+    // for consistency.
+    let mut prefix_only = !small_segments && before.len() == 1;
     let mut must_open = true;
     // Whether the log must come back exactly as written (undamaged, or only garbage after it).
     let mut exact = true;

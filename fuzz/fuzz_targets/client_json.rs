@@ -59,9 +59,17 @@ fn accepted(frame: &ClientFrame) {
         ClientFrame::Ping { .. } => {}
     }
     let json = frame.encode_json();
-    assert_eq!(ClientFrame::parse_json(&json).as_ref(), Ok(frame), "JSON round trip");
+    assert_eq!(
+        ClientFrame::parse_json(&json).as_ref(),
+        Ok(frame),
+        "JSON round trip"
+    );
     let proto = frame.encode_proto();
-    assert_eq!(ClientFrame::parse_proto(&proto).as_ref(), Ok(frame), "JSON -> protobuf");
+    assert_eq!(
+        ClientFrame::parse_proto(&proto).as_ref(),
+        Ok(frame),
+        "JSON -> protobuf"
+    );
 }
 
 /// What serde's derive reads from the same text (unknown fields skipped, duplicates refused).
@@ -73,7 +81,11 @@ struct Probe {
 
 /// An independent reading agrees on the object, its `op` and its `id` (absent means 0).
 fn same_as_serde_json(data: &[u8], frame: &ClientFrame) {
-    assert_eq!(data.iter().find(|b| !b.is_ascii_whitespace()), Some(&b'{'), "not an object");
+    assert_eq!(
+        data.iter().find(|b| !b.is_ascii_whitespace()),
+        Some(&b'{'),
+        "not an object"
+    );
     let probe: Probe = serde_json::from_slice(data).expect("accepted what serde refuses");
     let op = match frame {
         ClientFrame::Subscribe { .. } => "subscribe",
@@ -87,7 +99,15 @@ fn same_as_serde_json(data: &[u8], frame: &ClientFrame) {
 
 fn server_round_trip(frame: &ServerFrame) {
     let json = frame.encode_json();
-    assert_eq!(ServerFrame::parse_json(&json).as_ref(), Ok(frame), "server JSON round trip");
+    assert_eq!(
+        ServerFrame::parse_json(&json).as_ref(),
+        Ok(frame),
+        "server JSON round trip"
+    );
     let proto = frame.encode_proto();
-    assert_eq!(ServerFrame::parse_proto(&proto).as_ref(), Ok(frame), "server JSON -> protobuf");
+    assert_eq!(
+        ServerFrame::parse_proto(&proto).as_ref(),
+        Ok(frame),
+        "server JSON -> protobuf"
+    );
 }

@@ -26,23 +26,35 @@ fuzz_target!(|data: &[u8]| {
         Err(refusal) => {
             let code = refusal.error.code();
             assert!(
-                matches!(code, "invalid_protobuf" | "missing_field" | "invalid_field" | "invalid_topic"),
+                matches!(
+                    code,
+                    "invalid_protobuf" | "missing_field" | "invalid_field" | "invalid_topic"
+                ),
                 "unexpected code {code}"
             );
         }
     }
     if let Ok(frame) = ServerFrame::parse_proto(data) {
         let proto = frame.encode_proto();
-        assert_eq!(ServerFrame::parse_proto(&proto).as_ref(), Ok(&frame), "server proto round trip");
+        assert_eq!(
+            ServerFrame::parse_proto(&proto).as_ref(),
+            Ok(&frame),
+            "server proto round trip"
+        );
         let expected = match &frame {
-            ServerFrame::Message { payload: Payload::Json(text), .. } => {
-                as_json_text(text).map(|trimmed| with_payload(&frame, Payload::Json(trimmed)))
-            }
+            ServerFrame::Message {
+                payload: Payload::Json(text),
+                ..
+            } => as_json_text(text).map(|trimmed| with_payload(&frame, Payload::Json(trimmed))),
             _ => Some(frame.clone()),
         };
         if let Some(expected) = expected {
             let json = frame.encode_json();
-            assert_eq!(ServerFrame::parse_json(&json), Ok(expected), "server proto -> JSON");
+            assert_eq!(
+                ServerFrame::parse_json(&json),
+                Ok(expected),
+                "server proto -> JSON"
+            );
         }
     }
 });
@@ -58,13 +70,20 @@ fn accepted(frame: &ClientFrame) {
         ClientFrame::Publish { topic, payload, .. } => {
             assert_eq!(validate_topic(topic), Ok(()), "accepted topic {topic:?}");
             if let Payload::Json(text) = payload {
-                assert!(as_json_text(text).is_some(), "accepted a JSON payload that is not JSON");
+                assert!(
+                    as_json_text(text).is_some(),
+                    "accepted a JSON payload that is not JSON"
+                );
             }
         }
         ClientFrame::Ping { .. } => {}
     }
     let proto = frame.encode_proto();
-    assert_eq!(ClientFrame::parse_proto(&proto).as_ref(), Ok(frame), "proto round trip");
+    assert_eq!(
+        ClientFrame::parse_proto(&proto).as_ref(),
+        Ok(frame),
+        "proto round trip"
+    );
 
     let expected = match frame {
         ClientFrame::Publish { id, topic, payload } => ClientFrame::Publish {
@@ -81,7 +100,11 @@ fn accepted(frame: &ClientFrame) {
         other => other.clone(),
     };
     let json = frame.encode_json();
-    assert_eq!(ClientFrame::parse_json(&json), Ok(expected), "proto -> JSON");
+    assert_eq!(
+        ClientFrame::parse_json(&json),
+        Ok(expected),
+        "proto -> JSON"
+    );
 }
 
 /// The JSON text without the whitespace around it, when `bytes` is one JSON value.
@@ -96,8 +119,16 @@ fn as_json_text(bytes: &[u8]) -> Option<Bytes> {
 }
 
 fn with_payload(frame: &ServerFrame, payload: Payload) -> ServerFrame {
-    let ServerFrame::Message { topic, term, seq, .. } = frame else {
+    let ServerFrame::Message {
+        topic, term, seq, ..
+    } = frame
+    else {
         return frame.clone();
     };
-    ServerFrame::Message { topic: topic.clone(), payload, term: *term, seq: *seq }
+    ServerFrame::Message {
+        topic: topic.clone(),
+        payload,
+        term: *term,
+        seq: *seq,
+    }
 }

@@ -59,7 +59,11 @@ fn link<M: Message + Default + PartialEq + std::fmt::Debug>(bytes: &[u8]) {
             assert_eq!(said, body.len());
             assert!(said <= MAX_LINK_FRAME_BYTES);
             let again = encode_frame(&message);
-            assert_eq!(decode_frame::<M>(&again).as_ref(), Ok(&message), "link round trip");
+            assert_eq!(
+                decode_frame::<M>(&again).as_ref(),
+                Ok(&message),
+                "link round trip"
+            );
         }
     }
 }
@@ -67,15 +71,25 @@ fn link<M: Message + Default + PartialEq + std::fmt::Debug>(bytes: &[u8]) {
 fn tcp(bytes: &[u8], max: usize, chunk: usize) {
     let (whole, whole_err) = tcp_whole(bytes, max);
     let (pieces, pieces_err) = tcp_pieces(bytes, max, chunk);
-    assert_eq!(whole, pieces, "frames differ when the stream arrives in pieces");
-    assert_eq!(whole_err, pieces_err, "errors differ when the stream arrives in pieces");
+    assert_eq!(
+        whole, pieces,
+        "frames differ when the stream arrives in pieces"
+    );
+    assert_eq!(
+        whole_err, pieces_err,
+        "errors differ when the stream arrives in pieces"
+    );
     if let Some(TcpFrameError::TooLarge { len, max: m }) = whole_err {
         assert!(len as usize > max && m == max);
     }
     for frame in &whole {
         assert!(frame.len() <= max, "frame over the limit");
         let mut wire = BytesMut::from(&tcp_encode(frame)[..]);
-        assert_eq!(tcp_decode(&mut wire, max), Ok(Some(frame.clone())), "TCP round trip");
+        assert_eq!(
+            tcp_decode(&mut wire, max),
+            Ok(Some(frame.clone())),
+            "TCP round trip"
+        );
         assert!(wire.is_empty());
         let _ = ClientFrame::parse_proto(frame);
     }
@@ -100,7 +114,10 @@ fn tcp_whole(bytes: &[u8], max: usize) -> (Vec<bytes::Bytes>, Option<TcpFrameErr
                     grown.resize(before + missing - 1, 0);
                     assert_eq!(tcp_decode(&mut grown, max), Ok(None), "completed too early");
                     grown.extend_from_slice(&[0]);
-                    assert!(matches!(tcp_decode(&mut grown, max), Ok(Some(_))), "missing_bytes wrong");
+                    assert!(
+                        matches!(tcp_decode(&mut grown, max), Ok(Some(_))),
+                        "missing_bytes wrong"
+                    );
                 } else {
                     assert!(buf.len() < 4, "incomplete frame with nothing missing");
                 }
@@ -111,7 +128,11 @@ fn tcp_whole(bytes: &[u8], max: usize) -> (Vec<bytes::Bytes>, Option<TcpFrameErr
     }
 }
 
-fn tcp_pieces(bytes: &[u8], max: usize, chunk: usize) -> (Vec<bytes::Bytes>, Option<TcpFrameError>) {
+fn tcp_pieces(
+    bytes: &[u8],
+    max: usize,
+    chunk: usize,
+) -> (Vec<bytes::Bytes>, Option<TcpFrameError>) {
     let mut buf = BytesMut::new();
     let mut frames = Vec::new();
     for piece in bytes.chunks(chunk) {

@@ -11,8 +11,8 @@
 //! - a decoded request or reply encodes to a frame that reads and decodes to the same value.
 #![no_main]
 
-use firetower_raft::wire::{body_len, decode_body, encode, read_frame, RaftReply, RaftRequest};
 use firetower_raft::wire::WireError;
+use firetower_raft::wire::{body_len, decode_body, encode, read_frame, RaftReply, RaftRequest};
 use firetower_raft::MAX_FRAME_LEN;
 use futures::executor::block_on;
 use libfuzzer_sys::fuzz_target;
@@ -61,7 +61,10 @@ fn stream(bytes: &[u8]) {
             }
             Err(WireError::TooLarge { len }) => {
                 assert!(left.len() >= 4 && len > MAX_FRAME_LEN);
-                assert_eq!(len, u32::from_be_bytes(left[..4].try_into().unwrap()) as usize);
+                assert_eq!(
+                    len,
+                    u32::from_be_bytes(left[..4].try_into().unwrap()) as usize
+                );
                 return;
             }
             Err(e) => panic!("reading a byte slice failed with {e}"),

@@ -48,8 +48,14 @@ fuzz_target!(|data: &[u8]| {
 fn codec(bytes: &[u8], max: usize, role: Role, chunk: usize) {
     let (whole, whole_err) = decode_whole(bytes, max, role);
     let (pieces, pieces_err) = decode_in_pieces(bytes, max, role, chunk);
-    assert_eq!(whole, pieces, "frames differ when the stream arrives in pieces");
-    assert_eq!(whole_err, pieces_err, "errors differ when the stream arrives in pieces");
+    assert_eq!(
+        whole, pieces,
+        "frames differ when the stream arrives in pieces"
+    );
+    assert_eq!(
+        whole_err, pieces_err,
+        "errors differ when the stream arrives in pieces"
+    );
 
     for frame in &whole {
         assert!(frame.payload.len() <= max, "frame over the limit");
@@ -91,7 +97,11 @@ fn check_missing(buf: &[u8], missing: usize, max: usize, role: Role) {
     }
     let mut grown = BytesMut::from(buf);
     grown.resize(buf.len() + missing - 1, 0xA5);
-    assert_eq!(decode_frame(&mut grown, max, role), Ok(None), "completed too early");
+    assert_eq!(
+        decode_frame(&mut grown, max, role),
+        Ok(None),
+        "completed too early"
+    );
     grown.extend_from_slice(&[0xA5]);
     assert!(
         matches!(decode_frame(&mut grown, max, role), Ok(Some(_))),
@@ -129,7 +139,11 @@ fn round_trip(frame: &Frame, max: usize, role: Role) {
     let wire = encode_frame(frame.fin, frame.opcode, &frame.payload, mask);
     let mut buf = BytesMut::from(&wire[..]);
     let back = decode_frame(&mut buf, max, role).expect("a re-encoded frame is valid");
-    assert_eq!(back.as_ref(), Some(frame), "re-encoded frame decodes differently");
+    assert_eq!(
+        back.as_ref(),
+        Some(frame),
+        "re-encoded frame decodes differently"
+    );
     assert!(buf.is_empty(), "a re-encoded frame left bytes over");
 }
 
@@ -160,7 +174,10 @@ fn assemble(frames: &[Frame], max: usize) {
                 };
                 if let Some((code, reason)) = close {
                     assert!(frame.payload.len() >= 2);
-                    assert_eq!(u16::from_be_bytes([frame.payload[0], frame.payload[1]]), *code);
+                    assert_eq!(
+                        u16::from_be_bytes([frame.payload[0], frame.payload[1]]),
+                        *code
+                    );
                     assert_eq!(reason.as_bytes(), &frame.payload[2..]);
                     assert!(matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999));
                 } else {
@@ -178,7 +195,9 @@ fn assemble(frames: &[Frame], max: usize) {
                 }
             }
             Opcode::Continuation => {
-                let (kind, mut parts) = open.take().expect("continuation accepted outside a message");
+                let (kind, mut parts) = open
+                    .take()
+                    .expect("continuation accepted outside a message");
                 parts.extend_from_slice(&frame.payload);
                 if frame.fin {
                     Some(data_message(kind, parts))
@@ -193,7 +212,10 @@ fn assemble(frames: &[Frame], max: usize) {
             assert!(text.len() <= max, "message over the limit");
         }
         if let Some(Message::Text(text)) = &got {
-            assert!(std::str::from_utf8(text).is_ok(), "text message is not UTF-8");
+            assert!(
+                std::str::from_utf8(text).is_ok(),
+                "text message is not UTF-8"
+            );
         }
     }
 }
@@ -211,7 +233,10 @@ fn check_refusal(frame: &Frame, open: &Option<(Opcode, Vec<u8>)>, max: usize, er
         WsError::TooLarge { len, .. } => {
             let so_far = open.as_ref().map_or(0, |(_, p)| p.len());
             assert_eq!(len as usize, so_far + frame.payload.len());
-            assert!(len as usize > max, "refused as too large but within the limit");
+            assert!(
+                len as usize > max,
+                "refused as too large but within the limit"
+            );
         }
         WsError::InvalidUtf8 => {
             let text = match (frame.opcode, open) {
@@ -239,25 +264,41 @@ fn handshake(bytes: &[u8]) {
         }
         return;
     };
-    assert!(len <= bytes.len() && len <= MAX_REQUEST_HEAD, "head length {len} out of bounds");
+    assert!(
+        len <= bytes.len() && len <= MAX_REQUEST_HEAD,
+        "head length {len} out of bounds"
+    );
     // The head is exactly its own bytes: parsing only them gives the same head, and one byte
     // fewer is not a complete head.
     assert_eq!(
         parse_request_head(&bytes[..len]),
         Ok(Some((head.clone(), len)))
     );
-    assert!(!matches!(parse_request_head(&bytes[..len - 1]), Ok(Some(_))));
+    assert!(!matches!(
+        parse_request_head(&bytes[..len - 1]),
+        Ok(Some(_))
+    ));
     assert!(!head.path.contains('?'), "query string left in the path");
 
     let Ok(upgrade) = negotiate(&head) else {
         return;
     };
     assert_eq!(head.method, "GET");
-    let key = head.header("sec-websocket-key").expect("accepted without a key");
+    let key = head
+        .header("sec-websocket-key")
+        .expect("accepted without a key");
     assert_eq!(upgrade.accept, accept_key(key));
-    assert_eq!(upgrade.accept.len(), 28, "accept key is not base64 of a SHA-1");
+    assert_eq!(
+        upgrade.accept.len(),
+        28,
+        "accept key is not base64 of a SHA-1"
+    );
     let response = String::from_utf8(upgrade_response(&upgrade)).expect("response is ASCII");
     assert!(response.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
-    assert_eq!(response.find("\r\n\r\n"), Some(response.len() - 4), "header injection");
+    assert_eq!(
+        response.find("\r\n\r\n"),
+        Some(response.len() - 4),
+        "header injection"
+    );
     assert!(response.contains(&format!("Sec-WebSocket-Accept: {}\r\n", upgrade.accept)));
 }

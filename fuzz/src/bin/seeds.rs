@@ -63,7 +63,10 @@ fn ws_codec() -> Vec<Vec<u8>> {
                    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
                    Sec-WebSocket-Protocol: chat, firetower.proto\r\n\r\n";
     vec![
-        with(&[server, 1], &encode_frame(true, Opcode::Text, b"Hello", mask)),
+        with(
+            &[server, 1],
+            &encode_frame(true, Opcode::Text, b"Hello", mask),
+        ),
         with(&[server, 3], &fragmented),
         with(&[server, 64], &closing),
         with(&[client, 5], &to_client),
@@ -75,7 +78,10 @@ fn ws_codec() -> Vec<Vec<u8>> {
 fn client_frames() -> Vec<ClientFrame> {
     let topics = vec![Arc::from("room.1"), Arc::from("room.2")];
     vec![
-        ClientFrame::Subscribe { id: 1, topics: topics.clone() },
+        ClientFrame::Subscribe {
+            id: 1,
+            topics: topics.clone(),
+        },
         ClientFrame::Unsubscribe { id: 2, topics },
         ClientFrame::Publish {
             id: 3,
@@ -112,14 +118,20 @@ fn server_frames() -> Vec<ServerFrame> {
 }
 
 fn client_json() -> Vec<Vec<u8>> {
-    let mut seeds: Vec<Vec<u8>> = client_frames().iter().map(ClientFrame::encode_json).collect();
+    let mut seeds: Vec<Vec<u8>> = client_frames()
+        .iter()
+        .map(ClientFrame::encode_json)
+        .collect();
     seeds.extend(server_frames().iter().map(ServerFrame::encode_json));
     seeds.push(br#" {"op":"subscribe","topics":["a b"],"id":9} "#.to_vec());
     seeds
 }
 
 fn client_proto() -> Vec<Vec<u8>> {
-    let mut seeds: Vec<Vec<u8>> = client_frames().iter().map(ClientFrame::encode_proto).collect();
+    let mut seeds: Vec<Vec<u8>> = client_frames()
+        .iter()
+        .map(ClientFrame::encode_proto)
+        .collect();
     seeds.extend(server_frames().iter().map(ServerFrame::encode_proto));
     seeds
 }
@@ -159,7 +171,9 @@ fn link_frame() -> Vec<Vec<u8>> {
         })),
     };
     let resync = link::SessionFrame {
-        frame: Some(session_frame::Frame::Resync(link::Resync { groups: vec![0, 3, 7] })),
+        frame: Some(session_frame::Frame::Resync(link::Resync {
+            groups: vec![0, 3, 7],
+        })),
     };
     let ack = link::GatewayFrame {
         frame: Some(link::gateway_frame::Frame::Ack(link::DeliveryAck {
@@ -199,21 +213,37 @@ fn entries() -> Vec<Entry<TypeConfig>> {
         })
         .collect();
     vec![
-        Entry { log_id: log_id(3, 10), payload: EntryPayload::Blank },
+        Entry {
+            log_id: log_id(3, 10),
+            payload: EntryPayload::Blank,
+        },
         Entry {
             log_id: log_id(3, 11),
-            payload: EntryPayload::Normal(Command::Subscribe { topic: "room.1".into(), gateway: 7 }),
+            payload: EntryPayload::Normal(Command::Subscribe {
+                topic: "room.1".into(),
+                gateway: 7,
+            }),
         },
         Entry {
             log_id: log_id(3, 12),
             payload: EntryPayload::Normal(Command::Batch(vec![
-                Command::OpenSession { gateway: 7, epoch: 2, lease_ms: 10_000 },
-                Command::SetMeta { key: "k".into(), value: vec![1, 2] },
+                Command::OpenSession {
+                    gateway: 7,
+                    epoch: 2,
+                    lease_ms: 10_000,
+                },
+                Command::SetMeta {
+                    key: "k".into(),
+                    value: vec![1, 2],
+                },
             ])),
         },
         Entry {
             log_id: log_id(3, 13),
-            payload: EntryPayload::Membership(Membership::new(vec![BTreeSet::from([1, 2, 3])], nodes)),
+            payload: EntryPayload::Membership(Membership::new(
+                vec![BTreeSet::from([1, 2, 3])],
+                nodes,
+            )),
         },
     ]
 }
@@ -234,9 +264,9 @@ fn raft_wire() -> Vec<Vec<u8>> {
         group: 0,
         body: RequestBody::Vote(VoteRequest::new(Vote::new(4, 2), Some(log_id(3, 12)))),
     };
-    let ok: RaftReply = Ok(ReplyBody::AppendEntries(Ok(AppendEntriesResponse::PartialSuccess(
-        Some(log_id(3, 11)),
-    ))));
+    let ok: RaftReply = Ok(ReplyBody::AppendEntries(Ok(
+        AppendEntriesResponse::PartialSuccess(Some(log_id(3, 11))),
+    )));
     let refused: RaftReply = Err(firetower_raft::Rejection::GroupNotHosted(3));
     let append = encode(&append).expect("encode");
     let vote = encode(&vote).expect("encode");
@@ -263,15 +293,24 @@ fn raft_wire() -> Vec<Vec<u8>> {
 /// encoding: four zero bytes, then the rest of the input is the segment).
 fn wal_replay() -> Vec<Vec<u8>> {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let opts = WalOptions { fsync: false, ..WalOptions::default() };
+    let opts = WalOptions {
+        fsync: false,
+        ..WalOptions::default()
+    };
     {
         let wal = Wal::<TypeConfig>::open(dir.path(), opts).expect("open");
         block_on(async {
             let (mut g0, mut g1) = (wal.log_store(0), wal.log_store(1));
-            g0.save_vote(&Vote::new_committed(3, 1)).await.expect("vote");
+            g0.save_vote(&Vote::new_committed(3, 1))
+                .await
+                .expect("vote");
             g0.blocking_append(entries()).await.expect("append");
-            g1.blocking_append(entries().into_iter().take(2)).await.expect("append");
-            g0.save_committed(Some(log_id(3, 11))).await.expect("committed");
+            g1.blocking_append(entries().into_iter().take(2))
+                .await
+                .expect("append");
+            g0.save_committed(Some(log_id(3, 11)))
+                .await
+                .expect("committed");
             g0.truncate(log_id(3, 13)).await.expect("truncate");
             g0.purge(log_id(3, 10)).await.expect("purge");
         });

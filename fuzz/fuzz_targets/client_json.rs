@@ -11,7 +11,7 @@
 //! - a parsed server frame round trips through JSON and through protobuf.
 #![no_main]
 
-use firetower_gateway::{ClientFrame, ServerFrame};
+use firetower_client::{ClientFrame, ServerFrame};
 use firetower_proto::validate_topic;
 use libfuzzer_sys::fuzz_target;
 
@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(refusal) => {
             let error = refusal.to_frame();
-            let firetower_gateway::ServerFrame::Error { id, code, .. } = &error else {
+            let firetower_client::ServerFrame::Error { id, code, .. } = &error else {
                 panic!("to_frame gave {error:?}");
             };
             assert_eq!(*id, refusal.id);

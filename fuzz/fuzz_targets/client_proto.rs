@@ -15,8 +15,8 @@
 
 use base64::Engine as _;
 use bytes::Bytes;
-use firetower_gateway::Payload;
-use firetower_gateway::{ClientFrame, ServerFrame};
+use firetower_client::Payload;
+use firetower_client::{ClientFrame, ServerFrame};
 use firetower_proto::validate_topic;
 use libfuzzer_sys::fuzz_target;
 

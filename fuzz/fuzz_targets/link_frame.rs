@@ -1,4 +1,4 @@
-//! Length-prefixed frames: the manager link's `firetower_proto::decode_frame` for every link
+//! Length-prefixed frames: the manager link's `firetower_link::decode_frame` for every link
 //! message that crosses a stream, and the gateway's raw TCP client framing.
 //!
 //! Input: `[selector][bytes...]`. The selector picks the link message type or the TCP framing
@@ -13,11 +13,11 @@
 #![no_main]
 
 use bytes::BytesMut;
-use firetower_gateway::tcp::{decode_frame as tcp_decode, encode_frame as tcp_encode};
-use firetower_gateway::tcp::{missing_bytes as tcp_missing, TcpFrameError};
-use firetower_gateway::ClientFrame;
+use firetower_client::tcp::{decode_frame as tcp_decode, encode_frame as tcp_encode};
+use firetower_client::tcp::{missing_bytes as tcp_missing, TcpFrameError};
+use firetower_client::ClientFrame;
 use firetower_proto::link::{GatewayFrame, GatewayReply, GatewayRequest, SessionFrame};
-use firetower_proto::{decode_frame, encode_frame, FrameError, MAX_LINK_FRAME_BYTES};
+use firetower_link::{decode_frame, encode_frame, FrameError, MAX_LINK_FRAME_BYTES};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 

@@ -12,7 +12,8 @@
 #![no_main]
 
 use firetower_raft::wire::WireError;
-use firetower_raft::wire::{body_len, decode_body, encode, read_frame, RaftReply, RaftRequest};
+use firetower_link::ReadFrameError;
+use firetower_raft::wire::{decode_body, encode, read_body, RaftReply, RaftRequest};
 use firetower_raft::MAX_FRAME_LEN;
 use futures::executor::block_on;
 use libfuzzer_sys::fuzz_target;
@@ -34,7 +35,7 @@ fn stream(bytes: &[u8]) {
     let mut rest = bytes;
     loop {
         let at = bytes.len() - rest.len();
-        let result = block_on(read_frame(&mut rest));
+        let result = block_on(read_body(&mut rest));
         let left = &bytes[at..];
         match result {
             Ok(None) => {
@@ -43,13 +44,14 @@ fn stream(bytes: &[u8]) {
             }
             Ok(Some(frame)) => {
                 let header: [u8; 4] = left[..4].try_into().expect("a frame has a header");
-                let len = body_len(header).expect("read a frame over the limit");
+                let len = u32::from_be_bytes(header) as usize;
+                assert!(len <= MAX_FRAME_LEN, "read a frame over the limit");
                 assert_eq!(frame.len(), len);
                 assert_eq!(&frame[..], &left[4..4 + len]);
                 assert_eq!(rest.len(), left.len() - 4 - len, "read past the frame");
                 body::<RaftRequest>(&frame);
             }
-            Err(WireError::Truncated { expected, got }) => {
+            Err(WireError::Read(ReadFrameError::Truncated { expected, got })) => {
                 if left.len() < 4 {
                     assert_eq!((expected, got), (4, left.len()));
                 } else {
@@ -59,7 +61,7 @@ fn stream(bytes: &[u8]) {
                 }
                 return;
             }
-            Err(WireError::TooLarge { len }) => {
+            Err(WireError::Read(ReadFrameError::TooLarge { len, .. })) => {
                 assert!(left.len() >= 4 && len > MAX_FRAME_LEN);
                 assert_eq!(
                     len,
@@ -79,7 +81,7 @@ fn body<T: Serialize + DeserializeOwned + std::fmt::Debug>(bytes: &[u8]) {
     let shown = format!("{message:?}");
     let frame = encode(&message).expect("a decoded message encodes");
     let mut reader = &frame[..];
-    let body = block_on(read_frame(&mut reader))
+    let body = block_on(read_body(&mut reader))
         .expect("an encoded frame reads")
         .expect("an encoded frame is not empty");
     assert!(reader.is_empty(), "an encoded frame left bytes over");

@@ -17,10 +17,10 @@
 #![no_main]
 
 use bytes::{Bytes, BytesMut};
-use firetower_gateway::http::{parse_request_head, MAX_REQUEST_HEAD};
-use firetower_gateway::ws::{accept_key, decode_frame, encode_frame, missing_bytes, negotiate};
-use firetower_gateway::ws::{upgrade_response, Frame, Message, MessageAssembler, Opcode, Role};
-use firetower_gateway::ws::{WsError, MAX_CONTROL_PAYLOAD};
+use firetower_client::http::{parse_request_head, MAX_REQUEST_HEAD};
+use firetower_client::ws::{accept_key, decode_frame, encode_frame, missing_bytes, negotiate};
+use firetower_client::ws::{upgrade_response, Frame, Message, MessageAssembler, Opcode, Role};
+use firetower_client::ws::{WsError, MAX_CONTROL_PAYLOAD};
 use libfuzzer_sys::fuzz_target;
 
 /// Limits the gateway could be configured with, including the edges of the length encodings.

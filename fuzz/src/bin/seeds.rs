@@ -10,8 +10,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use firetower_gateway::ws::{encode_close, encode_frame, Opcode};
-use firetower_gateway::{ClientFrame, Payload, ServerFrame};
+use firetower_client::ws::{encode_close, encode_frame, Opcode};
+use firetower_client::{ClientFrame, Payload, ServerFrame};
 use firetower_proto::link::{self, gateway_reply, gateway_request, session_frame};
 use firetower_raft::wire::{encode, RaftReply, RaftRequest, ReplyBody, RequestBody};
 use firetower_raft::{Command, ManagerNode, TypeConfig};
@@ -183,7 +183,7 @@ fn link_frame() -> Vec<Vec<u8>> {
     };
     let tcp: Vec<u8> = client_frames()
         .iter()
-        .flat_map(|f| firetower_gateway::tcp::encode_frame(&f.encode_proto()).to_vec())
+        .flat_map(|f| firetower_client::tcp::encode_frame(&f.encode_proto()).to_vec())
         .collect();
     vec![
         with(&[0], &encode_frame(&request)),

@@ -137,7 +137,7 @@ fn client_proto() -> Vec<Vec<u8>> {
 }
 
 fn link_frame() -> Vec<Vec<u8>> {
-    use firetower_proto::encode_frame;
+    use firetower_link::encode_frame;
     let request = link::GatewayRequest {
         gateway: 7,
         op: Some(gateway_request::Op::Subscribe(link::Subscribe {

@@ -96,7 +96,7 @@ pub async fn run(args: JepsenArgs) -> Result<(), JepsenError> {
         JepsenCommand::Worker { config } => {
             let config = serde_json::from_str(&config)
                 .map_err(|e| JepsenError::Usage(format!("worker config: {e}")))?;
-            crate::worker::run_worker(config).await
+            run_worker(config).await
         }
         JepsenCommand::Check { dir, workload } => {
             let history = crate::history::read_jsonl(&dir.join("history.jsonl"))?;
@@ -162,5 +162,16 @@ fn outcome(dir: &std::path::Path, valid: Validity, anomalies: usize) -> Result<(
         Validity::Unknown => Err(JepsenError::Unknown {
             dir: dir.to_path_buf(),
         }),
+    }
+}
+
+/// Run one worker process: print history lines until the time limit. The dispatch sits here,
+/// above the workloads, so `worker` (shared worker plumbing and the subscriptions workload)
+/// and `delivery` (which uses that plumbing) do not depend on each other both ways.
+async fn run_worker(config: crate::worker::WorkerConfig) -> Result<(), JepsenError> {
+    match config.workload.as_str() {
+        "subscriptions" => crate::worker::run_subscriptions(config).await,
+        "delivery" => crate::delivery::run_delivery_worker(config).await,
+        other => Err(JepsenError::Usage(format!("unknown workload {other:?}"))),
     }
 }

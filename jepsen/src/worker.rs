@@ -115,15 +115,6 @@ impl KeyPool {
     }
 }
 
-/// Run the worker: print history lines until the time limit.
-pub async fn run_worker(config: WorkerConfig) -> Result<(), JepsenError> {
-    match config.workload.as_str() {
-        "subscriptions" => run_subscriptions(config).await,
-        "delivery" => crate::delivery::run_delivery_worker(config).await,
-        other => Err(JepsenError::Usage(format!("unknown workload {other:?}"))),
-    }
-}
-
 /// Print every op sent on the returned channel as a JSON line; finishes when all senders
 /// are dropped.
 pub(crate) fn spawn_printer() -> (mpsc::UnboundedSender<Op>, tokio::task::JoinHandle<()>) {
@@ -144,7 +135,7 @@ pub(crate) fn spawn_printer() -> (mpsc::UnboundedSender<Op>, tokio::task::JoinHa
     (tx, handle)
 }
 
-async fn run_subscriptions(config: WorkerConfig) -> Result<(), JepsenError> {
+pub(crate) async fn run_subscriptions(config: WorkerConfig) -> Result<(), JepsenError> {
     let clock = Clock::new(config.t0_unix_ms);
     let link = Arc::new(
         RawLink::new(config.managers.clone(), Duration::from_secs(3))

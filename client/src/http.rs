@@ -53,10 +53,7 @@ pub struct RequestHead {
 impl RequestHead {
     /// The first value of a header (`name` in lower case).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        first_header(&self.headers, name)
     }
 }
 
@@ -65,21 +62,9 @@ impl RequestHead {
 pub fn parse_request_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    let status = match req.parse(buf) {
-        Ok(s) => s,
-        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooLarge),
-        Err(e) => return Err(HttpError::Malformed(e.to_string())),
+    let Some(len) = head_len(req.parse(buf), buf.len())? else {
+        return Ok(None);
     };
-    let len = match status {
-        httparse::Status::Complete(len) => len,
-        httparse::Status::Partial if buf.len() >= MAX_REQUEST_HEAD => {
-            return Err(HttpError::TooLarge)
-        }
-        httparse::Status::Partial => return Ok(None),
-    };
-    if len > MAX_REQUEST_HEAD {
-        return Err(HttpError::TooLarge);
-    }
     let (Some(method), Some(target)) = (req.method, req.path) else {
         return Err(HttpError::Malformed("no request line".into()));
     };
@@ -107,10 +92,7 @@ pub struct ResponseHead {
 impl ResponseHead {
     /// The first value of a header (`name` in lower case).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        first_header(&self.headers, name)
     }
 }
 
@@ -119,21 +101,9 @@ impl ResponseHead {
 pub fn parse_response_head(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
-    let status = match resp.parse(buf) {
-        Ok(s) => s,
-        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooLarge),
-        Err(e) => return Err(HttpError::Malformed(e.to_string())),
+    let Some(len) = head_len(resp.parse(buf), buf.len())? else {
+        return Ok(None);
     };
-    let len = match status {
-        httparse::Status::Complete(len) => len,
-        httparse::Status::Partial if buf.len() >= MAX_REQUEST_HEAD => {
-            return Err(HttpError::TooLarge)
-        }
-        httparse::Status::Partial => return Ok(None),
-    };
-    if len > MAX_REQUEST_HEAD {
-        return Err(HttpError::TooLarge);
-    }
     let Some(code) = resp.code else {
         return Err(HttpError::Malformed("no status line".into()));
     };
@@ -144,6 +114,31 @@ pub fn parse_response_head(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, 
         },
         len,
     )))
+}
+
+/// The head's length once `parsed` (of a buffer of `buffered` bytes) is complete, `None` while
+/// more may come; a head over [`MAX_REQUEST_HEAD`] is refused either way.
+fn head_len(parsed: httparse::Result<usize>, buffered: usize) -> Result<Option<usize>, HttpError> {
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buffered >= MAX_REQUEST_HEAD => {
+            return Err(HttpError::TooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooLarge),
+        Err(e) => return Err(HttpError::Malformed(e.to_string())),
+    };
+    if len > MAX_REQUEST_HEAD {
+        return Err(HttpError::TooLarge);
+    }
+    Ok(Some(len))
+}
+
+fn first_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 fn lower_case_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {

@@ -41,7 +41,7 @@ pub struct CommitsArgs {
 }
 
 /// Run `bench commits`.
-pub async fn commits(args: CommitsArgs) -> anyhow::Result<()> {
+pub(crate) async fn commits(args: CommitsArgs) -> anyhow::Result<()> {
     let CommitsArgs {
         managers,
         writers,

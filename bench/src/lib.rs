@@ -19,6 +19,9 @@
 //! binary's servers from outside, over the network, and links no server crate (manager, raft,
 //! store).
 
+#![warn(missing_docs, unreachable_pub)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 mod commits;
 mod loadgen;
 

@@ -29,7 +29,7 @@ use crate::ws::{self, close_code, Frame, Message, MessageAssembler, Opcode, Role
 
 /// Largest frame or message accepted from a server. Far above the gateway's limits, low
 /// enough that a broken server cannot make a client buffer without bound.
-pub const MAX_INCOMING: usize = 16 << 20;
+pub(crate) const MAX_INCOMING: usize = 16 << 20;
 
 /// The gateway's WebSocket path, used when a target names none.
 const DEFAULT_PATH: &str = "/ws";

@@ -21,6 +21,9 @@
 //! (permessage-deflate), reconnection and resubscription (an SDK's job, above this crate),
 //! and hidden time-outs: wrap any call in `tokio::time::timeout`.
 
+#![warn(missing_docs, unreachable_pub)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 mod client;
 pub mod frame;
 pub mod http;

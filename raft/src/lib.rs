@@ -23,6 +23,9 @@
 //! reader and the reconnect policy come from `firetower-link` and are re-exported here for the
 //! manager.
 
+#![warn(missing_docs, unreachable_pub)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 use std::io::Cursor;
 
 mod network;

@@ -74,7 +74,7 @@ struct PeerSlot {
 
 /// Why a connection to a peer could not be opened.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum DialError {
+pub(crate) enum DialError {
     /// The peer's address did not resolve.
     #[error("cannot resolve the address: {0}")]
     Resolve(String),

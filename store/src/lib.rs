@@ -20,6 +20,9 @@
 //! lag after a crash; it is rebuilt from the last snapshot and the log. This crate knows nothing
 //! about networking or the number of groups.
 
+#![warn(missing_docs, unreachable_pub)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 mod error;
 mod follower;
 mod log_store;

@@ -43,11 +43,11 @@ pub(crate) struct TableSnapshot {
 }
 
 impl TableSnapshot {
-    pub fn encode(&self) -> Result<Vec<u8>, StoreError> {
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, StoreError> {
         postcard::to_allocvec(self).map_err(StoreError::Encode)
     }
 
-    pub fn decode(data: &[u8]) -> Result<TableSnapshot, StoreError> {
+    pub(crate) fn decode(data: &[u8]) -> Result<TableSnapshot, StoreError> {
         postcard::from_bytes(data).map_err(StoreError::BadSnapshotData)
     }
 }
@@ -69,7 +69,7 @@ pub(crate) struct SnapshotSlot {
 
 impl SnapshotSlot {
     /// Opens the slot in `dir` and reads the current snapshot's metadata, if any.
-    pub fn open(dir: PathBuf) -> Result<(SnapshotSlot, Option<StoredSnapshot>), StoreError> {
+    pub(crate) fn open(dir: PathBuf) -> Result<(SnapshotSlot, Option<StoredSnapshot>), StoreError> {
         fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
             path: dir.clone(),
             source,
@@ -84,12 +84,12 @@ impl SnapshotSlot {
 
     /// The metadata of the current snapshot.
     #[cfg(test)]
-    pub fn current_meta(&self) -> Option<Meta> {
+    pub(crate) fn current_meta(&self) -> Option<Meta> {
         lock(&self.current).clone()
     }
 
     /// The current snapshot, read from disk.
-    pub fn read(&self) -> Result<Option<StoredSnapshot>, StoreError> {
+    pub(crate) fn read(&self) -> Result<Option<StoredSnapshot>, StoreError> {
         // Held so that a concurrent replace cannot be observed half-way.
         let _current = lock(&self.current);
         read_file(&self.dir.join(FILE_NAME))
@@ -97,7 +97,7 @@ impl SnapshotSlot {
 
     /// Makes `meta`/`data` the current snapshot, durably, unless the current one is newer.
     /// Returns whether it was written. Blocking.
-    pub fn replace(&self, meta: &Meta, data: &[u8]) -> Result<bool, StoreError> {
+    pub(crate) fn replace(&self, meta: &Meta, data: &[u8]) -> Result<bool, StoreError> {
         let mut current = lock(&self.current);
         if current
             .as_ref()

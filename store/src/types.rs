@@ -31,23 +31,51 @@ impl fmt::Display for ManagerNode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// `gateway` wants the messages of `topic`.
-    Subscribe { topic: String, gateway: GatewayId },
+    Subscribe {
+        /// The topic.
+        topic: String,
+        /// The gateway that holds subscribers of it.
+        gateway: GatewayId,
+    },
     /// `gateway` no longer wants the messages of `topic`.
-    Unsubscribe { topic: String, gateway: GatewayId },
+    Unsubscribe {
+        /// The topic.
+        topic: String,
+        /// The gateway whose last subscriber of it left.
+        gateway: GatewayId,
+    },
     /// `gateway` opened a session with this epoch (a restart gets a higher epoch).
     /// `lease_ms` is how long the session lives without a heartbeat.
     OpenSession {
+        /// The gateway.
         gateway: GatewayId,
+        /// Its session epoch; higher than any it opened before.
         epoch: u64,
+        /// How long, in milliseconds, the session lives without a heartbeat.
         lease_ms: u64,
     },
     /// The leader saw no heartbeat from `gateway` (session `epoch`) within its lease: the session
     /// and every subscription of that gateway in this group are removed. A stale epoch is a no-op.
-    ExpireSession { gateway: GatewayId, epoch: u64 },
+    ExpireSession {
+        /// The gateway.
+        gateway: GatewayId,
+        /// The epoch of the session that expired; a newer session is left alone.
+        epoch: u64,
+    },
     /// Refuse everything from this gateway until unblocked.
-    Blacklist { gateway: GatewayId, blocked: bool },
+    Blacklist {
+        /// The gateway.
+        gateway: GatewayId,
+        /// True to refuse it, false to accept it again.
+        blocked: bool,
+    },
     /// Set a cluster metadata key (group 0 only by convention). Empty `value` deletes.
-    SetMeta { key: String, value: Vec<u8> },
+    SetMeta {
+        /// The metadata key.
+        key: String,
+        /// Its new value; empty deletes the key.
+        value: Vec<u8>,
+    },
     /// Several commands applied in order as one log entry: the manager packs the concurrent
     /// proposals of a group into one entry, so one Raft round trip and one fsync serve many.
     /// The response is [`Response::Batch`], one response per command.
@@ -87,9 +115,15 @@ pub enum Response {
     #[default]
     None,
     /// The command was applied; `changed` is false when it was already in effect.
-    Applied { changed: bool },
+    Applied {
+        /// False when the command was already in effect (a repeated subscribe, say).
+        changed: bool,
+    },
     /// The command was refused (for example a blacklisted gateway); the state did not change.
-    Refused { reason: String },
+    Refused {
+        /// Why, for the operator.
+        reason: String,
+    },
     /// The responses of a [`Command::Batch`], in order.
     Batch(Vec<Response>),
 }

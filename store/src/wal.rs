@@ -274,7 +274,7 @@ impl<C: StoreTypeConfig> Default for GroupLog<C> {
 impl<C: StoreTypeConfig> GroupLog<C> {
     /// Appends entries; an entry replaces any entry at or after its index, so the log never
     /// keeps a stale suffix. Entries already purged are ignored.
-    pub fn append(&mut self, entries: impl IntoIterator<Item = openraft::Entry<C>>) {
+    pub(crate) fn append(&mut self, entries: impl IntoIterator<Item = openraft::Entry<C>>) {
         for entry in entries {
             let index = entry.log_id.index;
             if self.purged.is_some_and(|p| index <= p.index) {
@@ -285,11 +285,11 @@ impl<C: StoreTypeConfig> GroupLog<C> {
         }
     }
 
-    pub fn truncate(&mut self, since_index: u64) {
+    pub(crate) fn truncate(&mut self, since_index: u64) {
         drop(self.entries.split_off(&since_index));
     }
 
-    pub fn purge(&mut self, upto: LogId<ManagerId>) {
+    pub(crate) fn purge(&mut self, upto: LogId<ManagerId>) {
         if self.purged.is_some_and(|p| p.index >= upto.index) {
             return;
         }
@@ -301,7 +301,7 @@ impl<C: StoreTypeConfig> GroupLog<C> {
     }
 
     /// The last log id: the last entry's, or the purge point when everything is purged.
-    pub fn last_log_id(&self) -> Option<LogId<ManagerId>> {
+    pub(crate) fn last_log_id(&self) -> Option<LogId<ManagerId>> {
         self.entries
             .last_key_value()
             .map(|(_, e)| e.log_id)

@@ -16,7 +16,7 @@ use base64::Engine as _;
 use bytes::BytesMut;
 // The codec moves to `firetower-client` (issue 10); this is the loadgen's only import of it,
 // re-exported for `peer`, so the switch at merge is this one line.
-pub use firetower_client::ws::Opcode;
+pub(super) use firetower_client::ws::Opcode;
 use firetower_client::ws::{self, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -33,7 +33,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A parsed `ws://IP:PORT/PATH` address (no DNS: the benchmarks run on literal addresses).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WsUrl {
+pub(super) struct WsUrl {
     /// Where to connect.
     pub addr: SocketAddr,
     /// Request path, starting with `/`.
@@ -42,7 +42,7 @@ pub struct WsUrl {
 
 impl WsUrl {
     /// Parse `ws://127.0.0.1:9090/ws` (the path defaults to `/ws`).
-    pub fn parse(text: &str) -> anyhow::Result<WsUrl> {
+    pub(super) fn parse(text: &str) -> anyhow::Result<WsUrl> {
         let rest = text.trim().strip_prefix("ws://").ok_or_else(|| {
             anyhow!("{text:?}: expected ws://IP:PORT/PATH (wss is not supported)")
         })?;
@@ -60,7 +60,7 @@ impl WsUrl {
     }
 
     /// Parse a comma-separated list, as given to repeatable `--url` flags.
-    pub fn parse_list(texts: &[String]) -> anyhow::Result<Vec<WsUrl>> {
+    pub(super) fn parse_list(texts: &[String]) -> anyhow::Result<Vec<WsUrl>> {
         let urls: Vec<WsUrl> = texts
             .iter()
             .flat_map(|t| t.split(','))
@@ -77,7 +77,7 @@ impl WsUrl {
 
 /// One data message or a sign that the connection ended.
 #[derive(Debug)]
-pub enum Incoming<'a> {
+pub(super) enum Incoming<'a> {
     /// The payload of a text message.
     Text(&'a [u8]),
     /// The server closed the connection (close frame or EOF).
@@ -86,19 +86,19 @@ pub enum Incoming<'a> {
 
 /// An upgraded WebSocket connection speaking `firetower.json`.
 #[derive(Debug)]
-pub struct WsConn {
+pub(super) struct WsConn {
     stream: TcpStream,
     buf: BytesMut,
 }
 
 impl WsConn {
     /// Connect from `source` (port chosen by the kernel) and upgrade.
-    pub async fn connect(url: &WsUrl, source: Option<Ipv4Addr>) -> anyhow::Result<WsConn> {
+    pub(super) async fn connect(url: &WsUrl, source: Option<Ipv4Addr>) -> anyhow::Result<WsConn> {
         Self::connect_with(url, source, Some("firetower.json")).await
     }
 
     /// Like [`WsConn::connect`], asking for `protocol` (`Sec-WebSocket-Protocol`) or none.
-    pub async fn connect_with(
+    pub(super) async fn connect_with(
         url: &WsUrl,
         source: Option<Ipv4Addr>,
         protocol: Option<&str>,
@@ -159,7 +159,11 @@ impl WsConn {
     }
 
     /// Send one text or binary message (masked, as a client must).
-    pub async fn send_message(&mut self, opcode: Opcode, payload: &[u8]) -> anyhow::Result<()> {
+    pub(super) async fn send_message(
+        &mut self,
+        opcode: Opcode,
+        payload: &[u8],
+    ) -> anyhow::Result<()> {
         let frame = ws::encode_frame(true, opcode, payload, Some(rand::random()));
         self.stream.write_all(&frame).await?;
         Ok(())
@@ -168,7 +172,7 @@ impl WsConn {
     /// Read at least one frame and hand every complete text message buffered to `on_message`;
     /// `Incoming::Closed` is handed over once when the server goes away. Pings are answered.
     /// Returns false once closed.
-    pub async fn read_batch(
+    pub(super) async fn read_batch(
         &mut self,
         mut on_message: impl FnMut(Incoming<'_>),
     ) -> anyhow::Result<bool> {
@@ -208,14 +212,14 @@ impl WsConn {
 
     /// Give back the read buffer while nothing is buffered: an idle connection then holds
     /// no buffer at all (the next read allocates one).
-    pub fn release_buffer(&mut self) {
+    pub(super) fn release_buffer(&mut self) {
         if self.buf.is_empty() {
             self.buf = BytesMut::new();
         }
     }
 
     /// Split into a reader and a writer that run in separate tasks (the publisher).
-    pub fn into_split(self) -> (WsReader, WsWriter) {
+    pub(super) fn into_split(self) -> (WsReader, WsWriter) {
         let (read, write) = self.stream.into_split();
         (
             WsReader {
@@ -229,14 +233,14 @@ impl WsConn {
 
 /// The receiving half of a split [`WsConn`]. Pings are ignored (the publisher is never idle).
 #[derive(Debug)]
-pub struct WsReader {
+pub(super) struct WsReader {
     read: tokio::net::tcp::OwnedReadHalf,
     buf: BytesMut,
 }
 
 impl WsReader {
     /// Like [`WsConn::read_batch`].
-    pub async fn read_batch(
+    pub(super) async fn read_batch(
         &mut self,
         mut on_message: impl FnMut(Incoming<'_>),
     ) -> anyhow::Result<bool> {
@@ -271,13 +275,17 @@ impl WsReader {
 
 /// The sending half of a split [`WsConn`].
 #[derive(Debug)]
-pub struct WsWriter {
+pub(super) struct WsWriter {
     write: tokio::net::tcp::OwnedWriteHalf,
 }
 
 impl WsWriter {
     /// Send one text or binary message.
-    pub async fn send_message(&mut self, opcode: Opcode, payload: &[u8]) -> anyhow::Result<()> {
+    pub(super) async fn send_message(
+        &mut self,
+        opcode: Opcode,
+        payload: &[u8],
+    ) -> anyhow::Result<()> {
         let frame = ws::encode_frame(true, opcode, payload, Some(rand::random()));
         self.write.write_all(&frame).await?;
         Ok(())
@@ -285,7 +293,10 @@ impl WsWriter {
 }
 
 /// A TCP connection to `addr` from `source` (port chosen by the kernel), Nagle off.
-pub async fn tcp_connect(addr: SocketAddr, source: Option<Ipv4Addr>) -> anyhow::Result<TcpStream> {
+pub(super) async fn tcp_connect(
+    addr: SocketAddr,
+    source: Option<Ipv4Addr>,
+) -> anyhow::Result<TcpStream> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
@@ -305,12 +316,12 @@ pub async fn tcp_connect(addr: SocketAddr, source: Option<Ipv4Addr>) -> anyhow::
 }
 
 /// Position of `needle` in `haystack`.
-pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+pub(super) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The unsigned integer that follows `key` (for example `"seq":`) in a JSON text.
-pub fn number_after(text: &[u8], key: &[u8]) -> Option<u64> {
+pub(super) fn number_after(text: &[u8], key: &[u8]) -> Option<u64> {
     let start = find(text, key)? + key.len();
     let digits = text[start..].iter().take_while(|b| b.is_ascii_digit());
     let mut n: u64 = 0;

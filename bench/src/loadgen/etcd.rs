@@ -56,7 +56,7 @@ pub struct EtcdPutsArgs {
 
 /// What one writer count measured.
 #[derive(Debug, Clone, Serialize)]
-pub struct PutsResult {
+pub(super) struct PutsResult {
     /// `etcd`.
     pub system: &'static str,
     /// Concurrent writers.
@@ -107,7 +107,7 @@ enum AttemptError {
 }
 
 /// Run `bench etcd-puts`.
-pub async fn etcd_puts(args: EtcdPutsArgs) -> anyhow::Result<()> {
+pub(crate) async fn etcd_puts(args: EtcdPutsArgs) -> anyhow::Result<()> {
     let endpoints = parse_endpoints(&args.endpoints)?;
     let writer_counts = parse_writers(&args.writers)?;
     if args.duration == 0 {

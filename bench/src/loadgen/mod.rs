@@ -34,14 +34,14 @@ use std::time::Duration;
 
 use anyhow::bail;
 
-pub use etcd::{etcd_puts, EtcdPutsArgs};
+pub(crate) use etcd::{etcd_puts, EtcdPutsArgs};
 use peer::System;
 use scenarios::{FanoutPlan, FanoutReport, IdlePlan, IdleReport, Pace, WorkerArgs, WorkerPlan};
-pub use stats::{parse_writers, GapTracker};
+pub(crate) use stats::{parse_writers, GapTracker};
 
 /// Options shared by `fanout` and `latency`.
 #[derive(clap::Args, Debug)]
-pub struct FanoutCommon {
+pub(crate) struct FanoutCommon {
     /// The system driven: a Firetower gateway, or a peer (nats-server's WebSocket listener,
     /// redis-server over TCP, the Node.js `ws` broadcast server of scripts/bench/peers).
     #[arg(long, value_enum, default_value_t = System::Firetower)]
@@ -193,7 +193,7 @@ pub struct IdleArgs {
 }
 
 /// `firetower bench fanout`.
-pub async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
+pub(crate) async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
     let pace = if args.rate.trim().eq_ignore_ascii_case("max") {
         if args.window == 0 {
             bail!("--window must be at least 1");
@@ -210,7 +210,7 @@ pub async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
 }
 
 /// `firetower bench latency`.
-pub async fn latency(args: LatencyArgs) -> anyhow::Result<()> {
+pub(crate) async fn latency(args: LatencyArgs) -> anyhow::Result<()> {
     let rate = parse_rate(&args.rate.to_string())?;
     run_fanout(
         "latency",
@@ -223,7 +223,7 @@ pub async fn latency(args: LatencyArgs) -> anyhow::Result<()> {
 }
 
 /// `firetower bench idle` (and its hidden `--worker` mode).
-pub async fn idle(args: IdleArgs) -> anyhow::Result<()> {
+pub(crate) async fn idle(args: IdleArgs) -> anyhow::Result<()> {
     let urls = args.system.parse_urls(&args.url)?;
     if args.subscribe && args.system != System::Firetower {
         peer::check_topic(&args.topic)?;
@@ -278,7 +278,7 @@ pub async fn idle(args: IdleArgs) -> anyhow::Result<()> {
 }
 
 /// `firetower bench topics`.
-pub async fn topics(args: TopicsArgs) -> anyhow::Result<()> {
+pub(crate) async fn topics(args: TopicsArgs) -> anyhow::Result<()> {
     if args.topics == 0 || args.publishers == 0 {
         bail!("--topics and --publishers must be at least 1");
     }

@@ -42,7 +42,7 @@ const READ_CHUNK: usize = 4 * 1024;
 /// The system a scenario drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum System {
+pub(super) enum System {
     /// A Firetower gateway (`ws://IP:PORT/ws`, `firetower.json`).
     Firetower,
     /// nats-server's WebSocket listener (`ws://IP:PORT`), NATS text protocol.
@@ -55,7 +55,7 @@ pub enum System {
 
 impl System {
     /// The name used on the command line and in reports.
-    pub fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             System::Firetower => "firetower",
             System::Nats => "nats",
@@ -70,7 +70,7 @@ impl System {
     }
 
     /// Parse an address for this system: `ws://IP:PORT/PATH`, or `redis://IP:PORT` for Redis.
-    pub fn parse_url(self, text: &str) -> anyhow::Result<WsUrl> {
+    pub(super) fn parse_url(self, text: &str) -> anyhow::Result<WsUrl> {
         if self != System::Redis {
             return WsUrl::parse(text);
         }
@@ -90,7 +90,7 @@ impl System {
     }
 
     /// Parse a comma-separated list of addresses (repeatable flags).
-    pub fn parse_urls(self, texts: &[String]) -> anyhow::Result<Vec<WsUrl>> {
+    pub(super) fn parse_urls(self, texts: &[String]) -> anyhow::Result<Vec<WsUrl>> {
         if self != System::Redis {
             return WsUrl::parse_list(texts);
         }
@@ -108,7 +108,7 @@ impl System {
     }
 
     /// The address in the form it was given (for reports).
-    pub fn show_url(self, url: &WsUrl) -> String {
+    pub(super) fn show_url(self, url: &WsUrl) -> String {
         match self {
             System::Redis => format!("redis://{}", url.addr),
             _ => format!("ws://{}{}", url.addr, url.path),
@@ -117,7 +117,7 @@ impl System {
 
     /// Write into `out` the bytes that publish `data` (a JSON value) to `topic`; `id` is the
     /// publish's number (used by Firetower's JSON protocol for the ack).
-    pub fn publish_frame(self, out: &mut Vec<u8>, topic: &str, data: &[u8], id: u64) {
+    pub(super) fn publish_frame(self, out: &mut Vec<u8>, topic: &str, data: &[u8], id: u64) {
         use std::io::Write;
         out.clear();
         // Writing to a Vec cannot fail.
@@ -148,7 +148,7 @@ impl System {
 
 /// Whether a topic name can be used unchanged by every system (no spaces, no wildcards, no
 /// JSON escapes): letters, digits, `.`, `-`, `_`, at most 256 bytes.
-pub fn check_topic(topic: &str) -> anyhow::Result<()> {
+pub(super) fn check_topic(topic: &str) -> anyhow::Result<()> {
     let ok = !topic.is_empty()
         && topic.len() <= 256
         && topic
@@ -167,7 +167,7 @@ pub fn check_topic(topic: &str) -> anyhow::Result<()> {
 
 /// What a connection read.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Event<'a> {
+pub(super) enum Event<'a> {
     /// A message delivered to a subscription: Firetower's whole `{"op":"message",...}` text, or
     /// the published payload for NATS and Redis.
     Delivery(&'a [u8]),
@@ -190,7 +190,7 @@ enum Io {
 
 /// A connection to one of the systems, connected (and, for NATS and Redis, greeted).
 #[derive(Debug)]
-pub struct PeerConn {
+pub(super) struct PeerConn {
     system: System,
     io: Io,
     /// Bytes of the stream protocols not parsed yet (NATS over WebSocket messages, RESP).
@@ -200,7 +200,7 @@ pub struct PeerConn {
 impl PeerConn {
     /// Connect from `source`. A `publisher` connection to NATS asks for `verbose` mode so
     /// every PUB is answered with `+OK`, which the publisher counts as its ack.
-    pub async fn connect(
+    pub(super) async fn connect(
         system: System,
         url: &WsUrl,
         source: Option<Ipv4Addr>,
@@ -242,7 +242,7 @@ impl PeerConn {
     }
 
     /// Subscribe to `topic` and wait until the server confirms it.
-    pub async fn subscribe(&mut self, topic: &str) -> anyhow::Result<()> {
+    pub(super) async fn subscribe(&mut self, topic: &str) -> anyhow::Result<()> {
         match self.system {
             System::Firetower | System::NodeWs => {
                 let request = format!("{{\"op\":\"subscribe\",\"topics\":[\"{topic}\"],\"id\":1}}");
@@ -267,7 +267,7 @@ impl PeerConn {
     }
 
     /// Send bytes as one message (WebSocket) or as they are (TCP).
-    pub async fn send(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+    pub(super) async fn send(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
         match &mut self.io {
             Io::Ws(ws) => ws.send_message(ws_opcode(self.system), bytes).await,
             Io::Tcp(s) => Ok(s.write_all(bytes).await?),
@@ -317,7 +317,7 @@ impl PeerConn {
     /// Read at least once and hand every complete event to `on_event`; `Event::Closed` once
     /// when the server goes away. WebSocket pings and NATS PINGs are answered. Returns false
     /// once closed.
-    pub async fn read_batch(
+    pub(super) async fn read_batch(
         &mut self,
         mut on_event: impl FnMut(Event<'_>),
     ) -> anyhow::Result<bool> {
@@ -369,7 +369,7 @@ impl PeerConn {
     }
 
     /// Give back buffers while nothing is buffered (an idle connection holds none).
-    pub fn release_buffer(&mut self) {
+    pub(super) fn release_buffer(&mut self) {
         if self.pending.is_empty() {
             self.pending = BytesMut::new();
         }
@@ -379,7 +379,7 @@ impl PeerConn {
     }
 
     /// Split into a reader and a writer for separate tasks (the publisher).
-    pub fn into_split(self) -> (PeerReader, PeerWriter) {
+    pub(super) fn into_split(self) -> (PeerReader, PeerWriter) {
         let system = self.system;
         match self.io {
             Io::Ws(ws) => {
@@ -423,7 +423,7 @@ enum ReadIo {
 /// The receiving half of a split [`PeerConn`]; pings are not answered (the publisher is never
 /// idle for long).
 #[derive(Debug)]
-pub struct PeerReader {
+pub(super) struct PeerReader {
     system: System,
     io: ReadIo,
     pending: BytesMut,
@@ -431,7 +431,7 @@ pub struct PeerReader {
 
 impl PeerReader {
     /// Like [`PeerConn::read_batch`].
-    pub async fn read_batch(
+    pub(super) async fn read_batch(
         &mut self,
         mut on_event: impl FnMut(Event<'_>),
     ) -> anyhow::Result<bool> {
@@ -488,14 +488,14 @@ enum WriteIo {
 
 /// The sending half of a split [`PeerConn`].
 #[derive(Debug)]
-pub struct PeerWriter {
+pub(super) struct PeerWriter {
     system: System,
     io: WriteIo,
 }
 
 impl PeerWriter {
     /// Send bytes as one message (WebSocket) or as they are (TCP).
-    pub async fn send(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+    pub(super) async fn send(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
         match &mut self.io {
             WriteIo::Ws(w) => w.send_message(ws_opcode(self.system), bytes).await,
             WriteIo::Tcp(w) => Ok(w.write_all(bytes).await?),

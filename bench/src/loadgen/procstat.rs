@@ -14,7 +14,7 @@ const CLK_TCK: f64 = 100.0;
 
 /// One reading of a process.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ProcSample {
+pub(super) struct ProcSample {
     /// Process id.
     pub pid: u32,
     /// User + system CPU time, in clock ticks.
@@ -27,7 +27,7 @@ pub struct ProcSample {
 
 /// What a process did between two samples.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ProcUsage {
+pub(super) struct ProcUsage {
     /// Process id.
     pub pid: u32,
     /// CPU used, percent of one core (200 = two cores busy).
@@ -39,7 +39,7 @@ pub struct ProcUsage {
 }
 
 /// Read `/proc/PID/stat` and `/proc/PID/status`.
-pub fn sample(pid: u32) -> anyhow::Result<ProcSample> {
+pub(super) fn sample(pid: u32) -> anyhow::Result<ProcSample> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("cannot read /proc/{pid}/stat (is process {pid} running?)"))?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -54,12 +54,12 @@ pub fn sample(pid: u32) -> anyhow::Result<ProcSample> {
 }
 
 /// Sample every pid (errors name the pid).
-pub fn sample_all(pids: &[u32]) -> anyhow::Result<Vec<ProcSample>> {
+pub(super) fn sample_all(pids: &[u32]) -> anyhow::Result<Vec<ProcSample>> {
     pids.iter().map(|&p| sample(p)).collect()
 }
 
 /// Usage between matching samples of the same pids.
-pub fn usage(before: &[ProcSample], after: &[ProcSample]) -> Vec<ProcUsage> {
+pub(super) fn usage(before: &[ProcSample], after: &[ProcSample]) -> Vec<ProcUsage> {
     before
         .iter()
         .zip(after)
@@ -81,7 +81,7 @@ pub fn usage(before: &[ProcSample], after: &[ProcSample]) -> Vec<ProcUsage> {
 }
 
 /// The 1-minute load average of the machine (other work competing for the cores).
-pub fn load_average() -> Option<f64> {
+pub(super) fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
         .ok()?
         .split_whitespace()
@@ -111,7 +111,7 @@ fn parse_rss_kib(status: &str) -> Option<u64> {
 }
 
 /// Parse `--server-pid 12,34` (also repeatable).
-pub fn parse_pids(texts: &[String]) -> anyhow::Result<Vec<u32>> {
+pub(super) fn parse_pids(texts: &[String]) -> anyhow::Result<Vec<u32>> {
     texts
         .iter()
         .flat_map(|t| t.split(','))

@@ -49,7 +49,7 @@ const FD_MARGIN: usize = 200;
 
 /// How fast the publisher goes.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Pace {
+pub(super) enum Pace {
     /// As fast as deliveries come back: at most `window` publishes not yet delivered to every
     /// subscriber, so the gateway's send queues never overflow and the rate found is sustained.
     Max {
@@ -65,7 +65,7 @@ pub enum Pace {
 
 /// A fan-out run.
 #[derive(Debug, Clone)]
-pub struct FanoutPlan {
+pub(super) struct FanoutPlan {
     /// `fanout` or `latency`, echoed in the report.
     pub scenario: &'static str,
     /// The system driven (Firetower or a peer).
@@ -94,7 +94,7 @@ pub struct FanoutPlan {
 
 /// What a fan-out run measured. Rates are over the measured window.
 #[derive(Debug, Clone, Serialize)]
-pub struct FanoutReport {
+pub(super) struct FanoutReport {
     /// `fanout` or `latency`.
     pub scenario: &'static str,
     /// The system driven.
@@ -277,7 +277,7 @@ struct FanoutShared {
 }
 
 /// Run a fan-out scenario against one gateway.
-pub async fn fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
+pub(super) async fn fanout(plan: FanoutPlan) -> anyhow::Result<FanoutReport> {
     check_fd_budget(plan.subscribers + 16)?;
     // Fail on a wrong --server-pid now, not after connecting thousands of subscribers.
     procstat::sample_all(&plan.server_pids)?;
@@ -759,7 +759,7 @@ pub(super) fn check_fd_budget(needed: usize) -> anyhow::Result<()> {
 
 /// An idle-connections run.
 #[derive(Debug, Clone)]
-pub struct IdlePlan {
+pub(super) struct IdlePlan {
     /// The system driven.
     pub system: System,
     /// Gateways, connections spread round robin.
@@ -780,7 +780,7 @@ pub struct IdlePlan {
 
 /// One gateway's memory over an idle run.
 #[derive(Debug, Clone, Serialize)]
-pub struct IdleServer {
+pub(super) struct IdleServer {
     /// Process id.
     pub pid: u32,
     /// The gateway's URL when pids were given in URL order.
@@ -797,7 +797,7 @@ pub struct IdleServer {
 
 /// What an idle run measured.
 #[derive(Debug, Clone, Serialize)]
-pub struct IdleReport {
+pub(super) struct IdleReport {
     /// `idle`.
     pub scenario: &'static str,
     /// The system driven.
@@ -835,7 +835,7 @@ pub struct IdleReport {
 /// What a worker says on stdout once its connections are open (one JSON line), and again
 /// when it stops.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct WorkerStatus {
+pub(super) struct WorkerStatus {
     /// Connections open, per URL index.
     pub opened_per_url: Vec<u64>,
     /// Connections that failed to open.
@@ -849,7 +849,7 @@ pub struct WorkerStatus {
 }
 
 /// Run the idle scenario: spawn workers, measure the gateways' RSS, stop the workers.
-pub async fn idle(plan: IdlePlan, worker_args: WorkerArgs) -> anyhow::Result<IdleReport> {
+pub(super) async fn idle(plan: IdlePlan, worker_args: WorkerArgs) -> anyhow::Result<IdleReport> {
     let per_worker = if plan.per_worker == 0 {
         fd_limit().saturating_sub(FD_MARGIN).max(1)
     } else {
@@ -994,7 +994,7 @@ pub async fn idle(plan: IdlePlan, worker_args: WorkerArgs) -> anyhow::Result<Idl
 
 /// The command-line values a coordinator passes on to its workers verbatim.
 #[derive(Debug, Clone)]
-pub struct WorkerArgs {
+pub(super) struct WorkerArgs {
     /// `--url` values joined with commas.
     pub urls: String,
     /// `--source-ips` as given.
@@ -1003,7 +1003,7 @@ pub struct WorkerArgs {
 
 /// A worker plan (`bench idle --worker`).
 #[derive(Debug, Clone)]
-pub struct WorkerPlan {
+pub(super) struct WorkerPlan {
     /// The system driven.
     pub system: System,
     /// Gateways.
@@ -1023,7 +1023,7 @@ pub struct WorkerPlan {
 }
 
 /// The worker: open, report, hold until stdin closes (or the lifetime ends), report, exit.
-pub async fn idle_worker(plan: WorkerPlan) -> anyhow::Result<()> {
+pub(super) async fn idle_worker(plan: WorkerPlan) -> anyhow::Result<()> {
     check_fd_budget(plan.connections)?;
     let (conns, errors) = open_connections(
         plan.system,

@@ -18,13 +18,13 @@ const SHARDS: usize = 16;
 const MAX_SOURCE_IPS: u32 = 4096;
 
 /// A latency histogram in microseconds, 3 significant figures.
-pub fn latency_histogram() -> Histogram<u64> {
+pub(super) fn latency_histogram() -> Histogram<u64> {
     // Bounds are constants within hdrhistogram's limits, so this cannot fail.
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant histogram bounds are valid")
 }
 
 /// Record one latency (microseconds), clamped into the histogram's range.
-pub fn record(hist: &mut Histogram<u64>, micros: u64) {
+pub(super) fn record(hist: &mut Histogram<u64>, micros: u64) {
     // Clamped, so `record` cannot be out of range.
     let _ = hist.record(micros.clamp(1, MAX_LATENCY_US));
 }
@@ -32,7 +32,7 @@ pub fn record(hist: &mut Histogram<u64>, micros: u64) {
 /// Latency histograms shared by thousands of subscriber tasks: one histogram each would cost
 /// ~100 KiB per subscriber, one shared histogram would be a hot lock.
 #[derive(Debug)]
-pub struct ShardedHistogram {
+pub(super) struct ShardedHistogram {
     shards: Vec<Mutex<Histogram<u64>>>,
 }
 
@@ -48,7 +48,7 @@ impl Default for ShardedHistogram {
 
 impl ShardedHistogram {
     /// Record a batch of latencies (microseconds) into the shard of `key`.
-    pub fn record_batch(&self, key: usize, micros: &[u64]) {
+    pub(super) fn record_batch(&self, key: usize, micros: &[u64]) {
         if micros.is_empty() {
             return;
         }
@@ -61,7 +61,7 @@ impl ShardedHistogram {
     }
 
     /// All shards added together.
-    pub fn merged(&self) -> Histogram<u64> {
+    pub(super) fn merged(&self) -> Histogram<u64> {
         let mut total = latency_histogram();
         for s in &self.shards {
             let h = s.lock().unwrap_or_else(|e| e.into_inner());
@@ -74,7 +74,7 @@ impl ShardedHistogram {
 
 /// Percentiles of a latency histogram, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct LatencySummary {
+pub(super) struct LatencySummary {
     /// Samples.
     pub count: u64,
     /// Median.
@@ -91,7 +91,7 @@ pub struct LatencySummary {
 
 impl LatencySummary {
     /// Summarize a histogram of microseconds.
-    pub fn of(hist: &Histogram<u64>) -> LatencySummary {
+    pub(super) fn of(hist: &Histogram<u64>) -> LatencySummary {
         let ms = |us: u64| us as f64 / 1000.0;
         if hist.is_empty() {
             return LatencySummary {
@@ -116,7 +116,7 @@ impl LatencySummary {
 
 /// Parse source addresses: `127.0.0.2-127.0.0.9`, `127.0.0.2,127.0.0.5`, or a mix. Only
 /// loopback addresses (127.0.0.0/8) are accepted: the load generator binds them locally.
-pub fn parse_source_ips(text: &str) -> anyhow::Result<Vec<Ipv4Addr>> {
+pub(super) fn parse_source_ips(text: &str) -> anyhow::Result<Vec<Ipv4Addr>> {
     let mut out = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (first, last) = match part.split_once('-') {
@@ -153,7 +153,7 @@ fn parse_loopback(text: &str) -> anyhow::Result<Ipv4Addr> {
 }
 
 /// Parse `1,16,256`.
-pub fn parse_writers(text: &str) -> anyhow::Result<Vec<usize>> {
+pub(crate) fn parse_writers(text: &str) -> anyhow::Result<Vec<usize>> {
     text.split(',')
         .map(|w| {
             w.trim()
@@ -168,7 +168,7 @@ pub fn parse_writers(text: &str) -> anyhow::Result<Vec<usize>> {
 /// "How long did writing stop": the longest interval without a success, over all writers
 /// (`global`) and per writer. Times are microseconds since the round started.
 #[derive(Debug, Default)]
-pub struct GapTracker {
+pub(crate) struct GapTracker {
     last_success_us: AtomicU64,
     max_gap_us: AtomicU64,
     max_writer_gap_us: AtomicU64,
@@ -176,7 +176,7 @@ pub struct GapTracker {
 
 impl GapTracker {
     /// A success of a writer whose previous success (or start) was at `*writer_last`.
-    pub fn success(&self, now_us: u64, writer_last: &mut u64) {
+    pub(crate) fn success(&self, now_us: u64, writer_last: &mut u64) {
         let prev = self.last_success_us.fetch_max(now_us, Ordering::Relaxed);
         if now_us > prev {
             self.max_gap_us.fetch_max(now_us - prev, Ordering::Relaxed);
@@ -187,13 +187,13 @@ impl GapTracker {
     }
 
     /// A writer stopped at `end_us`: a stall that never ended counts up to there.
-    pub fn writer_done(&self, end_us: u64, writer_last: u64) {
+    pub(crate) fn writer_done(&self, end_us: u64, writer_last: u64) {
         self.max_writer_gap_us
             .fetch_max(end_us.saturating_sub(writer_last), Ordering::Relaxed);
     }
 
     /// (global, per writer) longest gaps in ms, closing the global one at `end_us`.
-    pub fn finish(&self, end_us: u64) -> (f64, f64) {
+    pub(crate) fn finish(&self, end_us: u64) -> (f64, f64) {
         let last = self.last_success_us.load(Ordering::Relaxed);
         let global = self
             .max_gap_us

@@ -41,7 +41,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A many-topics run.
 #[derive(Debug, Clone)]
-pub struct TopicsPlan {
+pub(super) struct TopicsPlan {
     /// The system driven.
     pub system: System,
     /// Servers; subscribers and publishers are spread over them round robin.
@@ -68,7 +68,7 @@ pub struct TopicsPlan {
 
 /// What a many-topics run measured. Rates are over the measured window.
 #[derive(Debug, Clone, Serialize)]
-pub struct TopicsReport {
+pub(super) struct TopicsReport {
     /// `topics`.
     pub scenario: &'static str,
     /// The system driven.
@@ -142,7 +142,7 @@ struct Published {
 }
 
 /// Run the many-topics scenario.
-pub async fn topics(plan: TopicsPlan) -> anyhow::Result<TopicsReport> {
+pub(super) async fn topics(plan: TopicsPlan) -> anyhow::Result<TopicsReport> {
     if plan.topics == 0 || plan.publishers == 0 {
         bail!("--topics and --publishers must be at least 1");
     }

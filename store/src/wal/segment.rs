@@ -21,7 +21,7 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
-    pub fn new(dir: &Path, id: u64) -> Segment {
+    pub(super) fn new(dir: &Path, id: u64) -> Segment {
         Segment {
             id,
             path: path_of(dir, id),
@@ -29,13 +29,13 @@ impl Segment {
         }
     }
 
-    pub fn note_append(&mut self, group: u32, index: u64) {
+    pub(super) fn note_append(&mut self, group: u32, index: u64) {
         let max = self.max_index.entry(group).or_insert(index);
         *max = (*max).max(index);
     }
 
     /// True when every entry of this segment is at or below its group's purge point.
-    pub fn is_purged(&self, purged_index: impl Fn(u32) -> Option<u64>) -> bool {
+    pub(super) fn is_purged(&self, purged_index: impl Fn(u32) -> Option<u64>) -> bool {
         self.max_index
             .iter()
             .all(|(group, max)| purged_index(*group).is_some_and(|purged| purged >= *max))

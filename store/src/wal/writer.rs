@@ -110,7 +110,7 @@ pub(crate) struct Writer {
 
 impl Writer {
     /// Serves requests until every sender is gone (the `Wal` was dropped).
-    pub fn run<C: StoreTypeConfig>(mut self, rx: Receiver<WriteRequest<C>>) {
+    pub(super) fn run<C: StoreTypeConfig>(mut self, rx: Receiver<WriteRequest<C>>) {
         self.delete_purged_segments();
         let mut batch: Vec<WriteRequest<C>> = Vec::new();
         let mut buf: Vec<u8> = Vec::new();

@@ -9,11 +9,9 @@
 //! - a refusal becomes an error frame with a documented code that encodes and parses back
 //!   unchanged;
 //! - a parsed server frame round trips through JSON and through protobuf.
-#![no_main]
 
 use firetower_client::{ClientFrame, ServerFrame};
 use firetower_proto::validate_topic;
-use libfuzzer_sys::fuzz_target;
 
 /// Error codes a client may see for a refused JSON frame.
 const CODES: [&str; 5] = [
@@ -24,7 +22,8 @@ const CODES: [&str; 5] = [
     "invalid_topic",
 ];
 
-fuzz_target!(|data: &[u8]| {
+/// One input: whatever it is, the properties above hold.
+pub fn run(data: &[u8]) {
     match ClientFrame::parse_json(data) {
         Ok(frame) => {
             same_as_serde_json(data, &frame);
@@ -43,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(frame) = ServerFrame::parse_json(data) {
         server_round_trip(&frame);
     }
-});
+}
 
 fn accepted(frame: &ClientFrame) {
     match frame {

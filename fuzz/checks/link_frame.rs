@@ -10,21 +10,20 @@
 //! - TCP: the stream gives the same frames and error whole or in pieces, `missing_bytes` is
 //!   exact, no frame exceeds the limit, frames round trip through `encode_frame`, and each
 //!   frame's body goes through the client frame parser.
-#![no_main]
 
 use bytes::BytesMut;
 use firetower_client::tcp::{decode_frame as tcp_decode, encode_frame as tcp_encode};
 use firetower_client::tcp::{missing_bytes as tcp_missing, TcpFrameError};
 use firetower_client::ClientFrame;
-use firetower_proto::link::{GatewayFrame, GatewayReply, GatewayRequest, SessionFrame};
 use firetower_link::{decode_frame, encode_frame, FrameError, MAX_LINK_FRAME_BYTES};
-use libfuzzer_sys::fuzz_target;
+use firetower_proto::link::{GatewayFrame, GatewayReply, GatewayRequest, SessionFrame};
 use prost::Message;
 
 /// TCP frame limits: none, tiny, and the gateway's default of 64 KiB.
 const TCP_LIMITS: [usize; 4] = [0, 3, 255, 64 * 1024];
 
-fuzz_target!(|data: &[u8]| {
+/// One input: whatever it is, the properties above hold.
+pub fn run(data: &[u8]) {
     let [selector, bytes @ ..] = data else {
         return;
     };
@@ -39,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
             tcp(bytes, max, chunk);
         }
     }
-});
+}
 
 fn link<M: Message + Default + PartialEq + std::fmt::Debug>(bytes: &[u8]) {
     let decoded = decode_frame::<M>(bytes);

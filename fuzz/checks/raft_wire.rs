@@ -9,18 +9,17 @@
 //! - `read_frame` returns exactly the announced bodies, refuses a prefix over `MAX_FRAME_LEN`
 //!   without allocating for it, and reports truncation with the right counts;
 //! - a decoded request or reply encodes to a frame that reads and decodes to the same value.
-#![no_main]
 
-use firetower_raft::wire::WireError;
 use firetower_link::ReadFrameError;
+use firetower_raft::wire::WireError;
 use firetower_raft::wire::{decode_body, encode, read_body, RaftReply, RaftRequest};
 use firetower_raft::MAX_FRAME_LEN;
 use futures::executor::block_on;
-use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-fuzz_target!(|data: &[u8]| {
+/// One input: whatever it is, the properties above hold.
+pub fn run(data: &[u8]) {
     let [selector, bytes @ ..] = data else {
         return;
     };
@@ -29,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
         1 => body::<RaftRequest>(bytes),
         _ => body::<RaftReply>(bytes),
     }
-});
+}
 
 fn stream(bytes: &[u8]) {
     let mut rest = bytes;

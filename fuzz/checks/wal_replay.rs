@@ -18,7 +18,6 @@
 //! - for `Written` with one segment: undamaged, the state is exactly what was written; cut,
 //!   flipped or with garbage appended, it is the state after some prefix of the operations
 //!   (what a valid segment could hold), never a mix.
-#![no_main]
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -28,7 +27,6 @@ use arbitrary::Arbitrary;
 use firetower_raft::TypeConfig;
 use firetower_store::{Command, Wal, WalError, WalOptions};
 use futures::executor::block_on;
-use libfuzzer_sys::fuzz_target;
 use openraft::storage::{RaftLogReader, RaftLogStorage, RaftLogStorageExt};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
 
@@ -101,7 +99,16 @@ type State = BTreeMap<u32, String>;
 /// The segment files by name, with their bytes.
 type Files = BTreeMap<PathBuf, Vec<u8>>;
 
-fuzz_target!(|input: Input| {
+/// One input, as libFuzzer's typed targets read it: the [`Input`] the bytes decode to, or
+/// nothing when they decode to none.
+pub fn run(data: &[u8]) {
+    let Ok(input) = Input::arbitrary_take_rest(arbitrary::Unstructured::new(data)) else {
+        return;
+    };
+    check(input);
+}
+
+fn check(input: Input) {
     let dir = tempdir();
     let wal_dir = dir.path().join("wal");
     fs::create_dir_all(&wal_dir).expect("create the wal directory");
@@ -121,7 +128,7 @@ fuzz_target!(|input: Input| {
             damage,
         } => written(dir.path(), small_segments, &ops, damage),
     }
-});
+}
 
 fn tempdir() -> tempfile::TempDir {
     // tmpfs when there is one: the target writes and syncs files on every run.

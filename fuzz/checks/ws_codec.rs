@@ -14,19 +14,18 @@
 //!   message exceeds the limit;
 //! - an accepted request head re-parses the same from its own bytes, and an accepted upgrade
 //!   answers with the accept key of its `Sec-WebSocket-Key`.
-#![no_main]
 
 use bytes::{Bytes, BytesMut};
 use firetower_client::http::{parse_request_head, MAX_REQUEST_HEAD};
 use firetower_client::ws::{accept_key, decode_frame, encode_frame, missing_bytes, negotiate};
 use firetower_client::ws::{upgrade_response, Frame, Message, MessageAssembler, Opcode, Role};
 use firetower_client::ws::{WsError, MAX_CONTROL_PAYLOAD};
-use libfuzzer_sys::fuzz_target;
 
 /// Limits the gateway could be configured with, including the edges of the length encodings.
 const LIMITS: [usize; 8] = [0, 1, 125, 126, 1000, 65_535, 65_536, 1 << 20];
 
-fuzz_target!(|data: &[u8]| {
+/// One input: whatever it is, the properties above hold.
+pub fn run(data: &[u8]) {
     let [config, chunk, bytes @ ..] = data else {
         return;
     };
@@ -42,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
     let max = LIMITS[usize::from((config >> 1) & 7)];
     let chunk = 1 + usize::from(*chunk % 64);
     codec(bytes, max, role, chunk);
-});
+}
 
 /// Decodes `bytes` whole, then in pieces of `chunk` bytes, and checks both agree.
 fn codec(bytes: &[u8], max: usize, role: Role, chunk: usize) {

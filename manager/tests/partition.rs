@@ -21,8 +21,9 @@
 //!                                                                    sessions reopen, held topics
 //!                                                                    are resynced, deliveries
 //!                                                                    resume
-//!   delayed links                 delay(manager, manager, 50 ms)     commits and publishes work
-//!                                                                    (and take the round trip)
+//!   delayed links                 delay(manager, manager, 20 ms;     commits and publishes work
+//!                                       50 ms with a 250 ms          (and take the round trip)
+//!                                       heartbeat)
 //!   one cut link                  cut(leader, follower)              the cluster stays available
 //! ```
 //!
@@ -37,7 +38,7 @@ use std::time::Duration;
 
 use common::{gateway_addr, manager_addr, one_at_a_time, Cluster, TestGateway};
 use firetower_link::LinkReply;
-use firetower_manager::Manager;
+use firetower_manager::{Manager, RaftTuning};
 use tokio::time::Instant;
 
 /// Bound on any single step that needs at most an election and a reconnect.
@@ -296,15 +297,13 @@ async fn a_cut_gateway_loses_its_lease_and_is_resynced_after_heal() {
     cluster.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delayed_links_between_managers_still_commit() {
-    let _serial = one_at_a_time().await;
-    let cluster = Cluster::start(3).await;
+/// Delay every link between managers by `delay` each way, then check that subscriptions
+/// commit (no faster than a round trip to a follower) and publishes are delivered.
+async fn commits_over_delayed_links(cluster: Cluster, delay: Duration) {
     let gateway = cluster.gateway(1).await;
-    const DELAY: Duration = Duration::from_millis(50);
     for a in cluster.ids() {
         for b in cluster.ids().into_iter().filter(|b| *b > a) {
-            cluster.net.delay(manager_addr(a), manager_addr(b), DELAY);
+            cluster.net.delay(manager_addr(a), manager_addr(b), delay);
         }
     }
 
@@ -317,7 +316,7 @@ async fn delayed_links_between_managers_still_commit() {
             .unwrap_or_else(|e| panic!("{topic}: a subscribe over delayed links failed: {e}"));
         let took = started.elapsed();
         assert!(
-            took >= 2 * DELAY,
+            took >= 2 * delay,
             "{topic}: committed in {took:?}, faster than one round trip to a follower"
         );
         gateway
@@ -329,6 +328,32 @@ async fn delayed_links_between_managers_still_commit() {
     let held: Vec<(u64, String)> = topics.iter().map(|t| (gateway.id, t.clone())).collect();
     cluster.wait_subscribed_everywhere(&held, BOUND).await;
     cluster.shutdown().await;
+}
+
+/// With the default timing, a round trip between managers must stay well below the
+/// heartbeat interval (100 ms): openraft gives each AppendEntries RPC one heartbeat interval
+/// to complete, so at a round trip of 100 ms (50 ms each way) replication RPCs time out at
+/// random and a commit can stall until the proposal times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_links_between_managers_still_commit() {
+    let _serial = one_at_a_time().await;
+    let cluster = Cluster::start(3).await;
+    commits_over_delayed_links(cluster, Duration::from_millis(20)).await;
+}
+
+/// A 100 ms round trip between managers (a WAN), with the heartbeat raised above it and the
+/// election timeouts with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wan_round_trip_commits_with_a_heartbeat_above_it() {
+    let _serial = one_at_a_time().await;
+    let tuning = RaftTuning {
+        heartbeat_ms: 250,
+        election_timeout_min_ms: 1_000,
+        election_timeout_max_ms: 2_000,
+        ..RaftTuning::default()
+    };
+    let cluster = Cluster::start_tuned(3, tuning).await;
+    commits_over_delayed_links(cluster, Duration::from_millis(50)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

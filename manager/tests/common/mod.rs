@@ -124,9 +124,15 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Start [`MANAGERS`] managers, `cluster init` them with `groups` groups, and wait until
-    /// all of them agree on a leader of every group.
+    /// Start [`MANAGERS`] managers with the default Raft timing, `cluster init` them with
+    /// `groups` groups, and wait until all of them agree on a leader of every group.
     pub async fn start(groups: u32) -> Cluster {
+        Cluster::start_tuned(groups, RaftTuning::default()).await
+    }
+
+    /// Like [`Cluster::start`], with `raft` timing (fsync is turned off either way: the data
+    /// is thrown away).
+    pub async fn start_tuned(groups: u32, raft: RaftTuning) -> Cluster {
         init_logging();
         let net = MemNet::new();
         let mut managers = Vec::new();
@@ -139,10 +145,9 @@ impl Cluster {
                 admin: SocketAddr::from(([127, 0, 0, 1], free_tcp_port())),
                 data_dir: dir.path().to_path_buf(),
                 cluster_id: None,
-                // Default timing, as in production; fsync off: the data is thrown away.
                 raft: RaftTuning {
                     fsync: false,
-                    ..RaftTuning::default()
+                    ..raft.clone()
                 },
                 metrics: None,
                 unsafe_stale_reads: false,

@@ -1,5 +1,5 @@
 //! An in-memory network for tests: quinn endpoints on virtual addresses, joined by one
-//! in-process switch that can cut, isolate, delay and heal links (raft-rs's
+//! in-process switch that can cut, partition, isolate, delay and heal links (raft-rs's
 //! `harness/src/network.rs`, openraft's test router), without root and without a socket.
 //!
 //! ```text
@@ -137,6 +137,17 @@ impl MemNet {
     /// Drop every datagram between `a` and `b`, both ways.
     pub fn cut(&self, a: SocketAddr, b: SocketAddr) {
         self.lock().cuts.insert(pair(a, b));
+    }
+
+    /// Split the network: drop every datagram between a member of `side_a` and a member of
+    /// `side_b`, both ways. Links within each side stay up (unlike [`MemNet::isolate`]).
+    pub fn partition(&self, side_a: &[SocketAddr], side_b: &[SocketAddr]) {
+        let mut s = self.lock();
+        for a in side_a {
+            for b in side_b.iter().filter(|b| *b != a) {
+                s.cuts.insert(pair(*a, *b));
+            }
+        }
     }
 
     /// Drop every datagram from or to `a`.
@@ -355,6 +366,28 @@ mod tests {
         net.heal();
         let conn = client.connect(addr(1), SERVER_NAME).unwrap().await.unwrap();
         assert!(echo_within(&conn, b"back", Duration::from_secs(5)).await);
+    }
+
+    #[tokio::test]
+    async fn a_partition_cuts_across_the_sides_only() {
+        let net = MemNet::new();
+        let _far = echo_server(&net, addr(1));
+        let _near = echo_server(&net, addr(2));
+        let client = net.endpoint(addr(3)).unwrap();
+        let connect = |to| {
+            client
+                .connect_with(client_config(ALPN_RAFT), to, SERVER_NAME)
+                .unwrap()
+        };
+        let far = connect(addr(1)).await.unwrap();
+        let near = connect(addr(2)).await.unwrap();
+
+        net.partition(&[addr(1)], &[addr(2), addr(3)]);
+        assert!(!echo_within(&far, b"across", Duration::from_millis(500)).await);
+        assert!(echo_within(&near, b"same side", Duration::from_secs(5)).await);
+
+        net.heal();
+        assert!(echo_within(&far, b"healed", Duration::from_secs(2)).await);
     }
 
     #[tokio::test]

@@ -1,7 +1,9 @@
 //! The Firetower topic-manager server.
 //!
-//! Entry point: [`Manager::start`] with a [`ManagerConfig`]. A manager hosts one Raft
-//! instance per group of its cluster (openraft, via `firetower-raft`) on durable storage
+//! Entry point: [`Manager::start`] with a [`ManagerConfig`] ([`Manager::start_on`] puts the QUIC
+//! endpoint on a given socket instead, such as one of `firetower_link::MemNet`, the in-memory
+//! network that `tests/partition.rs` cuts and heals). A manager hosts one Raft instance per
+//! group of its cluster (openraft, via `firetower-raft`) on durable storage
 //! (`firetower-store`), serves gateways over QUIC (the link, ALPN `firetower-link/1`),
 //! operators over gRPC (the admin API, with health checking and reflection) and, with
 //! `metrics` set, Prometheus scrapes over HTTP.

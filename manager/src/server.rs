@@ -39,10 +39,38 @@ pub struct Manager {
     metrics_addr: Option<SocketAddr>,
 }
 
+/// Where the manager's QUIC endpoint gets its socket.
+enum QuicSocket {
+    /// A UDP socket bound to `ManagerConfig::quic` (a real process).
+    Bind,
+    /// A socket the caller made, such as a `MemSocket` of the in-memory test network.
+    Given(Arc<dyn quinn::AsyncUdpSocket>),
+}
+
 impl Manager {
     /// Open the data directory, bind both ports (and the metrics address, if configured) and
     /// start serving. Groups of a cluster this manager already joined are started too.
     pub async fn start(config: ManagerConfig) -> Result<Manager, StartError> {
+        Self::start_with(config, QuicSocket::Bind).await
+    }
+
+    /// Like [`Manager::start`], with the QUIC endpoint (Raft and the gateway link) on `socket`
+    /// instead of a UDP socket bound to `config.quic`: for tests that run managers on
+    /// [`firetower_link::MemNet`], an in-memory network that can cut, isolate and delay links.
+    /// The address this manager advertises to peers and gateways is the socket's `local_addr`
+    /// (it replaces `config.quic`); the admin and metrics listeners are bound as usual.
+    pub async fn start_on(
+        mut config: ManagerConfig,
+        socket: Arc<dyn quinn::AsyncUdpSocket>,
+    ) -> Result<Manager, StartError> {
+        config.quic = socket.local_addr().map_err(|e| StartError::Bind {
+            addr: config.quic,
+            detail: format!("the given QUIC socket has no local address: {e}"),
+        })?;
+        Self::start_with(config, QuicSocket::Given(socket)).await
+    }
+
+    async fn start_with(config: ManagerConfig, socket: QuicSocket) -> Result<Manager, StartError> {
         config.validate()?;
         firetower_raft::install_crypto_provider();
         let meta = meta::load_or_create(&config.data_dir, config.id)?;
@@ -68,10 +96,15 @@ impl Manager {
             },
             Some(metrics.clone()),
         )?;
-        let endpoint = firetower_raft::make_endpoint_with_reset_secret(
-            config.quic,
-            meta.quic_reset_secret.as_bytes(),
-        )
+        let reset_secret = meta.quic_reset_secret.as_bytes();
+        let endpoint = match socket {
+            QuicSocket::Bind => {
+                firetower_raft::make_endpoint_with_reset_secret(config.quic, reset_secret)
+            }
+            QuicSocket::Given(socket) => {
+                firetower_link::make_endpoint_on(socket, Some(reset_secret))
+            }
+        }
         .map_err(|e| StartError::Bind {
             addr: config.quic,
             detail: e.to_string(),

@@ -1,0 +1,683 @@
+//! Shared fixture of the manager's in-memory network tests: three managers and test gateways
+//! in this process, their QUIC endpoints on one [`MemNet`] at virtual addresses.
+//!
+//! ```text
+//!   TestGateway 1 (10.0.1.1:7000) ─┐                     ┌─ Manager 1 (10.0.0.1:6666)
+//!   TestGateway 2 (10.0.1.2:7000) ─┼── MemNet switch ────┼─ Manager 2 (10.0.0.2:6666)
+//!                                  │  cut / partition /  └─ Manager 3 (10.0.0.3:6666)
+//!                                  │  isolate / delay / heal
+//!   admin gRPC (bootstrap only) ── loopback TCP ── every manager
+//! ```
+//!
+//! Only QUIC (Raft between managers, the gateway link) crosses the switch; the admin API that
+//! `cluster init` uses stays on loopback TCP. No packet reaches the OS network, so the tests
+//! need no root and no namespaces.
+//!
+//! A [`TestGateway`] is a gateway's cluster side without its client side: a
+//! [`LinkClient`] for requests, and one session stream per manager speaking the session
+//! protocol as `firetower_gateway::ClusterUpstream` does (open, heartbeats, acks, re-subscribe
+//! held topics on `Resync`, routing pushes into the leader cache). Deliveries are recorded for
+//! the test to read instead of being fanned out.
+//!
+//! Everything waits by polling against a deadline; nothing assumes how long an election or a
+//! timeout takes.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use firetower_link::{
+    decode_body, decode_frame, read_link_frame, write_link_frame, LinkClient, LinkError,
+    LinkOptions, LinkReply, LinkRequest, MemNet, Routing, Written, MAX_LINK_FRAME_BYTES,
+};
+use firetower_manager::{connect_admin, Manager, ManagerConfig, RaftTuning};
+use firetower_proto::admin::InitRequest;
+use firetower_proto::group_of;
+use firetower_proto::link::{
+    gateway_frame, session_frame, DeliveryAck, GatewayFrame, GatewayReply, Heartbeat, SessionFrame,
+};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Managers in every test cluster: the smallest cluster with a majority and a minority.
+pub const MANAGERS: u64 = 3;
+
+/// The shortest lease a manager grants, so that expiry is observed quickly.
+pub const LEASE: Duration = Duration::from_millis(1_000);
+
+/// How long a gateway's link request may take across retries and leader changes.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Pause between two tries of a request that failed at once (a refusal, say).
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// The virtual QUIC address of manager `id`.
+pub fn manager_addr(id: u64) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, octet(id)], 6666))
+}
+
+/// The virtual QUIC address of gateway `id`.
+pub fn gateway_addr(id: u64) -> SocketAddr {
+    SocketAddr::from(([10, 0, 1, octet(id)], 7000))
+}
+
+fn octet(id: u64) -> u8 {
+    u8::try_from(id).expect("test ids are small")
+}
+
+/// The clusters of one test binary run one at a time: three managers with their elections
+/// and timeouts per test are enough load for a small machine, and timing-sensitive cases
+/// should not compete with each other for it.
+pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
+}
+
+/// Log to the test output when `FIRETOWER_TEST_LOG` is set (an `EnvFilter` such as
+/// `info,openraft=warn`); silent otherwise.
+pub fn init_logging() {
+    if let Ok(filter) = std::env::var("FIRETOWER_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// Poll `check` every 20 ms until it gives a value, or panic with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "not within {timeout:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback TCP port")
+        .port()
+}
+
+/// Three managers on one in-memory network, initialized as one cluster.
+pub struct Cluster {
+    /// The network between every manager and gateway of the test.
+    pub net: MemNet,
+    /// The number of groups.
+    pub groups: u32,
+    managers: Vec<Manager>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Cluster {
+    /// Start [`MANAGERS`] managers with the default Raft timing, `cluster init` them with
+    /// `groups` groups, and wait until all of them agree on a leader of every group.
+    pub async fn start(groups: u32) -> Cluster {
+        Cluster::start_tuned(groups, RaftTuning::default()).await
+    }
+
+    /// Like [`Cluster::start`], with `raft` timing (fsync is turned off either way: the data
+    /// is thrown away).
+    pub async fn start_tuned(groups: u32, raft: RaftTuning) -> Cluster {
+        init_logging();
+        let net = MemNet::new();
+        let mut managers = Vec::new();
+        let mut dirs = Vec::new();
+        for id in 1..=MANAGERS {
+            let dir = tempfile::tempdir().expect("a temporary data directory");
+            let config = ManagerConfig {
+                id,
+                quic: manager_addr(id),
+                admin: SocketAddr::from(([127, 0, 0, 1], free_tcp_port())),
+                data_dir: dir.path().to_path_buf(),
+                cluster_id: None,
+                raft: RaftTuning {
+                    fsync: false,
+                    ..raft.clone()
+                },
+                metrics: None,
+                unsafe_stale_reads: false,
+                unsafe_stale_leadership: false,
+            };
+            let socket = net.bind(manager_addr(id)).expect("a free virtual address");
+            let manager = Manager::start_on(config, socket)
+                .await
+                .expect("the manager starts");
+            assert_eq!(manager.quic_addr(), manager_addr(id));
+            managers.push(manager);
+            dirs.push(dir);
+        }
+        let mut admin = connect_admin(&managers[0].node().admin, Duration::from_secs(10))
+            .await
+            .expect("the admin API answers");
+        admin
+            .init(InitRequest {
+                members: managers[1..]
+                    .iter()
+                    .map(|m| m.node().admin.clone())
+                    .collect(),
+                groups,
+            })
+            .await
+            .expect("cluster init");
+        let cluster = Cluster {
+            net,
+            groups,
+            managers,
+            _dirs: dirs,
+        };
+        for group in 0..groups {
+            cluster
+                .agreed_leader(group, &cluster.ids(), Duration::from_secs(15))
+                .await;
+        }
+        cluster
+    }
+
+    /// Every manager id.
+    pub fn ids(&self) -> Vec<u64> {
+        (1..=MANAGERS).collect()
+    }
+
+    /// Manager `id`.
+    pub fn manager(&self, id: u64) -> &Manager {
+        &self.managers[usize::try_from(id - 1).expect("a small id")]
+    }
+
+    /// The group of `topic`.
+    pub fn group_of(&self, topic: &str) -> u32 {
+        group_of(topic, self.groups)
+    }
+
+    /// One topic per group, named `prefix.N`.
+    pub fn topic_per_group(&self, prefix: &str) -> Vec<String> {
+        let mut topics: Vec<Option<String>> = vec![None; self.groups as usize];
+        for n in 0.. {
+            if topics.iter().all(Option::is_some) {
+                break;
+            }
+            let topic = format!("{prefix}.{n}");
+            let slot = &mut topics[self.group_of(&topic) as usize];
+            if slot.is_none() {
+                *slot = Some(topic);
+            }
+        }
+        topics.into_iter().flatten().collect()
+    }
+
+    /// The leader of `group` as manager `id` knows it.
+    pub fn leader_seen_by(&self, id: u64, group: u32) -> Option<u64> {
+        self.manager(id).leader_of(group).map(|(leader, _)| leader)
+    }
+
+    /// Wait until every manager of `among` names the same leader of `group`, that leader is
+    /// one of them and it knows itself as leader; returns it.
+    pub async fn agreed_leader(&self, group: u32, among: &[u64], timeout: Duration) -> u64 {
+        eventually(
+            timeout,
+            &format!("managers {among:?} agree on a leader of group {group}"),
+            || async move {
+                let seen: BTreeSet<Option<u64>> = among
+                    .iter()
+                    .map(|id| self.leader_seen_by(*id, group))
+                    .collect();
+                let seen: Vec<Option<u64>> = seen.into_iter().collect();
+                match seen[..] {
+                    [Some(leader)]
+                        if among.contains(&leader)
+                            && self.manager(leader).led_groups().contains(&group) =>
+                    {
+                        Some(leader)
+                    }
+                    _ => None,
+                }
+            },
+        )
+        .await
+    }
+
+    /// The gateways subscribed to `topic` in manager `id`'s applied copy of the table.
+    pub fn subscribers_on(&self, id: u64, topic: &str) -> Vec<u64> {
+        self.manager(id)
+            .reader(self.group_of(topic))
+            .expect("every manager hosts every group")
+            .gateways(topic)
+            .expect("the table reads")
+    }
+
+    /// Wait until every manager's copy of the table holds each `(gateway, topic)`.
+    pub async fn wait_subscribed_everywhere(&self, expected: &[(u64, String)], timeout: Duration) {
+        eventually(
+            timeout,
+            &format!("every manager holds {expected:?}"),
+            || async move {
+                self.ids()
+                    .into_iter()
+                    .all(|id| {
+                        expected.iter().all(|(gateway, topic)| {
+                            self.subscribers_on(id, topic).contains(gateway)
+                        })
+                    })
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Wait until no manager's copy of the table holds `gateway` for any of `topics`.
+    pub async fn wait_unsubscribed_everywhere(
+        &self,
+        gateway: u64,
+        topics: &[String],
+        timeout: Duration,
+    ) {
+        eventually(
+            timeout,
+            &format!("no manager holds gateway {gateway} for {topics:?}"),
+            || async move {
+                self.ids()
+                    .into_iter()
+                    .all(|id| {
+                        topics
+                            .iter()
+                            .all(|topic| !self.subscribers_on(id, topic).contains(&gateway))
+                    })
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// A gateway at [`gateway_addr`]`(id)` with a session to every manager; returns once all
+    /// sessions are open.
+    pub async fn gateway(&self, id: u64) -> TestGateway {
+        let gateway = TestGateway::connect(&self.net, id).await;
+        gateway
+            .wait_sessions(MANAGERS as usize, Duration::from_secs(10))
+            .await;
+        gateway
+    }
+
+    /// Stop every manager.
+    pub async fn shutdown(self) {
+        futures::future::join_all(self.managers.iter().map(Manager::shutdown)).await;
+    }
+}
+
+/// A message a [`TestGateway`] received on one of its sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The topic.
+    pub topic: String,
+    /// The payload.
+    pub data: Vec<u8>,
+    /// The stamp its leader gave it.
+    pub term: u64,
+    /// The stamp's sequence number.
+    pub seq: u64,
+    /// The manager whose session carried it.
+    pub from: SocketAddr,
+}
+
+/// The cluster side of a gateway (see the module doc). Its sessions stop when it is dropped.
+pub struct TestGateway {
+    /// The gateway's id.
+    pub id: u64,
+    /// Its virtual address.
+    pub addr: SocketAddr,
+    link: LinkClient,
+    shared: Arc<Shared>,
+}
+
+/// What the session tasks and the test share.
+struct Shared {
+    epoch: u64,
+    /// Topics held at the cluster: re-sent on `Resync`.
+    held: Mutex<BTreeSet<String>>,
+    /// Managers with an open session.
+    open: Mutex<BTreeSet<SocketAddr>>,
+    received: Mutex<Vec<Received>>,
+    resyncs: AtomicU64,
+    resync_failures: AtomicU64,
+    stop: CancellationToken,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.shared.stop.cancel();
+    }
+}
+
+impl TestGateway {
+    /// Connect gateway `id` (through every manager's address) and start its sessions.
+    pub async fn connect(net: &MemNet, id: u64) -> TestGateway {
+        let addr = gateway_addr(id);
+        let endpoint = net.client_endpoint(addr).expect("a free virtual address");
+        let managers = (1..=MANAGERS).map(manager_addr).collect();
+        let options = LinkOptions {
+            request_timeout: REQUEST_TIMEOUT,
+            min_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(500),
+        };
+        let link = LinkClient::connect_with_endpoint(endpoint, id, managers, options)
+            .await
+            .expect("the gateway reaches the cluster");
+        let shared = Arc::new(Shared {
+            // As a real gateway: its start time, so a later run has a higher epoch.
+            epoch: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or(1),
+            held: Mutex::default(),
+            open: Mutex::default(),
+            received: Mutex::default(),
+            resyncs: AtomicU64::new(0),
+            resync_failures: AtomicU64::new(0),
+            stop: CancellationToken::new(),
+        });
+        for manager in link.managers() {
+            tokio::spawn(session_loop(link.clone(), shared.clone(), manager));
+        }
+        TestGateway {
+            id,
+            addr,
+            link,
+            shared,
+        }
+    }
+
+    /// The link the gateway's requests go through.
+    pub fn link(&self) -> &LinkClient {
+        &self.link
+    }
+
+    /// Subscribe to `topic` in this gateway's session, holding it for resyncs (as the real
+    /// gateway: held before it is sent, dropped again only on a definite refusal).
+    pub async fn subscribe(&self, topic: &str) -> Result<Written, LinkError> {
+        lock(&self.shared.held).insert(topic.to_string());
+        let result = self
+            .link
+            .subscribe_in_session(topic, self.shared.epoch)
+            .await;
+        if let Err(e) = &result {
+            if !e.is_indeterminate() {
+                lock(&self.shared.held).remove(topic);
+            }
+        }
+        result
+    }
+
+    /// Retry [`TestGateway::subscribe`] until it is acknowledged, or panic after `timeout`.
+    pub async fn subscribe_within(&self, topic: &str, timeout: Duration) -> Written {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let error = match self.subscribe(topic).await {
+                Ok(written) => return written,
+                Err(e) => e,
+            };
+            assert!(
+                Instant::now() < deadline,
+                "gateway {} could not subscribe {topic} within {timeout:?}: {error}",
+                self.id
+            );
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// Publish through the link (it finds the leader and retries what is safe to retry).
+    pub async fn publish(&self, topic: &str, data: &[u8]) -> Result<(u64, u64), LinkError> {
+        self.link.publish(topic, data.to_vec(), false).await
+    }
+
+    /// Retry [`TestGateway::publish`] until it is acknowledged, or panic after `timeout`.
+    pub async fn publish_within(&self, topic: &str, data: &[u8], timeout: Duration) -> (u64, u64) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let error = match self.publish(topic, data).await {
+                Ok(stamp) => return stamp,
+                Err(e) => e,
+            };
+            assert!(
+                Instant::now() < deadline,
+                "gateway {} could not publish to {topic} within {timeout:?}: {error}",
+                self.id
+            );
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// One publish sent to manager `at` only, without retries, with its reply as is (which
+    /// says to how many gateways the message was delivered). `Err` when no reply came.
+    pub async fn publish_at(
+        &self,
+        at: SocketAddr,
+        topic: &str,
+        data: &[u8],
+    ) -> Result<LinkReply, String> {
+        let request = LinkRequest::Publish {
+            topic: topic.to_string(),
+            data: data.to_vec(),
+            json: false,
+        };
+        let exchange = async {
+            let (mut send, mut recv) =
+                self.link.open_stream(at).await.map_err(|e| e.to_string())?;
+            write_link_frame(&mut send, &request.to_frame(self.id))
+                .await
+                .map_err(|e| e.to_string())?;
+            send.finish().map_err(|e| e.to_string())?;
+            let bytes = recv
+                .read_to_end(MAX_LINK_FRAME_BYTES + 4)
+                .await
+                .map_err(|e| e.to_string())?;
+            let reply: GatewayReply = decode_frame(&bytes).map_err(|e| e.to_string())?;
+            LinkReply::try_from(reply).map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .unwrap_or_else(|_| Err(format!("no reply from {at} within {REQUEST_TIMEOUT:?}")))
+    }
+
+    /// The gateways of `topic`, read at its group's leader (linearizable).
+    pub async fn topic_gateways(&self, topic: &str) -> Result<Vec<u64>, LinkError> {
+        self.link.topic_gateways(topic).await
+    }
+
+    /// How many managers this gateway has an open session with.
+    pub fn open_sessions(&self) -> usize {
+        lock(&self.shared.open).len()
+    }
+
+    /// Wait until exactly `n` sessions are open.
+    pub async fn wait_sessions(&self, n: usize, timeout: Duration) {
+        eventually(
+            timeout,
+            &format!("gateway {} has {n} open sessions", self.id),
+            || async move { (self.open_sessions() == n).then_some(()) },
+        )
+        .await;
+    }
+
+    /// `Resync` frames received so far.
+    pub fn resyncs(&self) -> u64 {
+        self.shared.resyncs.load(Ordering::Relaxed)
+    }
+
+    /// Re-subscriptions after a `Resync` that failed.
+    pub fn resync_failures(&self) -> u64 {
+        self.shared.resync_failures.load(Ordering::Relaxed)
+    }
+
+    /// Every message received on `topic` so far.
+    pub fn received(&self, topic: &str) -> Vec<Received> {
+        lock(&self.shared.received)
+            .iter()
+            .filter(|r| r.topic == topic)
+            .cloned()
+            .collect()
+    }
+
+    /// Wait until the message `data` of `topic` arrived; returns it.
+    pub async fn wait_received(&self, topic: &str, data: &[u8], timeout: Duration) -> Received {
+        eventually(
+            timeout,
+            &format!(
+                "gateway {} receives {:?} on {topic}",
+                self.id,
+                String::from_utf8_lossy(data)
+            ),
+            || async move { self.received(topic).into_iter().find(|r| r.data == data) },
+        )
+        .await
+    }
+}
+
+/// Keep a session with `manager` open until the gateway stops, reconnecting after failures
+/// with the link's backoff.
+async fn session_loop(link: LinkClient, shared: Arc<Shared>, manager: SocketAddr) {
+    let mut attempt = 0u32;
+    while !shared.stop.is_cancelled() {
+        let ended = tokio::select! {
+            _ = shared.stop.cancelled() => break,
+            ended = run_session(&link, &shared, manager) => ended,
+        };
+        let was_open = lock(&shared.open).remove(&manager);
+        tracing::debug!(gateway = link.gateway(), %manager, ?ended, was_open, "test session ended");
+        if was_open {
+            attempt = 0;
+        }
+        tokio::select! {
+            _ = shared.stop.cancelled() => break,
+            _ = link.backoff(attempt) => {}
+        }
+        attempt = attempt.saturating_add(1);
+    }
+    lock(&shared.open).remove(&manager);
+}
+
+async fn run_session(
+    link: &LinkClient,
+    shared: &Arc<Shared>,
+    manager: SocketAddr,
+) -> Result<(), String> {
+    let (mut send, mut recv) = link.open_stream(manager).await.map_err(|e| e.to_string())?;
+    let open = LinkRequest::OpenSession {
+        epoch: shared.epoch,
+        lease: LEASE,
+    }
+    .to_frame(link.gateway());
+    write_link_frame(&mut send, &open)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (acks, mut to_send) = mpsc::unbounded_channel::<GatewayFrame>();
+    // Heartbeats and acks share the send side.
+    let writer = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(LEASE / 5);
+        loop {
+            let frame = tokio::select! {
+                _ = tick.tick() => GatewayFrame {
+                    frame: Some(gateway_frame::Frame::Heartbeat(Heartbeat {})),
+                },
+                frame = to_send.recv() => match frame {
+                    Some(frame) => frame,
+                    None => break,
+                },
+            };
+            if write_link_frame(&mut send, &frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    let result = read_session(link, shared, manager, &mut recv, &acks).await;
+    writer.abort();
+    result
+}
+
+async fn read_session(
+    link: &LinkClient,
+    shared: &Arc<Shared>,
+    manager: SocketAddr,
+    recv: &mut quinn::RecvStream,
+    acks: &mpsc::UnboundedSender<GatewayFrame>,
+) -> Result<(), String> {
+    loop {
+        let Some(body) = read_link_frame(recv, MAX_LINK_FRAME_BYTES)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(());
+        };
+        let frame: SessionFrame = decode_body(&body).map_err(|e| e.to_string())?;
+        match frame.frame {
+            Some(session_frame::Frame::Opened(_)) => {
+                lock(&shared.open).insert(manager);
+            }
+            Some(session_frame::Frame::Delivery(d)) => {
+                lock(&shared.received).push(Received {
+                    topic: d.topic,
+                    data: d.data,
+                    term: d.term,
+                    seq: d.seq,
+                    from: manager,
+                });
+                let ack = GatewayFrame {
+                    frame: Some(gateway_frame::Frame::Ack(DeliveryAck {
+                        upto: d.dseq,
+                        superseded: Vec::new(),
+                    })),
+                };
+                acks.send(ack).map_err(|_| "session writer stopped")?;
+            }
+            Some(session_frame::Frame::Resync(r)) => {
+                shared.resyncs.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(resync(link.clone(), shared.clone(), r.groups));
+            }
+            Some(session_frame::Frame::Routing(r)) => {
+                if let Ok(routing) = Routing::try_from(r) {
+                    link.apply_routing(&routing);
+                }
+            }
+            Some(session_frame::Frame::Failure(f)) => {
+                return Err(format!("{}: {}", f.code, f.message));
+            }
+            None => {}
+        }
+    }
+}
+
+/// Re-send every held topic of `groups`, as the real gateway does on `Resync`.
+async fn resync(link: LinkClient, shared: Arc<Shared>, groups: Vec<u32>) {
+    let count = link.groups();
+    let topics: Vec<String> = lock(&shared.held)
+        .iter()
+        .filter(|t| groups.contains(&group_of(t, count)))
+        .cloned()
+        .collect();
+    for topic in topics {
+        if !lock(&shared.held).contains(&topic) {
+            continue;
+        }
+        if let Err(e) = link.subscribe_in_session(&topic, shared.epoch).await {
+            tracing::warn!(topic, error = %e, "test gateway: re-subscribe failed");
+            shared.resync_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}

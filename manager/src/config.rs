@@ -63,7 +63,8 @@ pub struct ManagerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RaftTuning {
-    /// Leader heartbeat period.
+    /// Leader heartbeat period. Keep it well above the round trip between managers: each
+    /// replication RPC gets one heartbeat interval to complete (openraft 0.9).
     pub heartbeat_ms: u64,
     /// Lower bound of the randomized election timeout.
     pub election_timeout_min_ms: u64,

@@ -16,7 +16,8 @@ use clap::Subcommand;
 
 use crate::cluster::{Cluster, ClusterSpec};
 use crate::net::HostSpec;
-use crate::scenario::{run_scenario, Scenario, ScenarioOptions};
+use crate::report::{Scenario, ScenarioOptions};
+use crate::scenario::run_scenario;
 use crate::storm::{StormConfig, DEFAULT_CLIENTS, DEFAULT_TOPICS};
 use crate::ChaosError;
 
@@ -128,7 +129,7 @@ pub async fn run(command: ChaosCommand) -> Result<(), ChaosError> {
                 t0_unix_ms,
             )
             .await
-            .map_err(|e| ChaosError::InvalidFault(format!("probe: {e}")))
+            .map_err(ChaosError::from)
         }
         ChaosCommand::Storm {
             gateways,
@@ -148,7 +149,7 @@ pub async fn run(command: ChaosCommand) -> Result<(), ChaosError> {
             };
             crate::storm::run_worker(config)
                 .await
-                .map_err(|e| ChaosError::Worker(format!("storm worker: {e}")))
+                .map_err(ChaosError::from)
         }
         ChaosCommand::Cleanup => {
             let removed = crate::net::remove_leftovers();

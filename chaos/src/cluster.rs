@@ -7,7 +7,12 @@
 //!          ├── ManagerNode m1..mN: NodeProcess `firetower manager` + data dir + id
 //!          ├── gateways g1..: NodeProcess `firetower gateway`
 //!          └── admin calls: `ip netns exec <c1> firetower cluster ... --json`
+//!                (`cluster members --json` read as firetower_proto::MembersView)
 //! ```
+//!
+//! Gateways log JSON lines (`FIRETOWER_LOG_FORMAT=json`), their session changes included:
+//! harnesses read the `event` field of those lines (see `Cluster::gateway_log`), never a
+//! human sentence.
 //!
 //! The manager on a host keeps the host's address for its life; replacing it (dead disk)
 //! gives it a new id and an empty data directory, following docs/operations.md.
@@ -17,7 +22,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use firetower_proto::{GroupId, GroupView, ManagerId, MembersView};
 
 use crate::cmd::run;
 use crate::net::{Host, HostSpec, Role, TestNet};
@@ -102,19 +107,6 @@ impl ManagerNode {
     pub fn state(&mut self) -> ProcessState {
         self.process.state()
     }
-}
-
-/// Per group: leader id (None during an election) and term, from `cluster members --json`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct GroupView {
-    /// The group.
-    pub id: u32,
-    /// Its leader, if any.
-    pub leader: Option<u64>,
-    /// The term.
-    pub term: u64,
-    /// The voters.
-    pub voters: Vec<u64>,
 }
 
 /// A cluster on test hosts. Dropping it kills everything and removes the namespaces.
@@ -250,7 +242,8 @@ impl Cluster {
                     .join("logs")
                     .join(format!("{}.log", host.name));
                 let mut p = NodeProcess::new(host.clone(), &cluster.spec.binary, args, log);
-                // Session changes are logged at debug level; the Jepsen delivery checker
+                // Session changes are logged at debug level, as JSON events with a stable
+                // `event` field (`session_up` / `session_down`); the Jepsen delivery checker
                 // reads them from the gateway logs to know when a gateway had no session.
                 let base = std::env::var("FIRETOWER_LOG")
                     .unwrap_or_else(|_| "info,openraft=warn".to_string());
@@ -258,6 +251,7 @@ impl Cluster {
                     "FIRETOWER_LOG",
                     &format!("{base},firetower_gateway::cluster=debug"),
                 );
+                p.set_env("FIRETOWER_LOG_FORMAT", "json");
                 p.set_env("NO_COLOR", "1");
                 p.start()?;
                 cluster.gateways.insert(host.name.clone(), p);
@@ -411,7 +405,7 @@ impl Cluster {
     }
 
     /// `cluster members --json` through the first member that answers.
-    pub fn members(&self) -> Result<Value, ChaosError> {
+    pub fn members(&self) -> Result<MembersView, ChaosError> {
         let mut last = None;
         for name in self.member_names() {
             let m = self.manager(&name)?;
@@ -435,38 +429,18 @@ impl Cluster {
         Err(last.unwrap_or_else(|| ChaosError::InvalidFault("the cluster has no members".into())))
     }
 
-    /// Each group's leader and term.
+    /// Each group: its leader, term and voters.
     pub fn groups(&self) -> Result<Vec<GroupView>, ChaosError> {
-        let members = self.members()?;
-        let groups = members
-            .get("groups")
-            .and_then(Value::as_array)
-            .ok_or_else(|| ChaosError::Parse {
-                command: "cluster members --json".into(),
-                message: "no groups array".into(),
-            })?;
-        Ok(groups
-            .iter()
-            .map(|g| GroupView {
-                id: g.get("id").and_then(Value::as_u64).unwrap_or(0) as u32,
-                leader: g.get("leader").and_then(Value::as_u64),
-                term: g.get("term").and_then(Value::as_u64).unwrap_or(0),
-                voters: g
-                    .get("voters")
-                    .and_then(Value::as_array)
-                    .map(|v| v.iter().filter_map(Value::as_u64).collect())
-                    .unwrap_or_default(),
-            })
-            .collect())
+        Ok(self.members()?.groups)
     }
 
     /// The leader id of `group`, if there is one now.
     pub fn leader_of(&self, group: u32) -> Result<Option<u64>, ChaosError> {
         Ok(self
-            .groups()?
-            .into_iter()
-            .find(|g| g.id == group)
-            .and_then(|g| g.leader))
+            .members()?
+            .group(GroupId(group))
+            .and_then(|g| g.leader)
+            .map(ManagerId::get))
     }
 
     /// The member host that leads the most groups (ties: lowest name). A leader that is no
@@ -475,7 +449,7 @@ impl Cluster {
         let mut count: BTreeMap<u64, usize> = BTreeMap::new();
         for g in self.groups()? {
             if let Some(l) = g.leader {
-                *count.entry(l).or_default() += 1;
+                *count.entry(l.get()).or_default() += 1;
             }
         }
         let is_member = |id: &u64| {
@@ -501,7 +475,7 @@ impl Cluster {
                     if !groups.is_empty()
                         && groups.iter().all(|g| {
                             g.leader.is_some_and(|l| {
-                                self.name_of_id(l)
+                                self.name_of_id(l.get())
                                     .and_then(|n| self.managers.get(&n))
                                     .is_some_and(|m| m.member)
                             })
@@ -695,7 +669,7 @@ impl Cluster {
         self.gateways.keys().cloned().collect()
     }
 
-    /// The log file of the gateway on `name`.
+    /// The log file of the gateway on `name`: JSON lines, one `tracing` event each.
     pub fn gateway_log(&self, name: &str) -> Result<PathBuf, ChaosError> {
         self.gateways
             .get(name)

@@ -81,6 +81,12 @@ pub enum ChaosError {
     /// A helper process of a scenario (the storm worker) failed or exited.
     #[error("{0}")]
     Worker(String),
+    /// The storm worker (`firetower chaos storm`) could not start.
+    #[error("storm worker: {0}")]
+    StormWorker(#[from] crate::storm::StormWorkerError),
+    /// The availability probe (`firetower chaos probe`) failed.
+    #[error("probe: {0}")]
+    Probe(#[from] crate::probe::ProbeError),
     /// A scenario ran to the end, but some of its checks failed (the report lists them).
     #[error("the scenario's checks failed: {0}")]
     CheckFailed(String),

@@ -5,7 +5,9 @@
 //! every fault: `kill -9`, SIGSTOP/SIGCONT, restart, the wiped-disk replace procedure,
 //! write-ahead-log damage, membership changes and nftables [`Partition`]s. [`run_scenario`]
 //! measures availability under repeated faults (`firetower chaos run`), including the
-//! reconnect storm after a gateway crash (WebSocket clients in the client namespace).
+//! reconnect storm after a gateway crash (`firetower_client` WebSocket clients in the client
+//! namespace). Gateways log JSON lines (`FIRETOWER_LOG_FORMAT=json`), so that harnesses read
+//! their session events (`event: "session_up"` / `"session_down"`) as data.
 //! [`cli`] is the subcommand.
 //!
 //! ```text
@@ -20,7 +22,8 @@
 //! and SIGTERM; every new run first removes leftovers of runs whose pid is dead.
 //!
 //! This crate never reaches into server internals: it runs the binary, talks to it through
-//! its CLI and the public link client, and damages files only of stopped managers. It needs
+//! its CLI (`cluster members --json` read as [`firetower_proto::MembersView`]), the public
+//! link client and the client library, and damages files only of stopped managers. It needs
 //! root, `ip` (iproute2) and `nft` (nftables).
 
 pub mod cli;
@@ -31,28 +34,25 @@ mod net;
 mod partition;
 mod probe;
 mod process;
+mod report;
 mod scenario;
 mod storm;
 mod wal;
 
-pub use cluster::{
-    Cluster, ClusterSpec, GroupView, ManagerNode, ADMIN_PORT, GATEWAY_PORT, QUIC_PORT,
-};
+pub use cluster::{Cluster, ClusterSpec, ManagerNode, ADMIN_PORT, GATEWAY_PORT, QUIC_PORT};
 pub use error::ChaosError;
 pub use net::{
     cleanup_active_runs, list_namespaces, namespaces_with_prefix, parse_run_prefix, pids_in,
     process_alive, remove_leftovers, remove_run, Host, HostSpec, Role, RunId, TestNet, KNOWN_TAGS,
 };
 pub use partition::{ensure_nft, nft_script, tables_in, Partition, NFT_TABLE};
-pub use probe::{median, unavailability, unix_ms, ProbeRecord, Unavailability};
+pub use probe::{median, unavailability, unix_ms, ProbeError, ProbeRecord, Unavailability};
 pub use process::{NodeProcess, ProcessState};
-pub use scenario::{
-    run_scenario, topic_in_group, FaultRecord, ProbeProcess, Scenario, ScenarioOptions,
-    ScenarioReport,
-};
+pub use report::{FaultRecord, Scenario, ScenarioOptions, ScenarioReport, StormFault, StormReport};
+pub use scenario::{run_scenario, topic_in_group, ProbeProcess};
 pub use storm::{
     gateway_of, percentile, run_worker, storm_progress, topic_name, topic_of, MissingClient,
-    StormCommand, StormConfig, StormEvent, StormFault, StormProgress, StormReport, Verification,
+    StormCommand, StormConfig, StormEvent, StormProgress, StormWorkerError, Verification,
     DEFAULT_CLIENTS, DEFAULT_FAULTS, DEFAULT_TOPICS, MAX_CLIENTS, MAX_TOPICS,
 };
 pub use wal::{damage_wal, last_segment, WalDamage};

@@ -10,6 +10,17 @@ use firetower_link::{LinkClient, LinkOptions};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
+/// Why the probe stopped before it was killed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The link client could not reach the cluster.
+    #[error("cannot connect to the managers: {0}")]
+    Connect(#[from] firetower_link::LinkError),
+    /// A record could not be written as JSON (cannot happen for these plain numbers).
+    #[error("cannot encode a record: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
 /// One probe operation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProbeRecord {
@@ -39,7 +50,7 @@ pub async fn run_probe(
     gateway: u64,
     interval: Duration,
     t0_unix_ms: f64,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     // A short deadline: a request in flight to a manager that just died waits for the whole
     // deadline (the link client's per-attempt timeout is its request timeout), so a long one
     // would measure the client's patience rather than the cluster's failover.
@@ -48,9 +59,7 @@ pub async fn run_probe(
         min_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(200),
     };
-    let link = LinkClient::connect(gateway, managers, options)
-        .await
-        .map_err(|e| e.to_string())?;
+    let link = LinkClient::connect(gateway, managers, options).await?;
     let offset = unix_ms() - t0_unix_ms;
     let origin = Instant::now();
     let now = move || offset + origin.elapsed().as_secs_f64() * 1e3;
@@ -88,7 +97,7 @@ pub async fn run_probe(
     drop(tx);
     let mut out = tokio::io::stdout();
     while let Some(r) = rx.recv().await {
-        let mut line = serde_json::to_string(&r).map_err(|e| e.to_string())?;
+        let mut line = serde_json::to_string(&r)?;
         line.push('\n');
         if out.write_all(line.as_bytes()).await.is_err() {
             // The harness went away: stop.

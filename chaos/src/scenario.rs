@@ -13,131 +13,14 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
 use crate::cluster::{Cluster, ClusterSpec};
-use crate::probe::{median, unavailability, unix_ms, ProbeRecord, Unavailability};
-use crate::storm::StormReport;
+use crate::probe::{median, unavailability, unix_ms, ProbeRecord};
+use crate::report::{FaultRecord, Scenario, ScenarioOptions, ScenarioReport};
 use crate::ChaosError;
-
-/// The scenarios `firetower chaos run` knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Scenario {
-    /// kill -9 the leader of one group, repeatedly.
-    LeaderKillLoop,
-    /// Restart every manager in turn.
-    RollingRestart,
-    /// kill -9 a gateway under many WebSocket clients and start it again, repeatedly.
-    ReconnectStorm,
-}
-
-impl Scenario {
-    /// Faults (or rounds) when `--cycles`/`--faults` is not given.
-    pub fn default_cycles(self) -> usize {
-        match self {
-            Scenario::LeaderKillLoop | Scenario::RollingRestart => 5,
-            Scenario::ReconnectStorm => crate::storm::DEFAULT_FAULTS,
-        }
-    }
-}
-
-/// Knobs of a scenario run.
-#[derive(Debug, Clone)]
-pub struct ScenarioOptions {
-    /// The `firetower` binary.
-    pub binary: PathBuf,
-    /// Where data, logs and the report go.
-    pub run_dir: PathBuf,
-    /// Faults to inject (leader-kill-loop, reconnect-storm); rolling-restart restarts each
-    /// manager once per cycle.
-    pub cycles: usize,
-    /// Quiet time after each fault has healed, before the next.
-    pub settle: Duration,
-    /// WebSocket clients (reconnect-storm).
-    pub clients: usize,
-    /// Topics the clients subscribe to, one each (reconnect-storm).
-    pub topics: usize,
-}
-
-/// One injected fault.
-#[derive(Debug, Clone, Serialize)]
-pub struct FaultRecord {
-    /// What was done.
-    pub kind: String,
-    /// To which host.
-    pub node: String,
-    /// When it began (ms since t0).
-    pub start_ms: f64,
-    /// When the harness considered it healed and settled (ms since t0).
-    pub end_ms: f64,
-    /// From the fault until `cluster members` showed a new leader of the probe's group (ms;
-    /// polled every 100 ms), when the fault removed a leader.
-    pub new_leader_ms: Option<f64>,
-}
-
-/// The outcome of a scenario.
-#[derive(Debug, Clone, Serialize)]
-pub struct ScenarioReport {
-    /// Which scenario.
-    pub scenario: Scenario,
-    /// The faults, in order.
-    pub faults: Vec<FaultRecord>,
-    /// Per fault, subscribing (empty for reconnect-storm: its clients' resubscribes are in
-    /// `storm`).
-    pub subscribe: Vec<Unavailability>,
-    /// Per fault, publishing.
-    pub publish: Vec<Unavailability>,
-    /// Median unavailability of subscribing over the faults, ms (0 without a subscribe
-    /// probe).
-    pub median_subscribe_ms: f64,
-    /// Median unavailability of publishing over the faults, ms.
-    pub median_publish_ms: f64,
-    /// Worst unavailability of either, ms.
-    pub max_ms: f64,
-    /// Probe operations recorded.
-    pub probe_ops: usize,
-    /// reconnect-storm: reconnection times and the post-storm delivery check.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub storm: Option<StormReport>,
-}
-
-impl ScenarioReport {
-    /// A human-readable table.
-    pub fn table(&self) -> String {
-        if let Some(storm) = &self.storm {
-            return storm.table(self);
-        }
-        let mut s = format!(
-            "scenario {:?}: {} faults, {} probe operations\n",
-            self.scenario,
-            self.faults.len(),
-            self.probe_ops
-        );
-        s.push_str("fault                     node   subscribe_ms  publish_ms  new_leader_ms\n");
-        for (i, f) in self.faults.iter().enumerate() {
-            let sub = self.subscribe.get(i).map_or(0.0, |u| u.unavailable_ms);
-            let publ = self.publish.get(i).map_or(0.0, |u| u.unavailable_ms);
-            let leader = f
-                .new_leader_ms
-                .map_or_else(|| "-".to_string(), |ms| format!("{ms:.0}"));
-            s.push_str(&format!(
-                "{:<25} {:<6} {:>12.0} {:>11.0} {:>14}\n",
-                f.kind, f.node, sub, publ, leader
-            ));
-        }
-        s.push_str(&format!(
-            "median                           {:>12.0} {:>11.0}\nmax (either): {:.0} ms\n",
-            self.median_subscribe_ms, self.median_publish_ms, self.max_ms
-        ));
-        s
-    }
-}
 
 /// A running probe process in the client namespace and the records it printed so far.
 #[derive(Debug)]
@@ -234,7 +117,7 @@ pub fn run_scenario(
     options: &ScenarioOptions,
 ) -> Result<ScenarioReport, ChaosError> {
     if scenario == Scenario::ReconnectStorm {
-        return crate::storm::run(options);
+        return crate::storm::harness::run(options);
     }
     let mut spec = ClusterSpec::new(options.binary.clone(), options.run_dir.clone());
     spec.tag = "ftc".into();

@@ -12,6 +12,7 @@ use firetower_chaos::{
     namespaces_with_prefix, pids_in, remove_leftovers, tables_in, Cluster, ClusterSpec, HostSpec,
     Partition, ProcessState, Role, TestNet, WalDamage, ADMIN_PORT,
 };
+use firetower_proto::ManagerId;
 
 /// The tests share the machine's namespace list; one at a time keeps their checks exact.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -280,7 +281,7 @@ fn process_faults_kill_pause_restart_damage_and_replace() {
     let groups = cluster.wait_for_leaders(Duration::from_secs(30)).unwrap();
     assert!(groups
         .iter()
-        .all(|g| g.voters.contains(&new) && !g.voters.contains(&old)));
+        .all(|g| g.voters.contains(&ManagerId(new)) && !g.voters.contains(&ManagerId(old))));
 
     drop(cluster);
     assert_run_gone(&prefix);

@@ -431,7 +431,10 @@ impl Client {
         Ok(())
     }
 
-    async fn send_close(&mut self, code: u16, reason: &str) -> Result<(), ClientError> {
+    /// Send a close frame (`code`, `reason`) without waiting for the server's: keep reading
+    /// with [`Client::next_event`] until its [`Event::Close`] (which is then not answered
+    /// again) and the end of the stream. [`Client::close`] does both and drops what arrives.
+    pub async fn send_close(&mut self, code: u16, reason: &str) -> Result<(), ClientError> {
         self.close_sent = true;
         let frame = ws::encode_close_frame(code, reason, Some(rand::random()));
         self.send_raw(&frame).await

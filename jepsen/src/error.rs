@@ -37,6 +37,9 @@ pub enum JepsenError {
     /// The worker process failed.
     #[error("worker: {0}")]
     Worker(String),
+    /// The worker's link to the managers could not be set up.
+    #[error("worker: {0}")]
+    Link(#[from] crate::rawlink::RawLinkError),
     /// A bad argument.
     #[error("{0}")]
     Usage(String),

@@ -15,9 +15,11 @@
 //!              throughput.svg; exit 1 when invalid
 //! ```
 //!
-//! The checker ([`linearizability`], [`subscriptions`]) is pure code over plain data. The
-//! harness drives the built binary from outside and uses only the public client API
-//! (`firetower_proto` frames over QUIC); it never links manager internals.
+//! The checkers ([`linearizability`], [`subscriptions`], [`delivery`]) are pure code over
+//! plain data. The harness drives the built binary from outside and uses only public APIs:
+//! `firetower_proto` frames over QUIC ([`rawlink`]), WebSocket clients of `firetower_client`
+//! (delivery), `cluster members --json` as `firetower_proto::MembersView`, and the gateways'
+//! JSON log events (`session_up` / `session_down`); it never links manager internals.
 
 pub mod check;
 pub mod cli;

@@ -23,6 +23,7 @@
 
 use std::collections::BTreeSet;
 
+use firetower_proto::MembersView;
 use serde_json::{json, Value};
 
 use crate::history::{Op, OpType, Process};
@@ -50,15 +51,12 @@ pub fn op(kind: OpType, f: &str, value: Value, time_ns: u64, error: Option<Strin
 }
 
 /// The compact form of `cluster members --json` kept in the history.
-pub fn members_value(members: &Value) -> Value {
-    let groups: Vec<Value> = members["groups"]
-        .as_array()
-        .map(|gs| {
-            gs.iter()
-                .map(|g| json!({"id": g["id"], "leader": g["leader"], "voters": g["voters"]}))
-                .collect()
-        })
-        .unwrap_or_default();
+pub fn members_value(members: &MembersView) -> Value {
+    let groups: Vec<Value> = members
+        .groups
+        .iter()
+        .map(|g| json!({"id": g.id, "leader": g.leader, "voters": g.voters}))
+        .collect();
     json!({ "groups": groups })
 }
 

@@ -13,10 +13,41 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use firetower_link::{decode_frame, encode_frame, MAX_LINK_FRAME_BYTES};
+use firetower_link::{decode_frame, encode_frame, FrameError, StreamError, MAX_LINK_FRAME_BYTES};
 use firetower_proto::group_of;
 use firetower_proto::link::{gateway_reply, gateway_request, GatewayReply, GatewayRequest};
 use rand::Rng;
+
+/// Why a [`RawLink`] could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RawLinkError {
+    /// The QUIC endpoint could not be created.
+    #[error("QUIC endpoint: {0}")]
+    Endpoint(#[source] std::io::Error),
+    /// No manager answered the routing request in time.
+    #[error("no manager returned the routing table within {0:?}")]
+    NoRouting(Duration),
+}
+
+/// Why one request to one manager got no answer, after it was sent.
+#[derive(Debug, thiserror::Error)]
+enum ExchangeError {
+    /// The request could not be written.
+    #[error("{0}")]
+    Write(#[from] quinn::WriteError),
+    /// The stream was already closed.
+    #[error("{0}")]
+    Finish(#[from] quinn::ClosedStream),
+    /// The reply could not be read.
+    #[error("{0}")]
+    Read(#[from] quinn::ReadToEndError),
+    /// The reply is not a reply frame.
+    #[error("{0}")]
+    Decode(#[from] FrameError),
+}
+
+/// How long [`RawLink::new`] waits for the routing table.
+const ROUTING_WAIT: Duration = Duration::from_secs(30);
 
 /// The outcome of one logical request.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,9 +82,12 @@ enum Attempt {
 
 impl RawLink {
     /// Connect lazily to `managers`; `groups` is learned from the first manager that answers.
-    pub async fn new(managers: Vec<SocketAddr>, deadline: Duration) -> Result<RawLink, String> {
-        let endpoint = firetower_link::client_endpoint("0.0.0.0:0".parse().map_err(|_| "bind")?)
-            .map_err(|e| format!("QUIC endpoint: {e}"))?;
+    pub async fn new(
+        managers: Vec<SocketAddr>,
+        deadline: Duration,
+    ) -> Result<RawLink, RawLinkError> {
+        let bind = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0));
+        let endpoint = firetower_link::client_endpoint(bind).map_err(RawLinkError::Endpoint)?;
         let mut link = RawLink {
             endpoint,
             managers,
@@ -79,8 +113,8 @@ impl RawLink {
                     }
                 }
             }
-            if start.elapsed() > Duration::from_secs(30) {
-                return Err("no manager returned the routing table within 30 s".into());
+            if start.elapsed() > ROUTING_WAIT {
+                return Err(RawLinkError::NoRouting(ROUTING_WAIT));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -179,7 +213,7 @@ impl RawLink {
             .remove(&addr);
     }
 
-    async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, String> {
+    async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, StreamError> {
         let cached = self
             .connections
             .lock()
@@ -191,14 +225,10 @@ impl RawLink {
                 return Ok(c);
             }
         }
-        let connecting = self
-            .endpoint
-            .connect(addr, "firetower")
-            .map_err(|e| e.to_string())?;
+        let connecting = self.endpoint.connect(addr, "firetower")?;
         let conn = tokio::time::timeout(Duration::from_millis(1_000), connecting)
             .await
-            .map_err(|_| "QUIC handshake timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| StreamError::HandshakeTimeout)??;
         self.connections
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -209,7 +239,7 @@ impl RawLink {
     async fn send(&self, addr: SocketAddr, request: &GatewayRequest) -> Attempt {
         let conn = match self.connection(addr).await {
             Ok(c) => c,
-            Err(e) => return Attempt::NotSent(e),
+            Err(e) => return Attempt::NotSent(e.to_string()),
         };
         let (mut send, mut recv) =
             match tokio::time::timeout(Duration::from_millis(500), conn.open_bi()).await {
@@ -224,21 +254,16 @@ impl RawLink {
                 }
             };
         let exchange = async {
-            send.write_all(&encode_frame(request))
-                .await
-                .map_err(|e| e.to_string())?;
-            send.finish().map_err(|e| e.to_string())?;
-            let bytes = recv
-                .read_to_end(MAX_LINK_FRAME_BYTES + 4)
-                .await
-                .map_err(|e| e.to_string())?;
-            decode_frame::<GatewayReply>(&bytes).map_err(|e| e.to_string())
+            send.write_all(&encode_frame(request)).await?;
+            send.finish()?;
+            let bytes = recv.read_to_end(MAX_LINK_FRAME_BYTES + 4).await?;
+            Ok::<_, ExchangeError>(decode_frame::<GatewayReply>(&bytes)?)
         };
         match tokio::time::timeout(self.deadline, exchange).await {
             Ok(Ok(reply)) => Attempt::Reply(reply),
             Ok(Err(e)) => {
                 self.forget(addr);
-                Attempt::Lost(e)
+                Attempt::Lost(e.to_string())
             }
             Err(_) => {
                 self.forget(addr);

@@ -7,7 +7,7 @@
 //!   DIR/verdict.json    the checker's verdict (+ verdict.txt for humans)
 //!   DIR/latency.svg     latency over time, fault windows shaded
 //!   DIR/throughput.svg  ok operations per second, fault windows shaded
-//!   DIR/logs/           every manager's and gateway's log
+//!   DIR/logs/           every manager's and gateway's log (gateways: JSON lines)
 //! ```
 
 use std::io::{BufRead, BufReader};
@@ -248,7 +248,8 @@ pub fn run(config: &RunConfig) -> Result<Verdict, JepsenError> {
     }
     let worker_status = worker.wait().ok();
     let bad_lines = reader.join().unwrap_or(0);
-    // Session gaps of the gateways (from their logs) excuse lost deliveries.
+    // Session gaps of the gateways (the `session_up` / `session_down` events of their JSON
+    // logs) tell the delivery checker when a gateway had no session with a manager.
     for (i, name) in cluster.gateway_names().iter().enumerate() {
         let Ok(path) = cluster.gateway_log(name) else {
             continue;
@@ -368,11 +369,9 @@ fn final_members(cluster: &Cluster, clock: &Clock) -> Op {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let read = cluster.members();
-        let settled = read.as_ref().is_ok_and(|m| {
-            m["groups"]
-                .as_array()
-                .is_some_and(|gs| gs.iter().all(|g| g["leader"].as_u64().is_some()))
-        });
+        let settled = read
+            .as_ref()
+            .is_ok_and(|m| m.groups.iter().all(|g| g.leader.is_some()));
         match read {
             Ok(m) if settled || Instant::now() >= deadline => {
                 return op(

@@ -137,11 +137,7 @@ pub(crate) fn spawn_printer() -> (mpsc::UnboundedSender<Op>, tokio::task::JoinHa
 
 pub(crate) async fn run_subscriptions(config: WorkerConfig) -> Result<(), JepsenError> {
     let clock = Clock::new(config.t0_unix_ms);
-    let link = Arc::new(
-        RawLink::new(config.managers.clone(), Duration::from_secs(3))
-            .await
-            .map_err(JepsenError::Worker)?,
-    );
+    let link = Arc::new(RawLink::new(config.managers.clone(), Duration::from_secs(3)).await?);
     let pool = Arc::new(Mutex::new(KeyPool::new(
         format!("jk{}", config.seed),
         (config.concurrency / 2).max(2),

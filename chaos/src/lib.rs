@@ -26,6 +26,9 @@
 //! link client and the client library, and damages files only of stopped managers. It needs
 //! root, `ip` (iproute2) and `nft` (nftables).
 
+#![warn(missing_docs, unreachable_pub)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 pub mod cli;
 mod cluster;
 mod cmd;

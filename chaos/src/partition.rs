@@ -159,7 +159,7 @@ pub fn nft_script(sources: &[Ipv4Addr]) -> String {
 }
 
 /// Load `partition` into the hosts' namespaces. Hosts not named in it lose any earlier rules.
-pub fn apply(partition: &Partition, hosts: &[Host]) -> Result<(), ChaosError> {
+pub(crate) fn apply(partition: &Partition, hosts: &[Host]) -> Result<(), ChaosError> {
     ensure_nft()?;
     let drops = partition.drops_by_host();
     for host in hosts {
@@ -186,7 +186,7 @@ pub fn apply(partition: &Partition, hosts: &[Host]) -> Result<(), ChaosError> {
 }
 
 /// Remove every rule of this library from the hosts.
-pub fn heal(hosts: &[Host]) -> Result<(), ChaosError> {
+pub(crate) fn heal(hosts: &[Host]) -> Result<(), ChaosError> {
     for host in hosts {
         heal_host(host)?;
     }

@@ -44,7 +44,7 @@ pub fn unix_ms() -> f64 {
 
 /// Run the probe until killed: alternate subscribe/unsubscribe of `topic` as gateway
 /// `gateway`, and publish to it, every `interval`, printing [`ProbeRecord`] lines.
-pub async fn run_probe(
+pub(crate) async fn run_probe(
     managers: Vec<SocketAddr>,
     topic: String,
     gateway: u64,

@@ -21,6 +21,9 @@
 //! (delivery), `cluster members --json` as `firetower_proto::MembersView`, and the gateways'
 //! JSON log events (`session_up` / `session_down`); it never links manager internals.
 
+#![warn(missing_docs, unreachable_pub)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 pub mod check;
 pub mod cli;
 pub mod delivery;

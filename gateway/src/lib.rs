@@ -15,7 +15,8 @@
 //!
 //! The client protocol itself (frames, the WebSocket codec and handshake, HTTP head parsing,
 //! TCP framing) lives in `firetower-client` and is re-exported here; the index is pure and
-//! property-tested; `connection` and `server` do the I/O. The manager side of
+//! property-tested, and so is each client's `session` (a sans-I/O state machine);
+//! `connection` and `server` do the I/O. The manager side of
 //! the link ([`LinkClient`]) keeps one QUIC connection per manager and follows leaders. This
 //! crate does not terminate TLS (put a proxy in front) and does not compress WebSocket frames.
 
@@ -24,19 +25,26 @@ mod config;
 mod connection;
 mod http;
 mod index;
+mod locks;
 mod metrics;
+mod queue;
 mod server;
+mod session;
+mod shared;
+mod token_bucket;
 mod upstream;
+mod wire;
 
 pub use cluster::{ClusterOptions, ClusterUpstream};
 pub use config::{ConfigError, ConnectionLimits, GatewayConfig};
-pub use connection::{PushOutcome, QueueLimits, SendQueue, Wire};
 /// The link to the managers lives in `firetower-link`; re-exported for existing users.
 pub use firetower_link::{client_endpoint, LinkClient, LinkError, LinkOptions, Written};
 pub use index::{ConnId, Effect, IndexError, SubscriptionIndex, TopicState};
 pub use metrics::MetricsSnapshot;
+pub use queue::{PushOutcome, QueueLimits, SendQueue};
 pub use server::{Gateway, GatewayError, GatewayHandle};
 pub use upstream::{BoxFuture, Delivery, Stamp, Upstream, UpstreamError};
+pub use wire::Wire;
 
 // The client protocol, from the crate that owns it, under the names other crates know.
 pub use firetower_client::{

@@ -1,4 +1,5 @@
-//! The gateway server: listeners, the shared state, the fan-out of deliveries, and shutdown.
+//! The gateway server: listeners, the fan-out of deliveries, and shutdown. The top layer: it
+//! wires `shared.rs` (state every task shares) to `connection.rs` (one task per connection).
 //!
 //! ```text
 //!   TcpListener :9090 ──accept──▶ task per connection: HTTP request ─▶ /ws session | response
@@ -17,15 +18,11 @@
 //! close (1001) and for their unsubscribes to reach the cluster. Tasks are isolated: a panic
 //! in one is caught, counted, and cleaned up by drop guards; the process keeps serving.
 
-use std::any::Any;
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -37,10 +34,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{ConfigError, GatewayConfig};
-use crate::connection::{serve_http, serve_tcp, ConnCtx, PushOutcome};
-use crate::index::{ConnId, Effect, SubscriptionIndex};
+use crate::connection::{serve_http, serve_tcp};
+use crate::index::{ConnId, SubscriptionIndex};
+use crate::locks::lock;
 use crate::metrics::{inc, Metrics, MetricsSnapshot};
-use crate::upstream::{Delivery, Upstream, UpstreamError};
+use crate::queue::PushOutcome;
+use crate::shared::{apply, panic_text, spawn_guarded, Shared, State};
+use crate::upstream::{Delivery, Upstream};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -56,163 +56,6 @@ pub enum GatewayError {
         /// The OS error.
         source: std::io::Error,
     },
-}
-
-/// Lock a mutex, ignoring poisoning: every critical section leaves its data consistent
-/// before calling anything that can panic, and a panicking connection must not wedge the rest.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// The index and the live connections, under one lock so that fan-out sees a consistent pair.
-#[derive(Debug)]
-pub(crate) struct State {
-    pub(crate) index: SubscriptionIndex,
-    pub(crate) conns: HashMap<ConnId, Arc<ConnCtx>>,
-}
-
-/// What every task of one gateway shares.
-pub(crate) struct Shared {
-    pub(crate) config: GatewayConfig,
-    pub(crate) upstream: Arc<dyn Upstream>,
-    pub(crate) metrics: Metrics,
-    pub(crate) state: Mutex<State>,
-    pub(crate) cancel: CancellationToken,
-    pub(crate) tracker: TaskTracker,
-    next_conn: AtomicU64,
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Run index effects: replies now (under the lock, cheap), upstream requests in tasks.
-pub(crate) fn apply(shared: &Arc<Shared>, state: &mut State, effects: Vec<Effect>) {
-    for effect in effects {
-        match effect {
-            Effect::Subscribe(topic) => spawn_upstream(shared, topic, true),
-            Effect::Unsubscribe(topic) => spawn_upstream(shared, topic, false),
-            Effect::Ack { conn, id } => {
-                if let Some(c) = state.conns.get(&conn) {
-                    c.reply(&ServerFrame::Ack { id });
-                }
-            }
-            Effect::Fail {
-                conn,
-                id,
-                topic,
-                error,
-            } => {
-                if let Some(c) = state.conns.get(&conn) {
-                    c.reply(&ServerFrame::error(
-                        Some(id),
-                        error.code(),
-                        format!("subscribe to {topic:?} failed: {error}"),
-                    ));
-                }
-            }
-        }
-    }
-    shared
-        .metrics
-        .topics
-        .store(state.index.topic_count() as u64, Ordering::Relaxed);
-    shared
-        .metrics
-        .subscriptions
-        .store(state.index.subscription_count() as u64, Ordering::Relaxed);
-}
-
-fn spawn_upstream(shared: &Arc<Shared>, topic: Arc<str>, subscribe: bool) {
-    let s = shared.clone();
-    let t = topic.clone();
-    let on_panic = {
-        let s = shared.clone();
-        move || {
-            let err = Err(UpstreamError::Unavailable(
-                "the gateway failed internally".into(),
-            ));
-            upstream_done(&s, &topic, subscribe, err);
-        }
-    };
-    spawn_guarded(
-        shared,
-        async move {
-            let request = if subscribe {
-                s.upstream.subscribe(&t)
-            } else {
-                s.upstream.unsubscribe(&t)
-            };
-            let result = match tokio::time::timeout(s.config.request_timeout, request).await {
-                Ok(r) => r,
-                Err(_) => Err(UpstreamError::Timeout),
-            };
-            upstream_done(&s, &t, subscribe, result);
-        },
-        on_panic,
-    );
-}
-
-fn upstream_done(
-    shared: &Arc<Shared>,
-    topic: &str,
-    subscribe: bool,
-    result: Result<(), UpstreamError>,
-) {
-    if let Err(e) = &result {
-        tracing::warn!(topic, subscribe, error = %e, "upstream request failed");
-    }
-    let mut state = lock(&shared.state);
-    let effects = if subscribe {
-        state.index.subscribe_done(topic, result)
-    } else {
-        state.index.unsubscribe_done(topic, result)
-    };
-    apply(shared, &mut state, effects);
-}
-
-/// A future that turns a panic into `Err` instead of unwinding into the runtime.
-struct CatchUnwind<F>(Pin<Box<F>>);
-
-impl<F: Future> Future for CatchUnwind<F> {
-    type Output = Result<F::Output, Box<dyn Any + Send>>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = self.0.as_mut();
-        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
-            Err(panic) => Poll::Ready(Err(panic)),
-        }
-    }
-}
-
-fn panic_text(panic: &(dyn Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("non-string panic")
-}
-
-/// Spawn a tracked task; if it panics, count it, log it and run `on_panic`.
-pub(crate) fn spawn_guarded<F, P>(shared: &Arc<Shared>, fut: F, on_panic: P)
-where
-    F: Future<Output = ()> + Send + 'static,
-    P: FnOnce() + Send + 'static,
-{
-    let s = shared.clone();
-    shared.tracker.spawn(async move {
-        if let Err(panic) = CatchUnwind(Box::pin(fut)).await {
-            inc(&s.metrics.panics);
-            tracing::error!(panic = panic_text(&*panic), "task panicked; isolated");
-            on_panic();
-        }
-    });
 }
 
 /// Removes a connection from the index and the registry however its task ends.
@@ -481,7 +324,8 @@ fn fan_out(shared: &Shared, delivery: Delivery) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::{BoxFuture, Payload, Stamp};
+    use crate::shared::ConnCtx;
+    use crate::upstream::{BoxFuture, Payload, Stamp, UpstreamError};
 
     struct Null;
 
@@ -502,7 +346,7 @@ mod tests {
 
     /// The per-connection state that lives while a client is idle: the connection task's
     /// future (the session, parked in its select), the registry entry and the send queue.
-    /// Heap buffers are zero while idle (see `connection.rs`); this bounds the rest.
+    /// Heap buffers are zero while idle (see `session.rs`); this bounds the rest.
     #[tokio::test]
     async fn idle_connection_state_fits_the_budget() {
         let config = GatewayConfig {

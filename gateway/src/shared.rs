@@ -1,0 +1,202 @@
+//! What every task of one gateway shares: the configuration, the upstream, the metrics, and
+//! under one lock the subscription index with the registry of live connections. The bottom
+//! layer: the connection driver and the server both build on it, it knows neither.
+//!
+//! ```text
+//!   server (accept, fan-out) ──▶ connection (driver) ──▶ session, queue, wire
+//!              │                        │
+//!              └──────────┬─────────────┘
+//!                         ▼
+//!   shared: Shared { config, upstream, metrics, Mutex<State { index, conns }>, tasks }
+//!           apply(effects): replies through the connections' queues, upstream requests in
+//!           guarded tasks whose completions go back into the index
+//! ```
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use firetower_client::ServerFrame;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::GatewayConfig;
+use crate::index::{ConnId, Effect, SubscriptionIndex};
+use crate::locks::lock;
+use crate::metrics::{inc, Metrics};
+use crate::queue::SendQueue;
+use crate::upstream::{Upstream, UpstreamError};
+use crate::wire::Wire;
+
+/// What the server knows of a live connection (registered while its session runs).
+#[derive(Debug)]
+pub(crate) struct ConnCtx {
+    pub(crate) id: ConnId,
+    pub(crate) wire: Wire,
+    pub(crate) queue: SendQueue,
+    /// The connection's requests waiting for the cluster.
+    pub(crate) in_flight: AtomicUsize,
+}
+
+impl ConnCtx {
+    pub(crate) fn reply(&self, frame: &ServerFrame) {
+        self.queue.push_reply(self.wire.encode(frame));
+    }
+}
+
+/// The index and the live connections, under one lock so that fan-out sees a consistent pair.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) index: SubscriptionIndex,
+    pub(crate) conns: HashMap<ConnId, Arc<ConnCtx>>,
+}
+
+/// What every task of one gateway shares.
+pub(crate) struct Shared {
+    pub(crate) config: GatewayConfig,
+    pub(crate) upstream: Arc<dyn Upstream>,
+    pub(crate) metrics: Metrics,
+    pub(crate) state: Mutex<State>,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) next_conn: AtomicU64,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Run index effects: replies now (under the lock, cheap), upstream requests in tasks.
+pub(crate) fn apply(shared: &Arc<Shared>, state: &mut State, effects: Vec<Effect>) {
+    for effect in effects {
+        match effect {
+            Effect::Subscribe(topic) => spawn_upstream(shared, topic, true),
+            Effect::Unsubscribe(topic) => spawn_upstream(shared, topic, false),
+            Effect::Ack { conn, id } => {
+                if let Some(c) = state.conns.get(&conn) {
+                    c.reply(&ServerFrame::Ack { id });
+                }
+            }
+            Effect::Fail {
+                conn,
+                id,
+                topic,
+                error,
+            } => {
+                if let Some(c) = state.conns.get(&conn) {
+                    c.reply(&ServerFrame::error(
+                        Some(id),
+                        error.code(),
+                        format!("subscribe to {topic:?} failed: {error}"),
+                    ));
+                }
+            }
+        }
+    }
+    shared
+        .metrics
+        .topics
+        .store(state.index.topic_count() as u64, Ordering::Relaxed);
+    shared
+        .metrics
+        .subscriptions
+        .store(state.index.subscription_count() as u64, Ordering::Relaxed);
+}
+
+fn spawn_upstream(shared: &Arc<Shared>, topic: Arc<str>, subscribe: bool) {
+    let s = shared.clone();
+    let t = topic.clone();
+    let on_panic = {
+        let s = shared.clone();
+        move || {
+            let err = Err(UpstreamError::Unavailable(
+                "the gateway failed internally".into(),
+            ));
+            upstream_done(&s, &topic, subscribe, err);
+        }
+    };
+    spawn_guarded(
+        shared,
+        async move {
+            let request = if subscribe {
+                s.upstream.subscribe(&t)
+            } else {
+                s.upstream.unsubscribe(&t)
+            };
+            let result = match tokio::time::timeout(s.config.request_timeout, request).await {
+                Ok(r) => r,
+                Err(_) => Err(UpstreamError::Timeout),
+            };
+            upstream_done(&s, &t, subscribe, result);
+        },
+        on_panic,
+    );
+}
+
+fn upstream_done(
+    shared: &Arc<Shared>,
+    topic: &str,
+    subscribe: bool,
+    result: Result<(), UpstreamError>,
+) {
+    if let Err(e) = &result {
+        tracing::warn!(topic, subscribe, error = %e, "upstream request failed");
+    }
+    let mut state = lock(&shared.state);
+    let effects = if subscribe {
+        state.index.subscribe_done(topic, result)
+    } else {
+        state.index.unsubscribe_done(topic, result)
+    };
+    apply(shared, &mut state, effects);
+}
+
+/// A future that turns a panic into `Err` instead of unwinding into the runtime.
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}
+
+/// The text of a caught panic, for the log.
+pub(crate) fn panic_text(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("non-string panic")
+}
+
+/// Spawn a tracked task; if it panics, count it, log it and run `on_panic`.
+pub(crate) fn spawn_guarded<F, P>(shared: &Arc<Shared>, fut: F, on_panic: P)
+where
+    F: Future<Output = ()> + Send + 'static,
+    P: FnOnce() + Send + 'static,
+{
+    let s = shared.clone();
+    shared.tracker.spawn(async move {
+        if let Err(panic) = CatchUnwind(Box::pin(fut)).await {
+            inc(&s.metrics.panics);
+            tracing::error!(panic = panic_text(&*panic), "task panicked; isolated");
+            on_panic();
+        }
+    });
+}

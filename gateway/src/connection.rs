@@ -204,6 +204,10 @@ enum Event {
 
 impl Driver {
     async fn run(&mut self) {
+        // Input that arrived with the handshake is served before waiting for more.
+        if let Flow::Stop = self.perform_actions(Instant::now()).await {
+            return;
+        }
         loop {
             let closing = self.session.is_closing();
             let has_output = self.session.wants_to_write(&self.ctx.queue);

@@ -153,8 +153,10 @@ impl ClientSession {
             idle_timeout: limits.idle_timeout,
             pong_timeout: limits.pong_timeout,
             close_timeout: limits.close_timeout,
+            // Bytes that came in behind the upgrade request are decoded at once, not when the
+            // client next sends something.
+            decoding: !buffered.is_empty(),
             rbuf: buffered,
-            decoding: false,
             assembler: MessageAssembler::new(limits.max_frame_bytes),
             writing: VecDeque::new(),
             subscribe_bucket: TokenBucket::new(limits.subscribe_rate, limits.subscribe_burst, now),

@@ -276,3 +276,34 @@ async fn bad_upgrades_get_http_errors() {
     tokio::time::sleep(Duration::from_millis(1)).await;
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn frames_sent_with_the_upgrade_request_are_served_at_once() {
+    // A client that does not wait for the 101 (RFC 6455 says it should) still gets its
+    // pipelined frames answered, without having to send anything more.
+    use firetower_gateway::{ws, Flavour};
+    let (gw, _fake) = start(test_config()).await;
+    let mut s = TcpStream::connect(gw.local_addr()).await.unwrap();
+    let mut bytes = ws::upgrade_request("x", "/ws", &ws::client_key([7; 16]), Flavour::Json);
+    bytes.extend_from_slice(&ws::encode_frame(
+        true,
+        Opcode::Text,
+        br#"{"op":"ping","id":41}"#,
+        Some([1, 2, 3, 4]),
+    ));
+    s.write_all(&bytes).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let pong = br#"{"op":"pong","id":41}"#;
+    tokio::time::timeout(WAIT, async {
+        while !got.windows(pong.len()).any(|w| w == pong) {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the pong: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the pipelined ping is answered without more input");
+    assert!(got.starts_with(b"HTTP/1.1 101"), "{:?}", String::from_utf8_lossy(&got));
+    gw.shutdown().await;
+}

@@ -112,7 +112,11 @@ pub(crate) async fn serve_session(
             }
             Ok(None) => break,
             Err(e) => {
-                tracing::debug!(gateway = gateway.get(), error = %e, "gateway session stream failed");
+                tracing::debug!(
+                    gateway = gateway.get(),
+                    error = %e,
+                    "gateway session stream failed"
+                );
                 break;
             }
         }

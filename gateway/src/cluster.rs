@@ -22,13 +22,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use firetower_link::{
-    decode_body, read_link_frame, write_link_frame, LinkClient, LinkError, LinkOptions,
-    LinkRequest, Routing, MAX_LINK_FRAME_BYTES,
+    decode_body, read_link_frame, write_link_frame, FrameError, LinkClient, LinkError, LinkOptions,
+    LinkRequest, ReadFrameError, Routing, StreamError, MAX_LINK_FRAME_BYTES,
 };
-use firetower_proto::group_of;
 use firetower_proto::link::{
     gateway_frame, session_frame, DeliveryAck, GatewayFrame, Heartbeat, SessionFrame,
 };
+use firetower_proto::{group_of, Epoch};
 use tokio::sync::mpsc;
 
 use crate::upstream::{BoxFuture, Delivery, Payload, Stamp, Upstream, UpstreamError};
@@ -54,6 +54,34 @@ impl Default for ClusterOptions {
     }
 }
 
+/// Why a session stream with one manager ended (the session loop backs off and reopens it).
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    /// No stream could be opened to the manager.
+    #[error(transparent)]
+    Open(#[from] StreamError),
+    /// Writing `OpenSession` failed.
+    #[error(transparent)]
+    Write(#[from] std::io::Error),
+    /// The stream failed or broke the framing.
+    #[error(transparent)]
+    Read(#[from] ReadFrameError),
+    /// A frame is not a `SessionFrame`.
+    #[error(transparent)]
+    Decode(#[from] FrameError),
+    /// The task writing acks and heartbeats stopped (its stream failed).
+    #[error("session writer stopped")]
+    WriterStopped,
+    /// The manager refused or closed the session.
+    #[error("{code}: {message}")]
+    Refused {
+        /// The manager's snake_case code.
+        code: String,
+        /// The manager's explanation.
+        message: String,
+    },
+}
+
 /// The gateway's view of the cluster. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct ClusterUpstream {
@@ -63,7 +91,7 @@ pub struct ClusterUpstream {
 #[derive(Debug)]
 struct Inner {
     link: LinkClient,
-    epoch: u64,
+    epoch: Epoch,
     lease: Duration,
     /// Topics this gateway holds at the cluster (or is about to): re-sent on `Resync`.
     held: Mutex<HashSet<String>>,
@@ -80,6 +108,7 @@ struct Inner {
 
 impl ClusterUpstream {
     /// Connect to the cluster through any of `managers` and open a session with every manager.
+    /// `gateway` is this gateway's id as given on the command line (`--id`).
     /// Returns the upstream and the deliveries for [`crate::Gateway::start`].
     pub async fn connect(
         gateway: u64,
@@ -88,10 +117,12 @@ impl ClusterUpstream {
     ) -> Result<(ClusterUpstream, mpsc::Receiver<Delivery>), LinkError> {
         let link = LinkClient::connect(gateway, managers, options.link.clone()).await?;
         let (tx, rx) = mpsc::channel(options.delivery_buffer.max(1));
-        let epoch = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(1);
+        let epoch = Epoch(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or(1),
+        );
         let upstream = ClusterUpstream {
             inner: Arc::new(Inner {
                 link,
@@ -116,7 +147,7 @@ impl ClusterUpstream {
     }
 
     /// This gateway's session epoch.
-    pub fn epoch(&self) -> u64 {
+    pub fn epoch(&self) -> Epoch {
         self.inner.epoch
     }
 
@@ -181,21 +212,14 @@ impl ClusterUpstream {
         }
     }
 
-    async fn run_session(&self, addr: SocketAddr) -> Result<(), String> {
-        let (mut send, mut recv) = self
-            .inner
-            .link
-            .open_stream(addr)
-            .await
-            .map_err(|e| e.to_string())?;
+    async fn run_session(&self, addr: SocketAddr) -> Result<(), SessionError> {
+        let (mut send, mut recv) = self.inner.link.open_stream(addr).await?;
         let open = LinkRequest::OpenSession {
             epoch: self.inner.epoch,
             lease: self.inner.lease,
         }
         .to_frame(self.inner.link.gateway());
-        write_link_frame(&mut send, &open)
-            .await
-            .map_err(|e| e.to_string())?;
+        write_link_frame(&mut send, &open).await?;
         let (ack_tx, mut ack_rx) = mpsc::channel::<GatewayFrame>(1024);
         let heartbeat_every = (self.inner.lease / 5).max(Duration::from_millis(100));
         // Writer: heartbeats and acks share the send side.
@@ -224,15 +248,12 @@ impl ClusterUpstream {
         addr: SocketAddr,
         recv: &mut quinn::RecvStream,
         acks: &mpsc::Sender<GatewayFrame>,
-    ) -> Result<(), String> {
+    ) -> Result<(), SessionError> {
         loop {
-            let Some(bytes) = read_link_frame(recv, MAX_LINK_FRAME_BYTES)
-                .await
-                .map_err(|e| e.to_string())?
-            else {
+            let Some(bytes) = read_link_frame(recv, MAX_LINK_FRAME_BYTES).await? else {
                 return Ok(());
             };
-            let frame: SessionFrame = decode_body(&bytes).map_err(|e| e.to_string())?;
+            let frame: SessionFrame = decode_body(&bytes)?;
             match frame.frame {
                 Some(session_frame::Frame::Opened(_)) => {
                     tracing::info!(event = "session_up", %addr, "session with manager open");
@@ -256,7 +277,7 @@ impl ClusterUpstream {
                         })),
                     };
                     if acks.send(ack).await.is_err() {
-                        return Err("session writer stopped".into());
+                        return Err(SessionError::WriterStopped);
                     }
                 }
                 Some(session_frame::Frame::Resync(r)) => {
@@ -271,7 +292,10 @@ impl ClusterUpstream {
                     self.spawn_missing_sessions();
                 }
                 Some(session_frame::Frame::Failure(f)) => {
-                    return Err(format!("{}: {}", f.code, f.message));
+                    return Err(SessionError::Refused {
+                        code: f.code,
+                        message: f.message,
+                    });
                 }
                 None => {}
             }

@@ -1,41 +1,91 @@
-//! Counters the gateway keeps for operators, rendered as Prometheus text on `/metrics` and
-//! readable in tests through [`MetricsSnapshot`].
+//! Counters the gateway keeps for operators, rendered on `/metrics` by prometheus-client's
+//! Prometheus text encoder (version 0.0.4) and readable in tests through [`MetricsSnapshot`].
 //!
-//! Plain atomics (relaxed): every counter is independent, and a scrape that sees one a little
-//! ahead of another is fine. No metrics crate: the set is small and fixed.
+//! ```text
+//!   events, counted where they happen            state, set where it changes
+//!   ─────────────────────────────────            ───────────────────────────
+//!   server: connections, panics, fan-out         server: topics, subscriptions,
+//!   connection: frames, publishes, errors        connections open
+//!   publish round trip: latency histogram        scrape: ready (from the upstream)
+//! ```
+//!
+//! Every metric is a prometheus-client metric registered once; the code that counts reaches
+//! its `AtomicU64` directly ([`inc`], `fetch_add`, `store`), relaxed: every counter is
+//! independent, and a scrape that sees one a little ahead of another is fine. Names are the
+//! ones the gateway always exported: prometheus-client appends `_total` to a counter, so a
+//! counter is registered without it.
 
-use std::fmt::Write as _;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Upper bounds (seconds) of the publish latency histogram buckets.
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Every metric name starts with this.
+const PREFIX: &str = "firetower_gateway";
+
+/// Upper bounds (seconds) of the publish latency histogram buckets: a publish on loopback
+/// takes well under a millisecond, one that waits for a failover seconds.
 const LATENCY_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-/// The gateway's counters.
-#[derive(Debug, Default)]
+/// A prometheus-client counter that the gateway bumps through its atomic ([`inc`],
+/// `fetch_add`), so counting stays one relaxed add.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AtomicCounter(Counter<u64, AtomicU64>);
+
+impl Deref for AtomicCounter {
+    type Target = AtomicU64;
+
+    fn deref(&self) -> &AtomicU64 {
+        self.0.inner()
+    }
+}
+
+/// A prometheus-client gauge that the gateway sets through its atomic (`store`, [`inc`],
+/// `fetch_sub`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AtomicGauge(Gauge<u64, AtomicU64>);
+
+impl Deref for AtomicGauge {
+    type Target = AtomicU64;
+
+    fn deref(&self) -> &AtomicU64 {
+        self.0.inner()
+    }
+}
+
+/// The gateway's metrics.
+#[derive(Debug)]
 pub struct Metrics {
-    pub(crate) connections_open: AtomicU64,
-    pub(crate) connections_total: AtomicU64,
-    pub(crate) connections_refused: AtomicU64,
-    pub(crate) handshake_failures: AtomicU64,
-    pub(crate) frames_in: AtomicU64,
-    pub(crate) publishes_in: AtomicU64,
-    pub(crate) publish_failures: AtomicU64,
-    pub(crate) deliveries_in: AtomicU64,
-    pub(crate) messages_out: AtomicU64,
-    pub(crate) messages_dropped: AtomicU64,
-    pub(crate) slow_consumer_disconnects: AtomicU64,
-    pub(crate) rate_limited: AtomicU64,
-    pub(crate) protocol_errors: AtomicU64,
-    pub(crate) idle_disconnects: AtomicU64,
-    pub(crate) panics: AtomicU64,
-    pub(crate) topics: AtomicU64,
-    pub(crate) subscriptions: AtomicU64,
-    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    latency_count: AtomicU64,
-    latency_sum_micros: AtomicU64,
+    registry: Registry,
+    ready: Gauge<u64, AtomicU64>,
+    pub(crate) connections_open: AtomicGauge,
+    pub(crate) connections_total: AtomicCounter,
+    pub(crate) connections_refused: AtomicCounter,
+    pub(crate) handshake_failures: AtomicCounter,
+    pub(crate) frames_in: AtomicCounter,
+    pub(crate) publishes_in: AtomicCounter,
+    pub(crate) publish_failures: AtomicCounter,
+    pub(crate) deliveries_in: AtomicCounter,
+    pub(crate) messages_out: AtomicCounter,
+    pub(crate) messages_dropped: AtomicCounter,
+    pub(crate) slow_consumer_disconnects: AtomicCounter,
+    pub(crate) rate_limited: AtomicCounter,
+    pub(crate) protocol_errors: AtomicCounter,
+    pub(crate) idle_disconnects: AtomicCounter,
+    pub(crate) panics: AtomicCounter,
+    pub(crate) topics: AtomicGauge,
+    pub(crate) subscriptions: AtomicGauge,
+    publish_latency: Histogram,
+    /// The histogram's count, kept apart because prometheus-client reads it back only in its
+    /// own tests; [`MetricsSnapshot`] needs it.
+    publish_latency_count: AtomicU64,
 }
 
 /// A point-in-time copy of the gateway's counters.
@@ -83,18 +133,130 @@ pub(crate) fn inc(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix(PREFIX);
+        // The registry appends the final "." to every help text. Registration order is the
+        // order of `/metrics`.
+        let ready = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "ready",
+            "1 when a leader is known for every group",
+            ready.clone(),
+        );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let gauge = AtomicGauge::default();
+            registry.register(name, help, gauge.0.clone());
+            gauge
+        };
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let counter = AtomicCounter::default();
+            registry.register(name, help, counter.0.clone());
+            counter
+        };
+        let connections_open = gauge(&mut registry, "connections", "Client connections open");
+        let connections_total =
+            counter(&mut registry, "connections", "Client connections accepted");
+        let connections_refused = counter(
+            &mut registry,
+            "connections_refused",
+            "Connections refused at the connection limit",
+        );
+        let handshake_failures = counter(
+            &mut registry,
+            "handshake_failures",
+            "Connections that never completed their handshake",
+        );
+        let topics = gauge(
+            &mut registry,
+            "topics",
+            "Topics with local subscribers (or in transition)",
+        );
+        let subscriptions = gauge(
+            &mut registry,
+            "subscriptions",
+            "Connection-topic subscriptions",
+        );
+        let frames_in = counter(&mut registry, "frames_in", "Client frames received");
+        let publishes_in = counter(&mut registry, "publishes_in", "Client publishes received");
+        let publish_failures = counter(
+            &mut registry,
+            "publish_failures",
+            "Client publishes the cluster did not accept",
+        );
+        let deliveries_in = counter(
+            &mut registry,
+            "deliveries_in",
+            "Deliveries received from the cluster",
+        );
+        let messages_out = counter(
+            &mut registry,
+            "messages_out",
+            "Messages queued to local subscribers",
+        );
+        let messages_dropped = counter(
+            &mut registry,
+            "messages_dropped",
+            "Messages dropped for slow subscribers",
+        );
+        let slow_consumer_disconnects = counter(
+            &mut registry,
+            "slow_consumer_disconnects",
+            "Connections closed as slow consumers",
+        );
+        let rate_limited = counter(
+            &mut registry,
+            "rate_limited",
+            "Requests refused by a rate limit",
+        );
+        let protocol_errors = counter(&mut registry, "protocol_errors", "Malformed client frames");
+        let idle_disconnects = counter(
+            &mut registry,
+            "idle_disconnects",
+            "Connections closed for silence",
+        );
+        let panics = counter(
+            &mut registry,
+            "panics",
+            "Panics caught in connection tasks or the fan-out",
+        );
+        let publish_latency = Histogram::new(LATENCY_BUCKETS);
+        registry.register(
+            "publish_latency_seconds",
+            "Client publish to leader ack",
+            publish_latency.clone(),
+        );
+        Metrics {
+            registry,
+            ready,
+            connections_open,
+            connections_total,
+            connections_refused,
+            handshake_failures,
+            frames_in,
+            publishes_in,
+            publish_failures,
+            deliveries_in,
+            messages_out,
+            messages_dropped,
+            slow_consumer_disconnects,
+            rate_limited,
+            protocol_errors,
+            idle_disconnects,
+            panics,
+            topics,
+            subscriptions,
+            publish_latency,
+            publish_latency_count: AtomicU64::new(0),
+        }
+    }
+}
+
 impl Metrics {
     /// Record one publish round trip.
     pub(crate) fn observe_publish(&self, elapsed: Duration) {
-        let secs = elapsed.as_secs_f64();
-        for (bucket, bound) in self.latency_buckets.iter().zip(LATENCY_BUCKETS) {
-            if secs <= bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.latency_count.fetch_add(1, Ordering::Relaxed);
-        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        self.latency_sum_micros.fetch_add(micros, Ordering::Relaxed);
+        self.publish_latency.observe(elapsed.as_secs_f64());
+        self.publish_latency_count.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Copy the counters.
@@ -118,146 +280,18 @@ impl Metrics {
             panics: g(&self.panics),
             topics: g(&self.topics),
             subscriptions: g(&self.subscriptions),
-            publish_latency_count: g(&self.latency_count),
+            publish_latency_count: g(&self.publish_latency_count),
         }
     }
 
-    /// Prometheus text exposition format (version 0.0.4).
+    /// Prometheus text exposition format (version 0.0.4); `ready` is sampled by the caller
+    /// at scrape time.
     pub fn render(&self, ready: bool) -> String {
-        let s = self.snapshot();
-        let mut out = String::with_capacity(4096);
-        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-            let _ = writeln!(out, "# HELP firetower_gateway_{name} {help}");
-            let _ = writeln!(out, "# TYPE firetower_gateway_{name} {kind}");
-            let _ = writeln!(out, "firetower_gateway_{name} {value}");
-        };
-        metric(
-            "ready",
-            "gauge",
-            "1 when a leader is known for every group.",
-            u64::from(ready),
-        );
-        metric(
-            "connections",
-            "gauge",
-            "Client connections open.",
-            s.connections_open,
-        );
-        metric(
-            "connections_total",
-            "counter",
-            "Client connections accepted.",
-            s.connections_total,
-        );
-        metric(
-            "connections_refused_total",
-            "counter",
-            "Connections refused at the connection limit.",
-            s.connections_refused,
-        );
-        metric(
-            "handshake_failures_total",
-            "counter",
-            "Connections that never completed their handshake.",
-            s.handshake_failures,
-        );
-        metric(
-            "topics",
-            "gauge",
-            "Topics with local subscribers (or in transition).",
-            s.topics,
-        );
-        metric(
-            "subscriptions",
-            "gauge",
-            "Connection-topic subscriptions.",
-            s.subscriptions,
-        );
-        metric(
-            "frames_in_total",
-            "counter",
-            "Client frames received.",
-            s.frames_in,
-        );
-        metric(
-            "publishes_in_total",
-            "counter",
-            "Client publishes received.",
-            s.publishes_in,
-        );
-        metric(
-            "publish_failures_total",
-            "counter",
-            "Client publishes the cluster did not accept.",
-            s.publish_failures,
-        );
-        metric(
-            "deliveries_in_total",
-            "counter",
-            "Deliveries received from the cluster.",
-            s.deliveries_in,
-        );
-        metric(
-            "messages_out_total",
-            "counter",
-            "Messages queued to local subscribers.",
-            s.messages_out,
-        );
-        metric(
-            "messages_dropped_total",
-            "counter",
-            "Messages dropped for slow subscribers.",
-            s.messages_dropped,
-        );
-        metric(
-            "slow_consumer_disconnects_total",
-            "counter",
-            "Connections closed as slow consumers.",
-            s.slow_consumer_disconnects,
-        );
-        metric(
-            "rate_limited_total",
-            "counter",
-            "Requests refused by a rate limit.",
-            s.rate_limited,
-        );
-        metric(
-            "protocol_errors_total",
-            "counter",
-            "Malformed client frames.",
-            s.protocol_errors,
-        );
-        metric(
-            "idle_disconnects_total",
-            "counter",
-            "Connections closed for silence.",
-            s.idle_disconnects,
-        );
-        metric(
-            "panics_total",
-            "counter",
-            "Panics caught in connection tasks or the fan-out.",
-            s.panics,
-        );
-        let name = "firetower_gateway_publish_latency_seconds";
-        let _ = writeln!(out, "# HELP {name} Client publish to leader ack.");
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        for (bucket, bound) in self.latency_buckets.iter().zip(LATENCY_BUCKETS) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{bound}\"}} {}",
-                bucket.load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{le=\"+Inf\"}} {}",
-            s.publish_latency_count
-        );
-        let sum = self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {}", s.publish_latency_count);
-        out
+        self.ready.set(u64::from(ready));
+        let mut text = String::with_capacity(4096);
+        // Writing into a String cannot fail.
+        let _ = prometheus_text::encode(&mut text, &self.registry);
+        text
     }
 }
 
@@ -281,5 +315,160 @@ mod tests {
         assert!(text.contains("firetower_gateway_publish_latency_seconds_bucket{le=\"5\"} 1\n"));
         assert!(text.contains("firetower_gateway_publish_latency_seconds_bucket{le=\"+Inf\"} 2\n"));
         assert!(text.contains("firetower_gateway_publish_latency_seconds_count 2\n"));
+    }
+
+    /// What the gateway exported while its text was written by hand, in that order: names,
+    /// types and help that dashboards and alerts rely on.
+    const EXPORTED: [(&str, &str, &str); 19] = [
+        (
+            "ready",
+            "gauge",
+            "1 when a leader is known for every group.",
+        ),
+        ("connections", "gauge", "Client connections open."),
+        (
+            "connections_total",
+            "counter",
+            "Client connections accepted.",
+        ),
+        (
+            "connections_refused_total",
+            "counter",
+            "Connections refused at the connection limit.",
+        ),
+        (
+            "handshake_failures_total",
+            "counter",
+            "Connections that never completed their handshake.",
+        ),
+        (
+            "topics",
+            "gauge",
+            "Topics with local subscribers (or in transition).",
+        ),
+        ("subscriptions", "gauge", "Connection-topic subscriptions."),
+        ("frames_in_total", "counter", "Client frames received."),
+        (
+            "publishes_in_total",
+            "counter",
+            "Client publishes received.",
+        ),
+        (
+            "publish_failures_total",
+            "counter",
+            "Client publishes the cluster did not accept.",
+        ),
+        (
+            "deliveries_in_total",
+            "counter",
+            "Deliveries received from the cluster.",
+        ),
+        (
+            "messages_out_total",
+            "counter",
+            "Messages queued to local subscribers.",
+        ),
+        (
+            "messages_dropped_total",
+            "counter",
+            "Messages dropped for slow subscribers.",
+        ),
+        (
+            "slow_consumer_disconnects_total",
+            "counter",
+            "Connections closed as slow consumers.",
+        ),
+        (
+            "rate_limited_total",
+            "counter",
+            "Requests refused by a rate limit.",
+        ),
+        (
+            "protocol_errors_total",
+            "counter",
+            "Malformed client frames.",
+        ),
+        (
+            "idle_disconnects_total",
+            "counter",
+            "Connections closed for silence.",
+        ),
+        (
+            "panics_total",
+            "counter",
+            "Panics caught in connection tasks or the fan-out.",
+        ),
+        (
+            "publish_latency_seconds",
+            "histogram",
+            "Client publish to leader ack.",
+        ),
+    ];
+
+    #[test]
+    fn exports_the_names_types_and_help_the_gateway_always_had() {
+        let text = Metrics::default().render(false);
+        let described: Vec<&str> = text.lines().filter(|l| l.starts_with('#')).collect();
+        let expected: Vec<String> = EXPORTED
+            .iter()
+            .flat_map(|(name, kind, help)| {
+                [
+                    format!("# HELP firetower_gateway_{name} {help}"),
+                    format!("# TYPE firetower_gateway_{name} {kind}"),
+                ]
+            })
+            .collect();
+        assert_eq!(described, expected);
+
+        // Every series, in order: one per gauge and counter, the histogram's buckets (bounds
+        // written as before: `1`, not `1.0`), sum and count.
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        let histogram = "firetower_gateway_publish_latency_seconds";
+        let mut expected: Vec<String> = EXPORTED
+            .iter()
+            .filter(|(_, kind, _)| *kind != "histogram")
+            .map(|(name, _, _)| format!("firetower_gateway_{name}"))
+            .collect();
+        for bound in [
+            "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5",
+            "1", "5", "+Inf",
+        ] {
+            expected.push(format!("{histogram}_bucket{{le=\"{bound}\"}}"));
+        }
+        expected.push(format!("{histogram}_sum"));
+        expected.push(format!("{histogram}_count"));
+        assert_eq!(series, expected);
+        assert!(text.contains("firetower_gateway_ready 0\n"));
+    }
+
+    #[test]
+    fn the_atomics_the_gateway_updates_are_the_exported_values() {
+        let m = Metrics::default();
+        inc(&m.connections_total);
+        inc(&m.connections_total);
+        m.messages_out.fetch_add(5, Ordering::Relaxed);
+        m.topics.store(3, Ordering::Relaxed);
+        inc(&m.connections_open);
+        m.connections_open.fetch_sub(1, Ordering::Relaxed);
+        let text = m.render(true);
+        assert!(
+            text.contains("firetower_gateway_connections_total 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("firetower_gateway_messages_out_total 5\n"),
+            "{text}"
+        );
+        assert!(text.contains("firetower_gateway_topics 3\n"), "{text}");
+        assert!(text.contains("firetower_gateway_connections 0\n"), "{text}");
+        let snapshot = m.snapshot();
+        assert_eq!(snapshot.connections_total, 2);
+        assert_eq!(snapshot.messages_out, 5);
+        assert_eq!(snapshot.topics, 3);
+        assert_eq!(snapshot.connections_open, 0);
     }
 }

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use firetower_proto::link::GatewayReply;
-use firetower_proto::{validate_topic, TopicError};
+use firetower_proto::{validate_topic, Epoch, GatewayId, TopicError};
 
 use crate::endpoint::client_endpoint;
 use crate::frame::{decode_frame, write_link_frame, MAX_LINK_FRAME_BYTES};
@@ -123,7 +123,7 @@ pub struct LinkClient {
 
 #[derive(Debug)]
 struct Inner {
-    gateway: u64,
+    gateway: GatewayId,
     endpoint: quinn::Endpoint,
     options: LinkOptions,
     policy: ReconnectPolicy,
@@ -146,6 +146,7 @@ enum Attempt {
 
 impl LinkClient {
     /// Connect to the cluster through any of `managers` (QUIC addresses) and load its routing.
+    /// `gateway` is the id this gateway was started with (`--id`, `--gateway`).
     pub async fn connect(
         gateway: u64,
         managers: Vec<SocketAddr>,
@@ -170,7 +171,7 @@ impl LinkClient {
     ) -> Result<LinkClient, LinkError> {
         let client = LinkClient {
             inner: Arc::new(Inner {
-                gateway,
+                gateway: GatewayId(gateway),
                 endpoint,
                 policy: options.reconnect_policy(),
                 options,
@@ -196,7 +197,7 @@ impl LinkClient {
 
     /// Subscribe this gateway to `topic`; returns once committed in the topic's group.
     pub async fn subscribe(&self, topic: &str) -> Result<Written, LinkError> {
-        self.subscribe_in_session(topic, 0).await
+        self.subscribe_in_session(topic, Epoch(0)).await
     }
 
     /// Subscribe for the gateway session `epoch`: a group that still holds an older session
@@ -205,7 +206,7 @@ impl LinkClient {
     pub async fn subscribe_in_session(
         &self,
         topic: &str,
-        epoch: u64,
+        epoch: Epoch,
     ) -> Result<Written, LinkError> {
         self.write(LinkRequest::Subscribe {
             topic: topic.to_string(),
@@ -253,7 +254,7 @@ impl LinkClient {
     }
 
     /// This gateway's id.
-    pub fn gateway(&self) -> u64 {
+    pub fn gateway(&self) -> GatewayId {
         self.inner.gateway
     }
 

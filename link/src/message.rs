@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use firetower_proto::link::{self as pb, gateway_reply, gateway_request};
+use firetower_proto::{Epoch, GatewayId};
 
 /// Why a frame from the network is not a valid link message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,7 +41,7 @@ pub enum LinkRequest {
         /// The topic.
         topic: String,
         /// The gateway's session epoch.
-        epoch: u64,
+        epoch: Epoch,
     },
     /// Remove the gateway from the topic's subscribers.
     Unsubscribe {
@@ -66,7 +67,7 @@ pub enum LinkRequest {
     /// Open this gateway's session (on a long-lived stream).
     OpenSession {
         /// Grows with every start of the gateway.
-        epoch: u64,
+        epoch: Epoch,
         /// Managers drop the gateway's subscriptions after this long without a heartbeat.
         lease: Duration,
     },
@@ -91,17 +92,17 @@ impl LinkRequest {
     }
 
     /// The wire frame of this request made on behalf of `gateway`.
-    pub fn to_frame(&self, gateway: u64) -> pb::GatewayRequest {
+    pub fn to_frame(&self, gateway: GatewayId) -> pb::GatewayRequest {
         pb::GatewayRequest {
-            gateway,
+            gateway: gateway.get(),
             op: Some(self.clone().into()),
         }
     }
 
     /// The gateway and the request of a frame received by a manager.
-    pub fn from_frame(frame: pb::GatewayRequest) -> Result<(u64, LinkRequest), MessageError> {
+    pub fn from_frame(frame: pb::GatewayRequest) -> Result<(GatewayId, LinkRequest), MessageError> {
         let op = frame.op.ok_or(MessageError::Empty("request"))?;
-        Ok((frame.gateway, op.into()))
+        Ok((GatewayId(frame.gateway), op.into()))
     }
 }
 
@@ -109,9 +110,10 @@ impl From<LinkRequest> for gateway_request::Op {
     fn from(request: LinkRequest) -> Self {
         use gateway_request::Op;
         match request {
-            LinkRequest::Subscribe { topic, epoch } => {
-                Op::Subscribe(pb::Subscribe { topic, epoch })
-            }
+            LinkRequest::Subscribe { topic, epoch } => Op::Subscribe(pb::Subscribe {
+                topic,
+                epoch: epoch.get(),
+            }),
             LinkRequest::Unsubscribe { topic } => Op::Unsubscribe(pb::Unsubscribe { topic }),
             LinkRequest::TopicGateways { topic } => Op::TopicGateways(pb::TopicGateways { topic }),
             LinkRequest::Publish { topic, data, json } => {
@@ -119,7 +121,7 @@ impl From<LinkRequest> for gateway_request::Op {
             }
             LinkRequest::GetRouting => Op::GetRouting(pb::GetRouting {}),
             LinkRequest::OpenSession { epoch, lease } => Op::OpenSession(pb::OpenSession {
-                epoch,
+                epoch: epoch.get(),
                 lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
             }),
         }
@@ -132,7 +134,7 @@ impl From<gateway_request::Op> for LinkRequest {
         match op {
             Op::Subscribe(s) => LinkRequest::Subscribe {
                 topic: s.topic,
-                epoch: s.epoch,
+                epoch: Epoch(s.epoch),
             },
             Op::Unsubscribe(u) => LinkRequest::Unsubscribe { topic: u.topic },
             Op::TopicGateways(t) => LinkRequest::TopicGateways { topic: t.topic },
@@ -143,7 +145,7 @@ impl From<gateway_request::Op> for LinkRequest {
             },
             Op::GetRouting(_) => LinkRequest::GetRouting,
             Op::OpenSession(o) => LinkRequest::OpenSession {
-                epoch: o.epoch,
+                epoch: Epoch(o.epoch),
                 lease: Duration::from_millis(o.lease_ms),
             },
         }
@@ -400,8 +402,10 @@ mod tests {
 
     fn arb_request() -> impl Strategy<Value = LinkRequest> {
         prop_oneof![
-            (".{0,16}", any::<u64>())
-                .prop_map(|(topic, epoch)| LinkRequest::Subscribe { topic, epoch }),
+            (".{0,16}", any::<u64>()).prop_map(|(topic, epoch)| LinkRequest::Subscribe {
+                topic,
+                epoch: Epoch(epoch)
+            }),
             ".{0,16}".prop_map(|topic| LinkRequest::Unsubscribe { topic }),
             ".{0,16}".prop_map(|topic| LinkRequest::TopicGateways { topic }),
             (
@@ -416,7 +420,7 @@ mod tests {
                 }),
             Just(LinkRequest::GetRouting),
             (any::<u64>(), 0u64..1_000_000).prop_map(|(epoch, ms)| LinkRequest::OpenSession {
-                epoch,
+                epoch: Epoch(epoch),
                 lease: Duration::from_millis(ms)
             }),
         ]
@@ -425,8 +429,8 @@ mod tests {
     proptest! {
         #[test]
         fn requests_round_trip_through_the_wire_types(gateway: u64, request in arb_request()) {
-            let frame = request.to_frame(gateway);
-            prop_assert_eq!(LinkRequest::from_frame(frame), Ok((gateway, request)));
+            let frame = request.to_frame(GatewayId(gateway));
+            prop_assert_eq!(LinkRequest::from_frame(frame), Ok((GatewayId(gateway), request)));
         }
 
         #[test]

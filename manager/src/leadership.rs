@@ -151,7 +151,7 @@ pub(crate) fn hold_elections_after_restart(raft: &Raft, id: ManagerId, hold: Dur
     });
 }
 /// True when this manager leads `group` and has applied everything of earlier terms.
-pub(crate) fn is_ready_leader(raft: &firetower_raft::Raft, id: u64) -> bool {
+pub(crate) fn is_ready_leader(raft: &Raft, id: ManagerId) -> bool {
     let m = raft.metrics();
     let m = m.borrow();
     m.state == ServerState::Leader

@@ -24,13 +24,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// A gateway's id (never 0).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) struct GatewayId(pub u64);
-
-/// A gateway session's epoch: a gateway picks a higher one every time it starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) struct Epoch(pub u64);
+use firetower_proto::{Epoch, GatewayId};
 
 /// A session as one group's table records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,15 +13,31 @@
 //!                  ─▶ GetRouting                               ─▶ replies::routing
 //! ```
 
-use firetower_link::{decode_body, encode_frame};
+use firetower_link::{decode_body, encode_frame, FrameError, ReadFrameError};
 use firetower_proto::link::{
     gateway_reply, gateway_request, GatewayReply, GatewayRequest, Gateways,
 };
+use firetower_proto::{Epoch, GatewayId};
 use firetower_raft::{group_of, Command};
 
 use crate::node::Node;
 use crate::replies::{failure, not_leader};
+use crate::sessions::expire_session;
 use crate::topics::{linearizable_gateways, stale_session, write, ReadError};
+
+/// Why a request could not be read off a gateway's stream (answered `bad_frame`).
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    /// The stream ended before a whole request arrived.
+    #[error("stream closed before a request")]
+    Closed,
+    /// The stream failed or broke the framing.
+    #[error(transparent)]
+    Read(#[from] ReadFrameError),
+    /// The frame is not a `GatewayRequest`.
+    #[error(transparent)]
+    Decode(#[from] FrameError),
+}
 
 /// Serve one gateway connection until it closes.
 pub(crate) async fn serve_connection(conn: quinn::Connection, node: Node) {
@@ -43,13 +59,14 @@ pub(crate) async fn serve_connection(conn: quinn::Connection, node: Node) {
         tokio::spawn(async move {
             let request = match read_request(&mut recv).await {
                 Ok(r) => r,
-                Err(message) => {
-                    reply(&mut send, &failure("bad_frame", message)).await;
+                Err(e) => {
+                    reply(&mut send, &failure("bad_frame", e.to_string())).await;
                     return;
                 }
             };
             if let Some(gateway_request::Op::OpenSession(open)) = request.op {
-                if request.gateway == 0 {
+                let gateway = GatewayId(request.gateway);
+                if gateway.get() == 0 {
                     reply(
                         &mut send,
                         &failure("invalid_request", "gateway id 0 is reserved"),
@@ -57,7 +74,7 @@ pub(crate) async fn serve_connection(conn: quinn::Connection, node: Node) {
                     .await;
                     return;
                 }
-                crate::sessions::serve_session(node, request.gateway, open, send, recv).await;
+                crate::sessions::serve_session(node, gateway, open, send, recv).await;
                 return;
             }
             let answer = handle(&node, request).await;
@@ -72,10 +89,10 @@ async fn reply(send: &mut quinn::SendStream, answer: &GatewayReply) {
     }
 }
 
-async fn read_request(recv: &mut quinn::RecvStream) -> Result<GatewayRequest, String> {
+async fn read_request(recv: &mut quinn::RecvStream) -> Result<GatewayRequest, RequestError> {
     match crate::sessions::read_frame_body(recv).await? {
-        None => Err("stream closed before a request".into()),
-        Some(body) => decode_body(&body).map_err(|e| e.to_string()),
+        None => Err(RequestError::Closed),
+        Some(body) => Ok(decode_body(&body)?),
     }
 }
 
@@ -84,8 +101,8 @@ pub(crate) async fn handle(node: &Node, request: GatewayRequest) -> GatewayReply
     if node.cluster_id().is_empty() {
         return failure("not_initialized", "this manager is not in a cluster yet");
     }
-    let gateway = request.gateway;
-    if gateway == 0 {
+    let gateway = GatewayId(request.gateway);
+    if gateway.get() == 0 {
         return failure("invalid_request", "gateway id 0 is reserved");
     }
     let (topic, command) = match request.op {
@@ -93,20 +110,14 @@ pub(crate) async fn handle(node: &Node, request: GatewayRequest) -> GatewayReply
         Some(gateway_request::Op::Subscribe(s)) => {
             let subscribe = Command::Subscribe {
                 topic: s.topic.clone(),
-                gateway,
+                gateway: gateway.get(),
             };
-            let command = match stale_session(node, gateway, s.epoch, &s.topic) {
+            let command = match stale_session(node, gateway, Epoch(s.epoch), &s.topic) {
                 // The gateway restarted and this group still holds its previous session:
                 // expire that first, in the same entry. Expired later (by the lease task),
                 // it would take this subscription with it while the client was told it is
                 // subscribed.
-                Some(old) => Command::Batch(vec![
-                    Command::ExpireSession {
-                        gateway,
-                        epoch: old,
-                    },
-                    subscribe,
-                ]),
+                Some(old) => Command::Batch(vec![expire_session(gateway, old), subscribe]),
                 None => subscribe,
             };
             (s.topic, Some(command))
@@ -115,7 +126,7 @@ pub(crate) async fn handle(node: &Node, request: GatewayRequest) -> GatewayReply
             u.topic.clone(),
             Some(Command::Unsubscribe {
                 topic: u.topic,
-                gateway,
+                gateway: gateway.get(),
             }),
         ),
         Some(gateway_request::Op::TopicGateways(t)) => (t.topic, None),

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use firetower_proto::admin::{GroupStatus, ReplicaStatus};
+use firetower_proto::GatewayId;
 use firetower_raft::{
     GroupId, GroupRouter, ManagerNode, PeerConnections, QuicNetworkFactory, Raft, TypeConfig,
 };
@@ -72,7 +73,7 @@ struct NodeInner {
     proposers: RwLock<HashMap<GroupId, Proposer>>,
     stampers: RwLock<HashMap<GroupId, Arc<Mutex<Stamper>>>>,
     /// `--unsafe-stale-reads` only: a topic's subscribers as read a while ago.
-    stale_copies: Mutex<HashMap<String, (Instant, Vec<u64>)>>,
+    stale_copies: Mutex<HashMap<String, (Instant, Vec<GatewayId>)>>,
     peers: Mutex<Option<PeerConnections>>,
     cluster_id: watch::Sender<String>,
     sessions: SessionTable,
@@ -206,7 +207,7 @@ impl Node {
             .cloned()
     }
 
-    pub(crate) fn stale_copies(&self) -> &Mutex<HashMap<String, (Instant, Vec<u64>)>> {
+    pub(crate) fn stale_copies(&self) -> &Mutex<HashMap<String, (Instant, Vec<GatewayId>)>> {
         &self.inner.stale_copies
     }
 

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use firetower_proto::link::{gateway_reply, GatewayReply, Published};
+use firetower_proto::GatewayId;
 use firetower_raft::{group_of, GroupId};
 
 use crate::locks::lock;
@@ -142,7 +143,10 @@ async fn publish_once(node: &Node, topic: String, data: Bytes, json: bool) -> Ga
                 Ok(wait) => waits.push(wait),
                 Err(e) => {
                     if matches!(e, EnqueueError::Stalled) {
-                        tracing::warn!(gateway, "gateway does not keep up with deliveries");
+                        tracing::warn!(
+                            gateway = gateway.get(),
+                            "gateway does not keep up with deliveries"
+                        );
                     }
                     undelivered.get_or_insert((*gateway, e));
                 }
@@ -217,7 +221,11 @@ async fn publish_once(node: &Node, topic: String, data: Bytes, json: bool) -> Ga
 
 /// The term in which this manager may stamp a message of `group` now, and the gateways
 /// subscribed to `topic`; otherwise the reply that says why not.
-fn serving_term(node: &Node, group: GroupId, topic: &str) -> Result<(u64, Vec<u64>), GatewayReply> {
+fn serving_term(
+    node: &Node,
+    group: GroupId,
+    topic: &str,
+) -> Result<(u64, Vec<GatewayId>), GatewayReply> {
     if node.shutdown_token().is_cancelled() {
         return Err(failure("unavailable", "manager is shutting down; retry"));
     }
@@ -281,7 +289,11 @@ fn serving_term(node: &Node, group: GroupId, topic: &str) -> Result<(u64, Vec<u6
 }
 
 /// The gateways subscribed to `topic` in this manager's copy of the table.
-fn local_gateways(node: &Node, group: GroupId, topic: &str) -> Result<Vec<u64>, GatewayReply> {
+fn local_gateways(
+    node: &Node,
+    group: GroupId,
+    topic: &str,
+) -> Result<Vec<GatewayId>, GatewayReply> {
     let Some(reader) = node.reader(group) else {
         return Err(failure(
             "unavailable",
@@ -290,5 +302,6 @@ fn local_gateways(node: &Node, group: GroupId, topic: &str) -> Result<Vec<u64>, 
     };
     reader
         .gateways(topic)
+        .map(|gateways| gateways.into_iter().map(GatewayId).collect())
         .map_err(|e| failure("unavailable", format!("reading group {group}: {e}")))
 }

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use firetower_link::encode_frame;
 use firetower_proto::link::{session_frame, Delivery, SessionFrame};
+use firetower_proto::{Epoch, GatewayId};
 use tokio::sync::{mpsc, watch};
 
-use crate::leases::{Epoch, GatewayId, HeldSession, Leases};
+use crate::leases::{HeldSession, Leases};
 use crate::locks::lock;
 
 /// Frames queued for one gateway's session stream before the session counts as stalled.
@@ -27,7 +28,7 @@ pub(crate) const SESSION_QUEUE_FRAMES: usize = 65_536;
 /// The live sessions of gateways connected to this manager.
 #[derive(Debug, Default)]
 pub(crate) struct SessionTable {
-    live: Mutex<HashMap<u64, SessionHandle>>,
+    live: Mutex<HashMap<GatewayId, SessionHandle>>,
     /// When each session was last heard from and first seen unconnected (sans-I/O).
     leases: Mutex<Leases>,
     next_instance: AtomicU64,
@@ -36,8 +37,8 @@ pub(crate) struct SessionTable {
 /// One live session stream.
 #[derive(Debug, Clone)]
 pub(crate) struct SessionHandle {
-    pub gateway: u64,
-    pub epoch: u64,
+    pub gateway: GatewayId,
+    pub epoch: Epoch,
     pub lease: Duration,
     instance: u64,
     queue: Arc<Mutex<SessionQueue>>,
@@ -144,7 +145,7 @@ impl SessionHandle {
 
 impl SessionTable {
     /// The live session of a gateway, if it has one here.
-    pub fn get(&self, gateway: u64) -> Option<SessionHandle> {
+    pub fn get(&self, gateway: GatewayId) -> Option<SessionHandle> {
         lock(&self.live).get(&gateway).cloned()
     }
 
@@ -159,34 +160,29 @@ impl SessionTable {
     }
 
     /// A frame arrived on `gateway`'s session stream of `epoch`.
-    pub fn touch(&self, gateway: u64, epoch: u64) {
-        lock(&self.leases).heartbeat(GatewayId(gateway), Epoch(epoch), Instant::now());
+    pub fn touch(&self, gateway: GatewayId, epoch: Epoch) {
+        lock(&self.leases).heartbeat(gateway, epoch, Instant::now());
     }
 
     /// The sessions of a group's table whose lease ran out at `now` (see `leases.rs`).
     pub fn due(&self, led_since: Instant, table: &[HeldSession], now: Instant) -> Vec<HeldSession> {
-        let live: HashMap<u64, u64> = lock(&self.live)
+        let live: HashMap<GatewayId, Epoch> = lock(&self.live)
             .values()
             .map(|h| (h.gateway, h.epoch))
             .collect();
-        lock(&self.leases).due(
-            led_since,
-            table,
-            |g| live.get(&g.0).copied().map(Epoch),
-            now,
-        )
+        lock(&self.leases).due(led_since, table, |g| live.get(&g).copied(), now)
     }
 
     /// The expiry of `gateway`'s session `epoch` committed.
-    pub fn expired(&self, gateway: u64, epoch: u64) {
-        lock(&self.leases).expired(GatewayId(gateway), Epoch(epoch));
+    pub fn expired(&self, gateway: GatewayId, epoch: Epoch) {
+        lock(&self.leases).expired(gateway, epoch);
     }
 
     /// A new session stream of `gateway` with `epoch` and `lease`, with its delivery queue.
     pub fn open(
         &self,
-        gateway: u64,
-        epoch: u64,
+        gateway: GatewayId,
+        epoch: Epoch,
         lease: Duration,
         acked: watch::Receiver<u64>,
     ) -> (SessionHandle, mpsc::Receiver<Bytes>) {

@@ -15,15 +15,16 @@
 use std::time::{Duration, Instant};
 
 use firetower_link::MAX_LINK_FRAME_BYTES;
-use firetower_link::{decode_body, read_link_frame};
+use firetower_link::{decode_body, read_link_frame, FrameError, ReadFrameError};
 use firetower_proto::link::{
     gateway_frame, session_frame, GatewayFrame, OpenSession, Resync, SessionOpened,
 };
+use firetower_proto::{Epoch, GatewayId};
 use firetower_raft::{Command, GroupId, Response};
 use std::collections::HashMap;
 use tokio::sync::watch;
 
-use crate::leases::{Epoch, GatewayId, HeldSession};
+use crate::leases::HeldSession;
 use crate::node::Node;
 use crate::session_table::SessionHandle;
 
@@ -37,18 +38,19 @@ const LEASE_TICK: Duration = Duration::from_millis(250);
 /// Serve one session stream until it closes.
 pub(crate) async fn serve_session(
     node: Node,
-    gateway: u64,
+    gateway: GatewayId,
     open: OpenSession,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
     let lease = Duration::from_millis(open.lease_ms).clamp(MIN_LEASE, MAX_LEASE);
+    let epoch = Epoch(open.epoch);
     let sessions = node.sessions();
     let (acked_tx, acked_rx) = watch::channel(0u64);
-    let (handle, mut rx) = sessions.open(gateway, open.epoch, lease, acked_rx);
+    let (handle, mut rx) = sessions.open(gateway, epoch, lease, acked_rx);
     tracing::info!(
-        gateway,
-        epoch = open.epoch,
+        gateway = gateway.get(),
+        epoch = epoch.get(),
         ?lease,
         "gateway session opened"
     );
@@ -62,7 +64,7 @@ pub(crate) async fn serve_session(
         }
     }
     handle.send_control(session_frame::Frame::Opened(SessionOpened {
-        epoch: open.epoch,
+        epoch: epoch.get(),
     }));
     if !fresh.is_empty() {
         handle.send_control(session_frame::Frame::Resync(Resync { groups: fresh }));
@@ -91,7 +93,7 @@ pub(crate) async fn serve_session(
     loop {
         match read_gateway_frame(&mut recv).await {
             Ok(Some(frame)) => {
-                reader_sessions.sessions().touch(gateway, open.epoch);
+                reader_sessions.sessions().touch(gateway, epoch);
                 if let Some(gateway_frame::Frame::Ack(ack)) = frame.frame {
                     // Recorded before the ack is published, so a waiter that sees the ack
                     // also sees whether its delivery was superseded.
@@ -110,7 +112,11 @@ pub(crate) async fn serve_session(
             }
             Ok(None) => break,
             Err(e) => {
-                tracing::debug!(gateway, error = %e, "gateway session stream failed");
+                tracing::debug!(
+                    gateway = gateway.get(),
+                    error = %e,
+                    "gateway session stream failed"
+                );
                 break;
             }
         }
@@ -118,7 +124,7 @@ pub(crate) async fn serve_session(
     sessions.close(&handle);
     routing_task.abort();
     writer.abort();
-    tracing::info!(gateway, "gateway session closed");
+    tracing::info!(gateway = gateway.get(), "gateway session closed");
 }
 
 fn routing_frame(node: &Node) -> session_frame::Frame {
@@ -129,16 +135,27 @@ fn routing_frame(node: &Node) -> session_frame::Frame {
 /// of stream.
 pub(crate) async fn read_frame_body(
     recv: &mut quinn::RecvStream,
-) -> Result<Option<Vec<u8>>, String> {
-    read_link_frame(recv, MAX_LINK_FRAME_BYTES)
-        .await
-        .map_err(|e| e.to_string())
+) -> Result<Option<Vec<u8>>, ReadFrameError> {
+    read_link_frame(recv, MAX_LINK_FRAME_BYTES).await
 }
 
-async fn read_gateway_frame(recv: &mut quinn::RecvStream) -> Result<Option<GatewayFrame>, String> {
+/// Why the gateway's side of a session stream could not be read (the session ends).
+#[derive(Debug, thiserror::Error)]
+enum SessionReadError {
+    /// The stream failed or broke the framing.
+    #[error(transparent)]
+    Read(#[from] ReadFrameError),
+    /// A frame is not a `GatewayFrame`.
+    #[error(transparent)]
+    Decode(#[from] FrameError),
+}
+
+async fn read_gateway_frame(
+    recv: &mut quinn::RecvStream,
+) -> Result<Option<GatewayFrame>, SessionReadError> {
     match read_frame_body(recv).await? {
         None => Ok(None),
-        Some(body) => decode_body(&body).map(Some).map_err(|e| e.to_string()),
+        Some(body) => Ok(Some(decode_body(&body)?)),
     }
 }
 
@@ -156,11 +173,11 @@ enum SessionError {
     #[error("gateway {gateway} came back with epoch {epoch} below the recorded {recorded}")]
     EpochBelowRecorded {
         /// The gateway.
-        gateway: u64,
+        gateway: GatewayId,
         /// The epoch it came back with.
-        epoch: u64,
+        epoch: Epoch,
         /// The epoch the table holds.
-        recorded: u64,
+        recorded: Epoch,
     },
     /// The state machine refused the command.
     #[error("refused: {0}")]
@@ -187,37 +204,41 @@ async fn ensure_session(
     let raft = node
         .raft(group)
         .ok_or(SessionError::GroupNotRunning(group))?;
-    let stored = reader.session(handle.gateway)?;
-    if stored.as_ref().is_some_and(|s| s.epoch == handle.epoch) {
+    // The store keeps raw numbers: converted here, at its edge.
+    let stored = reader
+        .session(handle.gateway.get())?
+        .map(|s| Epoch(s.epoch));
+    if stored == Some(handle.epoch) {
         return Ok(false);
     }
     if let Some(old) = stored {
-        if old.epoch > handle.epoch {
+        if old > handle.epoch {
             return Err(SessionError::EpochBelowRecorded {
                 gateway: handle.gateway,
                 epoch: handle.epoch,
-                recorded: old.epoch,
+                recorded: old,
             });
         }
-        propose(
-            &raft,
-            Command::ExpireSession {
-                gateway: handle.gateway,
-                epoch: old.epoch,
-            },
-        )
-        .await?;
+        propose(&raft, expire_session(handle.gateway, old)).await?;
     }
     propose(
         &raft,
         Command::OpenSession {
-            gateway: handle.gateway,
-            epoch: handle.epoch,
+            gateway: handle.gateway.get(),
+            epoch: handle.epoch.get(),
             lease_ms: handle.lease.as_millis() as u64,
         },
     )
     .await?;
     Ok(true)
+}
+
+/// The command that drops `gateway`'s session `epoch` and its subscriptions from a group.
+pub(crate) fn expire_session(gateway: GatewayId, epoch: Epoch) -> Command {
+    Command::ExpireSession {
+        gateway: gateway.get(),
+        epoch: epoch.get(),
+    }
 }
 
 async fn propose(raft: &firetower_raft::Raft, command: Command) -> Result<(), SessionError> {
@@ -275,10 +296,14 @@ async fn lease_round(node: &Node, group: GroupId, since: Instant) -> Result<(), 
         })
         .collect();
     for due in sessions.due(since, &table, now) {
-        let (gateway, epoch) = (due.gateway.0, due.epoch.0);
-        tracing::info!(group, gateway, epoch, "gateway lease expired");
-        propose(&raft, Command::ExpireSession { gateway, epoch }).await?;
-        sessions.expired(gateway, epoch);
+        tracing::info!(
+            group,
+            gateway = due.gateway.get(),
+            epoch = due.epoch.get(),
+            "gateway lease expired"
+        );
+        propose(&raft, expire_session(due.gateway, due.epoch)).await?;
+        sessions.expired(due.gateway, due.epoch);
     }
     // Register connected gateways that this group does not know with their epoch.
     for handle in sessions.live() {

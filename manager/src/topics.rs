@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use firetower_proto::link::{gateway_reply, Done, GatewayReply};
+use firetower_proto::{Epoch, GatewayId};
 use firetower_raft::{group_of, Command, GroupId, ManagerNode, Response};
 use openraft::error::{CheckIsLeaderError, RaftError};
 
@@ -28,13 +29,18 @@ pub(crate) enum ReadError {
 
 /// The epoch of an older session of `gateway` still held by the group of `topic` (as this
 /// manager applied it), when the request comes from a newer session `epoch`.
-pub(crate) fn stale_session(node: &Node, gateway: u64, epoch: u64, topic: &str) -> Option<u64> {
-    if epoch == 0 || firetower_proto::validate_topic(topic).is_err() {
+pub(crate) fn stale_session(
+    node: &Node,
+    gateway: GatewayId,
+    epoch: Epoch,
+    topic: &str,
+) -> Option<Epoch> {
+    if epoch.get() == 0 || firetower_proto::validate_topic(topic).is_err() {
         return None;
     }
     let group = group_of(topic, node.group_count());
-    let stored = node.reader(group)?.session(gateway).ok()??;
-    (stored.epoch < epoch).then_some(stored.epoch)
+    let stored = Epoch(node.reader(group)?.session(gateway.get()).ok()??.epoch);
+    (stored < epoch).then_some(stored)
 }
 
 pub(crate) async fn write(node: &Node, group: GroupId, command: Command) -> GatewayReply {

@@ -45,6 +45,10 @@ pub use server::serve_raft_connection;
 pub use wire::{Rejection, MAX_FRAME_LEN};
 
 /// A Raft group (shard of the topic space). Groups are numbered `0..G`; `G` is fixed at init.
+///
+/// Still an alias rather than `firetower_proto::GroupId`: the bare number runs through the
+/// WAL records, the Raft RPC wire, the prost messages and the metric labels of the store, this
+/// crate and the manager alike, so switching it is a change of its own.
 pub type GroupId = u32;
 
 openraft::declare_raft_types!(

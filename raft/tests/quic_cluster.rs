@@ -14,7 +14,7 @@ use firetower_raft::{
     client_config, Command, GroupId, ManagerId, ManagerNode, PeerConnections, QuicNetworkFactory,
     Rejection, ALPN_RAFT,
 };
-use openraft::error::RPCError;
+use openraft::error::{RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::VoteRequest;
 use openraft::{LogId, Vote};
@@ -218,15 +218,30 @@ async fn snapshot_is_streamed_in_chunks_to_a_new_learner() -> anyhow::Result<()>
     Ok(())
 }
 
+/// How a test vote RPC failed.
+#[derive(Debug, thiserror::Error)]
+enum VoteError {
+    /// The peer could not be reached, or refused the request before openraft saw it.
+    #[error("unreachable: {0}")]
+    Unreachable(Unreachable),
+    /// Any other RPC failure.
+    #[error("other: {0}")]
+    Other(RPCError<ManagerId, ManagerNode, RaftError<ManagerId>>),
+}
+
 /// A vote RPC from a `client` manager to group 0 of `server`, through the real network factory.
-async fn vote(client: &PeerConnections, server: &TestNode, group: GroupId) -> Result<(), String> {
+async fn vote(
+    client: &PeerConnections,
+    server: &TestNode,
+    group: GroupId,
+) -> Result<(), VoteError> {
     let mut factory = QuicNetworkFactory::new(group, client.clone());
     let mut network = factory.new_client(server.id, &server.node()).await;
     let request = VoteRequest::new(Vote::new(1, 99), None);
     match network.vote(request, RPCOption::new(WAIT)).await {
         Ok(_) => Ok(()),
-        Err(RPCError::Unreachable(e)) => Err(format!("unreachable: {e}")),
-        Err(e) => Err(format!("other: {e}")),
+        Err(RPCError::Unreachable(e)) => Err(VoteError::Unreachable(e)),
+        Err(e) => Err(VoteError::Other(e)),
     }
 }
 
@@ -240,7 +255,7 @@ async fn requests_for_another_cluster_are_refused() -> anyhow::Result<()> {
     let peers = PeerConnections::new(client_node.endpoint.clone(), "alpha".into());
 
     // Not in a cluster yet: everything is refused.
-    let error = vote(&peers, &server, 0).await.unwrap_err();
+    let error = vote(&peers, &server, 0).await.unwrap_err().to_string();
     assert!(
         error.starts_with("unreachable") && error.contains("not joined a cluster"),
         "{error}"
@@ -248,7 +263,7 @@ async fn requests_for_another_cluster_are_refused() -> anyhow::Result<()> {
 
     // In another cluster: refused, naming both ids.
     server.cluster_id.send_replace("beta".into());
-    let error = vote(&peers, &server, 0).await.unwrap_err();
+    let error = vote(&peers, &server, 0).await.unwrap_err().to_string();
     assert!(error.starts_with("unreachable"), "{error}");
     assert!(error.contains("cluster id mismatch"), "{error}");
     assert!(
@@ -258,11 +273,11 @@ async fn requests_for_another_cluster_are_refused() -> anyhow::Result<()> {
 
     // Same cluster, but a group the server does not host.
     server.cluster_id.send_replace("alpha".into());
-    let error = vote(&peers, &server, 7).await.unwrap_err();
+    let error = vote(&peers, &server, 7).await.unwrap_err().to_string();
     assert!(error.contains("group 7 is not hosted"), "{error}");
 
     // Same cluster, hosted group: served by openraft.
-    vote(&peers, &server, 0).await.map_err(anyhow::Error::msg)?;
+    vote(&peers, &server, 0).await?;
 
     client_node.shutdown().await;
     server.shutdown().await;
@@ -313,7 +328,7 @@ async fn malformed_frames_fail_only_their_own_stream() -> anyhow::Result<()> {
 
     // The connection and the server are unharmed.
     let peers = PeerConnections::new(client_node.endpoint.clone(), CLUSTER.into());
-    vote(&peers, &server, 0).await.map_err(anyhow::Error::msg)?;
+    vote(&peers, &server, 0).await?;
     assert!(conn.close_reason().is_none());
 
     client_node.shutdown().await;

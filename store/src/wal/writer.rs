@@ -78,14 +78,16 @@ pub(crate) enum Done<C: StoreTypeConfig> {
 }
 
 impl<C: StoreTypeConfig> Done<C> {
-    fn complete(self, result: &Result<(), String>) {
+    /// Tell the waiter how its batch ended. One failure answers every request of the batch,
+    /// so it is shared.
+    fn complete(self, result: &Result<(), Arc<WalError>>) {
         match (self, result) {
             (Done::Nothing, _) => {}
             (Done::Flushed(cb), Ok(())) => cb.log_io_completed(Ok(())),
             (Done::Flushed(cb), Err(e)) => cb.log_io_completed(Err(io::Error::other(e.clone()))),
             // A dropped receiver means the caller gave up waiting; nothing to tell.
             (Done::Reply(tx), Ok(())) => drop(tx.send(Ok(()))),
-            (Done::Reply(tx), Err(e)) => drop(tx.send(Err(WalError::Stopped(e.clone())))),
+            (Done::Reply(tx), Err(e)) => drop(tx.send(Err(WalError::Stopped(e.to_string())))),
         }
     }
 }
@@ -126,10 +128,9 @@ impl Writer {
                 .iter()
                 .any(|r| matches!(r.effect, Effect::Purge { .. }));
             let result = self.write_batch(&batch, &mut buf).map_err(|e| {
-                let reason = e.to_string();
-                tracing::error!(error = %reason, "write-ahead log write failed; refusing further writes");
-                self.stopped = Some(reason.clone());
-                reason
+                tracing::error!(error = %e, "write-ahead log write failed; refusing further writes");
+                self.stopped = Some(e.to_string());
+                Arc::new(e)
             });
             for req in batch.drain(..) {
                 req.done.complete(&result);

@@ -154,11 +154,10 @@ fn assemble(frames: &[Frame], max: usize) {
         let result = assembler.push(frame.clone());
         let Ok(got) = result else {
             // A refused frame ends the connection; the model must agree it was wrong.
-            let expected_ok = match (frame.opcode, &open) {
-                (Opcode::Text | Opcode::Binary, Some(_)) => false,
-                (Opcode::Continuation, None) => false,
-                _ => true,
-            };
+            let expected_ok = !matches!(
+                (frame.opcode, &open),
+                (Opcode::Text | Opcode::Binary, Some(_)) | (Opcode::Continuation, None)
+            );
             if expected_ok {
                 check_refusal(frame, &open, max, result.unwrap_err());
             }

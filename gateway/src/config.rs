@@ -5,47 +5,47 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 /// The client port of the design (`9090/tcp`): WebSocket, health and metrics.
-pub const DEFAULT_LISTEN_PORT: u16 = 9090;
+pub(crate) const DEFAULT_LISTEN_PORT: u16 = 9090;
 /// A WebSocket frame or message (and a TCP frame) larger than this closes the connection
 /// (1009): chat lines, notifications and device commands are far smaller, and the limit bounds
 /// what one connection can make the gateway buffer.
-pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
+pub(crate) const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
 /// Topics one connection may hold: generous for any UI, small enough that one connection
 /// cannot blow up the index.
-pub const DEFAULT_MAX_TOPICS_PER_CONNECTION: usize = 1_000;
+pub(crate) const DEFAULT_MAX_TOPICS_PER_CONNECTION: usize = 1_000;
 /// Sustained subscribe/unsubscribe requests per second per connection.
-pub const DEFAULT_SUBSCRIBE_RATE: u32 = 100;
+pub(crate) const DEFAULT_SUBSCRIBE_RATE: u32 = 100;
 /// Burst of subscribe/unsubscribe requests (a page load subscribing to everything at once).
-pub const DEFAULT_SUBSCRIBE_BURST: u32 = 200;
+pub(crate) const DEFAULT_SUBSCRIBE_BURST: u32 = 200;
 /// Rate-limited requests tolerated (refilled at one per second) before the connection is
 /// closed as abusive (1008).
-pub const DEFAULT_RATE_LIMIT_STRIKES: u32 = 100;
+pub(crate) const DEFAULT_RATE_LIMIT_STRIKES: u32 = 100;
 /// Publishes (and subscribes) of one connection waiting for the cluster at once; past it the
 /// gateway stops reading that connection (TCP back-pressure) until one completes.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
+pub(crate) const DEFAULT_MAX_IN_FLIGHT: usize = 64;
 /// Messages queued for one connection before new ones are dropped for it.
-pub const DEFAULT_SEND_QUEUE_MESSAGES: usize = 1_024;
+pub(crate) const DEFAULT_SEND_QUEUE_MESSAGES: usize = 1_024;
 /// Bytes queued for one connection before new messages are dropped for it.
-pub const DEFAULT_SEND_QUEUE_BYTES: usize = 1024 * 1024;
+pub(crate) const DEFAULT_SEND_QUEUE_BYTES: usize = 1024 * 1024;
 /// Consecutive drops after which a slow consumer is disconnected (1008).
-pub const DEFAULT_SLOW_CONSUMER_DROPS: u32 = 256;
+pub(crate) const DEFAULT_SLOW_CONSUMER_DROPS: u32 = 256;
 /// How long a connection's queue may stay full before it is disconnected (1008).
-pub const DEFAULT_SLOW_CONSUMER_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_SLOW_CONSUMER_GRACE: Duration = Duration::from_secs(5);
 /// Silence after which the gateway pings a WebSocket client.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a pinged client has to show a sign of life.
-pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time to send a complete HTTP request after connecting.
-pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time the peer has to answer our close frame before the socket is dropped.
-pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Deadline the gateway puts on one upstream request (the upstream has its own too).
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// Time `shutdown()` waits for connections to close and unsubscribes to finish.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections held at once; past it new ones are refused (the process's file descriptor
 /// limit must be above it).
-pub const DEFAULT_MAX_CONNECTIONS: usize = 500_000;
+pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 500_000;
 
 /// Per-connection limits.
 #[derive(Debug, Clone, PartialEq, Eq)]

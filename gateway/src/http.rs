@@ -14,7 +14,7 @@
 //! clients: it lives in [`firetower_client::http`].
 
 /// A complete response with a text body and `Connection: close`.
-pub fn response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
+pub(crate) fn response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
@@ -39,7 +39,7 @@ pub fn response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
 }
 
 /// A plain-text response.
-pub fn text_response(status: u16, body: &str) -> Vec<u8> {
+pub(crate) fn text_response(status: u16, body: &str) -> Vec<u8> {
     response(status, "text/plain; charset=utf-8", body)
 }
 

@@ -20,6 +20,9 @@
 //! the link ([`LinkClient`]) keeps one QUIC connection per manager and follows leaders. This
 //! crate does not terminate TLS (put a proxy in front) and does not compress WebSocket frames.
 
+#![warn(missing_docs, unreachable_pub)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 mod cluster;
 mod config;
 mod connection;

@@ -62,7 +62,7 @@ impl Deref for AtomicGauge {
 
 /// The gateway's metrics.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     ready: Gauge<u64, AtomicU64>,
     pub(crate) connections_open: AtomicGauge,
@@ -260,7 +260,7 @@ impl Metrics {
     }
 
     /// Copy the counters.
-    pub fn snapshot(&self) -> MetricsSnapshot {
+    pub(crate) fn snapshot(&self) -> MetricsSnapshot {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         MetricsSnapshot {
             connections_open: g(&self.connections_open),
@@ -286,7 +286,7 @@ impl Metrics {
 
     /// Prometheus text exposition format (version 0.0.4); `ready` is sampled by the caller
     /// at scrape time.
-    pub fn render(&self, ready: bool) -> String {
+    pub(crate) fn render(&self, ready: bool) -> String {
         self.ready.set(u64::from(ready));
         let mut text = String::with_capacity(4096);
         // Writing into a String cannot fail.

@@ -17,7 +17,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-pub use firetower_client::Payload;
+pub(crate) use firetower_client::Payload;
 
 /// A boxed, sendable future: what [`Upstream`] methods return (same shape as
 /// `futures::future::BoxFuture`, without the dependency).

@@ -298,12 +298,20 @@ async fn frames_sent_with_the_upgrade_request_are_served_at_once() {
     tokio::time::timeout(WAIT, async {
         while !got.windows(pong.len()).any(|w| w == pong) {
             let n = s.read(&mut buf).await.unwrap();
-            assert!(n > 0, "closed before the pong: {:?}", String::from_utf8_lossy(&got));
+            assert!(
+                n > 0,
+                "closed before the pong: {:?}",
+                String::from_utf8_lossy(&got)
+            );
             got.extend_from_slice(&buf[..n]);
         }
     })
     .await
     .expect("the pipelined ping is answered without more input");
-    assert!(got.starts_with(b"HTTP/1.1 101"), "{:?}", String::from_utf8_lossy(&got));
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
     gw.shutdown().await;
 }

@@ -23,6 +23,9 @@
 //! `firetower-raft`, which puts its own messages in this framing), and does not authenticate
 //! peers yet (see [`tls`]).
 
+#![warn(missing_docs, unreachable_pub)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 mod client;
 mod endpoint;
 mod frame;

@@ -25,6 +25,9 @@
 //!   sans-I/O   stamper (term, seq) and lease rules      leases (session expiry)
 //! ```
 
+#![warn(missing_docs, unreachable_pub)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 mod admin;
 mod config;
 mod error;

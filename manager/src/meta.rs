@@ -39,7 +39,7 @@ impl NodeMeta {
 }
 
 /// Read the directory's identity, creating it for a fresh directory.
-pub fn load_or_create(dir: &Path, node_id: u64) -> Result<NodeMeta, StartError> {
+pub(crate) fn load_or_create(dir: &Path, node_id: u64) -> Result<NodeMeta, StartError> {
     fs::create_dir_all(dir).map_err(|source| StartError::DataDir {
         path: dir.to_path_buf(),
         source,
@@ -105,7 +105,7 @@ fn dir_has_foreign_files(dir: &Path) -> Result<bool, StartError> {
 
 /// Give `meta` a stateless-reset secret if it has none (a fresh directory, or one written
 /// before the secret existed), and store it. Call with the data directory locked.
-pub fn ensure_reset_secret(dir: &Path, mut meta: NodeMeta) -> Result<NodeMeta, StartError> {
+pub(crate) fn ensure_reset_secret(dir: &Path, mut meta: NodeMeta) -> Result<NodeMeta, StartError> {
     if meta.quic_reset_secret.len() == 64 {
         return Ok(meta);
     }
@@ -122,7 +122,7 @@ pub fn ensure_reset_secret(dir: &Path, mut meta: NodeMeta) -> Result<NodeMeta, S
 }
 
 /// Write the identity atomically.
-pub fn store(dir: &Path, meta: &NodeMeta) -> Result<(), StartError> {
+pub(crate) fn store(dir: &Path, meta: &NodeMeta) -> Result<(), StartError> {
     let io = |path: PathBuf| move |source| StartError::DataDir { path, source };
     let tmp = dir.join(format!("{FILE_NAME}.tmp"));
     let path = dir.join(FILE_NAME);

@@ -89,7 +89,7 @@ impl std::fmt::Debug for Pending {
 
 impl Proposer {
     /// Start the proposer task of a group.
-    pub fn spawn(
+    pub(crate) fn spawn(
         group: u32,
         raft: Raft,
         timeout: Duration,
@@ -132,7 +132,7 @@ impl Proposer {
     }
 
     /// Propose one command and wait for it to commit and apply.
-    pub async fn propose(&self, command: Command) -> Result<Committed, ProposeError> {
+    pub(crate) async fn propose(&self, command: Command) -> Result<Committed, ProposeError> {
         if self.tx.capacity() == QUEUE {
             if let Ok(permit) = self.in_flight.clone().try_acquire_owned() {
                 let result = self.writer.write(command, 1).await;

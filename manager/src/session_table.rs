@@ -78,7 +78,7 @@ pub(crate) enum EnqueueError {
 
 impl SessionHandle {
     /// Queue a delivery; returns its dseq for [`SessionHandle::wait_acked`].
-    pub fn enqueue_delivery(
+    pub(crate) fn enqueue_delivery(
         &self,
         topic: &str,
         data: &Bytes,
@@ -108,14 +108,14 @@ impl SessionHandle {
         }
     }
 
-    pub fn send_control(&self, frame: session_frame::Frame) -> bool {
+    pub(crate) fn send_control(&self, frame: session_frame::Frame) -> bool {
         let q = lock(&self.queue);
         let bytes = Bytes::from(encode_frame(&SessionFrame { frame: Some(frame) }));
         q.tx.try_send(bytes).is_ok()
     }
 
     /// Wait until the gateway acknowledged `dseq` and say what it did with it.
-    pub async fn wait_acked(&self, dseq: u64, timeout: Duration) -> DeliveryOutcome {
+    pub(crate) async fn wait_acked(&self, dseq: u64, timeout: Duration) -> DeliveryOutcome {
         let mut acked = self.acked.clone();
         let reached = tokio::time::timeout(timeout, async {
             acked.wait_for(|v| *v >= dseq).await.is_ok()
@@ -132,7 +132,7 @@ impl SessionHandle {
         }
     }
 
-    pub fn record_superseded(&self, dseqs: &[u64]) {
+    pub(crate) fn record_superseded(&self, dseqs: &[u64]) {
         let mut superseded = lock(&self.superseded);
         for d in dseqs {
             if superseded.len() == SUPERSEDED_KEPT {
@@ -145,27 +145,32 @@ impl SessionHandle {
 
 impl SessionTable {
     /// The live session of a gateway, if it has one here.
-    pub fn get(&self, gateway: GatewayId) -> Option<SessionHandle> {
+    pub(crate) fn get(&self, gateway: GatewayId) -> Option<SessionHandle> {
         lock(&self.live).get(&gateway).cloned()
     }
 
     /// Every live session.
-    pub fn live(&self) -> Vec<SessionHandle> {
+    pub(crate) fn live(&self) -> Vec<SessionHandle> {
         lock(&self.live).values().cloned().collect()
     }
 
     /// How many gateways have a live session here.
-    pub fn live_count(&self) -> usize {
+    pub(crate) fn live_count(&self) -> usize {
         lock(&self.live).len()
     }
 
     /// A frame arrived on `gateway`'s session stream of `epoch`.
-    pub fn touch(&self, gateway: GatewayId, epoch: Epoch) {
+    pub(crate) fn touch(&self, gateway: GatewayId, epoch: Epoch) {
         lock(&self.leases).heartbeat(gateway, epoch, Instant::now());
     }
 
     /// The sessions of a group's table whose lease ran out at `now` (see `leases.rs`).
-    pub fn due(&self, led_since: Instant, table: &[HeldSession], now: Instant) -> Vec<HeldSession> {
+    pub(crate) fn due(
+        &self,
+        led_since: Instant,
+        table: &[HeldSession],
+        now: Instant,
+    ) -> Vec<HeldSession> {
         let live: HashMap<GatewayId, Epoch> = lock(&self.live)
             .values()
             .map(|h| (h.gateway, h.epoch))
@@ -174,12 +179,12 @@ impl SessionTable {
     }
 
     /// The expiry of `gateway`'s session `epoch` committed.
-    pub fn expired(&self, gateway: GatewayId, epoch: Epoch) {
+    pub(crate) fn expired(&self, gateway: GatewayId, epoch: Epoch) {
         lock(&self.leases).expired(gateway, epoch);
     }
 
     /// A new session stream of `gateway` with `epoch` and `lease`, with its delivery queue.
-    pub fn open(
+    pub(crate) fn open(
         &self,
         gateway: GatewayId,
         epoch: Epoch,
@@ -202,7 +207,7 @@ impl SessionTable {
     }
 
     /// The session stream `handle` ended.
-    pub fn close(&self, handle: &SessionHandle) {
+    pub(crate) fn close(&self, handle: &SessionHandle) {
         let mut live = lock(&self.live);
         if live
             .get(&handle.gateway)

@@ -415,7 +415,7 @@ impl TestGateway {
         lock(&self.shared.held).insert(topic.to_string());
         let result = self
             .link
-            .subscribe_in_session(topic, self.shared.epoch)
+            .subscribe_in_session(topic, firetower_proto::Epoch(self.shared.epoch))
             .await;
         if let Err(e) = &result {
             if !e.is_indeterminate() {
@@ -480,9 +480,12 @@ impl TestGateway {
         let exchange = async {
             let (mut send, mut recv) =
                 self.link.open_stream(at).await.map_err(|e| e.to_string())?;
-            write_link_frame(&mut send, &request.to_frame(self.id))
-                .await
-                .map_err(|e| e.to_string())?;
+            write_link_frame(
+                &mut send,
+                &request.to_frame(firetower_proto::GatewayId(self.id)),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             send.finish().map_err(|e| e.to_string())?;
             let bytes = recv
                 .read_to_end(MAX_LINK_FRAME_BYTES + 4)
@@ -560,7 +563,7 @@ async fn session_loop(link: LinkClient, shared: Arc<Shared>, manager: SocketAddr
             ended = run_session(&link, &shared, manager) => ended,
         };
         let was_open = lock(&shared.open).remove(&manager);
-        tracing::debug!(gateway = link.gateway(), %manager, ?ended, was_open, "test session ended");
+        tracing::debug!(gateway = link.gateway().get(), %manager, ?ended, was_open, "test session ended");
         if was_open {
             attempt = 0;
         }
@@ -580,7 +583,7 @@ async fn run_session(
 ) -> Result<(), String> {
     let (mut send, mut recv) = link.open_stream(manager).await.map_err(|e| e.to_string())?;
     let open = LinkRequest::OpenSession {
-        epoch: shared.epoch,
+        epoch: firetower_proto::Epoch(shared.epoch),
         lease: LEASE,
     }
     .to_frame(link.gateway());
@@ -675,7 +678,10 @@ async fn resync(link: LinkClient, shared: Arc<Shared>, groups: Vec<u32>) {
         if !lock(&shared.held).contains(&topic) {
             continue;
         }
-        if let Err(e) = link.subscribe_in_session(&topic, shared.epoch).await {
+        if let Err(e) = link
+            .subscribe_in_session(&topic, firetower_proto::Epoch(shared.epoch))
+            .await
+        {
             tracing::warn!(topic, error = %e, "test gateway: re-subscribe failed");
             shared.resync_failures.fetch_add(1, Ordering::Relaxed);
         }

@@ -13,6 +13,11 @@
 //! always comes back with a higher epoch and the managers drop what its previous life held.
 //! Deliveries of a topic are passed on in `(term, seq)` order; anything at or below the last
 //! passed-on stamp (a late message from a deposed leader, a duplicate) is dropped and counted.
+//!
+//! [`ClusterUpstream::connect`] makes its own QUIC endpoint;
+//! [`ClusterUpstream::connect_with_endpoint`] runs the same code over one the caller made,
+//! which is how the manager's in-memory partition suite (`manager/tests/partition.rs`) drives
+//! this type over a `MemNet`.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -103,6 +108,10 @@ struct Inner {
     /// Managers a session task runs for.
     session_tasks: Mutex<HashSet<SocketAddr>>,
     dropped_out_of_order: AtomicU64,
+    /// `Resync` frames received, from any manager.
+    resyncs: AtomicU64,
+    /// Re-subscribes sent for a `Resync` that failed.
+    resync_failures: AtomicU64,
     closed: AtomicBool,
 }
 
@@ -116,6 +125,31 @@ impl ClusterUpstream {
         options: ClusterOptions,
     ) -> Result<(ClusterUpstream, mpsc::Receiver<Delivery>), LinkError> {
         let link = LinkClient::connect(gateway, managers, options.link.clone()).await?;
+        Ok(Self::start(link, options))
+    }
+
+    /// Like [`ClusterUpstream::connect`], over a QUIC endpoint the caller made, as
+    /// [`LinkClient::connect_with_endpoint`]: one of a [`firetower_link::MemNet`], say, so
+    /// that a test can cut, delay and heal this gateway's links. Requests and sessions both go
+    /// through it. The endpoint's default client config must speak
+    /// [`firetower_link::ALPN_LINK`], as [`crate::client_endpoint`]'s does.
+    pub async fn connect_with_endpoint(
+        endpoint: quinn::Endpoint,
+        gateway: u64,
+        managers: Vec<SocketAddr>,
+        options: ClusterOptions,
+    ) -> Result<(ClusterUpstream, mpsc::Receiver<Delivery>), LinkError> {
+        let link =
+            LinkClient::connect_with_endpoint(endpoint, gateway, managers, options.link.clone())
+                .await?;
+        Ok(Self::start(link, options))
+    }
+
+    /// Start the sessions over a connected `link`: what both constructors share.
+    fn start(
+        link: LinkClient,
+        options: ClusterOptions,
+    ) -> (ClusterUpstream, mpsc::Receiver<Delivery>) {
         let (tx, rx) = mpsc::channel(options.delivery_buffer.max(1));
         let epoch = Epoch(
             std::time::SystemTime::now()
@@ -134,11 +168,13 @@ impl ClusterUpstream {
                 open_sessions: Mutex::new(HashSet::new()),
                 session_tasks: Mutex::new(HashSet::new()),
                 dropped_out_of_order: AtomicU64::new(0),
+                resyncs: AtomicU64::new(0),
+                resync_failures: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
             }),
         };
         upstream.spawn_missing_sessions();
-        Ok((upstream, rx))
+        (upstream, rx)
     }
 
     /// The link used for requests.
@@ -154,6 +190,19 @@ impl ClusterUpstream {
     /// Deliveries dropped because an equal or newer stamp of their topic was already passed on.
     pub fn dropped_out_of_order(&self) -> u64 {
         self.inner.dropped_out_of_order.load(Ordering::Relaxed)
+    }
+
+    /// `Resync` frames received so far, from any manager: each one is a group leader that
+    /// registered this session anew (after its lease expired there, say) and asked for the
+    /// topics held in its groups.
+    pub fn resyncs(&self) -> u64 {
+        self.inner.resyncs.load(Ordering::Relaxed)
+    }
+
+    /// Re-subscribes sent in answer to a `Resync` that failed (the next `Resync` of the
+    /// group retries them).
+    pub fn resync_failures(&self) -> u64 {
+        self.inner.resync_failures.load(Ordering::Relaxed)
     }
 
     /// Number of managers with an open session.
@@ -281,6 +330,7 @@ impl ClusterUpstream {
                     }
                 }
                 Some(session_frame::Frame::Resync(r)) => {
+                    self.inner.resyncs.fetch_add(1, Ordering::Relaxed);
                     let this = self.clone();
                     tokio::spawn(async move { this.resync(r.groups).await });
                 }
@@ -374,6 +424,7 @@ impl ClusterUpstream {
                 .subscribe_in_session(&topic, self.inner.epoch)
                 .await
             {
+                self.inner.resync_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(topic, error = %e, "re-subscribe failed; the next resync retries");
             }
         }

@@ -13,11 +13,11 @@
 //! `cluster init` uses stays on loopback TCP. No packet reaches the OS network, so the tests
 //! need no root and no namespaces.
 //!
-//! A [`TestGateway`] is a gateway's cluster side without its client side: a
-//! [`LinkClient`] for requests, and one session stream per manager speaking the session
-//! protocol as `firetower_gateway::ClusterUpstream` does (open, heartbeats, acks, re-subscribe
-//! held topics on `Resync`, routing pushes into the leader cache). Deliveries are recorded for
-//! the test to read instead of being fanned out.
+//! A [`TestGateway`] is a gateway's cluster side without its client side: the real
+//! [`ClusterUpstream`] (its requests, and one session stream per manager with heartbeats,
+//! acks, re-subscription of held topics on `Resync` and routing pushes), connected over the
+//! switch with [`ClusterUpstream::connect_with_endpoint`]. The deliveries it passes on are
+//! recorded for the test to read instead of being fanned out to clients.
 //!
 //! Everything waits by polling against a deadline; nothing assumes how long an election or a
 //! timeout takes.
@@ -27,23 +27,21 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bytes::Bytes;
+use firetower_gateway::{ClusterOptions, ClusterUpstream, Payload, Stamp, Upstream, UpstreamError};
 use firetower_link::{
-    decode_body, decode_frame, read_link_frame, write_link_frame, LinkClient, LinkError,
-    LinkOptions, LinkReply, LinkRequest, MemNet, Routing, Written, MAX_LINK_FRAME_BYTES,
+    decode_frame, write_link_frame, LinkClient, LinkError, LinkOptions, LinkReply, LinkRequest,
+    MemNet, MAX_LINK_FRAME_BYTES,
 };
 use firetower_manager::{connect_admin, Manager, ManagerConfig, RaftTuning};
 use firetower_proto::admin::InitRequest;
 use firetower_proto::group_of;
-use firetower_proto::link::{
-    gateway_frame, session_frame, DeliveryAck, GatewayFrame, GatewayReply, Heartbeat, SessionFrame,
-};
-use tokio::sync::mpsc;
+use firetower_proto::link::GatewayReply;
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 /// Managers in every test cluster: the smallest cluster with a majority and a minority.
 pub const MANAGERS: u64 = 3;
@@ -318,42 +316,30 @@ impl Cluster {
     }
 }
 
-/// A message a [`TestGateway`] received on one of its sessions.
+/// A message a [`TestGateway`]'s upstream passed on to its (absent) fan-out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
     /// The topic.
     pub topic: String,
     /// The payload.
     pub data: Vec<u8>,
-    /// The stamp its leader gave it.
+    /// The stamp its leader gave it: the leader's term...
     pub term: u64,
-    /// The stamp's sequence number.
+    /// ...and the topic's sequence number in that term.
     pub seq: u64,
-    /// The manager whose session carried it.
-    pub from: SocketAddr,
 }
 
-/// The cluster side of a gateway (see the module doc). Its sessions stop when it is dropped.
+/// The cluster side of a gateway (see the module doc): a [`ClusterUpstream`] whose
+/// deliveries are recorded. Its sessions stop when it is dropped.
 pub struct TestGateway {
     /// The gateway's id.
     pub id: u64,
     /// Its virtual address.
     pub addr: SocketAddr,
-    link: LinkClient,
-    shared: Arc<Shared>,
-}
-
-/// What the session tasks and the test share.
-struct Shared {
-    epoch: u64,
-    /// Topics held at the cluster: re-sent on `Resync`.
-    held: Mutex<BTreeSet<String>>,
-    /// Managers with an open session.
-    open: Mutex<BTreeSet<SocketAddr>>,
-    received: Mutex<Vec<Received>>,
-    resyncs: AtomicU64,
-    resync_failures: AtomicU64,
-    stop: CancellationToken,
+    upstream: ClusterUpstream,
+    received: Arc<Mutex<Vec<Received>>>,
+    /// The task recording deliveries.
+    recorder: AbortHandle,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -362,7 +348,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Drop for TestGateway {
     fn drop(&mut self) {
-        self.shared.stop.cancel();
+        self.upstream.close();
+        self.recorder.abort();
     }
 }
 
@@ -372,65 +359,58 @@ impl TestGateway {
         let addr = gateway_addr(id);
         let endpoint = net.client_endpoint(addr).expect("a free virtual address");
         let managers = (1..=MANAGERS).map(manager_addr).collect();
-        let options = LinkOptions {
-            request_timeout: REQUEST_TIMEOUT,
-            min_backoff: Duration::from_millis(20),
-            max_backoff: Duration::from_millis(500),
+        let options = ClusterOptions {
+            lease: LEASE,
+            link: LinkOptions {
+                request_timeout: REQUEST_TIMEOUT,
+                min_backoff: Duration::from_millis(20),
+                max_backoff: Duration::from_millis(500),
+            },
+            ..ClusterOptions::default()
         };
-        let link = LinkClient::connect_with_endpoint(endpoint, id, managers, options)
-            .await
-            .expect("the gateway reaches the cluster");
-        let shared = Arc::new(Shared {
-            // As a real gateway: its start time, so a later run has a higher epoch.
-            epoch: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_micros() as u64)
-                .unwrap_or(1),
-            held: Mutex::default(),
-            open: Mutex::default(),
-            received: Mutex::default(),
-            resyncs: AtomicU64::new(0),
-            resync_failures: AtomicU64::new(0),
-            stop: CancellationToken::new(),
-        });
-        for manager in link.managers() {
-            tokio::spawn(session_loop(link.clone(), shared.clone(), manager));
-        }
+        let (upstream, mut deliveries) =
+            ClusterUpstream::connect_with_endpoint(endpoint, id, managers, options)
+                .await
+                .expect("the gateway reaches the cluster");
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let record = received.clone();
+        let recorder = tokio::spawn(async move {
+            while let Some(delivery) = deliveries.recv().await {
+                lock(&record).push(Received {
+                    topic: delivery.topic.to_string(),
+                    data: delivery.payload.bytes().to_vec(),
+                    term: delivery.term,
+                    seq: delivery.seq,
+                });
+            }
+        })
+        .abort_handle();
         TestGateway {
             id,
             addr,
-            link,
-            shared,
+            upstream,
+            received,
+            recorder,
         }
     }
 
     /// The link the gateway's requests go through.
     pub fn link(&self) -> &LinkClient {
-        &self.link
+        self.upstream.link()
     }
 
-    /// Subscribe to `topic` in this gateway's session, holding it for resyncs (as the real
-    /// gateway: held before it is sent, dropped again only on a definite refusal).
-    pub async fn subscribe(&self, topic: &str) -> Result<Written, LinkError> {
-        lock(&self.shared.held).insert(topic.to_string());
-        let result = self
-            .link
-            .subscribe_in_session(topic, firetower_proto::Epoch(self.shared.epoch))
-            .await;
-        if let Err(e) = &result {
-            if !e.is_indeterminate() {
-                lock(&self.shared.held).remove(topic);
-            }
-        }
-        result
+    /// Subscribe to `topic` in this gateway's session, as the gateway does for its first
+    /// local subscriber: [`ClusterUpstream`] holds it for resyncs.
+    pub async fn subscribe(&self, topic: &str) -> Result<(), UpstreamError> {
+        self.upstream.subscribe(topic).await
     }
 
     /// Retry [`TestGateway::subscribe`] until it is acknowledged, or panic after `timeout`.
-    pub async fn subscribe_within(&self, topic: &str, timeout: Duration) -> Written {
+    pub async fn subscribe_within(&self, topic: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
             let error = match self.subscribe(topic).await {
-                Ok(written) => return written,
+                Ok(()) => return,
                 Err(e) => e,
             };
             assert!(
@@ -442,13 +422,15 @@ impl TestGateway {
         }
     }
 
-    /// Publish through the link (it finds the leader and retries what is safe to retry).
-    pub async fn publish(&self, topic: &str, data: &[u8]) -> Result<(u64, u64), LinkError> {
-        self.link.publish(topic, data.to_vec(), false).await
+    /// Publish as the gateway does for a client (the link finds the leader and retries what
+    /// is safe to retry).
+    pub async fn publish(&self, topic: &str, data: &[u8]) -> Result<Stamp, UpstreamError> {
+        let payload = Payload::Binary(Bytes::copy_from_slice(data));
+        self.upstream.publish(topic, payload).await
     }
 
     /// Retry [`TestGateway::publish`] until it is acknowledged, or panic after `timeout`.
-    pub async fn publish_within(&self, topic: &str, data: &[u8], timeout: Duration) -> (u64, u64) {
+    pub async fn publish_within(&self, topic: &str, data: &[u8], timeout: Duration) -> Stamp {
         let deadline = Instant::now() + timeout;
         loop {
             let error = match self.publish(topic, data).await {
@@ -477,15 +459,12 @@ impl TestGateway {
             data: data.to_vec(),
             json: false,
         };
+        let link = self.link();
         let exchange = async {
-            let (mut send, mut recv) =
-                self.link.open_stream(at).await.map_err(|e| e.to_string())?;
-            write_link_frame(
-                &mut send,
-                &request.to_frame(firetower_proto::GatewayId(self.id)),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+            let (mut send, mut recv) = link.open_stream(at).await.map_err(|e| e.to_string())?;
+            write_link_frame(&mut send, &request.to_frame(link.gateway()))
+                .await
+                .map_err(|e| e.to_string())?;
             send.finish().map_err(|e| e.to_string())?;
             let bytes = recv
                 .read_to_end(MAX_LINK_FRAME_BYTES + 4)
@@ -501,12 +480,12 @@ impl TestGateway {
 
     /// The gateways of `topic`, read at its group's leader (linearizable).
     pub async fn topic_gateways(&self, topic: &str) -> Result<Vec<u64>, LinkError> {
-        self.link.topic_gateways(topic).await
+        self.link().topic_gateways(topic).await
     }
 
     /// How many managers this gateway has an open session with.
     pub fn open_sessions(&self) -> usize {
-        lock(&self.shared.open).len()
+        self.upstream.open_sessions()
     }
 
     /// Wait until exactly `n` sessions are open.
@@ -521,17 +500,17 @@ impl TestGateway {
 
     /// `Resync` frames received so far.
     pub fn resyncs(&self) -> u64 {
-        self.shared.resyncs.load(Ordering::Relaxed)
+        self.upstream.resyncs()
     }
 
     /// Re-subscriptions after a `Resync` that failed.
     pub fn resync_failures(&self) -> u64 {
-        self.shared.resync_failures.load(Ordering::Relaxed)
+        self.upstream.resync_failures()
     }
 
-    /// Every message received on `topic` so far.
+    /// Every message of `topic` passed on so far.
     pub fn received(&self, topic: &str) -> Vec<Received> {
-        lock(&self.shared.received)
+        lock(&self.received)
             .iter()
             .filter(|r| r.topic == topic)
             .cloned()
@@ -550,140 +529,5 @@ impl TestGateway {
             || async move { self.received(topic).into_iter().find(|r| r.data == data) },
         )
         .await
-    }
-}
-
-/// Keep a session with `manager` open until the gateway stops, reconnecting after failures
-/// with the link's backoff.
-async fn session_loop(link: LinkClient, shared: Arc<Shared>, manager: SocketAddr) {
-    let mut attempt = 0u32;
-    while !shared.stop.is_cancelled() {
-        let ended = tokio::select! {
-            _ = shared.stop.cancelled() => break,
-            ended = run_session(&link, &shared, manager) => ended,
-        };
-        let was_open = lock(&shared.open).remove(&manager);
-        tracing::debug!(gateway = link.gateway().get(), %manager, ?ended, was_open, "test session ended");
-        if was_open {
-            attempt = 0;
-        }
-        tokio::select! {
-            _ = shared.stop.cancelled() => break,
-            _ = link.backoff(attempt) => {}
-        }
-        attempt = attempt.saturating_add(1);
-    }
-    lock(&shared.open).remove(&manager);
-}
-
-async fn run_session(
-    link: &LinkClient,
-    shared: &Arc<Shared>,
-    manager: SocketAddr,
-) -> Result<(), String> {
-    let (mut send, mut recv) = link.open_stream(manager).await.map_err(|e| e.to_string())?;
-    let open = LinkRequest::OpenSession {
-        epoch: firetower_proto::Epoch(shared.epoch),
-        lease: LEASE,
-    }
-    .to_frame(link.gateway());
-    write_link_frame(&mut send, &open)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (acks, mut to_send) = mpsc::unbounded_channel::<GatewayFrame>();
-    // Heartbeats and acks share the send side.
-    let writer = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(LEASE / 5);
-        loop {
-            let frame = tokio::select! {
-                _ = tick.tick() => GatewayFrame {
-                    frame: Some(gateway_frame::Frame::Heartbeat(Heartbeat {})),
-                },
-                frame = to_send.recv() => match frame {
-                    Some(frame) => frame,
-                    None => break,
-                },
-            };
-            if write_link_frame(&mut send, &frame).await.is_err() {
-                break;
-            }
-        }
-    });
-    let result = read_session(link, shared, manager, &mut recv, &acks).await;
-    writer.abort();
-    result
-}
-
-async fn read_session(
-    link: &LinkClient,
-    shared: &Arc<Shared>,
-    manager: SocketAddr,
-    recv: &mut quinn::RecvStream,
-    acks: &mpsc::UnboundedSender<GatewayFrame>,
-) -> Result<(), String> {
-    loop {
-        let Some(body) = read_link_frame(recv, MAX_LINK_FRAME_BYTES)
-            .await
-            .map_err(|e| e.to_string())?
-        else {
-            return Ok(());
-        };
-        let frame: SessionFrame = decode_body(&body).map_err(|e| e.to_string())?;
-        match frame.frame {
-            Some(session_frame::Frame::Opened(_)) => {
-                lock(&shared.open).insert(manager);
-            }
-            Some(session_frame::Frame::Delivery(d)) => {
-                lock(&shared.received).push(Received {
-                    topic: d.topic,
-                    data: d.data,
-                    term: d.term,
-                    seq: d.seq,
-                    from: manager,
-                });
-                let ack = GatewayFrame {
-                    frame: Some(gateway_frame::Frame::Ack(DeliveryAck {
-                        upto: d.dseq,
-                        superseded: Vec::new(),
-                    })),
-                };
-                acks.send(ack).map_err(|_| "session writer stopped")?;
-            }
-            Some(session_frame::Frame::Resync(r)) => {
-                shared.resyncs.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(resync(link.clone(), shared.clone(), r.groups));
-            }
-            Some(session_frame::Frame::Routing(r)) => {
-                if let Ok(routing) = Routing::try_from(r) {
-                    link.apply_routing(&routing);
-                }
-            }
-            Some(session_frame::Frame::Failure(f)) => {
-                return Err(format!("{}: {}", f.code, f.message));
-            }
-            None => {}
-        }
-    }
-}
-
-/// Re-send every held topic of `groups`, as the real gateway does on `Resync`.
-async fn resync(link: LinkClient, shared: Arc<Shared>, groups: Vec<u32>) {
-    let count = link.groups();
-    let topics: Vec<String> = lock(&shared.held)
-        .iter()
-        .filter(|t| groups.contains(&group_of(t, count)))
-        .cloned()
-        .collect();
-    for topic in topics {
-        if !lock(&shared.held).contains(&topic) {
-            continue;
-        }
-        if let Err(e) = link
-            .subscribe_in_session(&topic, firetower_proto::Epoch(shared.epoch))
-            .await
-        {
-            tracing::warn!(topic, error = %e, "test gateway: re-subscribe failed");
-            shared.resync_failures.fetch_add(1, Ordering::Relaxed);
-        }
     }
 }

@@ -45,7 +45,7 @@ pub enum StartError {
     #[error("raft group {group}: {detail}")]
     Raft {
         /// The group.
-        group: u32,
+        group: firetower_raft::GroupId,
         /// What openraft said.
         detail: String,
     },

@@ -160,7 +160,7 @@ pub(crate) async fn handle(node: &Node, request: GatewayRequest) -> GatewayReply
             Ok(gateways) => GatewayReply {
                 result: Some(gateway_reply::Result::Gateways(Gateways {
                     gateways,
-                    group,
+                    group: group.get(),
                 })),
             },
             Err(ReadError::NotLeader { leader }) => not_leader(group, leader),

@@ -177,7 +177,7 @@ impl Membership {
                 MembershipError::InvalidRequest(format!("group {group} does not exist"))
             })?;
             match raft.initialize(members.clone()).await {
-                Ok(()) => tracing::info!(group, "initialized group"),
+                Ok(()) => tracing::info!(group = group.get(), "initialized group"),
                 // A repeated Join (retry of an init that timed out) finds it initialized.
                 Err(openraft::error::RaftError::APIError(
                     openraft::error::InitializeError::NotAllowed(_),
@@ -204,9 +204,9 @@ impl Membership {
         Ok(())
     }
 
-    pub(crate) fn check_group(&self, group: u32) -> Result<(), MembershipError> {
+    pub(crate) fn check_group(&self, group: GroupId) -> Result<(), MembershipError> {
         let groups = self.node.group_count();
-        if group >= groups {
+        if group.get() >= groups {
             return Err(MembershipError::InvalidRequest(format!(
                 "group {group} does not exist: this cluster has groups 0..={}",
                 groups.saturating_sub(1)
@@ -219,7 +219,7 @@ impl Membership {
         let meta = self.node.meta();
         let mut group_status = Vec::new();
         let mut replicas = Vec::new();
-        for g in 0..meta.groups {
+        for g in (0..meta.groups).map(GroupId) {
             if let Some((status, replica)) = self.node.group_status(g).await {
                 group_status.push(status);
                 replicas.push(replica);
@@ -254,7 +254,7 @@ impl Membership {
     async fn change_group(&self, group: GroupId, change: Change) -> Result<(), MembershipError> {
         let deadline = tokio::time::Instant::now() + CHANGE_TIMEOUT;
         let request = ChangeGroupRequest {
-            group,
+            group: group.get(),
             change: Some(change),
         };
         let mut target: Option<String> = None;
@@ -291,8 +291,8 @@ impl Membership {
         request: ChangeGroupRequest,
     ) -> Result<ChangeGroupReply, MembershipError> {
         self.require_joined()?;
-        self.check_group(request.group)?;
-        let group = request.group;
+        let group = GroupId(request.group);
+        self.check_group(group)?;
         let raft = self.node.raft(group).ok_or_else(|| {
             MembershipError::Unavailable(format!("group {group} is not running here"))
         })?;
@@ -384,7 +384,7 @@ impl Membership {
             let reachable = match reply {
                 Ok(d) if d.id == id => {
                     for (s, r) in d.group_status.into_iter().zip(d.replicas) {
-                        views.entry(s.id).or_default().push((s, r));
+                        views.entry(GroupId(s.id)).or_default().push((s, r));
                     }
                     true
                 }
@@ -403,7 +403,7 @@ impl Membership {
             });
         }
         let mut groups = Vec::new();
-        for g in 0..self.node.group_count() {
+        for g in self.node.group_ids() {
             let Some(list) = views.get(&g) else { continue };
             // The leader's view is authoritative for membership and commit progress; without a
             // reachable leader, the view with the highest term is the freshest.
@@ -504,9 +504,10 @@ impl Membership {
             })
             .collect();
         for (pass, i, id, node) in steps {
-            let initialize: Vec<u32> = if pass {
+            let initialize: Vec<GroupId> = if pass {
                 (0..groups)
                     .filter(|g| *g as usize % ids.len() == i)
+                    .map(GroupId)
                     .collect()
             } else {
                 Vec::new()
@@ -521,7 +522,7 @@ impl Membership {
                         cluster_id: cluster_id.clone(),
                         groups,
                         members: proto_members.clone(),
-                        initialize,
+                        initialize: initialize.iter().map(|g| g.get()).collect(),
                     })
                     .await
                     .map_err(|e| {
@@ -608,7 +609,7 @@ impl Membership {
                 initialize: Vec::new(),
             })
             .await?;
-        for g in 0..self.node.group_count() {
+        for g in self.node.group_ids() {
             // A leader change between the two steps can lose a learner that was not yet
             // committed everywhere: the promotion is then refused ("learner not found"), and
             // adding the learner again and promoting it once more is the cure.
@@ -624,7 +625,7 @@ impl Membership {
                             && tries < 3 =>
                     {
                         tries += 1;
-                        tracing::info!(group = g, manager = d.id, error = %e.message(), "learner lost before its promotion; adding it again");
+                        tracing::info!(group = g.get(), manager = d.id, error = %e.message(), "learner lost before its promotion; adding it again");
                     }
                     Err(e) => return Err(e),
                 }
@@ -659,7 +660,7 @@ impl Membership {
                 "manager {id} is the last member; a cluster cannot remove its last manager"
             )));
         }
-        for g in 0..self.node.group_count() {
+        for g in self.node.group_ids() {
             self.change_group(g, Change::RemoveMember(id)).await?;
         }
         Ok(RemoveManagerReply {})
@@ -671,6 +672,7 @@ impl Membership {
     ) -> Result<TransferLeaderReply, MembershipError> {
         self.require_joined()?;
         let TransferLeaderRequest { group, to } = request;
+        let group = GroupId(group);
         self.check_group(group)?;
         let known = self.node.known_managers();
         let target = known.get(&to).cloned().ok_or_else(|| {
@@ -704,7 +706,7 @@ impl Membership {
             // Step 1: the leader stops heartbeats until the followers' leases run out, so the
             // target's vote request is not refused on account of a live leader.
             let hold = HoldHeartbeatsRequest {
-                group,
+                group: group.get(),
                 millis: (lease * 3).as_millis() as u64,
             };
             connect(&leader_node.admin, CHANGE_TIMEOUT)
@@ -715,7 +717,7 @@ impl Membership {
             // Step 2: the target stands for election with an up-to-date log and wins.
             connect(&target.admin, CHANGE_TIMEOUT)
                 .await?
-                .campaign(CampaignRequest { group })
+                .campaign(CampaignRequest { group: group.get() })
                 .await?;
             let deadline = tokio::time::Instant::now() + lease * 3;
             while tokio::time::Instant::now() < deadline {
@@ -749,7 +751,7 @@ impl Membership {
                 Ok(gateways) => {
                     return Ok(TopicInfoReply {
                         topic,
-                        group,
+                        group: group.get(),
                         leader: self.node.id(),
                         gateways,
                     })
@@ -803,8 +805,9 @@ impl Membership {
                 )
             })
             .collect();
+        let initialize: Vec<GroupId> = r.initialize.into_iter().map(GroupId).collect();
         // Init holds its own lock while it sends Join to itself; only remote Joins lock here.
-        self.join_cluster(&r.cluster_id, r.groups, &members, &r.initialize)
+        self.join_cluster(&r.cluster_id, r.groups, &members, &initialize)
             .await?;
         Ok(JoinReply {})
     }
@@ -814,7 +817,7 @@ impl Membership {
         request: CampaignRequest,
     ) -> Result<CampaignReply, MembershipError> {
         self.require_joined()?;
-        let group = request.group;
+        let group = GroupId(request.group);
         self.check_group(group)?;
         let raft = self.node.raft(group).ok_or_else(|| {
             MembershipError::Unavailable(format!("group {group} is not running here"))
@@ -832,6 +835,7 @@ impl Membership {
     ) -> Result<HoldHeartbeatsReply, MembershipError> {
         self.require_joined()?;
         let HoldHeartbeatsRequest { group, millis } = request;
+        let group = GroupId(group);
         self.check_group(group)?;
         let raft = self.node.raft(group).ok_or_else(|| {
             MembershipError::Unavailable(format!("group {group} is not running here"))

@@ -16,6 +16,7 @@ use std::fmt;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use firetower_raft::GroupId;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -209,8 +210,8 @@ impl ManagerMetrics {
 
     /// Create the series of a group that started here, at zero, so that dashboards and
     /// `rate()` see them from the start rather than from the first event.
-    pub(crate) fn add_group(&self, group: u32) {
-        let label = GroupLabel { group };
+    pub(crate) fn add_group(&self, group: GroupId) {
+        let label = GroupLabel { group: group.get() };
         drop(self.proposals.get_or_create(&label));
         drop(self.commits.get_or_create(&label));
         drop(self.commit_latency.get_or_create(&label));
@@ -225,12 +226,15 @@ impl ManagerMetrics {
     }
 
     /// A group's Raft state as last sampled.
-    pub(crate) fn set_group(&self, group: u32, sample: GroupSample) {
-        let label = GroupLabel { group };
+    pub(crate) fn set_group(&self, group: GroupId, sample: GroupSample) {
+        let label = GroupLabel { group: group.get() };
         for role in Role::ALL {
             let value = i64::from(sample.role == Some(role));
             self.role
-                .get_or_create(&RoleLabels { group, role })
+                .get_or_create(&RoleLabels {
+                    group: group.get(),
+                    role,
+                })
                 .set(value);
         }
         self.term
@@ -248,15 +252,15 @@ impl ManagerMetrics {
     }
 
     /// `commands` were proposed in `group`.
-    pub(crate) fn proposed(&self, group: u32, commands: u64) {
+    pub(crate) fn proposed(&self, group: GroupId, commands: u64) {
         self.proposals
-            .get_or_create(&GroupLabel { group })
+            .get_or_create(&GroupLabel { group: group.get() })
             .inc_by(commands);
     }
 
     /// `commands` proposed in `group` committed and were applied `took` after proposal.
-    pub(crate) fn committed(&self, group: u32, commands: u64, took: Duration) {
-        let label = GroupLabel { group };
+    pub(crate) fn committed(&self, group: GroupId, commands: u64, took: Duration) {
+        let label = GroupLabel { group: group.get() };
         self.commits.get_or_create(&label).inc_by(commands);
         self.commit_latency
             .get_or_create(&label)
@@ -309,7 +313,7 @@ mod tests {
     #[test]
     fn a_started_group_has_its_series_at_zero() {
         let m = ManagerMetrics::new();
-        m.add_group(4);
+        m.add_group(GroupId(4));
         let text = m.encode();
         for want in [
             "firetower_manager_proposals_total{group=\"4\"} 0",
@@ -325,7 +329,7 @@ mod tests {
     fn every_metric_is_named_with_the_prefix() {
         let m = ManagerMetrics::new();
         m.set_group(
-            0,
+            GroupId(0),
             GroupSample {
                 role: Some(Role::leader),
                 term: 3,
@@ -334,8 +338,8 @@ mod tests {
                 stamp_topics: 2,
             },
         );
-        m.proposed(0, 2);
-        m.committed(0, 2, Duration::from_millis(3));
+        m.proposed(GroupId(0), 2);
+        m.committed(GroupId(0), 2, Duration::from_millis(3));
         m.published(PublishOutcome::published);
         m.delivered(4);
         m.set_gateway_sessions(1);

@@ -155,6 +155,11 @@ impl Node {
         self.meta().groups
     }
 
+    /// Every group of the cluster, `0..group_count()` (none before joining).
+    pub(crate) fn group_ids(&self) -> impl Iterator<Item = GroupId> {
+        (0..self.group_count()).map(GroupId)
+    }
+
     pub(crate) fn meta(&self) -> NodeMeta {
         lock(&self.inner.meta).clone()
     }
@@ -265,11 +270,11 @@ impl Node {
         let peers = PeerConnections::new(inner.endpoint.clone(), cluster_id);
         *lock(&inner.peers) = Some(peers.clone());
         let config = Arc::new(inner.config.raft.openraft_config()?);
-        for group in 0..groups {
+        for group in (0..groups).map(GroupId) {
             if inner.router.get(group).is_some() {
                 continue;
             }
-            let mut log_store = inner.wal.log_store(group);
+            let mut log_store = inner.wal.log_store(group.get());
             let startup_term = if inner.config.unsafe_stale_leadership {
                 // DELIBERATELY UNSAFE (Jepsen self-test): resume leadership of the old term.
                 0
@@ -281,7 +286,7 @@ impl Node {
                         detail: e.to_string(),
                     })?
             };
-            let state_machine = inner.state.state_machine::<TypeConfig>(group)?;
+            let state_machine = inner.state.state_machine::<TypeConfig>(group.get())?;
             let reader = state_machine.reader();
             let network = QuicNetworkFactory::new(group, peers.clone());
             let raft = Raft::new(self.id(), config.clone(), network, log_store, state_machine)
@@ -355,7 +360,7 @@ impl Node {
         let learners: Vec<u64> = membership.learner_ids().collect();
         let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
         let status = GroupStatus {
-            id: group,
+            id: group.get(),
             leader: m.current_leader.unwrap_or(0),
             term: m.current_term,
             voters: voters.into_iter().collect(),
@@ -388,7 +393,8 @@ impl Node {
     pub(crate) async fn wait_for_leaders(&self, timeout: Duration) -> Vec<GroupId> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let missing: Vec<GroupId> = (0..self.group_count())
+            let missing: Vec<GroupId> = self
+                .group_ids()
                 .filter(|g| self.leader_of(*g).is_none())
                 .collect();
             if missing.is_empty() || tokio::time::Instant::now() >= deadline {

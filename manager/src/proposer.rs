@@ -20,7 +20,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use firetower_raft::{Command, ManagerNode, Raft, Response};
+use firetower_raft::{Command, GroupId, ManagerNode, Raft, Response};
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -63,7 +63,7 @@ pub(crate) struct Proposer {
 /// Writes one entry of a group and counts it in the metrics.
 #[derive(Clone)]
 struct EntryWriter {
-    group: u32,
+    group: GroupId,
     raft: Raft,
     timeout: Duration,
     metrics: Arc<ManagerMetrics>,
@@ -73,7 +73,7 @@ impl std::fmt::Debug for Proposer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Proposer")
             .field("queued", &(QUEUE - self.tx.capacity()))
-            .field("group", &self.writer.group)
+            .field("group", &self.writer.group.get())
             .field("free_slots", &self.in_flight.available_permits())
             .finish_non_exhaustive()
     }
@@ -90,7 +90,7 @@ impl std::fmt::Debug for Pending {
 impl Proposer {
     /// Start the proposer task of a group.
     pub(crate) fn spawn(
-        group: u32,
+        group: GroupId,
         raft: Raft,
         timeout: Duration,
         metrics: Arc<ManagerMetrics>,

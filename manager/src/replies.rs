@@ -23,7 +23,7 @@ pub(crate) fn not_leader(group: GroupId, leader: Option<(u64, ManagerNode)>) -> 
     let (leader_id, leader_quic) = leader.map(|(id, n)| (id, n.quic)).unwrap_or_default();
     GatewayReply {
         result: Some(gateway_reply::Result::NotLeader(NotLeader {
-            group,
+            group: group.get(),
             leader_id,
             leader_quic,
         })),
@@ -37,14 +37,15 @@ pub(crate) fn routing(node: &Node) -> Routing {
         .into_iter()
         .map(|(id, n)| ManagerAddr { id, quic: n.quic })
         .collect();
-    let leaders = (0..node.group_count())
+    let leaders = node
+        .group_ids()
         .map(|group| {
             let (leader_id, leader_quic) = node
                 .leader_of(group)
                 .map(|(id, n)| (id, n.quic))
                 .unwrap_or_default();
             GroupLeader {
-                group,
+                group: group.get(),
                 leader_id,
                 leader_quic,
             }

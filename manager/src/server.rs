@@ -244,7 +244,7 @@ impl Manager {
             .close(0u32.into(), b"manager shutting down");
         for (group, raft) in self.node.router().groups() {
             if let Err(e) = raft.shutdown().await {
-                tracing::warn!(group, error = %e, "raft group did not shut down cleanly");
+                tracing::warn!(group = group.get(), error = %e, "raft group did not shut down cleanly");
             }
         }
         // Let the close frames reach the peers before the process exits.
@@ -260,7 +260,7 @@ impl Manager {
             return;
         };
         let mut addrs = std::collections::BTreeSet::new();
-        for group in 0..self.node.group_count() {
+        for group in self.node.group_ids() {
             if let Some(raft) = self.node.raft(group) {
                 let metrics = raft.metrics().borrow().clone();
                 for (id, node) in metrics.membership_config.membership().nodes() {

@@ -60,7 +60,7 @@ pub(crate) async fn serve_session(
     let mut fresh = Vec::new();
     for group in node.led_groups() {
         if let Ok(true) = ensure_session(&node, group, &handle).await {
-            fresh.push(group);
+            fresh.push(group.get());
         }
     }
     handle.send_control(session_frame::Frame::Opened(SessionOpened {
@@ -268,7 +268,7 @@ pub(crate) fn spawn_lease_task(node: Node) {
             for group in led {
                 let since = *leader_since.entry(group).or_insert_with(Instant::now);
                 if let Err(e) = lease_round(&node, group, since).await {
-                    tracing::debug!(group, error = %e, "lease round");
+                    tracing::debug!(group = group.get(), error = %e, "lease round");
                 }
             }
         }
@@ -297,7 +297,7 @@ async fn lease_round(node: &Node, group: GroupId, since: Instant) -> Result<(), 
         .collect();
     for due in sessions.due(since, &table, now) {
         tracing::info!(
-            group,
+            group = group.get(),
             gateway = due.gateway.get(),
             epoch = due.epoch.get(),
             "gateway lease expired"
@@ -309,7 +309,7 @@ async fn lease_round(node: &Node, group: GroupId, since: Instant) -> Result<(), 
     for handle in sessions.live() {
         if ensure_session(node, group, &handle).await? {
             handle.send_control(session_frame::Frame::Resync(Resync {
-                groups: vec![group],
+                groups: vec![group.get()],
             }));
         }
     }

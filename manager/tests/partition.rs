@@ -40,13 +40,14 @@ use std::time::Duration;
 use common::{gateway_addr, manager_addr, one_at_a_time, Cluster, TestGateway};
 use firetower_link::LinkReply;
 use firetower_manager::{Manager, RaftTuning};
+use firetower_proto::GroupId;
 use tokio::time::Instant;
 
 /// Bound on any single step that needs at most an election and a reconnect.
 const BOUND: Duration = Duration::from_secs(15);
 
 /// Wait until `manager`'s replica of `group` is a follower.
-async fn wait_following(manager: &Manager, group: u32) {
+async fn wait_following(manager: &Manager, group: GroupId) {
     common::eventually(
         BOUND,
         &format!("manager {} follows in group {group}", manager.id()),
@@ -75,10 +76,12 @@ async fn an_isolated_leader_is_replaced_and_follows_after_heal() {
     publisher.publish_within("before", b"m0", BOUND).await;
     subscriber.wait_received("before", b"m0", BOUND).await;
 
-    let old = cluster.agreed_leader(0, &cluster.ids(), BOUND).await;
+    let old = cluster
+        .agreed_leader(GroupId(0), &cluster.ids(), BOUND)
+        .await;
     let old_term = cluster
         .manager(old)
-        .group_status(0)
+        .group_status(GroupId(0))
         .await
         .expect("group 0")
         .0
@@ -87,12 +90,16 @@ async fn an_isolated_leader_is_replaced_and_follows_after_heal() {
     let isolated_at = Instant::now();
     cluster.net.isolate(manager_addr(old));
 
-    let new = cluster.agreed_leader(0, &rest, BOUND).await;
+    let new = cluster.agreed_leader(GroupId(0), &rest, BOUND).await;
     assert_ne!(
         new, old,
         "the isolated manager cannot stay the majority's leader"
     );
-    let (status, _) = cluster.manager(new).group_status(0).await.expect("group 0");
+    let (status, _) = cluster
+        .manager(new)
+        .group_status(GroupId(0))
+        .await
+        .expect("group 0");
     assert!(
         status.term > old_term,
         "a new leader is elected in a new term"
@@ -123,9 +130,11 @@ async fn an_isolated_leader_is_replaced_and_follows_after_heal() {
         .contains(&subscriber.id));
 
     cluster.net.heal();
-    let leader = cluster.agreed_leader(0, &cluster.ids(), BOUND).await;
+    let leader = cluster
+        .agreed_leader(GroupId(0), &cluster.ids(), BOUND)
+        .await;
     assert_ne!(leader, old, "the old leader lacks the majority's entries");
-    wait_following(cluster.manager(old), 0).await;
+    wait_following(cluster.manager(old), GroupId(0)).await;
     let acked = pairs(&subscriber, &["before", "during"]);
     cluster.wait_subscribed_everywhere(&acked, BOUND).await;
     for (gateway, topic) in &acked {
@@ -147,7 +156,9 @@ async fn the_minority_side_acknowledges_nothing_and_nothing_acknowledged_is_lost
     stranded.subscribe_within("held", BOUND).await;
     served.subscribe_within("held", BOUND).await;
 
-    let old = cluster.agreed_leader(0, &cluster.ids(), BOUND).await;
+    let old = cluster
+        .agreed_leader(GroupId(0), &cluster.ids(), BOUND)
+        .await;
     let majority: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != old).collect();
     let mut majority_side: Vec<_> = majority.iter().map(|id| manager_addr(*id)).collect();
     majority_side.push(served.addr);
@@ -165,7 +176,7 @@ async fn the_minority_side_acknowledges_nothing_and_nothing_acknowledged_is_lost
         )
     };
     let majority_work = async {
-        let new = cluster.agreed_leader(0, &majority, BOUND).await;
+        let new = cluster.agreed_leader(GroupId(0), &majority, BOUND).await;
         served.subscribe_within("majority.write", BOUND).await;
         served
             .publish_within("majority.write", b"from the majority", BOUND)
@@ -191,9 +202,11 @@ async fn the_minority_side_acknowledges_nothing_and_nothing_acknowledged_is_lost
     assert_ne!(new, old);
 
     cluster.net.heal();
-    let leader = cluster.agreed_leader(0, &cluster.ids(), BOUND).await;
+    let leader = cluster
+        .agreed_leader(GroupId(0), &cluster.ids(), BOUND)
+        .await;
     assert_ne!(leader, old, "the old leader lacks the majority's entries");
-    wait_following(cluster.manager(old), 0).await;
+    wait_following(cluster.manager(old), GroupId(0)).await;
     // Every acknowledged subscription is on every manager. The stranded gateway's lease ran
     // out on the majority side, which dropped its subscription; its sessions come back after
     // the heal and re-send what it holds.
@@ -364,7 +377,9 @@ async fn one_cut_link_between_managers_keeps_the_cluster_available() {
     let _serial = one_at_a_time().await;
     let cluster = Cluster::start(1).await;
     let gateway = cluster.gateway(1).await;
-    let leader = cluster.agreed_leader(0, &cluster.ids(), BOUND).await;
+    let leader = cluster
+        .agreed_leader(GroupId(0), &cluster.ids(), BOUND)
+        .await;
     let follower = cluster
         .ids()
         .into_iter()
@@ -393,7 +408,9 @@ async fn one_cut_link_between_managers_keeps_the_cluster_available() {
     }
 
     cluster.net.heal();
-    cluster.agreed_leader(0, &cluster.ids(), BOUND).await;
+    cluster
+        .agreed_leader(GroupId(0), &cluster.ids(), BOUND)
+        .await;
     cluster.wait_subscribed_everywhere(&acked, BOUND).await;
     cluster.shutdown().await;
 }

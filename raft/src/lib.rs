@@ -37,7 +37,7 @@ pub use firetower_link::{
     client_config, install_crypto_provider, make_endpoint, make_endpoint_with_reset_secret,
     ReconnectPolicy, TransportError, ALPN_LINK, ALPN_RAFT,
 };
-pub use firetower_proto::{group_of, jump_consistent_hash};
+pub use firetower_proto::jump_consistent_hash;
 pub use firetower_store::{Command, ManagerId, ManagerNode, Response};
 pub use network::{PeerConnections, QuicNetwork, QuicNetworkFactory};
 pub use router::GroupRouter;
@@ -45,11 +45,13 @@ pub use server::serve_raft_connection;
 pub use wire::{Rejection, MAX_FRAME_LEN};
 
 /// A Raft group (shard of the topic space). Groups are numbered `0..G`; `G` is fixed at init.
-///
-/// Still an alias rather than `firetower_proto::GroupId`: the bare number runs through the
-/// WAL records, the Raft RPC wire, the prost messages and the metric labels of the store, this
-/// crate and the manager alike, so switching it is a change of its own.
-pub type GroupId = u32;
+pub use firetower_proto::GroupId;
+
+/// The group that owns `topic` among `groups` groups: [`firetower_proto::group_of`] as a
+/// [`GroupId`].
+pub fn group_of(topic: &str, groups: u32) -> GroupId {
+    GroupId(firetower_proto::group_of(topic, groups))
+}
 
 openraft::declare_raft_types!(
     /// Openraft type configuration of every Firetower group.
@@ -65,3 +67,21 @@ openraft::declare_raft_types!(
 
 /// A Raft group instance on this manager.
 pub type Raft = openraft::Raft<TypeConfig>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_of_is_the_placement_function_as_a_group_id() {
+        for groups in [1, 8, 1024] {
+            for topic in ["", "room.1", "chat.general", "x"] {
+                assert_eq!(
+                    group_of(topic, groups).get(),
+                    firetower_proto::group_of(topic, groups)
+                );
+            }
+        }
+        assert_eq!(group_of("anything", 0), GroupId(0));
+    }
+}

@@ -463,7 +463,7 @@ mod tests {
         };
         assert!(backoff.is_unreachable());
         assert!(RpcError::Rejected(Rejection::NotInCluster).is_unreachable());
-        assert!(RpcError::Rejected(Rejection::GroupNotHosted(1)).is_unreachable());
+        assert!(RpcError::Rejected(Rejection::GroupNotHosted(GroupId(1))).is_unreachable());
         assert!(RpcError::Rejected(Rejection::ClusterMismatch {
             server: "a".into(),
             client: "b".into()

@@ -224,7 +224,7 @@ mod tests {
     fn append(entries: Vec<Entry<TypeConfig>>) -> RaftRequest {
         RaftRequest {
             cluster_id: "c-1".into(),
-            group: 5,
+            group: GroupId(5),
             body: RequestBody::AppendEntries(AppendEntriesRequest {
                 vote: Vote::new_committed(3, 1),
                 prev_log_id: Some(log_id(2, 9)),
@@ -267,12 +267,12 @@ mod tests {
         round_trip(&append(vec![]));
         round_trip(&RaftRequest {
             cluster_id: String::new(),
-            group: u32::MAX,
+            group: GroupId(u32::MAX),
             body: RequestBody::Vote(VoteRequest::new(Vote::new(4, 2), Some(log_id(3, 12)))),
         });
         round_trip(&RaftRequest {
             cluster_id: "c-1".into(),
-            group: 0,
+            group: GroupId(0),
             body: RequestBody::InstallSnapshot(InstallSnapshotRequest {
                 vote: Vote::new_committed(3, 1),
                 meta: SnapshotMeta {
@@ -320,7 +320,7 @@ mod tests {
                 server: "a".into(),
                 client: "b".into(),
             },
-            Rejection::GroupNotHosted(3),
+            Rejection::GroupNotHosted(GroupId(3)),
             Rejection::BadRequest("boom".into()),
         ] {
             let reply: RaftReply = Err(rejection.clone());
@@ -331,9 +331,38 @@ mod tests {
 
     #[test]
     fn header_is_big_endian_body_length() {
-        let frame = encode(&Rejection::GroupNotHosted(1)).unwrap();
+        let frame = encode(&Rejection::GroupNotHosted(GroupId(1))).unwrap();
         let len = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
         assert_eq!(len, frame.len() - 4);
+    }
+
+    #[test]
+    fn group_id_encodes_as_the_bare_number() {
+        // The newtype is `serde(transparent)`: the bytes on the wire are those of the `u32`
+        // that was sent before it, so managers of both versions understand each other.
+        for group in [0, 1, 127, 128, 300, u32::MAX] {
+            assert_eq!(
+                postcard::to_allocvec(&GroupId(group)).unwrap(),
+                postcard::to_allocvec(&group).unwrap()
+            );
+            assert_eq!(
+                encode(&Rejection::GroupNotHosted(GroupId(group))).unwrap(),
+                encode(&GroupNotHostedAsNumber::GroupNotHosted(group)).unwrap()
+            );
+        }
+    }
+
+    /// [`Rejection`] as it was when the group was a bare `u32` (same variant index).
+    #[derive(Serialize)]
+    enum GroupNotHostedAsNumber {
+        #[allow(dead_code)]
+        NotInCluster,
+        #[allow(dead_code)]
+        ClusterMismatch {
+            server: String,
+            client: String,
+        },
+        GroupNotHosted(u32),
     }
 
     #[test]
@@ -445,7 +474,7 @@ mod tests {
                 .collect();
             let mut req = append(entries);
             req.cluster_id = cluster_id;
-            req.group = group;
+            req.group = GroupId(group);
             let frame = encode(&req).unwrap();
             let back: RaftRequest = decode_frame(&frame).unwrap();
             prop_assert_eq!(format!("{req:?}"), format!("{back:?}"));

@@ -20,7 +20,7 @@ use openraft::raft::VoteRequest;
 use openraft::{LogId, Vote};
 
 const CLUSTER: &str = "cluster-test";
-const GROUPS: [GroupId; 2] = [0, 1];
+const GROUPS: [GroupId; 2] = [GroupId(0), GroupId(1)];
 const WAIT: Duration = Duration::from_secs(15);
 
 fn members(nodes: &[TestNode]) -> BTreeMap<ManagerId, ManagerNode> {
@@ -86,7 +86,7 @@ async fn three_managers_replicate_two_groups_and_fail_over() -> anyhow::Result<(
     let members = members(&nodes);
     // Different managers initialize different groups, as `cluster init` may.
     for group in GROUPS {
-        nodes[group as usize % nodes.len()]
+        nodes[group.get() as usize % nodes.len()]
             .raft(group)
             .initialize(members.clone())
             .await?;
@@ -119,7 +119,7 @@ async fn three_managers_replicate_two_groups_and_fail_over() -> anyhow::Result<(
     }
 
     // The leader of group 0 loses its endpoint: the other two elect a new leader and go on.
-    let old = wait_leader(&nodes[0].raft(0), |_| true, WAIT).await?;
+    let old = wait_leader(&nodes[0].raft(GroupId(0)), |_| true, WAIT).await?;
     node(&nodes, old).close_endpoint();
     let survivors: Vec<ManagerId> = all.iter().copied().filter(|id| *id != old).collect();
     for group in GROUPS {
@@ -168,8 +168,8 @@ async fn snapshot_is_streamed_in_chunks_to_a_new_learner() -> anyhow::Result<()>
     };
     let config = Arc::new(config.validate()?);
     let mut nodes: Vec<TestNode> = (1..=2).map(|id| TestNode::start(id, CLUSTER)).collect();
-    nodes[0].start_groups([0], config.clone()).await;
-    let leader = nodes[0].raft(0);
+    nodes[0].start_groups([GroupId(0)], config.clone()).await;
+    let leader = nodes[0].raft(GroupId(0));
     leader
         .initialize(BTreeMap::from([(1, nodes[0].node())]))
         .await?;
@@ -194,9 +194,9 @@ async fn snapshot_is_streamed_in_chunks_to_a_new_learner() -> anyhow::Result<()>
         .await?;
 
     // The learner can only catch up through the snapshot: the log before it is gone.
-    nodes[1].start_groups([0], config.clone()).await;
+    nodes[1].start_groups([GroupId(0)], config.clone()).await;
     leader.add_learner(2, nodes[1].node(), true).await?;
-    let learner = nodes[1].raft(0);
+    let learner = nodes[1].raft(GroupId(0));
     learner
         .wait(Some(WAIT))
         .applied_index_at_least(Some(last), "learner caught up")
@@ -207,7 +207,7 @@ async fn snapshot_is_streamed_in_chunks_to_a_new_learner() -> anyhow::Result<()>
     );
     for gateway in 0..40 {
         assert_eq!(
-            nodes[1].subscribers(0, &format!("topic.{gateway}")),
+            nodes[1].subscribers(GroupId(0), &format!("topic.{gateway}")),
             BTreeSet::from([gateway])
         );
     }
@@ -249,13 +249,16 @@ async fn vote(
 async fn requests_for_another_cluster_are_refused() -> anyhow::Result<()> {
     let config = raft_config();
     let mut server = TestNode::start(1, "");
-    server.start_groups([0], config).await;
+    server.start_groups([GroupId(0)], config).await;
     let client_node = TestNode::start(99, "alpha");
     // Refusals come back on a working connection, so they never put the peer in backoff.
     let peers = PeerConnections::new(client_node.endpoint.clone(), "alpha".into());
 
     // Not in a cluster yet: everything is refused.
-    let error = vote(&peers, &server, 0).await.unwrap_err().to_string();
+    let error = vote(&peers, &server, GroupId(0))
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
         error.starts_with("unreachable") && error.contains("not joined a cluster"),
         "{error}"
@@ -263,7 +266,10 @@ async fn requests_for_another_cluster_are_refused() -> anyhow::Result<()> {
 
     // In another cluster: refused, naming both ids.
     server.cluster_id.send_replace("beta".into());
-    let error = vote(&peers, &server, 0).await.unwrap_err().to_string();
+    let error = vote(&peers, &server, GroupId(0))
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(error.starts_with("unreachable"), "{error}");
     assert!(error.contains("cluster id mismatch"), "{error}");
     assert!(
@@ -273,11 +279,14 @@ async fn requests_for_another_cluster_are_refused() -> anyhow::Result<()> {
 
     // Same cluster, but a group the server does not host.
     server.cluster_id.send_replace("alpha".into());
-    let error = vote(&peers, &server, 7).await.unwrap_err().to_string();
+    let error = vote(&peers, &server, GroupId(7))
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("group 7 is not hosted"), "{error}");
 
     // Same cluster, hosted group: served by openraft.
-    vote(&peers, &server, 0).await?;
+    vote(&peers, &server, GroupId(0)).await?;
 
     client_node.shutdown().await;
     server.shutdown().await;
@@ -287,7 +296,7 @@ async fn requests_for_another_cluster_are_refused() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_frames_fail_only_their_own_stream() -> anyhow::Result<()> {
     let mut server = TestNode::start(1, CLUSTER);
-    server.start_groups([0], raft_config()).await;
+    server.start_groups([GroupId(0)], raft_config()).await;
     let client_node = TestNode::start(2, CLUSTER);
     let conn = client_node
         .endpoint
@@ -328,7 +337,7 @@ async fn malformed_frames_fail_only_their_own_stream() -> anyhow::Result<()> {
 
     // The connection and the server are unharmed.
     let peers = PeerConnections::new(client_node.endpoint.clone(), CLUSTER.into());
-    vote(&peers, &server, 0).await?;
+    vote(&peers, &server, GroupId(0)).await?;
     assert!(conn.close_reason().is_none());
 
     client_node.shutdown().await;

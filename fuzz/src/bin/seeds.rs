@@ -14,7 +14,7 @@ use firetower_client::ws::{encode_close, encode_frame, Opcode};
 use firetower_client::{ClientFrame, Payload, ServerFrame};
 use firetower_proto::link::{self, gateway_reply, gateway_request, session_frame};
 use firetower_raft::wire::{encode, RaftReply, RaftRequest, ReplyBody, RequestBody};
-use firetower_raft::{Command, ManagerNode, TypeConfig};
+use firetower_raft::{Command, GroupId, ManagerNode, TypeConfig};
 use firetower_store::{Wal, WalOptions};
 use futures::executor::block_on;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest};
@@ -251,7 +251,7 @@ fn entries() -> Vec<Entry<TypeConfig>> {
 fn raft_wire() -> Vec<Vec<u8>> {
     let append = RaftRequest {
         cluster_id: "c-1".into(),
-        group: 5,
+        group: GroupId(5),
         body: RequestBody::AppendEntries(AppendEntriesRequest {
             vote: Vote::new_committed(3, 1),
             prev_log_id: Some(log_id(2, 9)),
@@ -261,13 +261,13 @@ fn raft_wire() -> Vec<Vec<u8>> {
     };
     let vote = RaftRequest {
         cluster_id: "c-1".into(),
-        group: 0,
+        group: GroupId(0),
         body: RequestBody::Vote(VoteRequest::new(Vote::new(4, 2), Some(log_id(3, 12)))),
     };
     let ok: RaftReply = Ok(ReplyBody::AppendEntries(Ok(
         AppendEntriesResponse::PartialSuccess(Some(log_id(3, 11))),
     )));
-    let refused: RaftReply = Err(firetower_raft::Rejection::GroupNotHosted(3));
+    let refused: RaftReply = Err(firetower_raft::Rejection::GroupNotHosted(GroupId(3)));
     let append = encode(&append).expect("encode");
     let vote = encode(&vote).expect("encode");
     let mut stream = append.clone();

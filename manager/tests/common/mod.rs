@@ -38,8 +38,8 @@ use firetower_link::{
 };
 use firetower_manager::{connect_admin, Manager, ManagerConfig, RaftTuning};
 use firetower_proto::admin::InitRequest;
-use firetower_proto::group_of;
 use firetower_proto::link::GatewayReply;
+use firetower_proto::{group_of, GroupId};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
@@ -178,7 +178,7 @@ impl Cluster {
             managers,
             _dirs: dirs,
         };
-        for group in 0..groups {
+        for group in (0..groups).map(GroupId) {
             cluster
                 .agreed_leader(group, &cluster.ids(), Duration::from_secs(15))
                 .await;
@@ -197,8 +197,8 @@ impl Cluster {
     }
 
     /// The group of `topic`.
-    pub fn group_of(&self, topic: &str) -> u32 {
-        group_of(topic, self.groups)
+    pub fn group_of(&self, topic: &str) -> GroupId {
+        GroupId(group_of(topic, self.groups))
     }
 
     /// One topic per group, named `prefix.N`.
@@ -209,7 +209,7 @@ impl Cluster {
                 break;
             }
             let topic = format!("{prefix}.{n}");
-            let slot = &mut topics[self.group_of(&topic) as usize];
+            let slot = &mut topics[self.group_of(&topic).get() as usize];
             if slot.is_none() {
                 *slot = Some(topic);
             }
@@ -218,13 +218,13 @@ impl Cluster {
     }
 
     /// The leader of `group` as manager `id` knows it.
-    pub fn leader_seen_by(&self, id: u64, group: u32) -> Option<u64> {
+    pub fn leader_seen_by(&self, id: u64, group: GroupId) -> Option<u64> {
         self.manager(id).leader_of(group).map(|(leader, _)| leader)
     }
 
     /// Wait until every manager of `among` names the same leader of `group`, that leader is
     /// one of them and it knows itself as leader; returns it.
-    pub async fn agreed_leader(&self, group: u32, among: &[u64], timeout: Duration) -> u64 {
+    pub async fn agreed_leader(&self, group: GroupId, among: &[u64], timeout: Duration) -> u64 {
         eventually(
             timeout,
             &format!("managers {among:?} agree on a leader of group {group}"),

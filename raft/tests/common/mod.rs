@@ -102,14 +102,14 @@ impl TestNode {
         for group in groups {
             let sm = self
                 .state
-                .state_machine(group)
+                .state_machine(group.get())
                 .expect("state machine opens");
             self.readers.insert(group, sm.reader());
             let raft = Raft::new(
                 self.id,
                 config.clone(),
                 QuicNetworkFactory::new(group, peers.clone()),
-                self.wal.log_store(group),
+                self.wal.log_store(group.get()),
                 sm,
             )
             .await

@@ -555,6 +555,26 @@ impl LinkClient {
         }
     }
 
+    /// Send `request` to the manager at `addr` once, with no routing and no retry: for tools
+    /// and tests that must reach one particular manager (a stale leader, say). Any failure of
+    /// that one attempt is a [`LinkError::Timeout`]: the manager did not complete it, and a
+    /// write may or may not have taken effect.
+    pub async fn request_at(
+        &self,
+        addr: SocketAddr,
+        request: &LinkRequest,
+        timeout: Duration,
+    ) -> Result<LinkReply, LinkError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        match self.send(addr, request, deadline).await {
+            Attempt::Reply(reply) => Ok(reply),
+            Attempt::Malformed(e) => Err(LinkError::Timeout(timeout, format!("{addr}: {e}"))),
+            Attempt::Transport(e) | Attempt::Indeterminate(e) => {
+                Err(LinkError::Timeout(timeout, format!("{addr}: {e}")))
+            }
+        }
+    }
+
     fn drop_connection(&self, addr: SocketAddr) {
         self.inner
             .connections

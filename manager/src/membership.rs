@@ -18,7 +18,7 @@ use std::time::Duration;
 use firetower_proto::admin::admin_client::AdminClient;
 use firetower_proto::admin::change_group_request::Change;
 use firetower_proto::admin::*;
-use firetower_raft::{group_of, GroupId, ManagerNode};
+use firetower_raft::{group_of, GroupId, ManagerNode, Raft};
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 use tonic::transport::{Channel, Endpoint};
@@ -215,6 +215,13 @@ impl Membership {
         Ok(())
     }
 
+    /// The Raft of `group` on this manager, or why there is none.
+    fn running_raft(&self, group: GroupId) -> Result<Raft, MembershipError> {
+        self.node.raft(group).ok_or_else(|| {
+            MembershipError::Unavailable(format!("group {group} is not running here"))
+        })
+    }
+
     pub(crate) async fn local_describe(&self) -> DescribeReply {
         let meta = self.node.meta();
         let mut group_status = Vec::new();
@@ -293,9 +300,7 @@ impl Membership {
         self.require_joined()?;
         let group = GroupId(request.group);
         self.check_group(group)?;
-        let raft = self.node.raft(group).ok_or_else(|| {
-            MembershipError::Unavailable(format!("group {group} is not running here"))
-        })?;
+        let raft = self.running_raft(group)?;
         let result = match request.change {
             None => {
                 return Err(MembershipError::InvalidRequest(
@@ -678,9 +683,7 @@ impl Membership {
         let target = known.get(&to).cloned().ok_or_else(|| {
             MembershipError::NotFound(format!("manager {to} is not a member of this cluster"))
         })?;
-        let raft = self.node.raft(group).ok_or_else(|| {
-            MembershipError::Unavailable(format!("group {group} is not running here"))
-        })?;
+        let raft = self.running_raft(group)?;
         let is_voter = raft
             .metrics()
             .borrow()
@@ -819,9 +822,7 @@ impl Membership {
         self.require_joined()?;
         let group = GroupId(request.group);
         self.check_group(group)?;
-        let raft = self.node.raft(group).ok_or_else(|| {
-            MembershipError::Unavailable(format!("group {group} is not running here"))
-        })?;
+        let raft = self.running_raft(group)?;
         raft.trigger()
             .elect()
             .await
@@ -837,9 +838,7 @@ impl Membership {
         let HoldHeartbeatsRequest { group, millis } = request;
         let group = GroupId(group);
         self.check_group(group)?;
-        let raft = self.node.raft(group).ok_or_else(|| {
-            MembershipError::Unavailable(format!("group {group} is not running here"))
-        })?;
+        let raft = self.running_raft(group)?;
         if raft.metrics().borrow().current_leader != Some(self.node.id()) {
             return Ok(HoldHeartbeatsReply { held: false });
         }

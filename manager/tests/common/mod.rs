@@ -32,13 +32,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use firetower_gateway::{ClusterOptions, ClusterUpstream, Payload, Stamp, Upstream, UpstreamError};
-use firetower_link::{
-    decode_frame, write_link_frame, LinkClient, LinkError, LinkOptions, LinkReply, LinkRequest,
-    MemNet, MAX_LINK_FRAME_BYTES,
-};
+use firetower_link::{LinkClient, LinkError, LinkOptions, LinkReply, LinkRequest, MemNet};
 use firetower_manager::{connect_admin, Manager, ManagerConfig, RaftTuning};
 use firetower_proto::admin::InitRequest;
-use firetower_proto::link::GatewayReply;
 use firetower_proto::{group_of, GroupId};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -453,29 +449,13 @@ impl TestGateway {
         at: SocketAddr,
         topic: &str,
         data: &[u8],
-    ) -> Result<LinkReply, String> {
+    ) -> Result<LinkReply, LinkError> {
         let request = LinkRequest::Publish {
             topic: topic.to_string(),
             data: data.to_vec(),
             json: false,
         };
-        let link = self.link();
-        let exchange = async {
-            let (mut send, mut recv) = link.open_stream(at).await.map_err(|e| e.to_string())?;
-            write_link_frame(&mut send, &request.to_frame(link.gateway()))
-                .await
-                .map_err(|e| e.to_string())?;
-            send.finish().map_err(|e| e.to_string())?;
-            let bytes = recv
-                .read_to_end(MAX_LINK_FRAME_BYTES + 4)
-                .await
-                .map_err(|e| e.to_string())?;
-            let reply: GatewayReply = decode_frame(&bytes).map_err(|e| e.to_string())?;
-            LinkReply::try_from(reply).map_err(|e| e.to_string())
-        };
-        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-            .await
-            .unwrap_or_else(|_| Err(format!("no reply from {at} within {REQUEST_TIMEOUT:?}")))
+        self.link().request_at(at, &request, REQUEST_TIMEOUT).await
     }
 
     /// The gateways of `topic`, read at its group's leader (linearizable).

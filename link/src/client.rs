@@ -25,6 +25,7 @@ use crate::frame::{decode_frame, write_link_frame, MAX_LINK_FRAME_BYTES};
 use crate::leader_cache::{LeaderCache, Observation, Target};
 use crate::message::{LinkReply, LinkRequest, MessageError, Routing, Written};
 use crate::reconnect::ReconnectPolicy;
+use crate::tls::Security;
 use crate::tls::SERVER_NAME;
 
 /// A QUIC handshake with a manager that takes longer than this counts as a failed attempt.
@@ -48,6 +49,9 @@ pub struct LinkOptions {
     pub min_backoff: Duration,
     /// Largest retry delay.
     pub max_backoff: Duration,
+    /// How [`LinkClient::connect`] secures its endpoint: the gateway's certificate, or
+    /// `--insecure`. (The default is insecure, for tests; the binary always sets it.)
+    pub security: Security,
 }
 
 impl Default for LinkOptions {
@@ -56,6 +60,7 @@ impl Default for LinkOptions {
             request_timeout: Duration::from_secs(10),
             min_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_millis(1_000),
+            security: Security::Insecure,
         }
     }
 }
@@ -156,7 +161,8 @@ impl LinkClient {
             Some(a) if a.is_ipv6() => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
             _ => SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0)),
         };
-        let endpoint = client_endpoint(bind).map_err(|e| LinkError::Endpoint(e.to_string()))?;
+        let endpoint = client_endpoint(bind, &options.security)
+            .map_err(|e| LinkError::Endpoint(e.to_string()))?;
         Self::connect_with_endpoint(endpoint, gateway, managers, options).await
     }
 

@@ -19,16 +19,22 @@
 //! and [`encode_frame`] for anyone reading or writing a cluster stream; [`MemNet`] for tests
 //! that partition endpoints without root.
 //!
-//! This crate does not serve requests (that is the manager), does not speak Raft (that is
-//! `firetower-raft`, which puts its own messages in this framing), and does not authenticate
-//! peers yet (see [`tls`]).
+//! Trust: [`certs`] makes the cluster CA and the certificates `firetower certs` issues,
+//! [`identity`] reads the [`Role`] a certificate carries, and [`tls`] builds the mutual-TLS
+//! configurations of every endpoint from a process's [`Security`].
+//!
+//! This crate does not serve requests (that is the manager) and does not speak Raft (that is
+//! `firetower-raft`, which puts its own messages in this framing); it says who a peer is, and
+//! the servers decide what that peer may do.
 
 #![warn(missing_docs, unreachable_pub)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+pub mod certs;
 mod client;
 mod endpoint;
 mod frame;
+pub mod identity;
 mod leader_cache;
 pub mod memnet;
 mod message;
@@ -44,8 +50,11 @@ pub use frame::{
     decode_body, decode_frame, encode_frame, read_link_frame, write_link_frame, FrameError,
     ReadFrameError, HEADER_LEN, MAX_LINK_FRAME_BYTES,
 };
+pub use identity::{IdentityError, Role};
 pub use leader_cache::{LeaderCache, Observation, Target};
 pub use memnet::{MemNet, MemSocket};
 pub use message::{GroupLeader, LinkReply, LinkRequest, MessageError, Published, Routing, Written};
 pub use reconnect::ReconnectPolicy;
-pub use tls::{install_crypto_provider, TlsError, SERVER_NAME};
+pub use tls::{
+    install_crypto_provider, peer_role, ClientAuth, Security, TlsError, TlsIdentity, SERVER_NAME,
+};

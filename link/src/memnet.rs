@@ -30,6 +30,7 @@ use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Endpoint, UdpPoller};
 
 use crate::endpoint::{client_endpoint_on, make_endpoint_on, TransportError};
+use crate::tls::Security;
 
 /// Datagrams a socket holds before further ones are dropped (a full UDP receive buffer).
 const QUEUE_DATAGRAMS: usize = 4096;
@@ -122,16 +123,37 @@ impl MemNet {
     /// A manager endpoint (server and client, both ALPNs) at `addr`, as
     /// [`crate::make_endpoint`] makes on a real socket.
     pub fn endpoint(&self, addr: SocketAddr) -> Result<Endpoint, TransportError> {
+        self.endpoint_with(addr, &Security::Insecure)
+    }
+
+    /// Like [`MemNet::endpoint`], secured with `security` (mutual TLS, say).
+    pub fn endpoint_with(
+        &self,
+        addr: SocketAddr,
+        security: &Security,
+    ) -> Result<Endpoint, TransportError> {
         let socket = self
             .bind(addr)
             .map_err(|source| TransportError::Bind { addr, source })?;
-        make_endpoint_on(socket, None)
+        make_endpoint_on(socket, None, security)
     }
 
-    /// A gateway endpoint (client only, [`crate::ALPN_LINK`]) at `addr`, as
+    /// A gateway endpoint (client only, [`crate::ALPN_LINK`], insecure) at `addr`, as
     /// [`crate::client_endpoint`] makes on a real socket.
-    pub fn client_endpoint(&self, addr: SocketAddr) -> io::Result<Endpoint> {
-        client_endpoint_on(self.bind(addr)?)
+    pub fn client_endpoint(&self, addr: SocketAddr) -> Result<Endpoint, TransportError> {
+        self.client_endpoint_with(addr, &Security::Insecure)
+    }
+
+    /// Like [`MemNet::client_endpoint`], secured with `security`.
+    pub fn client_endpoint_with(
+        &self,
+        addr: SocketAddr,
+        security: &Security,
+    ) -> Result<Endpoint, TransportError> {
+        let socket = self
+            .bind(addr)
+            .map_err(|source| TransportError::Bind { addr, source })?;
+        client_endpoint_on(socket, security)
     }
 
     /// Drop every datagram between `a` and `b`, both ways.
@@ -334,7 +356,11 @@ mod tests {
         let _server = echo_server(&net, addr(1));
         let client = net.endpoint(addr(2)).unwrap();
         let conn = client
-            .connect_with(client_config(ALPN_RAFT), addr(1), SERVER_NAME)
+            .connect_with(
+                client_config(ALPN_RAFT, &Security::Insecure).unwrap(),
+                addr(1),
+                SERVER_NAME,
+            )
             .unwrap()
             .await
             .unwrap();
@@ -376,7 +402,11 @@ mod tests {
         let client = net.endpoint(addr(3)).unwrap();
         let connect = |to| {
             client
-                .connect_with(client_config(ALPN_RAFT), to, SERVER_NAME)
+                .connect_with(
+                    client_config(ALPN_RAFT, &Security::Insecure).unwrap(),
+                    to,
+                    SERVER_NAME,
+                )
                 .unwrap()
         };
         let far = connect(addr(1)).await.unwrap();
@@ -396,7 +426,11 @@ mod tests {
         let _server = echo_server(&net, addr(1));
         let client = net.endpoint(addr(2)).unwrap();
         let conn = client
-            .connect_with(client_config(ALPN_RAFT), addr(1), SERVER_NAME)
+            .connect_with(
+                client_config(ALPN_RAFT, &Security::Insecure).unwrap(),
+                addr(1),
+                SERVER_NAME,
+            )
             .unwrap()
             .await
             .unwrap();

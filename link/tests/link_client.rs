@@ -91,6 +91,7 @@ fn options() -> LinkOptions {
         request_timeout: Duration::from_secs(1),
         min_backoff: Duration::from_millis(5),
         max_backoff: Duration::from_millis(50),
+        ..LinkOptions::default()
     }
 }
 

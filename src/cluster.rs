@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use clap::Subcommand;
-use firetower_manager::connect_admin;
+use firetower_link::Role;
 use firetower_proto::admin::{
     AddManagerRequest, InitRequest, MembersReply, MembersRequest, RemoveManagerRequest,
     TopicInfoRequest, TransferLeaderRequest,
@@ -12,9 +12,23 @@ use firetower_proto::admin::{
 use firetower_proto::MembersView;
 use serde_json::json;
 
+use crate::tls_flags::TlsFlags;
+
 /// How long an operator command waits for the cluster. Adding a manager waits for it to
 /// catch up in every group, which can take a while on a big table.
 const CALL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// `firetower cluster [--tls-dir DIR] [--operator NAME] <command>`.
+#[derive(clap::Args, Debug)]
+pub struct ClusterArgs {
+    #[command(flatten)]
+    tls: TlsFlags,
+    /// The operator certificate to present: DIR/operator-NAME.pem.
+    #[arg(long, global = true, default_value = firetower_link::certs::DEFAULT_OPERATOR)]
+    operator: String,
+    #[command(subcommand)]
+    command: ClusterCommand,
+}
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
@@ -85,8 +99,17 @@ pub enum ClusterCommand {
     },
 }
 
-pub async fn run(command: ClusterCommand) -> anyhow::Result<()> {
-    match command {
+pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
+    if !firetower_link::identity::valid_operator_name(&args.operator) {
+        return Err(anyhow!("--operator {:?} is not an operator name", args.operator));
+    }
+    let security = args.tls.security(&Role::Operator(args.operator.clone()))?;
+    let connect_admin = |admin: &str, timeout: Duration| {
+        let admin = admin.to_owned();
+        let security = security.clone();
+        async move { firetower_manager::connect_admin(&admin, &security, timeout).await }
+    };
+    match args.command {
         ClusterCommand::Init {
             admin,
             members,

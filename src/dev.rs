@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use firetower_manager::{connect_admin, Manager, ManagerConfig, RaftTuning};
+use firetower_link::{Role, Security};
+use firetower_manager::{connect_admin, Manager, ManagerConfig, RaftTuning, TlsSettings};
 use firetower_proto::admin::{DescribeRequest, InitRequest};
 
 #[derive(clap::Args, Debug)]
@@ -22,7 +23,21 @@ pub struct DevArgs {
     listen: SocketAddr,
 }
 
+/// The gateway `firetower dev` runs.
+const DEV_GATEWAY: u64 = 1;
+
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    // Secure like a real cluster: a CA and certificates of its own, made on the first run.
+    let tls_dir = args.data_dir.join("tls");
+    let mut roles: Vec<Role> = (1..=3).map(Role::Manager).collect();
+    roles.push(Role::Gateway(DEV_GATEWAY));
+    firetower_link::certs::ensure(&tls_dir, "dev", &roles)
+        .with_context(|| format!("cannot create the dev cluster's certificates in {}", tls_dir.display()))?;
+    let operator = Security::from_flags(
+        Some(&tls_dir),
+        false,
+        &Role::Operator(firetower_link::certs::DEFAULT_OPERATOR.into()),
+    )?;
     let mut managers = Vec::new();
     for i in 0..3u16 {
         let id = u64::from(i) + 1;
@@ -44,11 +59,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             metrics: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, metrics_port))),
             unsafe_stale_reads: false,
             unsafe_stale_leadership: false,
+            tls: TlsSettings {
+                dir: Some(tls_dir.clone()),
+                insecure: false,
+            },
+            unsafe_test_hooks: false,
         };
         managers.push(Manager::start(config).await?);
     }
     let admins: Vec<String> = managers.iter().map(|m| m.node().admin.clone()).collect();
-    let mut first = connect_admin(&admins[0], Duration::from_secs(30))
+    let mut first = connect_admin(&admins[0], &operator, Duration::from_secs(30))
         .await
         .map_err(crate::cluster::status)?;
     let described = first
@@ -70,11 +90,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         anyhow::bail!("groups {leaderless:?} elected no leader; see the log above");
     }
     let gateway_args = crate::gateway_cmd::GatewayArgs {
-        id: 1,
+        id: DEV_GATEWAY,
         listen: args.listen,
         tcp: None,
         managers: admins.join(","),
         lease_ms: 5_000,
+        tls: crate::tls_flags::TlsFlags {
+            tls_dir: Some(tls_dir.clone()),
+            insecure: false,
+        },
     };
     let (gateway, upstream) = crate::gateway_cmd::start(&gateway_args).await?;
     let addr = gateway.local_addr();
@@ -84,8 +108,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  WebSocket:  {url}   (subprotocol firetower.json)");
     println!("  health:     http://{addr}/readyz   metrics: http://{addr}/metrics");
     println!(
-        "  members:    firetower cluster members --admin {}",
+        "  members:    firetower cluster --tls-dir {} members --admin {}",
+        tls_dir.display(),
         admins[0]
+    );
+    println!(
+        "  TLS:        managers and the gateway use mutual TLS with the CA in {} \
+         (--tls-dir for the CLI)",
+        tls_dir.display()
     );
     let metrics: Vec<String> = managers
         .iter()

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use firetower_gateway::{ClusterOptions, ClusterUpstream, Gateway, GatewayConfig, GatewayHandle};
-use firetower_proto::admin::admin_client::AdminClient;
+use firetower_link::{Role, Security};
 use firetower_proto::admin::DescribeRequest;
+
+use crate::tls_flags::TlsFlags;
 
 #[derive(clap::Args, Debug)]
 pub struct GatewayArgs {
@@ -27,20 +29,19 @@ pub struct GatewayArgs {
     /// Managers drop this gateway's subscriptions after this many milliseconds of silence.
     #[arg(long, default_value_t = 5_000)]
     pub lease_ms: u64,
+    #[command(flatten)]
+    pub tls: TlsFlags,
 }
 
 /// Resolve admin addresses to QUIC addresses through `Describe`.
-pub async fn quic_addresses(admins: &str) -> anyhow::Result<Vec<SocketAddr>> {
+pub async fn quic_addresses(admins: &str, security: &Security) -> anyhow::Result<Vec<SocketAddr>> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
     for admin in admins.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let reply = async {
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{admin}"))?
-                .connect_timeout(Duration::from_secs(1))
-                .timeout(Duration::from_secs(3))
-                .connect()
-                .await?;
-            let reply = AdminClient::new(channel)
+            let mut client =
+                firetower_manager::connect_admin(admin, security, Duration::from_secs(3)).await?;
+            let reply = client
                 .describe(DescribeRequest {})
                 .await?
                 .into_inner();
@@ -73,11 +74,19 @@ pub async fn start(args: &GatewayArgs) -> anyhow::Result<(GatewayHandle, Cluster
     if args.id == 0 {
         return Err(anyhow!("--id must be at least 1"));
     }
-    let managers = quic_addresses(&args.managers).await?;
-    let options = ClusterOptions {
+    let security = args.tls.security(&Role::Gateway(args.id))?;
+    if !security.is_mutual() {
+        tracing::warn!(
+            "INSECURE: --insecure given: managers are not authenticated (anyone answering on \
+             their addresses is believed); for experiments only"
+        );
+    }
+    let managers = quic_addresses(&args.managers, &security).await?;
+    let mut options = ClusterOptions {
         lease: Duration::from_millis(args.lease_ms),
         ..ClusterOptions::default()
     };
+    options.link.security = security;
     let (upstream, deliveries) = ClusterUpstream::connect(args.id, managers, options)
         .await
         .context("cannot reach the manager cluster")?;

@@ -7,9 +7,20 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, Context};
 use clap::Subcommand;
-use firetower_link::{LinkClient, LinkOptions};
+use firetower_link::{LinkClient, LinkOptions, Role};
 
 use crate::cluster::parse_addr_list;
+use crate::tls_flags::TlsFlags;
+
+/// `firetower link [--tls-dir DIR] <command>`: presents `gateway-<id>` for the `--gateway` it
+/// acts as.
+#[derive(clap::Args, Debug)]
+pub struct LinkArgs {
+    #[command(flatten)]
+    tls: TlsFlags,
+    #[command(subcommand)]
+    command: LinkCommand,
+}
 
 #[derive(Subcommand, Debug)]
 pub enum LinkCommand {
@@ -58,7 +69,7 @@ pub struct Target {
 }
 
 impl Target {
-    async fn connect(&self) -> anyhow::Result<LinkClient> {
+    async fn connect(&self, tls: &TlsFlags) -> anyhow::Result<LinkClient> {
         let managers = parse_addr_list(&self.managers)?;
         if managers.is_empty() {
             return Err(anyhow!("--managers lists no address"));
@@ -66,23 +77,28 @@ impl Target {
         if self.gateway == 0 {
             return Err(anyhow!("--gateway 0 is reserved; use 1 or more"));
         }
-        LinkClient::connect(self.gateway, managers, LinkOptions::default())
+        let options = LinkOptions {
+            security: tls.security(&Role::Gateway(self.gateway))?,
+            ..LinkOptions::default()
+        };
+        LinkClient::connect(self.gateway, managers, options)
             .await
             .context("cannot reach the cluster")
     }
 }
 
-pub async fn run(command: LinkCommand) -> anyhow::Result<()> {
-    match command {
+pub async fn run(args: LinkArgs) -> anyhow::Result<()> {
+    let tls = &args.tls;
+    match args.command {
         LinkCommand::Subscribe { target, topics } => {
-            let link = target.connect().await?;
+            let link = target.connect(tls).await?;
             for t in topics {
                 let w = link.subscribe(&t).await?;
                 println!("subscribed {t} (index {}, changed {})", w.index, w.changed);
             }
         }
         LinkCommand::Unsubscribe { target, topics } => {
-            let link = target.connect().await?;
+            let link = target.connect(tls).await?;
             for t in topics {
                 let w = link.unsubscribe(&t).await?;
                 println!(
@@ -92,7 +108,7 @@ pub async fn run(command: LinkCommand) -> anyhow::Result<()> {
             }
         }
         LinkCommand::Gateways { target, topic } => {
-            let link = target.connect().await?;
+            let link = target.connect(tls).await?;
             let gateways = link.topic_gateways(&topic).await?;
             println!(
                 "{}",
@@ -100,7 +116,7 @@ pub async fn run(command: LinkCommand) -> anyhow::Result<()> {
             );
         }
         LinkCommand::Verify { target, file } => {
-            let link = target.connect().await?;
+            let link = target.connect(tls).await?;
             let f = std::fs::File::open(&file)
                 .with_context(|| format!("cannot open {}", file.display()))?;
             let mut checked = 0u64;

@@ -12,10 +12,12 @@
 //! Exit status: 0 on success, 1 when the operation failed (the message says why and what to
 //! do), 2 for a usage error.
 
+mod certs_cmd;
 mod cluster;
 mod dev;
 mod gateway_cmd;
 mod link_cmd;
+mod tls_flags;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,11 +44,12 @@ enum Command {
     /// Run a gateway: WebSocket/TCP clients, connected to the managers.
     Gateway(gateway_cmd::GatewayArgs),
     /// Operate a cluster through a manager's admin API.
-    #[command(subcommand)]
-    Cluster(cluster::ClusterCommand),
+    Cluster(cluster::ClusterArgs),
     /// Act as a gateway on the manager link (diagnostics and tests).
+    Link(link_cmd::LinkArgs),
+    /// Create the cluster CA and issue manager, gateway and operator certificates.
     #[command(subcommand)]
-    Link(link_cmd::LinkCommand),
+    Certs(certs_cmd::CertsCommand),
     /// Benchmarks of a running cluster.
     #[command(subcommand)]
     Bench(firetower_bench::BenchCommand),
@@ -95,6 +98,17 @@ struct ManagerArgs {
     /// last Raft metrics (no lease, no new term after a restart) and let followers stamp too.
     #[arg(long)]
     unsafe_stale_leadership: bool,
+    /// Serve the admin calls that disturb the cluster on purpose (HoldHeartbeats, Campaign)
+    /// to operators: for the chaos and Jepsen harnesses only.
+    #[arg(long)]
+    unsafe_test_hooks: bool,
+    /// TLS directory with ca.pem and manager-<id>.pem (made by `firetower certs`).
+    #[arg(long, env = "FIRETOWER_TLS_DIR", value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
+    /// No certificates: the QUIC port trusts anyone who reaches it and the admin API is
+    /// plaintext and open. For experiments only.
+    #[arg(long)]
+    insecure: bool,
 }
 
 fn main() -> ExitCode {
@@ -113,6 +127,7 @@ fn main() -> ExitCode {
             Command::Gateway(args) => gateway_cmd::run(args).await,
             Command::Cluster(cmd) => cluster::run(cmd).await,
             Command::Link(cmd) => link_cmd::run(cmd).await,
+            Command::Certs(cmd) => certs_cmd::run(cmd),
             Command::Bench(cmd) => firetower_bench::run(cmd).await,
             Command::Dev(args) => dev::run(args).await,
             Command::Jepsen(args) => firetower_jepsen::cli::run(args).await.map_err(Into::into),
@@ -174,9 +189,26 @@ fn manager_config(args: ManagerArgs) -> anyhow::Result<ManagerConfig> {
                 metrics: None,
                 unsafe_stale_reads: false,
                 unsafe_stale_leadership: false,
+                tls: Default::default(),
+                unsafe_test_hooks: false,
             }
         }
     };
+    if args.tls_dir.is_some() && args.insecure {
+        anyhow::bail!("both --tls-dir and --insecure given: choose one");
+    }
+    if args.tls_dir.is_some() {
+        config.tls.dir = args.tls_dir;
+        config.tls.insecure = false;
+    }
+    if args.insecure {
+        config.tls.insecure = true;
+        config.tls.dir = None;
+    }
+    if args.unsafe_test_hooks {
+        config.unsafe_test_hooks = true;
+        tracing::warn!("UNSAFE: --unsafe-test-hooks serves HoldHeartbeats and Campaign to operators");
+    }
     if let Some(id) = args.id {
         config.id = id;
     }

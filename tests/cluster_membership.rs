@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -18,7 +18,7 @@ fn add_and_remove_under_writes_loses_nothing() {
     let record_s = record.to_str().expect("utf-8").to_string();
 
     // A steady stream of writes in the background for the whole change.
-    let mut writer = Command::new(bin())
+    let mut writer = common::command()
         .args([
             "bench",
             "commits",

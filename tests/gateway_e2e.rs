@@ -78,6 +78,28 @@ fn dev_cluster_delivers_a_published_message() {
         );
         assert_eq!(got[0]["seq"], 1);
     });
+    // The dev cluster runs secure with certificates of its own: the CLI works with its
+    // --tls-dir, and a client without a certificate gets a clear refusal, not the table.
+    let dev_tls = dir.path().join("data").join("tls");
+    let admin = format!("127.0.0.1:{}", base + 1);
+    let members = cli_ok(&[
+        "cluster",
+        "--tls-dir",
+        dev_tls.to_str().expect("utf-8"),
+        "members",
+        "--admin",
+        &admin,
+        "--json",
+    ]);
+    let members: Value = serde_json::from_str(&members).expect("members JSON");
+    assert_eq!(members["managers"].as_array().map(Vec::len), Some(3), "{members}");
+    let out = Command::new(bin())
+        .args(["cluster", "--insecure", "members", "--admin", &admin])
+        .output()
+        .expect("the firetower binary runs");
+    assert!(!out.status.success(), "a plaintext client read the membership");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("certificate"), "{err}");
     let _ = dev.kill();
     let _ = dev.wait();
 }

@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
-// The link client moves to `firetower-link` (issue 10); the import switches at merge.
-use firetower_link::{LinkClient, LinkOptions};
+use firetower_link::{LinkClient, LinkOptions, Role, Security};
 use hdrhistogram::Histogram;
 
 use crate::loadgen::{parse_writers, GapTracker};
@@ -38,6 +37,13 @@ pub struct CommitsArgs {
     /// Print one JSON object per writer count instead of a table.
     #[arg(long)]
     json: bool,
+    /// TLS directory with ca.pem and gateway-<id>.pem for the `--gateway` the writes are made
+    /// for (made by `firetower certs`).
+    #[arg(long, env = "FIRETOWER_TLS_DIR", value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Against a cluster started with --insecure.
+    #[arg(long)]
+    insecure: bool,
 }
 
 /// Run `bench commits`.
@@ -49,10 +55,17 @@ pub(crate) async fn commits(args: CommitsArgs) -> anyhow::Result<()> {
         gateway,
         record,
         json,
+        tls_dir,
+        insecure,
     } = args;
     let managers = parse_addr_list(&managers)?;
     let writer_counts = parse_writers(&writers)?;
-    let link = LinkClient::connect(gateway, managers, LinkOptions::default())
+    let security = Security::from_flags(tls_dir.as_deref(), insecure, &Role::Gateway(gateway))?;
+    let options = LinkOptions {
+        security,
+        ..LinkOptions::default()
+    };
+    let link = LinkClient::connect(gateway, managers, options)
         .await
         .context("cannot reach the cluster")?;
     let recorder = match record {

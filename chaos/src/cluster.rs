@@ -235,6 +235,7 @@ impl Cluster {
                     SocketAddr::from((host.ip, GATEWAY_PORT)).to_string(),
                     "--managers".into(),
                     admins.join(","),
+                    "--insecure".into(),
                 ];
                 let log = cluster
                     .spec
@@ -272,6 +273,11 @@ impl Cluster {
             "--data-dir".into(),
             data_dir.display().to_string(),
         ];
+        // The harness runs its clusters with --insecure (its tools act as many gateway ids
+        // over one connection, which gateway certificates pin to one id) and with the test
+        // hooks its nemeses may use.
+        args.push("--insecure".into());
+        args.push("--unsafe-test-hooks".into());
         args.extend(self.spec.manager_flags.iter().cloned());
         args
     }
@@ -375,6 +381,9 @@ impl Cluster {
             "-s", "KILL", &secs, "ip", "netns", "exec", &client.ns, &binary,
         ];
         full.extend(args.iter().map(String::as_str));
+        if matches!(args.first().map(String::as_str), Some("cluster" | "link")) {
+            full.push("--insecure");
+        }
         run("timeout", &full)
     }
 

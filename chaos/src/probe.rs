@@ -58,6 +58,7 @@ pub(crate) async fn run_probe(
         request_timeout: Duration::from_secs(1),
         min_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(200),
+        ..LinkOptions::default()
     };
     let link = LinkClient::connect(gateway, managers, options).await?;
     let offset = unix_ms() - t0_unix_ms;

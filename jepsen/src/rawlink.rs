@@ -23,7 +23,7 @@ use rand::Rng;
 pub enum RawLinkError {
     /// The QUIC endpoint could not be created.
     #[error("QUIC endpoint: {0}")]
-    Endpoint(#[source] std::io::Error),
+    Endpoint(#[source] firetower_link::TransportError),
     /// No manager answered the routing request in time.
     #[error("no manager returned the routing table within {0:?}")]
     NoRouting(Duration),
@@ -87,7 +87,10 @@ impl RawLink {
         deadline: Duration,
     ) -> Result<RawLink, RawLinkError> {
         let bind = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0));
-        let endpoint = firetower_link::client_endpoint(bind).map_err(RawLinkError::Endpoint)?;
+        // The harness's clusters run with --insecure: one connection acts as many gateway ids,
+        // which a gateway certificate (pinned to one id) would not allow.
+        let endpoint = firetower_link::client_endpoint(bind, &firetower_link::Security::Insecure)
+            .map_err(RawLinkError::Endpoint)?;
         let mut link = RawLink {
             endpoint,
             managers,

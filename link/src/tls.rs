@@ -93,6 +93,16 @@ pub enum TlsError {
     /// The certificate verifier could not be built from the CA.
     #[error("cannot build a certificate verifier from the CA: {0}")]
     Verifier(String),
+    /// Neither a TLS directory nor insecure mode was chosen.
+    #[error(
+        "no TLS material for {0}: give --tls-dir DIR (or FIRETOWER_TLS_DIR), a directory made by \
+         `firetower certs init --dir DIR` and `firetower certs issue --dir DIR ...`, or \
+         --insecure to talk to a cluster started with --insecure"
+    )]
+    NoMaterial(Role),
+    /// Both a TLS directory and insecure mode were chosen.
+    #[error("both --tls-dir and --insecure given: choose one")]
+    Conflicting,
 }
 
 /// Whether a server asks connecting clients for a certificate.
@@ -115,6 +125,22 @@ pub enum Security {
 }
 
 impl Security {
+    /// The security chosen by the `--tls-dir DIR` and `--insecure` flags, for a process acting
+    /// as `role`: `role`'s certificate from `DIR`, or insecure; neither is an error that says
+    /// how to make certificates.
+    pub fn from_flags(
+        tls_dir: Option<&Path>,
+        insecure: bool,
+        role: &Role,
+    ) -> Result<Security, TlsError> {
+        match (tls_dir, insecure) {
+            (Some(_), true) => Err(TlsError::Conflicting),
+            (None, true) => Ok(Security::Insecure),
+            (Some(dir), false) => Ok(Security::Mutual(Arc::new(TlsIdentity::load(dir, role)?))),
+            (None, false) => Err(TlsError::NoMaterial(role.clone())),
+        }
+    }
+
     /// Whether peers are authenticated.
     pub fn is_mutual(&self) -> bool {
         matches!(self, Security::Mutual(_))

@@ -5,6 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use firetower_link::{Role, Security, TlsIdentity};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
@@ -54,6 +57,26 @@ pub struct ManagerConfig {
     /// detect.
     #[serde(default)]
     pub unsafe_stale_leadership: bool,
+    /// Certificates (`[tls]`): mutual TLS on the QUIC and admin ports, or `insecure`.
+    #[serde(default)]
+    pub tls: TlsSettings,
+    /// Serve the admin calls that disturb the cluster on purpose (`HoldHeartbeats`,
+    /// `Campaign`), for the chaos and Jepsen harnesses. Off in production: without it those
+    /// calls answer `UNIMPLEMENTED`.
+    #[serde(default)]
+    pub unsafe_test_hooks: bool,
+}
+
+/// `[tls]` of the config file: where this manager's certificates are, or plaintext.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The TLS directory (`--tls-dir`): `ca.pem`, `manager-<id>.pem`, `manager-<id>-key.pem`,
+    /// made by `firetower certs init` and `firetower certs issue --manager <id>`.
+    pub dir: Option<PathBuf>,
+    /// `--insecure`: no certificates; the QUIC port trusts anyone who reaches it and the
+    /// admin port is plaintext. For experiments only; logged as a warning at start.
+    pub insecure: bool,
 }
 
 /// Raft timing and durability settings. The defaults give failover in about one second on a
@@ -161,7 +184,28 @@ impl ManagerConfig {
             )));
         }
         r.openraft_config()?;
+        if self.tls.insecure && self.tls.dir.is_some() {
+            return Err(ConfigError::Invalid(
+                "both a TLS directory and insecure are set: choose one (drop --insecure to \
+                 use the certificates)"
+                    .into(),
+            ));
+        }
+        if !self.tls.insecure && self.tls.dir.is_none() {
+            return Err(ConfigError::NoTls(self.id));
+        }
         Ok(())
+    }
+
+    /// The manager's [`Security`]: its certificate from the TLS directory, or insecure.
+    pub fn security(&self) -> Result<Security, ConfigError> {
+        match (&self.tls.dir, self.tls.insecure) {
+            (_, true) => Ok(Security::Insecure),
+            (Some(dir), false) => TlsIdentity::load(dir, &Role::Manager(self.id))
+                .map(|identity| Security::Mutual(Arc::new(identity)))
+                .map_err(ConfigError::Tls),
+            (None, false) => Err(ConfigError::NoTls(self.id)),
+        }
     }
 }
 
@@ -184,7 +228,27 @@ mod tests {
             metrics: None,
             unsafe_stale_reads: false,
             unsafe_stale_leadership: false,
+            tls: TlsSettings {
+                dir: None,
+                insecure: true,
+            },
+            unsafe_test_hooks: false,
         }
+    }
+
+    #[test]
+    fn without_certificates_or_insecure_the_manager_says_how_to_make_them() {
+        let mut c = sample();
+        c.tls.insecure = false;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("firetower certs init"), "{err}");
+        assert!(err.contains("--insecure"), "{err}");
+        c.tls.dir = Some("/nonexistent".into());
+        c.validate().unwrap();
+        let err = c.security().unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+        c.tls.insecure = true;
+        assert!(c.validate().is_err());
     }
 
     #[test]
@@ -214,13 +278,14 @@ mod tests {
     fn parses_toml_and_rejects_unknown_keys() {
         let c = ManagerConfig::from_toml(
             "id = 2\nquic = \"127.0.0.1:7000\"\nadmin = \"127.0.0.1:7001\"\ndata_dir = \"d\"\n\
-             [raft]\nheartbeat_ms = 50\n",
+             [raft]\nheartbeat_ms = 50\n[tls]\ndir = \"certs\"\n",
         )
         .unwrap();
         assert_eq!(c.id, 2);
         assert_eq!(c.raft.heartbeat_ms, 50);
         assert_eq!(c.raft.election_timeout_min_ms, 400);
         assert_eq!(c.metrics, None);
+        assert_eq!(c.tls.dir, Some("certs".into()));
         let c = ManagerConfig::from_toml(
             "id = 2\nquic = \"127.0.0.1:7000\"\nadmin = \"127.0.0.1:7001\"\ndata_dir = \"d\"\n\
              metrics = \"127.0.0.1:7002\"\n",

@@ -8,6 +8,17 @@ pub enum ConfigError {
     /// A value is out of range or inconsistent; the message names it.
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// Neither a TLS directory nor `--insecure`: the manager does not run open by accident.
+    #[error(
+        "no TLS material: give --tls-dir DIR (or [tls] dir in the config file) with this \
+         manager's certificate, made by `firetower certs init --dir DIR` once per cluster and \
+         `firetower certs issue --dir DIR --manager {0} --host <its address>`; or --insecure for a \
+         plaintext experiment that trusts anyone who reaches its ports"
+    )]
+    NoTls(u64),
+    /// The TLS directory holds no usable certificate for this manager.
+    #[error("TLS: {0}")]
+    Tls(#[from] firetower_link::TlsError),
 }
 
 /// The manager could not start. Nothing was changed in the cluster.

@@ -29,6 +29,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod admin;
+mod admin_tls;
 mod config;
 mod error;
 mod leadership;
@@ -51,7 +52,7 @@ mod topics;
 
 pub use admin::AdminService;
 pub use config::{
-    ManagerConfig, RaftTuning, DEFAULT_ADMIN_PORT, DEFAULT_GROUPS, DEFAULT_QUIC_PORT, MAX_GROUPS,
+    ManagerConfig, RaftTuning, TlsSettings, DEFAULT_ADMIN_PORT, DEFAULT_GROUPS, DEFAULT_QUIC_PORT, MAX_GROUPS,
 };
 pub use error::{ConfigError, StartError};
 pub use membership::{connect as connect_admin, MembershipError};

@@ -39,8 +39,10 @@ enum RequestError {
     Decode(#[from] FrameError),
 }
 
-/// Serve one gateway connection until it closes.
-pub(crate) async fn serve_connection(conn: quinn::Connection, node: Node) {
+/// Serve one gateway connection until it closes. `peer` is the gateway id of the peer's
+/// certificate (mutual TLS); a request naming another gateway id is refused. `None` (insecure
+/// mode) trusts the id each request names.
+pub(crate) async fn serve_connection(conn: quinn::Connection, node: Node, peer: Option<GatewayId>) {
     let remote = conn.remote_address();
     let shutdown = node.shutdown_token();
     loop {
@@ -64,6 +66,23 @@ pub(crate) async fn serve_connection(conn: quinn::Connection, node: Node) {
                     return;
                 }
             };
+            if let Some(peer) = peer {
+                if request.gateway != peer.get() {
+                    tracing::warn!(
+                        certificate = peer.get(),
+                        claimed = request.gateway,
+                        "gateway request refused: another gateway's id"
+                    );
+                    let message = format!(
+                        "this connection's certificate is gateway {}'s; it may not act as \
+                         gateway {}",
+                        peer.get(),
+                        request.gateway
+                    );
+                    reply(&mut send, &failure("permission_denied", message)).await;
+                    return;
+                }
+            }
             if let Some(gateway_request::Op::OpenSession(open)) = request.op {
                 let gateway = GatewayId(request.gateway);
                 if gateway.get() == 0 {

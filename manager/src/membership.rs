@@ -21,7 +21,8 @@ use firetower_proto::admin::*;
 use firetower_raft::{group_of, GroupId, ManagerNode, Raft};
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
-use tonic::transport::{Channel, Endpoint};
+use firetower_link::Security;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
 use crate::config::{DEFAULT_GROUPS, MAX_GROUPS};
@@ -105,18 +106,52 @@ impl From<MembershipError> for Status {
     }
 }
 
-/// Connect to a manager's admin API. `addr` is `host:port`.
-pub async fn connect(addr: &str, timeout: Duration) -> Result<AdminClient<Channel>, Status> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| Status::invalid_argument(format!("bad admin address {addr:?}: {e}")))?
-        .connect_timeout(CONNECT_TIMEOUT.min(timeout))
-        .timeout(timeout);
+/// Connect to a manager's admin API. `addr` is `host:port`. With mutual TLS the channel
+/// presents `security`'s certificate and accepts only a manager certificate of the same CA.
+pub async fn connect(
+    addr: &str,
+    security: &Security,
+    timeout: Duration,
+) -> Result<AdminClient<Channel>, Status> {
+    let bad = |e: &dyn std::fmt::Display| {
+        Status::invalid_argument(format!("bad admin address {addr:?}: {e}"))
+    };
+    let endpoint = match security {
+        Security::Insecure => Endpoint::from_shared(format!("http://{addr}")).map_err(|e| bad(&e))?,
+        Security::Mutual(identity) => {
+            let tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(identity.ca_pem()))
+                .identity(Identity::from_pem(identity.cert_pem(), identity.key_pem()))
+                .domain_name(firetower_link::SERVER_NAME);
+            Endpoint::from_shared(format!("https://{addr}"))
+                .map_err(|e| bad(&e))?
+                .tls_config(tls)
+                .map_err(|e| Status::invalid_argument(format!("TLS settings: {e}")))?
+        }
+    }
+    .connect_timeout(CONNECT_TIMEOUT.min(timeout))
+    .timeout(timeout);
     let channel = endpoint.connect().await.map_err(|e| {
+        let detail = error_chain(&e);
         Status::unavailable(format!(
-            "cannot reach the manager at {addr}: {e} (is it running, and is this its --admin address?)"
+            "cannot reach the manager at {addr}: {detail} (is it running, is this its --admin \
+             address, and does it use the same CA and TLS mode?)"
         ))
     })?;
     Ok(AdminClient::new(channel))
+}
+
+/// An error and its sources on one line: tonic's transport error alone says only
+/// "transport error".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// The membership service of one manager.
@@ -248,7 +283,7 @@ impl Membership {
         if addr == self.node.addrs().admin {
             return Ok(self.local_describe().await);
         }
-        let mut client = connect(addr, DESCRIBE_TIMEOUT).await?;
+        let mut client = connect(addr, self.node.security(), DESCRIBE_TIMEOUT).await?;
         let reply = tokio::time::timeout(DESCRIBE_TIMEOUT, client.describe(DescribeRequest {}))
             .await
             .map_err(|_| {
@@ -269,7 +304,7 @@ impl Membership {
             let reply = match &target {
                 None => self.change_group_here(request.clone()).await?,
                 Some(addr) => {
-                    let mut client = connect(addr, CHANGE_TIMEOUT).await?;
+                    let mut client = connect(addr, self.node.security(), CHANGE_TIMEOUT).await?;
                     client.change_group(request.clone()).await?.into_inner()
                 }
             };
@@ -521,7 +556,7 @@ impl Membership {
                 self.join_cluster(&cluster_id, groups, &members, &initialize)
                     .await?;
             } else {
-                let mut client = connect(&node.admin, CHANGE_TIMEOUT).await?;
+                let mut client = connect(&node.admin, self.node.security(), CHANGE_TIMEOUT).await?;
                 client
                     .join(JoinRequest {
                         cluster_id: cluster_id.clone(),
@@ -598,7 +633,7 @@ impl Membership {
                 admin: d.admin.clone(),
             },
         );
-        let mut client = connect(&addr, CHANGE_TIMEOUT).await?;
+        let mut client = connect(&addr, self.node.security(), CHANGE_TIMEOUT).await?;
         client
             .join(JoinRequest {
                 cluster_id: cluster_id.clone(),
@@ -712,13 +747,13 @@ impl Membership {
                 group: group.get(),
                 millis: (lease * 3).as_millis() as u64,
             };
-            connect(&leader_node.admin, CHANGE_TIMEOUT)
+            connect(&leader_node.admin, self.node.security(), CHANGE_TIMEOUT)
                 .await?
                 .hold_heartbeats(hold)
                 .await?;
             tokio::time::sleep(lease + Duration::from_millis(50)).await;
             // Step 2: the target stands for election with an up-to-date log and wins.
-            connect(&target.admin, CHANGE_TIMEOUT)
+            connect(&target.admin, self.node.security(), CHANGE_TIMEOUT)
                 .await?
                 .campaign(CampaignRequest { group: group.get() })
                 .await?;
@@ -762,7 +797,7 @@ impl Membership {
                 Err(crate::topics::ReadError::NotLeader {
                     leader: Some((id, node)),
                 }) if id != self.node.id() => {
-                    let mut client = connect(&node.admin, DESCRIBE_TIMEOUT * 4).await?;
+                    let mut client = connect(&node.admin, self.node.security(), DESCRIBE_TIMEOUT * 4).await?;
                     let reply = client.topic_info(TopicInfoRequest { topic }).await?;
                     return Ok(reply.into_inner());
                 }

@@ -57,6 +57,7 @@ pub(crate) struct NodeParts {
     pub endpoint: quinn::Endpoint,
     pub router: GroupRouter,
     pub metrics: Arc<ManagerMetrics>,
+    pub security: firetower_link::Security,
 }
 
 struct NodeInner {
@@ -83,6 +84,8 @@ struct NodeInner {
     change_lock: tokio::sync::Mutex<()>,
     metrics: Arc<ManagerMetrics>,
     shutdown: CancellationToken,
+    /// This manager's certificate (mutual TLS) or insecure.
+    security: firetower_link::Security,
 }
 
 impl std::fmt::Debug for NodeInner {
@@ -122,6 +125,7 @@ impl Node {
                 metrics: parts.metrics,
                 shutdown: CancellationToken::new(),
                 config: parts.config,
+                security: parts.security,
             }),
         }
     }
@@ -138,6 +142,11 @@ impl Node {
 
     pub(crate) fn config(&self) -> &ManagerConfig {
         &self.inner.config
+    }
+
+    /// This manager's certificate, for the admin calls it makes to other managers.
+    pub(crate) fn security(&self) -> &firetower_link::Security {
+        &self.inner.security
     }
 
     /// The cluster id, empty before joining.

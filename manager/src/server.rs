@@ -73,6 +73,13 @@ impl Manager {
     async fn start_with(config: ManagerConfig, socket: QuicSocket) -> Result<Manager, StartError> {
         config.validate()?;
         firetower_raft::install_crypto_provider();
+        let security = config.security()?;
+        if !security.is_mutual() {
+            tracing::warn!(
+                "INSECURE: --insecure given: the QUIC port trusts anyone who reaches it and the \
+                 admin API is plaintext and open to every caller; for experiments only"
+            );
+        }
         let meta = meta::load_or_create(&config.data_dir, config.id)?;
         if let Some(expected) = &config.cluster_id {
             if meta.joined() && &meta.cluster_id != expected {
@@ -99,10 +106,10 @@ impl Manager {
         let reset_secret = meta.quic_reset_secret.as_bytes();
         let endpoint = match socket {
             QuicSocket::Bind => {
-                firetower_raft::make_endpoint_with_reset_secret(config.quic, reset_secret)
+                firetower_raft::make_endpoint_with_reset_secret(config.quic, reset_secret, &security)
             }
             QuicSocket::Given(socket) => {
-                firetower_link::make_endpoint_on(socket, Some(reset_secret))
+                firetower_link::make_endpoint_on(socket, Some(reset_secret), &security)
             }
         }
         .map_err(|e| StartError::Bind {
@@ -128,6 +135,7 @@ impl Manager {
             endpoint,
             router,
             metrics,
+            security,
         });
         let mut manager = Manager {
             node,
@@ -325,8 +333,29 @@ impl Manager {
                         .handshake_data()
                         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
                         .and_then(|d| d.protocol);
+                    // With mutual TLS the handshake already verified the certificate against
+                    // the cluster CA; its role decides which protocol the peer may speak.
+                    let role = match manager.node.security().is_mutual() {
+                        false => None,
+                        true => match firetower_link::peer_role(&conn) {
+                            Ok(role) => Some(role),
+                            Err(e) => {
+                                tracing::warn!(remote = %conn.remote_address(), error = %e, "QUIC peer refused");
+                                conn.close(CLOSE_FORBIDDEN, e.to_string().as_bytes());
+                                return;
+                            }
+                        },
+                    };
                     match alpn.as_deref() {
                         Some(a) if a == firetower_raft::ALPN_RAFT => {
+                            let peer = match role {
+                                None => None,
+                                Some(firetower_link::Role::Manager(id)) => Some(id),
+                                Some(other) => {
+                                    refuse(&conn, &other, "Raft RPCs need a manager certificate");
+                                    return;
+                                }
+                            };
                             // A peer manager is up: let our RPCs to it dial again at once.
                             if let Some(peers) = manager.node.peers() {
                                 peers.peer_seen(conn.remote_address());
@@ -335,11 +364,22 @@ impl Manager {
                                 conn,
                                 manager.node.router().clone(),
                                 manager.node.cluster_id_watch(),
+                                peer,
                             )
                             .await;
                         }
                         Some(a) if a == firetower_raft::ALPN_LINK => {
-                            crate::link::serve_connection(conn, manager.node).await;
+                            let gateway = match role {
+                                None => None,
+                                Some(firetower_link::Role::Gateway(id)) => {
+                                    Some(firetower_proto::GatewayId(id))
+                                }
+                                Some(other) => {
+                                    refuse(&conn, &other, "the gateway link needs a gateway certificate");
+                                    return;
+                                }
+                            };
+                            crate::link::serve_connection(conn, manager.node, gateway).await;
                         }
                         _ => conn.close(1u32.into(), b"unknown ALPN"),
                     }
@@ -358,8 +398,10 @@ impl Manager {
             })?;
         let router = crate::admin::router(self.node.clone()).await;
         let shutdown = self.node.shutdown_token();
+        let incoming =
+            crate::admin_tls::incoming(listener, self.node.security(), shutdown.clone())
+                .map_err(|e| StartError::Config(crate::ConfigError::Tls(e)))?;
         tokio::spawn(async move {
-            let incoming = tonic::transport::server::TcpIncoming::from(listener);
             if let Err(e) = router
                 .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
                 .await
@@ -369,6 +411,15 @@ impl Manager {
         });
         Ok(())
     }
+}
+
+/// QUIC close code for a peer whose certificate does not allow what it asked for.
+const CLOSE_FORBIDDEN: quinn::VarInt = quinn::VarInt::from_u32(0x403);
+
+/// Close `conn` from a peer of `role` that asked for a protocol its role does not allow.
+fn refuse(conn: &quinn::Connection, role: &firetower_link::Role, why: &str) {
+    tracing::warn!(remote = %conn.remote_address(), %role, why, "QUIC peer refused");
+    conn.close(CLOSE_FORBIDDEN, format!("{why}; this peer is {role}").as_bytes());
 }
 
 /// Take an exclusive lock on `DATA/LOCK`, so that a second process on the same directory

@@ -39,9 +39,14 @@ async fn start_single(dir: &std::path::Path) -> Manager {
         metrics: Some("127.0.0.1:0".parse().unwrap()),
         unsafe_stale_reads: false,
         unsafe_stale_leadership: false,
+        tls: firetower_manager::TlsSettings {
+            dir: None,
+            insecure: true,
+        },
+        unsafe_test_hooks: false,
     };
     let manager = Manager::start(config).await.expect("manager starts");
-    let mut admin = connect_admin(&manager.node().admin, Duration::from_secs(10))
+    let mut admin = connect_admin(&manager.node().admin, &firetower_link::Security::Insecure, Duration::from_secs(10))
         .await
         .expect("admin API answers");
     admin
@@ -108,7 +113,7 @@ fn value(samples: &HashMap<String, f64>, series: &str) -> f64 {
 /// Subscribe `topic` for gateway `gateway` over the link, as a gateway does.
 async fn subscribe(manager: &Manager, gateway: u64, topic: &str) {
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(firetower_raft::client_config(firetower_raft::ALPN_LINK));
+    endpoint.set_default_client_config(firetower_raft::client_config(firetower_raft::ALPN_LINK, &firetower_link::Security::Insecure).unwrap());
     let conn = endpoint
         // The name the managers' self-signed certificates carry (firetower_raft::quic).
         .connect(manager.quic_addr(), "firetower")

@@ -36,12 +36,12 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use quinn::{ClientConfig, Connection, Endpoint};
+use quinn::{Connection, Endpoint};
 use tokio::time::Instant;
 
 use crate::wire::{self, RaftReply, RaftRequest, Rejection, ReplyBody, RequestBody, WireError};
 use crate::{GroupId, ManagerId, ManagerNode, TypeConfig};
-use firetower_link::{client_config, ReconnectPolicy, ALPN_RAFT, SERVER_NAME};
+use firetower_link::{ReconnectPolicy, SERVER_NAME};
 
 /// The QUIC connections of this manager to its peers, shared by every Raft group.
 /// Cheap to clone: clones share the connections.
@@ -54,7 +54,6 @@ struct Peers {
     endpoint: Endpoint,
     cluster_id: String,
     policy: ReconnectPolicy,
-    client_config: ClientConfig,
     /// Keyed by the peer's QUIC address as written in the membership (`ManagerNode::quic`).
     slots: Mutex<HashMap<String, PeerSlot>>,
 }
@@ -166,7 +165,6 @@ impl PeerConnections {
                 endpoint,
                 cluster_id,
                 policy,
-                client_config: client_config(ALPN_RAFT),
                 slots: Mutex::new(HashMap::new()),
             }),
         }
@@ -292,7 +290,7 @@ async fn dial(peers: Arc<Peers>, addr: String) -> Result<Connection, DialError> 
         let connecting =
             peers
                 .endpoint
-                .connect_with(peers.client_config.clone(), target, SERVER_NAME)?;
+                .connect(target, SERVER_NAME)?;
         Ok(connecting.await?)
     };
     let result = tokio::time::timeout(timeout, attempt)
@@ -491,7 +489,7 @@ mod tests {
 
     #[tokio::test]
     async fn dead_peer_goes_into_backoff_and_fails_fast() {
-        let endpoint = crate::make_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+        let endpoint = crate::make_endpoint("127.0.0.1:0".parse().unwrap(), &firetower_link::Security::Insecure).unwrap();
         // A bound UDP socket nobody answers on: handshakes time out.
         let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = silent.local_addr().unwrap().to_string();

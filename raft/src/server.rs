@@ -45,7 +45,10 @@ pub async fn serve_raft_connection(
     conn: Connection,
     router: GroupRouter,
     cluster_id: watch::Receiver<String>,
+    peer: Option<u64>,
 ) {
+    // Membership checks of `peer` are added by the Raft hardening work.
+    let _ = peer;
     let remote = conn.remote_address();
     let mut rpcs = JoinSet::new();
     loop {

@@ -14,6 +14,11 @@ work=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
+# Secure like production: one CA, a certificate per manager and one for the bench's gateway id.
+"$bin" certs init --dir "$work/tls" >/dev/null
+for i in 1 2 3; do "$bin" certs issue --dir "$work/tls" --manager "$i" >/dev/null; done
+"$bin" certs issue --dir "$work/tls" --gateway 1 >/dev/null
+export FIRETOWER_TLS_DIR="$work/tls"
 for i in 1 2 3; do
   "$bin" manager --id "$i" --quic "127.0.0.1:1750$i" --admin "127.0.0.1:1760$i" \
     --data-dir "$work/m$i" 2>"$work/m$i.log" &

@@ -63,6 +63,13 @@ wait_ready() { # URL of /readyz
 
 start_cluster() {
     local i
+    # Secure like production: one CA, a certificate per manager and per gateway id.
+    if [ ! -f "$WORK/tls/ca.pem" ]; then
+        "$BIN" certs init --dir "$WORK/tls" >/dev/null
+        for i in 1 2 3; do "$BIN" certs issue --dir "$WORK/tls" --manager "$i" >/dev/null; done
+        for i in 1 2 3 4 5 6; do "$BIN" certs issue --dir "$WORK/tls" --gateway "$i" >/dev/null; done
+    fi
+    export FIRETOWER_TLS_DIR="$WORK/tls"
     for i in 1 2 3; do
         FIRETOWER_LOG=warn "$BIN" manager --id "$i" --quic "127.0.0.1:$((7098 + 2 * i))" \
             --admin "127.0.0.1:$((7099 + 2 * i))" --data-dir "$WORK/manager-$i" \

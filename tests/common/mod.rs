@@ -18,9 +18,46 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_firetower")
 }
 
+/// Highest manager id and gateway id the shared TLS directory has certificates for.
+pub const TLS_IDS: u64 = 9;
+
+/// The TLS directory every process of this test binary uses (`FIRETOWER_TLS_DIR`), made
+/// once with the CLI as an operator would: `certs init`, then a certificate for managers and
+/// gateways 1..=[`TLS_IDS`]. The clusters of these tests run secure, as in production.
+pub fn tls_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("firetower-tests-tls-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let dir_str = dir.to_str().expect("utf-8 temp path").to_owned();
+        let run = |args: &[&str]| {
+            let out = Command::new(bin()).args(args).output().expect("firetower runs");
+            assert!(
+                out.status.success(),
+                "firetower {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&["certs", "init", "--dir", &dir_str]);
+        for id in 1..=TLS_IDS {
+            let id = id.to_string();
+            run(&["certs", "issue", "--dir", &dir_str, "--manager", &id, "--host", "127.0.0.1"]);
+            run(&["certs", "issue", "--dir", &dir_str, "--gateway", &id]);
+        }
+        dir
+    })
+}
+
+/// A command for the binary under test, with the shared TLS directory in its environment.
+pub fn command() -> Command {
+    let mut command = Command::new(bin());
+    command.env("FIRETOWER_TLS_DIR", tls_dir());
+    command
+}
+
 /// Run the CLI to completion.
 pub fn cli(args: &[&str]) -> Output {
-    Command::new(bin())
+    command()
         .args(args)
         .env("FIRETOWER_LOG", "warn")
         .output()
@@ -86,7 +123,7 @@ impl ManagerProc {
             .append(true)
             .open(&self.log)
             .expect("open log file");
-        let child = Command::new(bin())
+        let child = command()
             .args([
                 "manager",
                 "--id",
@@ -322,7 +359,7 @@ impl GatewayProc {
             .append(true)
             .open(&self.log)
             .expect("open log file");
-        let child = Command::new(bin())
+        let child = command()
             .args([
                 "gateway",
                 "--id",

@@ -146,6 +146,11 @@ impl Cluster {
                 metrics: None,
                 unsafe_stale_reads: false,
                 unsafe_stale_leadership: false,
+                tls: firetower_manager::TlsSettings {
+                    dir: None,
+                    insecure: true,
+                },
+                unsafe_test_hooks: false,
             };
             let socket = net.bind(manager_addr(id)).expect("a free virtual address");
             let manager = Manager::start_on(config, socket)
@@ -155,7 +160,7 @@ impl Cluster {
             managers.push(manager);
             dirs.push(dir);
         }
-        let mut admin = connect_admin(&managers[0].node().admin, Duration::from_secs(10))
+        let mut admin = connect_admin(&managers[0].node().admin, &firetower_link::Security::Insecure, Duration::from_secs(10))
             .await
             .expect("the admin API answers");
         admin
@@ -361,6 +366,7 @@ impl TestGateway {
                 request_timeout: REQUEST_TIMEOUT,
                 min_backoff: Duration::from_millis(20),
                 max_backoff: Duration::from_millis(500),
+                ..LinkOptions::default()
             },
             ..ClusterOptions::default()
         };

@@ -130,6 +130,11 @@ impl TestNode {
             .collect()
     }
 
+    /// Stops serving Raft RPCs on the endpoint (a test then accepts connections itself).
+    pub fn accept_abort(&self) {
+        self.accept.abort();
+    }
+
     /// Cuts this node off: its endpoint closes every connection and refuses new ones.
     pub fn close_endpoint(&self) {
         self.endpoint.close(0u32.into(), b"test: node isolated");

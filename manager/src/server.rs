@@ -335,6 +335,8 @@ impl Manager {
                                 conn,
                                 manager.node.router().clone(),
                                 manager.node.cluster_id_watch(),
+                                // Peers are not authenticated yet: no membership check.
+                                None,
                             )
                             .await;
                         }

@@ -28,11 +28,13 @@
 
 use std::io::Cursor;
 
+pub mod admission;
 mod network;
 mod router;
 mod server;
 pub mod wire;
 
+pub use admission::{Implausible, MAX_INDEX, MAX_SNAPSHOT_LEN, MAX_TERM, MAX_TERM_LEAP};
 pub use firetower_link::{
     client_config, install_crypto_provider, make_endpoint, make_endpoint_with_reset_secret,
     ReconnectPolicy, TransportError, ALPN_LINK, ALPN_RAFT,
@@ -41,7 +43,7 @@ pub use firetower_proto::jump_consistent_hash;
 pub use firetower_store::{Command, ManagerId, ManagerNode, Response};
 pub use network::{PeerConnections, QuicNetwork, QuicNetworkFactory};
 pub use router::GroupRouter;
-pub use server::serve_raft_connection;
+pub use server::{serve_raft_connection, MAX_RPCS_IN_FLIGHT};
 pub use wire::{Rejection, MAX_FRAME_LEN};
 
 /// A Raft group (shard of the topic space). Groups are numbered `0..G`; `G` is fixed at init.

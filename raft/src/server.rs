@@ -2,100 +2,156 @@
 //! [`ALPN_RAFT`](crate::ALPN_RAFT).
 //!
 //! ```text
-//!   accept_bi ─▶ task per stream: read frame ─▶ decode ─▶ cluster id? ─▶ router.get(group)?
-//!                                                                          └─▶ openraft ─▶ reply
+//!   accept_bi (at most MAX_RPCS_IN_FLIGHT at once) ─▶ task per stream:
+//!     read header (≤ 1 KiB, HEADER_TIMEOUT) ─▶ cluster id? ─▶ group hosted? ─▶ peer a member?
+//!     read body (≤ the kind's limit, REQUEST_TIMEOUT) ─▶ terms, log ids, snapshot offset?
+//!     ─▶ openraft ─▶ reply (REPLY_TIMEOUT)
 //! ```
 //!
 //! Each stream is one RPC, handled in its own task so that one group's slow snapshot chunk does
-//! not hold up another group's heartbeat. The number of streams in flight per connection is
-//! bounded by QUIC's stream limit (see the quic module).
+//! not hold up another group's heartbeat. At most [`MAX_RPCS_IN_FLIGHT`] run per connection:
+//! past that the server stops accepting streams until one ends, so the peer's further streams
+//! wait (QUIC's stream limit then stops the peer). QUIC's limit alone would not do: a task can
+//! outlive its stream (a peer that resets a stream gets its credit back at once).
 //!
 //! The cluster id comes through a [`watch::Receiver`] because a manager learns it only when it
 //! joins a cluster, after its endpoint is already serving. An empty id means "not in a cluster
 //! yet": every RPC is refused with [`Rejection::NotInCluster`]. A request for another cluster is
-//! refused with [`Rejection::ClusterMismatch`], naming both ids, and a group this manager does
-//! not host (yet) with [`Rejection::GroupNotHosted`]. Input that is not a valid frame closes that
-//! stream with an error code; it never affects other streams or panics.
+//! refused with [`Rejection::ClusterMismatch`] (which does not name this manager's cluster), a
+//! group this manager does not host (yet) with [`Rejection::GroupNotHosted`], and an
+//! authenticated peer outside the group's membership with [`Rejection::NotAMember`]; all of
+//! these before the body is read. Values no correct peer sends (see the admission module) are
+//! refused before openraft sees them. Input that is not a valid frame closes that stream with
+//! an error code; it never affects other streams or panics.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use firetower_link::ReadFrameError;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
-use crate::router::GroupRouter;
-use crate::wire::{self, RaftReply, RaftRequest, Rejection, ReplyBody, RequestBody};
+use crate::admission::{self, authorize};
+use crate::router::{GroupRouter, Hosted};
+use crate::wire::{
+    self, RaftReply, Rejection, ReplyBody, RequestBody, RequestHeader, WireError, MAX_HEADER_LEN,
+};
+use crate::ManagerId;
 
-/// Longest wait for a complete request once a stream is open; a peer that opens streams and
-/// sends nothing would otherwise pin a task per stream for the life of the connection.
+/// Most RPCs served at once on one connection. Each group has about one RPC in flight per peer
+/// (its replication stream, or a vote), so this leaves room for hundreds of groups while a peer
+/// cannot pin more tasks (and their bodies, bounded per kind) than this.
+pub const MAX_RPCS_IN_FLIGHT: usize = 256;
+
+/// Longest wait for the request header once a stream is open; a peer that opens streams and
+/// sends nothing would otherwise pin a task per stream.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a complete request (header and body) once a stream is open: a 3 MiB
+/// snapshot chunk arrives well within it on any link managers run on.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for the peer to take the reply; replies are small, so a peer that does not
+/// read them is gone or hostile.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Stream error code: the request was not a valid frame.
 const BAD_FRAME: VarInt = VarInt::from_u32(1);
-/// Stream error code: no complete request within [`REQUEST_TIMEOUT`].
+/// Stream error code: no complete request within the deadlines.
 const REQUEST_TIMED_OUT: VarInt = VarInt::from_u32(2);
 /// Stream error code: the reply could not be encoded.
 const REPLY_UNENCODABLE: VarInt = VarInt::from_u32(3);
+/// Stream error code (stop sending): the request was refused, the rest of it is not wanted.
+const REFUSED: VarInt = VarInt::from_u32(4);
+
+/// What every stream of a connection needs.
+struct Context {
+    router: GroupRouter,
+    cluster_id: watch::Receiver<String>,
+    peer: Option<ManagerId>,
+}
 
 /// Serves Raft RPCs arriving on `conn` until the connection closes.
 ///
 /// `cluster_id` is this manager's cluster id, read at every request; empty means not in a
-/// cluster. Returning (or dropping this future) aborts the RPCs still in progress.
+/// cluster. `peer` is the manager id the peer authenticated as (from its certificate): an RPC
+/// for a group is then served only if that id is in the group's membership as this manager
+/// knows it, or if this manager knows no membership of the group yet. `None` (an
+/// unauthenticated peer, insecure mode) skips that check. Returning (or dropping this future)
+/// aborts the RPCs still in progress.
 pub async fn serve_raft_connection(
     conn: Connection,
     router: GroupRouter,
     cluster_id: watch::Receiver<String>,
+    peer: Option<ManagerId>,
 ) {
     let remote = conn.remote_address();
+    let context = Arc::new(Context {
+        router,
+        cluster_id,
+        peer,
+    });
     let mut rpcs = JoinSet::new();
     loop {
+        if rpcs.len() >= MAX_RPCS_IN_FLIGHT {
+            // Accept nothing more until an RPC ends; the peer's new streams wait in QUIC.
+            tokio::select! {
+                Some(done) = rpcs.join_next() => report(remote, done),
+                _ = conn.closed() => return,
+            }
+            continue;
+        }
         tokio::select! {
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => {
-                    rpcs.spawn(serve_stream(send, recv, router.clone(), cluster_id.clone()));
+                    rpcs.spawn(serve_stream(send, recv, Arc::clone(&context)));
                 }
                 Err(error) => {
                     tracing::debug!(%remote, %error, "raft connection closed");
                     return;
                 }
             },
-            Some(done) = rpcs.join_next() => {
-                if let Err(error) = done {
-                    tracing::error!(%remote, %error, "raft RPC task failed");
-                }
-            }
+            Some(done) = rpcs.join_next() => report(remote, done),
         }
     }
 }
 
-async fn serve_stream(
-    mut send: SendStream,
-    mut recv: RecvStream,
-    router: GroupRouter,
-    cluster_id: watch::Receiver<String>,
-) {
-    let frame = match tokio::time::timeout(REQUEST_TIMEOUT, wire::read_body(&mut recv)).await {
-        Ok(Ok(Some(frame))) => frame,
-        // The peer opened a stream and closed it without a request: nothing to answer.
-        Ok(Ok(None)) => return,
-        Ok(Err(error)) => {
-            tracing::debug!(%error, "unreadable raft request");
-            abort_stream(&mut send, &mut recv, BAD_FRAME);
-            return;
-        }
-        Err(_) => {
-            tracing::debug!("raft request not received in time");
-            abort_stream(&mut send, &mut recv, REQUEST_TIMED_OUT);
+fn report(remote: std::net::SocketAddr, done: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = done {
+        tracing::error!(%remote, %error, "raft RPC task failed");
+    }
+}
+
+/// What became of a request stream.
+enum Outcome {
+    /// Answer this (boxed: openraft's replies are large next to the other variants).
+    Reply(Box<RaftReply>),
+    /// The stream ended before a request: nothing to answer.
+    Silent,
+    /// Reset the stream with this code.
+    Abort(VarInt),
+}
+
+impl Outcome {
+    fn reject(rejection: Rejection) -> Outcome {
+        Outcome::Reply(Box::new(Err(rejection)))
+    }
+}
+
+async fn serve_stream(mut send: SendStream, mut recv: RecvStream, context: Arc<Context>) {
+    let reply = match receive(&mut recv, &context).await {
+        Outcome::Reply(reply) => *reply,
+        Outcome::Silent => return,
+        Outcome::Abort(code) => {
+            abort_stream(&mut send, &mut recv, code);
             return;
         }
     };
-    let reply = match wire::decode_body::<RaftRequest>(&frame) {
-        Ok(request) => handle(request, &router, &cluster_id).await,
-        Err(error) => {
-            tracing::debug!(%error, "undecodable raft request");
-            Err(Rejection::BadRequest(error.to_string()))
-        }
-    };
+    if let Err(rejection) = &reply {
+        tracing::debug!(peer = ?context.peer, %rejection, "raft request refused");
+        // The rest of the request, if any, is not wanted. Fails only if that half is closed.
+        let _ = recv.stop(REFUSED);
+    }
     let frame = match wire::encode(&reply) {
         Ok(frame) => frame,
         Err(error) => {
@@ -104,34 +160,133 @@ async fn serve_stream(
             return;
         }
     };
-    if let Err(error) = send.write_all(&frame).await {
-        tracing::debug!(%error, "cannot send raft reply");
-        return;
+    match tokio::time::timeout(REPLY_TIMEOUT, send.write_all(&frame)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "cannot send raft reply");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("raft reply not taken in time");
+            abort_stream(&mut send, &mut recv, REQUEST_TIMED_OUT);
+            return;
+        }
     }
     // Fails only if the stream is already closed, in which case the peer is gone anyway.
     let _ = send.finish();
 }
 
-/// Checks the request against this manager's state and hands it to the group's openraft.
-async fn handle(
-    request: RaftRequest,
-    router: &GroupRouter,
-    cluster_id: &watch::Receiver<String>,
-) -> RaftReply {
-    check_cluster(&cluster_id.borrow(), &request.cluster_id)?;
-    let raft = router
-        .get(request.group)
-        .ok_or(Rejection::GroupNotHosted(request.group))?;
-    Ok(match request.body {
-        RequestBody::AppendEntries(rpc) => ReplyBody::AppendEntries(raft.append_entries(rpc).await),
+/// Reads the request off `recv`, checking what can be checked before each part, and hands it
+/// to openraft.
+async fn receive(recv: &mut RecvStream, context: &Context) -> Outcome {
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    let header = wire::read_frame(recv, MAX_HEADER_LEN);
+    let header = match tokio::time::timeout(HEADER_TIMEOUT, header).await {
+        Ok(Ok(Some(header))) => header,
+        Ok(Ok(None)) => return Outcome::Silent,
+        Ok(Err(WireError::Read(ReadFrameError::TooLarge { len, .. }))) => {
+            return Outcome::reject(Rejection::HeaderTooLarge { len: len as u64 })
+        }
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "unreadable raft request header");
+            return Outcome::Abort(BAD_FRAME);
+        }
+        Err(_) => {
+            tracing::debug!("raft request header not received in time");
+            return Outcome::Abort(REQUEST_TIMED_OUT);
+        }
+    };
+    let header = match wire::decode_header(&header) {
+        Ok(header) => header,
+        Err(error) => return Outcome::reject(Rejection::BadRequest(error.to_string())),
+    };
+    let hosted = match admit(&header, context) {
+        Ok(hosted) => hosted,
+        Err(rejection) => return Outcome::reject(rejection),
+    };
+    // Openraft's config is validated, and a chunk size that does not fit a usize is no limit.
+    let chunk = usize::try_from(hosted.raft.config().snapshot_max_chunk_size).unwrap_or(usize::MAX);
+    let limit = header.kind.body_limit(chunk);
+    let body = match tokio::time::timeout_at(deadline, wire::read_frame(recv, limit)).await {
+        Ok(Ok(Some(body))) => body,
+        Ok(Ok(None)) => {
+            tracing::debug!("raft request without a body");
+            return Outcome::Abort(BAD_FRAME);
+        }
+        Ok(Err(WireError::Read(ReadFrameError::TooLarge { len, .. }))) => {
+            return Outcome::reject(Rejection::BodyTooLarge {
+                kind: header.kind,
+                len: len as u64,
+                limit: limit as u64,
+            })
+        }
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "unreadable raft request body");
+            return Outcome::Abort(BAD_FRAME);
+        }
+        Err(_) => {
+            tracing::debug!("raft request body not received in time");
+            return Outcome::Abort(REQUEST_TIMED_OUT);
+        }
+    };
+    let reply = match wire::decode_request_body(header.kind, &body) {
+        Ok(body) => handle(body, &hosted, context).await,
+        Err(error) => {
+            tracing::debug!(%error, "undecodable raft request");
+            Err(Rejection::BadRequest(error.to_string()))
+        }
+    };
+    Outcome::Reply(Box::new(reply))
+}
+
+/// Whether this manager serves a request with `header` from the peer: same cluster, a hosted
+/// group, and a peer in the group's membership.
+fn admit(header: &RequestHeader, context: &Context) -> Result<Hosted, Rejection> {
+    check_cluster(&context.cluster_id.borrow(), &header.cluster_id)?;
+    let hosted = context
+        .router
+        .hosted(header.group)
+        .ok_or(Rejection::GroupNotHosted(header.group))?;
+    let metrics = hosted.raft.metrics();
+    authorize(
+        context.peer,
+        header.group,
+        metrics.borrow().membership_config.membership(),
+    )?;
+    Ok(hosted)
+}
+
+/// Checks the request's values and hands it to the group's openraft.
+async fn handle(body: RequestBody, hosted: &Hosted, context: &Context) -> RaftReply {
+    let raft = &hosted.raft;
+    let local_term = raft.metrics().borrow().current_term;
+    Ok(match body {
+        RequestBody::AppendEntries(rpc) => {
+            admission::check_append_entries(&rpc, local_term).map_err(Rejection::Implausible)?;
+            ReplyBody::AppendEntries(raft.append_entries(rpc).await)
+        }
         RequestBody::Vote(rpc) => {
-            if let Some(until) = router.votes_held_until() {
+            admission::check_vote_request(&rpc, local_term).map_err(Rejection::Implausible)?;
+            if let Some(until) = context.router.votes_held_until() {
                 tokio::time::sleep_until(until.into()).await;
             }
             ReplyBody::Vote(raft.vote(rpc).await)
         }
         RequestBody::InstallSnapshot(rpc) => {
-            ReplyBody::InstallSnapshot(raft.install_snapshot(rpc).await)
+            admission::check_install_snapshot(&rpc, local_term).map_err(Rejection::Implausible)?;
+            let mut receipt = hosted.snapshot.lock().await;
+            let id = rpc.meta.snapshot_id.clone();
+            let (offset, len, done, vote) = (rpc.offset, rpc.data.len(), rpc.done, rpc.vote);
+            receipt.admit(&id, offset, len)?;
+            let result = raft.install_snapshot(rpc).await;
+            match &result {
+                // Openraft takes a chunk whose vote is at least its own.
+                Ok(response) if vote >= response.vote => receipt.taken(&id, offset, len, done),
+                // Refused for its vote: openraft's own progress is unchanged.
+                Ok(_) => {}
+                Err(_) => receipt.reset(),
+            }
+            ReplyBody::InstallSnapshot(result)
         }
     })
 }
@@ -142,10 +297,7 @@ fn check_cluster(ours: &str, theirs: &str) -> Result<(), Rejection> {
         return Err(Rejection::NotInCluster);
     }
     if ours != theirs {
-        return Err(Rejection::ClusterMismatch {
-            server: ours.to_owned(),
-            client: theirs.to_owned(),
-        });
+        return Err(Rejection::ClusterMismatch);
     }
     Ok(())
 }
@@ -164,13 +316,16 @@ mod tests {
     fn cluster_id_check() {
         assert_eq!(check_cluster("", "c"), Err(Rejection::NotInCluster));
         assert_eq!(check_cluster("", ""), Err(Rejection::NotInCluster));
-        assert_eq!(
-            check_cluster("a", "b"),
-            Err(Rejection::ClusterMismatch {
-                server: "a".into(),
-                client: "b".into()
-            })
-        );
+        assert_eq!(check_cluster("a", "b"), Err(Rejection::ClusterMismatch));
         assert_eq!(check_cluster("a", "a"), Ok(()));
+    }
+
+    #[test]
+    fn cluster_mismatch_does_not_name_the_cluster() {
+        let shown = check_cluster("secret-cluster", "other")
+            .unwrap_err()
+            .to_string();
+        assert!(!shown.contains("secret-cluster"), "{shown}");
+        assert!(shown.contains("another cluster"), "{shown}");
     }
 }

@@ -1,6 +1,7 @@
-//! A peer that speaks the Raft wire but sends absurd values: terms and log ids near `u64::MAX`,
-//! snapshot chunks far past what was received. Every case drives a real openraft group through
-//! the QUIC server, expects a clear refusal, and then checks that the group still serves.
+//! A peer that speaks the Raft wire but sends absurd values (terms and log ids near `u64::MAX`,
+//! snapshot chunks far past what was received, bodies beyond their kind's limit), is not a
+//! member of the group, pins streams, or never replies. Every case drives a real openraft group
+//! through the QUIC server, expects a clear refusal, and then checks that the group still serves.
 
 mod common;
 
@@ -8,16 +9,18 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{raft_config, wait_leader, TestNode};
+use firetower_raft::wire::{
+    self, RaftReply, RaftRequest, ReplyBody, RequestBody, RequestHeader, RequestKind,
+};
 use firetower_raft::{
-    Command, GroupId, ManagerId, ManagerNode, PeerConnections, QuicNetwork, QuicNetworkFactory,
-    TypeConfig,
+    client_config, Command, GroupId, ManagerId, ManagerNode, PeerConnections, QuicNetwork,
+    QuicNetworkFactory, Rejection, TypeConfig, ALPN_RAFT, MAX_RPCS_IN_FLIGHT,
 };
 use openraft::error::{InstallSnapshotError, RPCError, RaftError};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::{
-    CommittedLeaderId, Entry, EntryPayload, LogId, Membership, SnapshotMeta, StoredMembership,
-    Vote,
+    CommittedLeaderId, Entry, EntryPayload, LogId, Membership, SnapshotMeta, StoredMembership, Vote,
 };
 
 const CLUSTER: &str = "cluster-hostile";
@@ -86,10 +89,13 @@ fn heartbeat(vote: Vote<ManagerId>) -> AppendEntriesRequest<TypeConfig> {
 }
 
 /// The text of a refusal: the server's [`firetower_raft::Rejection`] comes back as an
-/// unreachable peer (openraft backs off).
-fn refusal<E: std::error::Error>(result: Result<impl std::fmt::Debug, RPCError<ManagerId, ManagerNode, E>>) -> String {
+/// unreachable peer (openraft backs off) or as a network error (a malformed request).
+fn refusal<E: std::error::Error>(
+    result: Result<impl std::fmt::Debug, RPCError<ManagerId, ManagerNode, E>>,
+) -> String {
     match result {
         Err(RPCError::Unreachable(e)) => e.to_string(),
+        Err(RPCError::Network(e)) => e.to_string(),
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
@@ -193,8 +199,16 @@ async fn log_ids_with_absurd_terms_or_indexes_are_refused() -> anyhow::Result<()
     Ok(())
 }
 
-fn chunk(vote: Vote<ManagerId>, id: &str, offset: u64, data: Vec<u8>) -> InstallSnapshotRequest<TypeConfig> {
-    let membership = Membership::new(vec![[STRANGER].into()], BTreeMap::from([(STRANGER, ManagerNode::default())]));
+fn chunk(
+    vote: Vote<ManagerId>,
+    id: &str,
+    offset: u64,
+    data: Vec<u8>,
+) -> InstallSnapshotRequest<TypeConfig> {
+    let membership = Membership::new(
+        vec![[STRANGER].into()],
+        BTreeMap::from([(STRANGER, ManagerNode::default())]),
+    );
     InstallSnapshotRequest {
         vote,
         meta: SnapshotMeta {
@@ -229,7 +243,14 @@ async fn snapshot_chunk_past_what_was_received_is_refused() -> anyhow::Result<()
                 ),
                 "{e}"
             );
-            assert!(e.to_string().contains("offset"), "{e}");
+            let RaftError::APIError(InstallSnapshotError::SnapshotMismatch(mismatch)) = e.source
+            else {
+                unreachable!("matched above")
+            };
+            assert_eq!(
+                (mismatch.expect.offset, mismatch.got.offset),
+                (100, 1 << 40)
+            );
         }
         other => panic!("expected a snapshot mismatch, got {other:?}"),
     }
@@ -284,5 +305,181 @@ async fn a_peer_that_never_replies_does_not_hold_the_rpc_past_its_deadline() -> 
     holder.abort();
     client.shutdown().await;
     silent.shutdown().await;
+    Ok(())
+}
+
+/// A vote RPC for `group` from `network`'s client, as the server answered it.
+async fn vote_for(
+    peers: &PeerConnections,
+    server: &TestNode,
+    group: GroupId,
+) -> Result<(), RPCError<ManagerId, ManagerNode, RaftError<ManagerId>>> {
+    let mut network = QuicNetworkFactory::new(group, peers.clone())
+        .new_client(server.id, &server.node())
+        .await;
+    network
+        .vote(VoteRequest::new(Vote::new(1, STRANGER), None), option())
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authenticated_peer_is_served_only_for_groups_it_is_a_member_of() -> anyhow::Result<()> {
+    let groups = [GroupId(0), GroupId(1)];
+    // Group 0 has members 1 and 3 (3 never answers); group 1 knows no membership yet.
+    let members = |server: &TestNode| {
+        BTreeMap::from([
+            (1, server.node()),
+            (
+                3,
+                ManagerNode {
+                    quic: "127.0.0.1:9".into(),
+                    admin: String::new(),
+                },
+            ),
+        ])
+    };
+    let client = TestNode::start(STRANGER, CLUSTER);
+    let peers = PeerConnections::new(client.endpoint.clone(), CLUSTER.into());
+
+    // Connections to this server authenticate as manager 2, not a member of group 0.
+    let mut server = TestNode::start_with_peer(1, CLUSTER, Some(STRANGER));
+    server.start_groups(groups, raft_config()).await;
+    server.raft(GROUP).initialize(members(&server)).await?;
+    let error = refusal(vote_for(&peers, &server, GROUP).await);
+    assert!(
+        error.contains("manager 2 is not a member of group 0"),
+        "{error}"
+    );
+    // A learner being added: the group has no membership here yet, so the leader is heard.
+    vote_for(&peers, &server, GroupId(1)).await?;
+    server.shutdown().await;
+
+    // Connections to this server authenticate as manager 3, a member of group 0.
+    let mut server = TestNode::start_with_peer(1, CLUSTER, Some(3));
+    server.start_groups(groups, raft_config()).await;
+    server.raft(GROUP).initialize(members(&server)).await?;
+    vote_for(&peers, &server, GROUP).await?;
+    vote_for(&peers, &server, GroupId(1)).await?;
+    server.shutdown().await;
+
+    client.shutdown().await;
+    Ok(())
+}
+
+/// Opens a raw Raft connection from `client` to `server`.
+async fn raw_connection(client: &TestNode, server: &TestNode) -> anyhow::Result<quinn::Connection> {
+    Ok(client
+        .endpoint
+        .connect_with(client_config(ALPN_RAFT), server.addr, "firetower")?
+        .await?)
+}
+
+/// The refusal in a raw reply frame.
+fn rejection(reply: &[u8]) -> anyhow::Result<Rejection> {
+    let decoded: RaftReply = wire::decode_frame(reply)?;
+    match decoded {
+        Err(rejection) => Ok(rejection),
+        Ok(body) => anyhow::bail!("expected a refusal, got {body:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_refused_from_their_header_before_the_body_is_read() -> anyhow::Result<()> {
+    let (server, client, mut network) = single_manager_group().await?;
+    let conn = raw_connection(&client, &server).await?;
+    let header = |cluster_id: &str, group, kind| RequestHeader {
+        cluster_id: cluster_id.into(),
+        group,
+        kind,
+    };
+    let cases = [
+        // A vote body announced at 5000 bytes: votes are at most 4 KiB.
+        (
+            header(CLUSTER, GROUP, RequestKind::Vote),
+            5_000u32,
+            Rejection::BodyTooLarge {
+                kind: RequestKind::Vote,
+                len: 5_000,
+                limit: wire::MAX_VOTE_LEN as u64,
+            },
+        ),
+        // A heartbeat announced at 60 MiB: an append of no entries has only its slack.
+        (
+            header(CLUSTER, GROUP, RequestKind::AppendEntries { entries: 0 }),
+            60 << 20,
+            Rejection::BodyTooLarge {
+                kind: RequestKind::AppendEntries { entries: 0 },
+                len: 60 << 20,
+                limit: wire::APPEND_ENTRIES_SLACK as u64,
+            },
+        ),
+        // Another cluster, a group not hosted: refused whatever the body.
+        (
+            header("another", GROUP, RequestKind::AppendEntries { entries: 64 }),
+            60 << 20,
+            Rejection::ClusterMismatch,
+        ),
+        (
+            header(CLUSTER, GroupId(7), RequestKind::InstallSnapshot),
+            60 << 20,
+            Rejection::GroupNotHosted(GroupId(7)),
+        ),
+    ];
+    for (header, announced, expected) in cases {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        send.write_all(&wire::encode(&header)?).await?;
+        // Only the length prefix of the body: the refusal must come without the body.
+        send.write_all(&announced.to_be_bytes()).await?;
+        let reply = tokio::time::timeout(WAIT, recv.read_to_end(1 << 20)).await??;
+        assert_eq!(rejection(&reply)?, expected);
+    }
+    assert!(conn.close_reason().is_none());
+    // The group serves the next good request.
+    network
+        .vote(VoteRequest::new(Vote::new(1, STRANGER), None), option())
+        .await?;
+    assert_still_serving(&server).await?;
+    client.shutdown().await;
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpcs_in_flight_on_one_connection_are_capped() -> anyhow::Result<()> {
+    let (server, client, _network) = single_manager_group().await?;
+    let conn = raw_connection(&client, &server).await?;
+    // Fill every slot with a stream that sent one byte of a header and then nothing.
+    let mut silent = Vec::new();
+    for _ in 0..MAX_RPCS_IN_FLIGHT {
+        let (mut send, recv) = conn.open_bi().await?;
+        send.write_all(&[0]).await?;
+        silent.push((send, recv));
+    }
+    let request = RaftRequest {
+        cluster_id: CLUSTER.into(),
+        group: GROUP,
+        body: RequestBody::Vote(VoteRequest::new(Vote::new(1, STRANGER), None)),
+    };
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(&wire::encode_request(&request)?).await?;
+    send.finish()?;
+    let mut reply = Box::pin(recv.read_to_end(1 << 20));
+    // Not served while every slot is taken...
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut reply)
+            .await
+            .is_err(),
+        "served beyond the cap"
+    );
+    // ...and served once one of them ends.
+    let (mut first, _) = silent.remove(0);
+    first.reset(0u32.into())?;
+    let reply = tokio::time::timeout(WAIT, reply).await??;
+    let reply: RaftReply = wire::decode_frame(&reply)?;
+    assert!(matches!(reply, Ok(ReplyBody::Vote(Ok(_)))), "{reply:?}");
+    drop(silent);
+    client.shutdown().await;
+    server.shutdown().await;
     Ok(())
 }

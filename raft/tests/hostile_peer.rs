@@ -483,3 +483,35 @@ async fn rpcs_in_flight_on_one_connection_are_capped() -> anyhow::Result<()> {
     server.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_request_refused_from_its_header_gets_the_refusal_not_a_write_error(
+) -> anyhow::Result<()> {
+    let (server, client, _network) = single_manager_group().await?;
+    let peers = PeerConnections::new(client.endpoint.clone(), CLUSTER.into());
+    let mut network = QuicNetworkFactory::new(GroupId(7), peers)
+        .new_client(server.id, &server.node())
+        .await;
+    // About 6 MiB: more than the stream's flow-control window, so the client is still writing
+    // when the server refuses from the header and stops reading.
+    let entries = (1..=24)
+        .map(|index| Entry::<TypeConfig> {
+            log_id: log_id(1, index),
+            payload: EntryPayload::Normal(Command::SetMeta {
+                key: "k".into(),
+                value: vec![0; 256 * 1024],
+            }),
+        })
+        .collect();
+    let request = AppendEntriesRequest {
+        vote: Vote::new_committed(1, STRANGER),
+        prev_log_id: Some(log_id(1, 0)),
+        entries,
+        leader_commit: None,
+    };
+    let error = refusal(network.append_entries(request, option()).await);
+    assert!(error.contains("group 7 is not hosted"), "{error}");
+    client.shutdown().await;
+    server.shutdown().await;
+    Ok(())
+}

@@ -51,7 +51,7 @@ pub use firetower_proto::jump_consistent_hash;
 pub use firetower_store::{Command, ManagerId, ManagerNode, Response};
 pub use network::{PeerConnections, QuicNetwork, QuicNetworkFactory};
 pub use router::GroupRouter;
-pub use server::{serve_raft_connection, MAX_RPCS_IN_FLIGHT};
+pub use server::{serve_raft_connection, MAX_BODY_BYTES_IN_FLIGHT, MAX_RPCS_IN_FLIGHT};
 pub use wire::{Rejection, MAX_FRAME_LEN};
 
 /// A Raft group (shard of the topic space). Groups are numbered `0..G`; `G` is fixed at init.

@@ -4,15 +4,18 @@
 //! ```text
 //!   accept_bi (at most MAX_RPCS_IN_FLIGHT at once) ─▶ task per stream:
 //!     read header (≤ 1 KiB, HEADER_TIMEOUT) ─▶ cluster id? ─▶ group hosted? ─▶ peer a member?
-//!     read body (≤ the kind's limit, REQUEST_TIMEOUT) ─▶ terms, log ids, snapshot offset?
-//!     ─▶ openraft ─▶ reply (REPLY_TIMEOUT)
+//!     read body length (≤ the kind's limit) ─▶ wait for that many bytes of the budget
+//!     read body (REQUEST_TIMEOUT) ─▶ terms, log ids, snapshot offset? ─▶ openraft
+//!     ─▶ reply (REPLY_TIMEOUT)
 //! ```
 //!
 //! Each stream is one RPC, handled in its own task so that one group's slow snapshot chunk does
 //! not hold up another group's heartbeat. At most [`MAX_RPCS_IN_FLIGHT`] run per connection:
 //! past that the server stops accepting streams until one ends, so the peer's further streams
 //! wait (QUIC's stream limit then stops the peer). QUIC's limit alone would not do: a task can
-//! outlive its stream (a peer that resets a stream gets its credit back at once).
+//! outlive its stream (a peer that resets a stream gets its credit back at once). The bodies
+//! those RPCs hold are bounded together by [`MAX_BODY_BYTES_IN_FLIGHT`]: QUIC's flow control
+//! does not bound them, since the server reads (and so credits) what it buffers.
 //!
 //! The cluster id comes through a [`watch::Receiver`] because a manager learns it only when it
 //! joins a cluster, after its endpoint is already serving. An empty id means "not in a cluster
@@ -27,16 +30,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use firetower_link::ReadFrameError;
+use firetower_link::{ReadFrameError, HEADER_LEN};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
-use tokio::sync::watch;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::admission::{self, authorize};
 use crate::router::{GroupRouter, Hosted};
 use crate::wire::{
-    self, RaftReply, Rejection, ReplyBody, RequestBody, RequestHeader, WireError, MAX_HEADER_LEN,
+    self, RaftReply, Rejection, ReplyBody, RequestBody, RequestHeader, WireError, MAX_FRAME_LEN,
+    MAX_HEADER_LEN,
 };
 use crate::ManagerId;
 
@@ -44,6 +49,12 @@ use crate::ManagerId;
 /// (its replication stream, or a vote), so this leaves room for hundreds of groups while a peer
 /// cannot pin more tasks (and their bodies, bounded per kind) than this.
 pub const MAX_RPCS_IN_FLIGHT: usize = 256;
+
+/// Most body bytes held at once per connection, across its RPCs in flight: four appends of the
+/// largest size, or dozens of snapshot chunks. A body waits for its share (after its length
+/// prefix, before its bytes), so a peer cannot make the server buffer more than this however
+/// many streams it opens, while one body of any kind always fits.
+pub const MAX_BODY_BYTES_IN_FLIGHT: usize = 4 * MAX_FRAME_LEN;
 
 /// Longest wait for the request header once a stream is open; a peer that opens streams and
 /// sends nothing would otherwise pin a task per stream.
@@ -69,6 +80,8 @@ struct Context {
     router: GroupRouter,
     cluster_id: watch::Receiver<String>,
     peer: Option<ManagerId>,
+    /// [`MAX_BODY_BYTES_IN_FLIGHT`], one permit per byte.
+    body_bytes: Semaphore,
 }
 
 /// Serves Raft RPCs arriving on `conn` until the connection closes.
@@ -90,6 +103,7 @@ pub async fn serve_raft_connection(
         router,
         cluster_id,
         peer,
+        body_bytes: Semaphore::new(MAX_BODY_BYTES_IN_FLIGHT),
     });
     let mut rpcs = JoinSet::new();
     loop {
@@ -207,19 +221,37 @@ async fn receive(recv: &mut RecvStream, context: &Context) -> Outcome {
     // Openraft's config is validated, and a chunk size that does not fit a usize is no limit.
     let chunk = usize::try_from(hosted.raft.config().snapshot_max_chunk_size).unwrap_or(usize::MAX);
     let limit = header.kind.body_limit(chunk);
-    let body = match tokio::time::timeout_at(deadline, wire::read_frame(recv, limit)).await {
-        Ok(Ok(Some(body))) => body,
-        Ok(Ok(None)) => {
-            tracing::debug!("raft request without a body");
+    // The body's length first, to wait for its share of the connection's byte budget before
+    // reading it.
+    let mut prefix = [0u8; HEADER_LEN];
+    match tokio::time::timeout_at(deadline, recv.read_exact(&mut prefix)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "raft request without a body");
             return Outcome::Abort(BAD_FRAME);
         }
-        Ok(Err(WireError::Read(ReadFrameError::TooLarge { len, .. }))) => {
-            return Outcome::reject(Rejection::BodyTooLarge {
-                kind: header.kind,
-                len: len as u64,
-                limit: limit as u64,
-            })
-        }
+        Err(_) => return Outcome::Abort(REQUEST_TIMED_OUT),
+    }
+    let len = u32::from_be_bytes(prefix);
+    if len as usize > limit {
+        return Outcome::reject(Rejection::BodyTooLarge {
+            kind: header.kind,
+            len: len.into(),
+            limit: limit as u64,
+        });
+    }
+    // len <= limit <= MAX_FRAME_LEN < MAX_BODY_BYTES_IN_FLIGHT: the wait always ends. The
+    // semaphore is never closed, so acquiring fails only by the deadline.
+    let share = context.body_bytes.acquire_many(len);
+    let Ok(Ok(_share)) = tokio::time::timeout_at(deadline, share).await else {
+        tracing::debug!("raft request body not received in time");
+        return Outcome::Abort(REQUEST_TIMED_OUT);
+    };
+    let mut framed = (&prefix[..]).chain(&mut *recv);
+    let body = match tokio::time::timeout_at(deadline, wire::read_frame(&mut framed, limit)).await {
+        Ok(Ok(Some(body))) => body,
+        // The prefix was read: the frame reader sees at least that.
+        Ok(Ok(None)) => return Outcome::Abort(BAD_FRAME),
         Ok(Err(error)) => {
             tracing::debug!(%error, "unreadable raft request body");
             return Outcome::Abort(BAD_FRAME);

@@ -14,7 +14,8 @@ use firetower_raft::wire::{
 };
 use firetower_raft::{
     client_config, Command, GroupId, ManagerId, ManagerNode, PeerConnections, QuicNetwork,
-    QuicNetworkFactory, Rejection, TypeConfig, ALPN_RAFT, MAX_RPCS_IN_FLIGHT,
+    QuicNetworkFactory, Rejection, TypeConfig, ALPN_RAFT, MAX_BODY_BYTES_IN_FLIGHT, MAX_FRAME_LEN,
+    MAX_RPCS_IN_FLIGHT,
 };
 use openraft::error::{InstallSnapshotError, RPCError, RaftError};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -429,8 +430,9 @@ async fn requests_are_refused_from_their_header_before_the_body_is_read() -> any
     for (header, announced, expected) in cases {
         let (mut send, mut recv) = conn.open_bi().await?;
         send.write_all(&wire::encode(&header)?).await?;
-        // Only the length prefix of the body: the refusal must come without the body.
-        send.write_all(&announced.to_be_bytes()).await?;
+        // Only the length prefix of the body: the refusal must come without the body. A refusal
+        // from the header alone may have stopped the stream already, failing this write.
+        let _ = send.write_all(&announced.to_be_bytes()).await;
         let reply = tokio::time::timeout(WAIT, recv.read_to_end(1 << 20)).await??;
         assert_eq!(rejection(&reply)?, expected);
     }
@@ -511,6 +513,54 @@ async fn a_large_request_refused_from_its_header_gets_the_refusal_not_a_write_er
     };
     let error = refusal(network.append_entries(request, option()).await);
     assert!(error.contains("group 7 is not hosted"), "{error}");
+    client.shutdown().await;
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_bytes_buffered_per_connection_are_capped() -> anyhow::Result<()> {
+    let (server, client, _network) = single_manager_group().await?;
+    let conn = raw_connection(&client, &server).await?;
+    // Streams that announce the largest body and send none of it, until the budget is taken.
+    let header = RequestHeader {
+        cluster_id: CLUSTER.into(),
+        group: GROUP,
+        kind: RequestKind::AppendEntries { entries: 64 },
+    };
+    let mut pending = Vec::new();
+    for _ in 0..MAX_BODY_BYTES_IN_FLIGHT / MAX_FRAME_LEN {
+        let (mut send, recv) = conn.open_bi().await?;
+        send.write_all(&wire::encode(&header)?).await?;
+        send.write_all(&(MAX_FRAME_LEN as u32).to_be_bytes())
+            .await?;
+        pending.push((send, recv));
+    }
+    // Their tasks take their shares before the vote below arrives.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let request = RaftRequest {
+        cluster_id: CLUSTER.into(),
+        group: GROUP,
+        body: RequestBody::Vote(VoteRequest::new(Vote::new(1, STRANGER), None)),
+    };
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(&wire::encode_request(&request)?).await?;
+    send.finish()?;
+    let mut reply = Box::pin(recv.read_to_end(1 << 20));
+    // Even a small body waits while the budget is taken...
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut reply)
+            .await
+            .is_err(),
+        "a body was read beyond the connection's byte budget"
+    );
+    // ...and is read once a share is given back.
+    let (mut first, _) = pending.remove(0);
+    first.reset(0u32.into())?;
+    let reply = tokio::time::timeout(WAIT, reply).await??;
+    let reply: RaftReply = wire::decode_frame(&reply)?;
+    assert!(matches!(reply, Ok(ReplyBody::Vote(Ok(_)))), "{reply:?}");
+    drop(pending);
     client.shutdown().await;
     server.shutdown().await;
     Ok(())

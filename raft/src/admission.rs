@@ -3,8 +3,9 @@
 //!
 //! ```text
 //!   header ─▶ authorize(peer, membership) ─▶ body ─▶ check_* (terms, log ids) ─┬─▶ openraft
-//!                                                    InstallSnapshot: ─────────┘
-//!                                                    SnapshotReceipt::admit (offset, size)
+//!                                                                              │
+//!              InstallSnapshot: SnapshotReceipt::admit (offset, size), take ───┘ complete and
+//!                                                                 check_snapshot_data passes
 //! ```
 //!
 //! Why each bound exists (all seen in openraft 0.9.25):
@@ -15,11 +16,14 @@
 //! - **Log indexes.** A `prev_log_id` at index `u64::MAX` makes openraft compute `index + 1`
 //!   and panic. No index above [`MAX_INDEX`] (`u64::MAX / 2`) is accepted; entries must follow
 //!   `prev_log_id` one by one, with terms that never go back and never pass the sender's vote.
-//! - **Snapshot offsets.** Openraft seeks the snapshot cursor to any offset a chunk names; an
-//!   in-memory cursor zero-fills up to it, and `1 << 40` aborts the process. A group receives
-//!   one snapshot at a time, in order: offset 0 starts (over) a snapshot, any other offset
-//!   must be where the snapshot being received ends ([`SnapshotReceipt`]), and no snapshot
-//!   grows past [`MAX_SNAPSHOT_LEN`].
+//! - **Snapshot offsets.** Openraft's chunked receiver seeks the snapshot cursor to any offset a
+//!   chunk names; an in-memory cursor zero-fills up to it, and `1 << 40` aborts the process.
+//!   The server assembles snapshots itself ([`SnapshotReceipt`]), one per group, in order:
+//!   offset 0 starts (over) a snapshot, any other offset must be where the snapshot being
+//!   received ends, and no snapshot grows past [`MAX_SNAPSHOT_LEN`].
+//! - **Snapshot data.** Openraft takes a state machine that fails to install a snapshot as a
+//!   storage failure and stops the group. A complete snapshot reaches openraft only if its data
+//!   decodes (`firetower_store::check_snapshot_data`).
 //!
 //! These are plain functions on plain data; the server calls them.
 
@@ -274,18 +278,24 @@ pub fn authorize(
     Err(Rejection::NotAMember { peer, group })
 }
 
-/// The snapshot a group is receiving, as far as it was taken by openraft: its id and the offset
-/// the next chunk must have.
+/// The snapshot a group is receiving: its id and the bytes received so far, in order.
+///
+/// The server assembles snapshots here rather than through openraft's chunked
+/// `install_snapshot`, whose cursor seeks wherever a chunk says: bytes are only ever appended,
+/// so a snapshot has no holes and never grows past [`MAX_SNAPSHOT_LEN`], and a complete
+/// snapshot can be checked before openraft installs it.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SnapshotReceipt {
-    receiving: Option<(String, u64)>,
+    receiving: Option<(String, Vec<u8>)>,
 }
 
 impl SnapshotReceipt {
-    /// Whether a chunk of `len` bytes at `offset` of snapshot `id` may go to openraft.
+    /// Whether a chunk of `len` bytes at `offset` of snapshot `id` may be taken: offset 0
+    /// starts (over) a snapshot, any other offset must be where the snapshot `id` being
+    /// received ends, and the snapshot stays within [`MAX_SNAPSHOT_LEN`].
     pub fn admit(&self, id: &str, offset: u64, len: usize) -> Result<(), Rejection> {
         let expected = match &self.receiving {
-            Some((receiving, next)) if receiving == id => *next,
+            Some((receiving, data)) if receiving == id => data.len() as u64,
             _ => 0,
         };
         if offset != 0 && offset != expected {
@@ -305,12 +315,26 @@ impl SnapshotReceipt {
         Ok(())
     }
 
-    /// Openraft took the chunk: the next one continues after it, unless it was the last.
-    pub fn taken(&mut self, id: &str, offset: u64, len: usize, done: bool) {
-        self.receiving = (!done).then(|| (id.to_owned(), offset.saturating_add(len as u64)));
+    /// Takes a chunk [`SnapshotReceipt::admit`] allowed. When it is the last (`done`), returns
+    /// the whole snapshot and forgets it.
+    pub fn take(&mut self, id: &str, offset: u64, chunk: &[u8], done: bool) -> Option<Vec<u8>> {
+        let continues = offset != 0
+            && self
+                .receiving
+                .as_ref()
+                .is_some_and(|(receiving, data)| receiving == id && data.len() as u64 == offset);
+        let (_, data) = match &mut self.receiving {
+            Some(receiving) if continues => receiving,
+            receiving => receiving.insert((id.to_owned(), Vec::new())),
+        };
+        data.extend_from_slice(chunk);
+        if done {
+            return self.receiving.take().map(|(_, data)| data);
+        }
+        None
     }
 
-    /// Openraft did not take the chunk (or failed on it): the next chunk starts at 0.
+    /// Forgets the snapshot being received: the next chunk must start at 0.
     pub fn reset(&mut self) {
         self.receiving = None;
     }
@@ -319,7 +343,7 @@ impl SnapshotReceipt {
     pub fn receiving(&self) -> Option<(&str, u64)> {
         self.receiving
             .as_ref()
-            .map(|(id, next)| (id.as_str(), *next))
+            .map(|(id, data)| (id.as_str(), data.len() as u64))
     }
 }
 
@@ -525,7 +549,7 @@ mod tests {
                 ..
             })
         ));
-        receipt.taken("a", 0, 10, false);
+        assert_eq!(receipt.take("a", 0, &[1; 10], false), None);
         assert_eq!(receipt.receiving(), Some(("a", 10)));
         assert_eq!(receipt.admit("a", 10, 10), Ok(()));
         assert!(matches!(
@@ -537,17 +561,25 @@ mod tests {
         // Another snapshot must start at 0, and may.
         assert!(receipt.admit("b", 10, 10).is_err());
         assert_eq!(receipt.admit("b", 0, 10), Ok(()));
-        receipt.taken("a", 10, 10, true);
+        // The last chunk hands over the whole snapshot, in order.
+        assert_eq!(
+            receipt.take("a", 10, &[2; 5], true),
+            Some([[1; 10].as_slice(), &[2; 5]].concat())
+        );
         assert_eq!(receipt.receiving(), None);
-        receipt.taken("a", 0, 10, false);
+        // Offset 0 starts over, even within the same snapshot.
+        receipt.take("a", 0, &[1; 10], false);
+        receipt.take("a", 0, &[3; 4], false);
+        assert_eq!(receipt.receiving(), Some(("a", 4)));
         receipt.reset();
-        assert!(receipt.admit("a", 10, 10).is_err());
+        assert!(receipt.admit("a", 4, 10).is_err());
     }
 
     #[test]
     fn snapshot_size_is_capped() {
-        let mut receipt = SnapshotReceipt::default();
-        receipt.taken("a", 0, (MAX_SNAPSHOT_LEN - 10) as usize, false);
+        let receipt = SnapshotReceipt {
+            receiving: Some(("a".into(), vec![0; (MAX_SNAPSHOT_LEN - 10) as usize])),
+        };
         assert_eq!(receipt.admit("a", MAX_SNAPSHOT_LEN - 10, 10), Ok(()));
         assert_eq!(
             receipt.admit("a", MAX_SNAPSHOT_LEN - 10, 11),
@@ -560,8 +592,9 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever chunks arrive, admitting only what `admit` allows and recording it keeps
-        /// the received bytes without holes and within the cap.
+        /// Whatever chunks arrive, taking only what `admit` allows assembles exactly the
+        /// bytes sent at their offsets: no hole, nothing past the cap, each chunk where it
+        /// said it goes.
         #[test]
         fn admitted_chunks_never_leave_a_hole(
             chunks in proptest::collection::vec(
@@ -570,22 +603,32 @@ mod tests {
             ),
         ) {
             let mut receipt = SnapshotReceipt::default();
-            // The model: per snapshot id, how many bytes are contiguous from 0.
-            let mut written: Option<(String, u64)> = None;
-            for (id, offset, len, done) in chunks {
+            // The model: the snapshot being received and its bytes, laid out by offset.
+            let mut model: Option<(String, Vec<u8>)> = None;
+            for (n, (id, offset, len, done)) in chunks.into_iter().enumerate() {
                 let id = format!("s{id}");
-                if receipt.admit(&id, offset, len).is_ok() {
-                    let continues = written
-                        .as_ref()
-                        .is_some_and(|(w, end)| *w == id && *end == offset);
-                    prop_assert!(offset == 0 || continues, "hole at {offset} in {id}");
-                    prop_assert!(offset + len as u64 <= MAX_SNAPSHOT_LEN);
-                    receipt.taken(&id, offset, len, done);
-                    written = (!done).then(|| (id, offset + len as u64));
+                let chunk = vec![n as u8; len];
+                if receipt.admit(&id, offset, len).is_err() {
+                    continue;
+                }
+                let continues = model
+                    .as_ref()
+                    .is_some_and(|(m, data)| *m == id && data.len() as u64 == offset);
+                prop_assert!(offset == 0 || continues, "hole at {offset} in {id}");
+                prop_assert!(offset + len as u64 <= MAX_SNAPSHOT_LEN);
+                let mut data = if continues { model.take().map(|(_, d)| d).unwrap_or_default() } else { Vec::new() };
+                data.extend_from_slice(&chunk);
+                let whole = receipt.take(&id, offset, &chunk, done);
+                if done {
+                    prop_assert_eq!(whole, Some(data));
+                    model = None;
+                } else {
+                    prop_assert_eq!(whole, None);
+                    model = Some((id, data));
                 }
                 prop_assert_eq!(
                     receipt.receiving(),
-                    written.as_ref().map(|(id, end)| (id.as_str(), *end))
+                    model.as_ref().map(|(id, data)| (id.as_str(), data.len() as u64))
                 );
             }
         }

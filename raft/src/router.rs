@@ -26,7 +26,7 @@ pub struct GroupRouter {
 #[derive(Clone)]
 pub(crate) struct Hosted {
     pub(crate) raft: Raft,
-    /// Held across openraft's `install_snapshot`, which takes chunks one at a time anyway.
+    /// Held while a chunk is taken (and, for the last, while the snapshot is installed).
     pub(crate) snapshot: Arc<tokio::sync::Mutex<SnapshotReceipt>>,
 }
 

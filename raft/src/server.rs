@@ -5,8 +5,8 @@
 //!   accept_bi (at most MAX_RPCS_IN_FLIGHT at once) ─▶ task per stream:
 //!     read header (≤ 1 KiB, HEADER_TIMEOUT) ─▶ cluster id? ─▶ group hosted? ─▶ peer a member?
 //!     read body length (≤ the kind's limit) ─▶ wait for that many bytes of the budget
-//!     read body (REQUEST_TIMEOUT) ─▶ terms, log ids, snapshot offset? ─▶ openraft
-//!     ─▶ reply (REPLY_TIMEOUT)
+//!     read body (REQUEST_TIMEOUT) ─▶ terms, log ids? ─▶ openraft ─▶ reply (REPLY_TIMEOUT)
+//!     snapshot chunks: offset in order? ─▶ SnapshotReceipt ─(last chunk, data decodes)─▶ openraft
 //! ```
 //!
 //! Each stream is one RPC, handled in its own task so that one group's slow snapshot chunk does
@@ -27,10 +27,14 @@
 //! refused before openraft sees them. Input that is not a valid frame closes that stream with
 //! an error code; it never affects other streams or panics.
 
+use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Duration;
 
 use firetower_link::{ReadFrameError, HEADER_LEN};
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{InstallSnapshotRequest, InstallSnapshotResponse};
+use openraft::storage::Snapshot;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{watch, Semaphore};
@@ -43,7 +47,7 @@ use crate::wire::{
     self, RaftReply, Rejection, ReplyBody, RequestBody, RequestHeader, WireError, MAX_FRAME_LEN,
     MAX_HEADER_LEN,
 };
-use crate::ManagerId;
+use crate::{ManagerId, TypeConfig};
 
 /// Most RPCs served at once on one connection. Each group has about one RPC in flight per peer
 /// (its replication stream, or a vote), so this leaves room for hundreds of groups while a peer
@@ -306,21 +310,59 @@ async fn handle(body: RequestBody, hosted: &Hosted, context: &Context) -> RaftRe
         }
         RequestBody::InstallSnapshot(rpc) => {
             admission::check_install_snapshot(&rpc, local_term).map_err(Rejection::Implausible)?;
-            let mut receipt = hosted.snapshot.lock().await;
-            let id = rpc.meta.snapshot_id.clone();
-            let (offset, len, done, vote) = (rpc.offset, rpc.data.len(), rpc.done, rpc.vote);
-            receipt.admit(&id, offset, len)?;
-            let result = raft.install_snapshot(rpc).await;
-            match &result {
-                // Openraft takes a chunk whose vote is at least its own.
-                Ok(response) if vote >= response.vote => receipt.taken(&id, offset, len, done),
-                // Refused for its vote: openraft's own progress is unchanged.
-                Ok(_) => {}
-                Err(_) => receipt.reset(),
-            }
-            ReplyBody::InstallSnapshot(result)
+            ReplyBody::InstallSnapshot(install_snapshot(rpc, hosted).await?)
         }
     })
+}
+
+/// Openraft's answer to one snapshot chunk.
+type SnapshotReply =
+    Result<InstallSnapshotResponse<ManagerId>, RaftError<ManagerId, InstallSnapshotError>>;
+
+/// Takes one snapshot chunk into the group's receipt and, with the last one, installs the
+/// snapshot: what openraft's chunked `install_snapshot` does, except that bytes are only ever
+/// appended in order and a complete snapshot is checked before openraft installs it (a failed
+/// install stops the group for good).
+async fn install_snapshot(
+    rpc: InstallSnapshotRequest<TypeConfig>,
+    hosted: &Hosted,
+) -> Result<SnapshotReply, Rejection> {
+    let raft = &hosted.raft;
+    let InstallSnapshotRequest {
+        vote,
+        meta,
+        offset,
+        data,
+        done,
+    } = rpc;
+    // One chunk of a group at a time, as in openraft.
+    let mut receipt = hosted.snapshot.lock().await;
+    receipt.admit(&meta.snapshot_id, offset, data.len())?;
+    let current = match raft.with_raft_state(|state| *state.vote_ref()).await {
+        Ok(current) => current,
+        Err(fatal) => return Ok(Err(RaftError::Fatal(fatal))),
+    };
+    // As in openraft: a chunk from a vote below this manager's is answered with its vote and
+    // dropped; the sender learns it is not the leader.
+    let from_leader = vote >= current;
+    let response = InstallSnapshotResponse { vote: current };
+    if !from_leader {
+        return Ok(Ok(response));
+    }
+    let Some(whole) = receipt.take(&meta.snapshot_id, offset, &data, done) else {
+        return Ok(Ok(response));
+    };
+    firetower_store::check_snapshot_data(&whole)
+        .map_err(|error| Rejection::BadSnapshot(error.to_string()))?;
+    let snapshot = Snapshot {
+        meta,
+        snapshot: Box::new(Cursor::new(whole)),
+    };
+    Ok(raft
+        .install_full_snapshot(vote, snapshot)
+        .await
+        .map(Into::into)
+        .map_err(RaftError::Fatal))
 }
 
 /// Whether a request stamped with cluster id `theirs` may be served by a manager in `ours`.

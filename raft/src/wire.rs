@@ -203,6 +203,10 @@ pub enum Rejection {
         /// Offset of the chunk.
         got: u64,
     },
+    /// A complete snapshot's data is not something this manager's state machine can install;
+    /// it was dropped, and the group goes on as before.
+    #[error("the snapshot received does not decode ({0}); it was not installed")]
+    BadSnapshot(String),
     /// A snapshot chunk would take the snapshot past the receiver's size limit.
     #[error("snapshot would grow to {size} bytes, beyond the limit of {limit} bytes")]
     SnapshotTooLarge {
@@ -600,6 +604,7 @@ mod tests {
                 size: 1 << 31,
                 limit: 1 << 30,
             },
+            Rejection::BadSnapshot("no".into()),
         ] {
             let reply: RaftReply = Err(rejection.clone());
             let back: RaftReply = decode_frame(&encode(&reply).unwrap()).unwrap();

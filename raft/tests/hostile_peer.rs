@@ -565,3 +565,23 @@ async fn body_bytes_buffered_per_connection_are_capped() -> anyhow::Result<()> {
     server.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_complete_snapshot_whose_data_does_not_decode_is_refused() -> anyhow::Result<()> {
+    let (server, client, mut network) = single_manager_group().await?;
+    let vote = Vote::new_committed(3, STRANGER);
+    // A whole snapshot in one chunk, newer than anything the group has, of bytes that are not
+    // a table: installing it fails in the state machine, which openraft takes as fatal.
+    let last = chunk(vote, "bad-1", 0, vec![0xFF; 64]);
+    let reply = network
+        .install_snapshot(InstallSnapshotRequest { done: true, ..last }, option())
+        .await;
+    let error = refusal(reply);
+    assert!(error.contains("snapshot"), "{error}");
+    // The leader it came from has term 3 in its vote; the group's own leader is back once the
+    // stranger stops (assert_still_serving waits for it).
+    assert_still_serving(&server).await?;
+    client.shutdown().await;
+    server.shutdown().await;
+    Ok(())
+}

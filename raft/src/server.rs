@@ -265,7 +265,10 @@ async fn receive(recv: &mut RecvStream, context: &Context) -> Outcome {
             return Outcome::Abort(REQUEST_TIMED_OUT);
         }
     };
-    let reply = match wire::decode_request_body(header.kind, &body) {
+    let decoded = wire::decode_request_body(header.kind, &body);
+    // The decoded request is what openraft gets; the bytes need not stay for as long.
+    drop(body);
+    let reply = match decoded {
         Ok(body) => handle(body, &hosted, context).await,
         Err(error) => {
             tracing::debug!(%error, "undecodable raft request");

@@ -348,14 +348,18 @@ impl Manager {
                     };
                     match alpn.as_deref() {
                         Some(a) if a == firetower_raft::ALPN_RAFT => {
-                            let peer = match role {
-                                None => None,
-                                Some(firetower_link::Role::Manager(id)) => Some(id),
-                                Some(other) => {
-                                    refuse(&conn, &other, "Raft RPCs need a manager certificate");
-                                    return;
-                                }
-                            };
+                            if let Some(other) =
+                                role.filter(|r| !matches!(r, firetower_link::Role::Manager(_)))
+                            {
+                                refuse(&conn, &other, "Raft RPCs need a manager certificate");
+                                return;
+                            }
+                            // Any manager certificate of the cluster CA may send Raft RPCs; the
+                            // per-group membership check (`peer`) is not enabled: a manager that
+                            // was down while a group gained a member would refuse that member
+                            // as its new leader and stay behind for as long as it leads
+                            // (docs/security.md).
+                            let peer = None;
                             // A peer manager is up: let our RPCs to it dial again at once.
                             if let Some(peers) = manager.node.peers() {
                                 peers.peer_seen(conn.remote_address());

@@ -5,34 +5,44 @@
 //!   manager A                                                   manager B
 //!   ┌──────────────────────────────┐                           ┌──────────────────────────────┐
 //!   │ Raft (group g)               │                           │ serve_raft_connection        │
-//!   │   └ QuicNetworkFactory(g) ─┐ │   one QUIC connection,    │   check cluster id           │
-//!   │ Raft (group h)             │ │   one stream per RPC,     │   GroupRouter.get(group) ─┐  │
-//!   │   └ QuicNetworkFactory(h) ─┼─┼── ALPN firetower-raft/1 ─▶│                           ▼  │
-//!   │              PeerConnections │   request = (cluster id,  │   Raft (group g / h)         │
-//!   └──────────────────────────────┘   group, openraft RPC)    └──────────────────────────────┘
+//!   │   └ QuicNetworkFactory(g) ─┐ │   one QUIC connection,    │   header: cluster id, group, │
+//!   │ Raft (group h)             │ │   one stream per RPC,     │   peer in the membership?    │
+//!   │   └ QuicNetworkFactory(h) ─┼─┼── ALPN firetower-raft/1 ─▶│   body: within its kind's    │
+//!   │              PeerConnections │   request = header frame  │   limit; admission checks ─┐ │
+//!   └──────────────────────────────┘   + body frame            │   Raft (group g / h) ◀─────┘ │
+//!                                                              └──────────────────────────────┘
 //! ```
 //!
 //! Entry points: [`make_endpoint`] for the manager's QUIC endpoint; per group,
 //! [`QuicNetworkFactory::new`] (sharing one [`PeerConnections`]) as openraft's network; register
 //! each group in a [`GroupRouter`] and hand every accepted [`ALPN_RAFT`] connection to
-//! [`serve_raft_connection`]. [`group_of`] says which group owns a topic.
+//! [`serve_raft_connection`], with the peer's manager id once peers are authenticated.
+//! [`group_of`] says which group owns a topic.
+//!
+//! The server trusts no peer, authenticated or not: the [`wire`] module says what is read in
+//! which order and how much of it, and the [`admission`] module which values are refused
+//! before openraft sees them (terms and log ids near `u64::MAX`, snapshot chunks out of order
+//! or past [`MAX_SNAPSHOT_LEN`]). Every read on a stream has a deadline, and at most
+//! [`MAX_RPCS_IN_FLIGHT`] RPCs run per connection.
 //!
 //! This crate does not store anything (that is `firetower-store`), does not decide which groups
-//! exist or who is a member (that is the manager), and does not set up QUIC itself: endpoints,
-//! ALPN names, TLS (peers are not authenticated yet, see `firetower_link::tls`), the frame
-//! reader and the reconnect policy come from `firetower-link` and are re-exported here for the
-//! manager.
+//! exist or who is a member (that is the manager), does not authenticate peers (the caller
+//! passes the manager id it learned from the peer's certificate), and does not set up QUIC
+//! itself: endpoints, ALPN names, TLS, the frame reader and the reconnect policy come from
+//! `firetower-link` and are re-exported here for the manager.
 
 #![warn(missing_docs, unreachable_pub)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 use std::io::Cursor;
 
+pub mod admission;
 mod network;
 mod router;
 mod server;
 pub mod wire;
 
+pub use admission::{Implausible, MAX_INDEX, MAX_SNAPSHOT_LEN, MAX_TERM, MAX_TERM_LEAP};
 pub use firetower_link::{
     client_config, install_crypto_provider, make_endpoint, make_endpoint_with_reset_secret,
     ReconnectPolicy, TransportError, ALPN_LINK, ALPN_RAFT,
@@ -41,7 +51,7 @@ pub use firetower_proto::jump_consistent_hash;
 pub use firetower_store::{Command, ManagerId, ManagerNode, Response};
 pub use network::{PeerConnections, QuicNetwork, QuicNetworkFactory};
 pub use router::GroupRouter;
-pub use server::serve_raft_connection;
+pub use server::{serve_raft_connection, MAX_BODY_BYTES_IN_FLIGHT, MAX_RPCS_IN_FLIGHT};
 pub use wire::{Rejection, MAX_FRAME_LEN};
 
 /// A Raft group (shard of the topic space). Groups are numbered `0..G`; `G` is fixed at init.

@@ -16,10 +16,17 @@
 //! Only one attempt per peer runs at a time, and it runs in its own task, so openraft timing out
 //! an RPC (after one heartbeat interval) does not abort the handshake the next RPC needs.
 //!
+//! Every RPC on an established connection has a deadline, openraft's `hard_ttl` for it: a peer
+//! that takes a request and never answers costs one RPC timeout, not a stuck replication task.
+//! A reply is read with a limit of [`MAX_REPLY_LEN`](crate::wire::MAX_REPLY_LEN) bytes.
+//!
 //! Errors are mapped so that openraft's own backoff works: a peer that cannot be reached, or
-//! refuses to serve the group (not in a cluster, another cluster, group not started yet) is
-//! [`Unreachable`]; a failure on an established stream is a [`NetworkError`]; an error returned
-//! by the peer's openraft is a [`RemoteError`].
+//! refuses to serve the group (not in a cluster, another cluster, group not started yet, not a
+//! member) is [`Unreachable`]; a failure on an established stream, a deadline passed, or a
+//! request the peer found malformed or implausible is a [`NetworkError`]; an error returned by
+//! the peer's openraft is a [`RemoteError`]. Two refusals become what openraft acts on: an
+//! append too large for the peer is `PayloadTooLarge` (openraft sends fewer entries), and a
+//! snapshot chunk out of order is openraft's `SnapshotMismatch` (it starts over at offset 0).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,17 +36,20 @@ use std::time::Duration;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
-    Unreachable,
+    SnapshotMismatch, Unreachable,
 };
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::SnapshotSegmentId;
 use quinn::{Connection, Endpoint};
 use tokio::time::Instant;
 
-use crate::wire::{self, RaftReply, RaftRequest, Rejection, ReplyBody, RequestBody, WireError};
+use crate::wire::{
+    self, RaftReply, RaftRequest, Rejection, ReplyBody, RequestBody, WireError, MAX_REPLY_LEN,
+};
 use crate::{GroupId, ManagerId, ManagerNode, TypeConfig};
 use firetower_link::{ReconnectPolicy, SERVER_NAME};
 
@@ -118,6 +128,8 @@ enum RpcError {
     MismatchedReply,
     #[error("the peer refused the request: {0}")]
     Rejected(#[from] Rejection),
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
 }
 
 impl RpcError {
@@ -127,7 +139,13 @@ impl RpcError {
         match self {
             RpcError::Backoff { .. } | RpcError::Dial { .. } | RpcError::Connection(_) => true,
             RpcError::Send(quinn::WriteError::ConnectionLost(_)) => true,
-            RpcError::Rejected(rejection) => !matches!(rejection, Rejection::BadRequest(_)),
+            RpcError::Rejected(rejection) => matches!(
+                rejection,
+                Rejection::NotInCluster
+                    | Rejection::ClusterMismatch
+                    | Rejection::GroupNotHosted(_)
+                    | Rejection::NotAMember { .. }
+            ),
             _ => false,
         }
     }
@@ -207,12 +225,14 @@ impl PeerConnections {
         }
     }
 
-    /// One RPC: a new stream on the peer's connection, one request frame, one reply frame.
+    /// One RPC: a new stream on the peer's connection, the request (header and body frames),
+    /// one reply frame, all within `deadline` once connected.
     async fn call(
         &self,
         addr: &str,
         group: GroupId,
         body: RequestBody,
+        deadline: Duration,
     ) -> Result<ReplyBody, RpcError> {
         let request = RaftRequest {
             cluster_id: self.inner.cluster_id.clone(),
@@ -220,14 +240,11 @@ impl PeerConnections {
             body,
         };
         // Encode first: a request too large to send is not the peer's fault.
-        let frame = wire::encode(&request).map_err(RpcError::Encode)?;
+        let frames = wire::encode_request(&request).map_err(RpcError::Encode)?;
         let conn = self.connection(addr).await?;
-        let (mut send, mut recv) = conn.open_bi().await?;
-        send.write_all(&frame).await?;
-        send.finish()?;
-        let reply = wire::read_body(&mut recv).await?.ok_or(RpcError::NoReply)?;
-        let reply: RaftReply = wire::decode_body(&reply)?;
-        Ok(reply?)
+        tokio::time::timeout(deadline, exchange(&conn, &frames))
+            .await
+            .unwrap_or(Err(RpcError::Timeout(deadline)))
     }
 
     /// The open connection to `addr`, or a new one unless the peer is in backoff.
@@ -272,6 +289,23 @@ impl PeerConnections {
             source,
         })
     }
+}
+
+/// Sends `frames` on a new stream of `conn` and reads the reply.
+async fn exchange(conn: &Connection, frames: &[u8]) -> Result<ReplyBody, RpcError> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    match send.write_all(frames).await {
+        Ok(()) => send.finish()?,
+        // The server refused the request from its header and stopped reading: its reply says
+        // why.
+        Err(quinn::WriteError::Stopped(_)) => {}
+        Err(error) => return Err(error.into()),
+    }
+    let reply = wire::read_frame(&mut recv, MAX_REPLY_LEN)
+        .await?
+        .ok_or(RpcError::NoReply)?;
+    let reply: RaftReply = wire::decode_body(&reply)?;
+    Ok(reply?)
 }
 
 impl Peers {
@@ -373,8 +407,10 @@ pub struct QuicNetwork {
 }
 
 impl QuicNetwork {
-    async fn call(&self, body: RequestBody) -> Result<ReplyBody, RpcError> {
-        self.peers.call(&self.node.quic, self.group, body).await
+    async fn call(&self, body: RequestBody, option: &RPCOption) -> Result<ReplyBody, RpcError> {
+        self.peers
+            .call(&self.node.quic, self.group, body, option.hard_ttl())
+            .await
     }
 
     fn remote<E>(&self, error: E) -> RPCError<ManagerId, ManagerNode, E>
@@ -393,20 +429,24 @@ impl RaftNetwork<TypeConfig> for QuicNetwork {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<
         AppendEntriesResponse<ManagerId>,
         RPCError<ManagerId, ManagerNode, RaftError<ManagerId>>,
     > {
         let entries = rpc.entries.len();
-        match self.call(RequestBody::AppendEntries(rpc)).await {
+        match self.call(RequestBody::AppendEntries(rpc), &option).await {
             Ok(ReplyBody::AppendEntries(Ok(response))) => Ok(response),
             Ok(ReplyBody::AppendEntries(Err(error))) => Err(self.remote(error)),
             Ok(_) => Err(RpcError::MismatchedReply.into_rpc_error()),
-            // Too many entries for one frame: openraft retries at once with fewer.
-            Err(RpcError::Encode(WireError::TooLarge { .. })) if entries > 1 => Err(
-                RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(entries as u64 / 2)),
-            ),
+            // Too many entries for one frame (here or at the peer): openraft retries at once
+            // with fewer.
+            Err(
+                RpcError::Encode(WireError::TooLarge { .. })
+                | RpcError::Rejected(Rejection::BodyTooLarge { .. }),
+            ) if entries > 1 => Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(entries as u64 / 2),
+            )),
             Err(error) => Err(error.into_rpc_error()),
         }
     }
@@ -414,15 +454,34 @@ impl RaftNetwork<TypeConfig> for QuicNetwork {
     async fn install_snapshot(
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<ManagerId>,
         RPCError<ManagerId, ManagerNode, RaftError<ManagerId, InstallSnapshotError>>,
     > {
-        match self.call(RequestBody::InstallSnapshot(rpc)).await {
+        match self.call(RequestBody::InstallSnapshot(rpc), &option).await {
             Ok(ReplyBody::InstallSnapshot(Ok(response))) => Ok(response),
             Ok(ReplyBody::InstallSnapshot(Err(error))) => Err(self.remote(error)),
             Ok(_) => Err(RpcError::MismatchedReply.into_rpc_error()),
+            // Openraft's sender starts the snapshot over at offset 0 on a mismatch.
+            Err(RpcError::Rejected(Rejection::SnapshotOutOfOrder {
+                snapshot_id,
+                expected,
+                got,
+            })) => Err(
+                self.remote(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(
+                    SnapshotMismatch {
+                        expect: SnapshotSegmentId {
+                            id: snapshot_id.clone(),
+                            offset: expected,
+                        },
+                        got: SnapshotSegmentId {
+                            id: snapshot_id,
+                            offset: got,
+                        },
+                    },
+                ))),
+            ),
             Err(error) => Err(error.into_rpc_error()),
         }
     }
@@ -430,10 +489,10 @@ impl RaftNetwork<TypeConfig> for QuicNetwork {
     async fn vote(
         &mut self,
         rpc: VoteRequest<ManagerId>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<VoteResponse<ManagerId>, RPCError<ManagerId, ManagerNode, RaftError<ManagerId>>>
     {
-        match self.call(RequestBody::Vote(rpc)).await {
+        match self.call(RequestBody::Vote(rpc), &option).await {
             Ok(ReplyBody::Vote(Ok(response))) => Ok(response),
             Ok(ReplyBody::Vote(Err(error))) => Err(self.remote(error)),
             Ok(_) => Err(RpcError::MismatchedReply.into_rpc_error()),
@@ -462,12 +521,14 @@ mod tests {
         assert!(backoff.is_unreachable());
         assert!(RpcError::Rejected(Rejection::NotInCluster).is_unreachable());
         assert!(RpcError::Rejected(Rejection::GroupNotHosted(GroupId(1))).is_unreachable());
-        assert!(RpcError::Rejected(Rejection::ClusterMismatch {
-            server: "a".into(),
-            client: "b".into()
+        assert!(RpcError::Rejected(Rejection::ClusterMismatch).is_unreachable());
+        assert!(RpcError::Rejected(Rejection::NotAMember {
+            peer: 4,
+            group: GroupId(1)
         })
         .is_unreachable());
         assert!(!RpcError::Rejected(Rejection::BadRequest("x".into())).is_unreachable());
+        assert!(!RpcError::Timeout(Duration::from_secs(1)).is_unreachable());
         assert!(!RpcError::NoReply.is_unreachable());
         assert!(!RpcError::MismatchedReply.is_unreachable());
         let e: RPCError<ManagerId, ManagerNode, RaftError<ManagerId>> =

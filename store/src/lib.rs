@@ -33,6 +33,7 @@ mod wal;
 
 pub use error::{StoreError, WalError};
 pub use log_store::LogStore;
+pub use snapshot::check_snapshot_data;
 pub use state_machine::{SnapshotBuilder, StateMachine, StateStore, TableReader};
 pub use types::{Command, GatewayId, ManagerId, ManagerNode, Response, Session, MAX_BATCH_DEPTH};
 pub use wal::{FsyncObserver, Wal, WalOptions};

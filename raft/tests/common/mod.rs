@@ -47,7 +47,14 @@ pub struct TestNode {
 
 impl TestNode {
     /// Opens a fresh store, binds a loopback endpoint and serves Raft RPCs on it; no groups yet.
+    /// Peers are not authenticated (insecure mode).
     pub fn start(id: ManagerId, cluster_id: &str) -> TestNode {
+        TestNode::start_with_peer(id, cluster_id, None)
+    }
+
+    /// Like [`TestNode::start`], but every connection is served as coming from manager `peer`,
+    /// as if its certificate said so.
+    pub fn start_with_peer(id: ManagerId, cluster_id: &str, peer: Option<ManagerId>) -> TestNode {
         firetower_raft::install_crypto_provider();
         let dir = tempfile::tempdir().expect("temp dir");
         let wal = Wal::open(&dir.path().join("wal"), WalOptions::default()).expect("wal opens");
@@ -65,7 +72,7 @@ impl TestNode {
                     let cluster_rx = cluster_rx.clone();
                     tokio::spawn(async move {
                         if let Ok(conn) = incoming.await {
-                            serve_raft_connection(conn, router, cluster_rx, None).await;
+                            serve_raft_connection(conn, router, cluster_rx, peer).await;
                         }
                     });
                 }
@@ -128,6 +135,11 @@ impl TestNode {
             .expect("table readable")
             .into_iter()
             .collect()
+    }
+
+    /// Stops serving Raft RPCs on the endpoint (a test then accepts connections itself).
+    pub fn accept_abort(&self) {
+        self.accept.abort();
     }
 
     /// Cuts this node off: its endpoint closes every connection and refuses new ones.

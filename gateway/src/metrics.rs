@@ -496,6 +496,53 @@ mod tests {
         assert!(text.contains("firetower_gateway_ready 0\n"));
     }
 
+    /// An upstream that only reports refusals.
+    struct Refusing;
+
+    impl Upstream for Refusing {
+        fn subscribe(
+            &self,
+            _: &str,
+        ) -> crate::upstream::BoxFuture<'static, Result<(), crate::UpstreamError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn unsubscribe(
+            &self,
+            _: &str,
+        ) -> crate::upstream::BoxFuture<'static, Result<(), crate::UpstreamError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn publish(
+            &self,
+            _: &str,
+            _: crate::Payload,
+        ) -> crate::upstream::BoxFuture<'static, Result<crate::Stamp, crate::UpstreamError>>
+        {
+            Box::pin(async { Err(crate::UpstreamError::ShuttingDown) })
+        }
+        fn ready(&self) -> bool {
+            true
+        }
+        fn link_rejections(&self) -> Vec<(&'static str, u64)> {
+            vec![("delivery_invalid_json", 3), ("routing_foreign_cluster", 0)]
+        }
+    }
+
+    #[test]
+    fn link_rejections_are_read_at_every_scrape() {
+        let text = Metrics::new(Arc::new(Refusing)).render(true);
+        assert!(
+            text.contains(
+                "# TYPE firetower_gateway_link_rejected_total counter\n\
+                 firetower_gateway_link_rejected_total{reason=\"delivery_invalid_json\"} 3\n\
+                 firetower_gateway_link_rejected_total{reason=\"routing_foreign_cluster\"} 0\n"
+            ),
+            "{text}"
+        );
+        // After every metric the gateway always had.
+        assert!(text.find("publish_latency_seconds_count") < text.find("link_rejected"));
+    }
+
     #[test]
     fn the_atomics_the_gateway_updates_are_the_exported_values() {
         let m = Metrics::default();

@@ -14,29 +14,105 @@
 //! Deliveries of a topic are passed on in `(term, seq)` order; anything at or below the last
 //! passed-on stamp (a late message from a deposed leader, a duplicate) is dropped and counted.
 //!
+//! Nothing a manager sends is trusted to be sane, certificate or not (a member can be buggy):
+//! - every session frame's size is checked against a limit for its type (read from the
+//!   frame's first body byte, the protobuf tag) before its body is read;
+//! - a manager must answer `OpenSession` within the lease; after that, a manager that stops
+//!   sending anything at all (a paused or cut-off process: no acks for the heartbeats) ends
+//!   the session within the link's QUIC idle timeout, which is shorter than the lease;
+//! - routing tables go through the leader cache, which pins the cluster id and group count
+//!   joined; a session whose manager pushes another cluster's routing is closed;
+//! - deliveries go through [`DeliveryGuard`] (leader check, absurd stamps, topic and JSON
+//!   validation; see `delivery_guard.rs`), once per message, before any client sees them;
+//! - `Resync` requests are merged into one re-subscribe task at a time.
+//!
+//! Each refusal is counted under a `reason` of `firetower_gateway_link_rejected_total`
+//! ([`Upstream::link_rejections`]).
+//!
 //! [`ClusterUpstream::connect`] makes its own QUIC endpoint;
 //! [`ClusterUpstream::connect_with_endpoint`] runs the same code over one the caller made,
 //! which is how the manager's in-memory partition suite (`manager/tests/partition.rs`) drives
 //! this type over a `MemNet`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use firetower_link::{
-    decode_body, read_link_frame, write_link_frame, FrameError, LinkClient, LinkError, LinkOptions,
-    LinkRequest, ReadFrameError, Routing, StreamError, MAX_LINK_FRAME_BYTES,
+    decode_body, write_link_frame, FrameError, LinkClient, LinkError, LinkOptions, LinkReply,
+    LinkRequest, ReadFrameError, Routing, RoutingRejected, StreamError, HEADER_LEN, MAX_GROUPS,
+    MAX_LINK_FRAME_BYTES,
 };
 use firetower_proto::link::{
     gateway_frame, session_frame, DeliveryAck, GatewayFrame, Heartbeat, SessionFrame,
 };
 use firetower_proto::{group_of, Epoch};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
+use crate::delivery_guard::{Context, DeliveryGuard, DeliveryRejected, Incoming, Verdict};
 use crate::upstream::{BoxFuture, Delivery, Payload, Stamp, Upstream, UpstreamError};
+
+/// How long a manager has to answer a routing request that checks its claim to lead a group
+/// (the session's reads wait for it, so that deliveries stay in order).
+const VERIFY_TIMEOUT: Duration = Duration::from_millis(500);
+/// The shortest wait for `SessionOpened` (the lease is used when longer).
+const MIN_OPEN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The kinds of session frame, by the protobuf tag that starts the body, with the largest
+/// body each may have. A delivery carries a payload (up to the link's frame limit); the
+/// others are small, and a routing table lists a handful of managers and one leader per
+/// group (at most 1024 groups at the managers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionFrameKind {
+    Opened,
+    Delivery,
+    Resync,
+    Routing,
+    Failure,
+    Unknown,
+}
+
+impl SessionFrameKind {
+    /// From the first body byte: field number << 3 | wire type 2 (length-delimited).
+    fn from_tag(tag: u8) -> Self {
+        match tag {
+            0x0A => SessionFrameKind::Opened,
+            0x12 => SessionFrameKind::Delivery,
+            0x1A => SessionFrameKind::Resync,
+            0x22 => SessionFrameKind::Routing,
+            0x2A => SessionFrameKind::Failure,
+            _ => SessionFrameKind::Unknown,
+        }
+    }
+
+    fn max_body(self) -> usize {
+        match self {
+            SessionFrameKind::Opened => 64,
+            SessionFrameKind::Delivery => MAX_LINK_FRAME_BYTES,
+            // Tag, length and a packed varint (at most 5 bytes) per group.
+            SessionFrameKind::Resync => 16 + 5 * MAX_GROUPS as usize,
+            SessionFrameKind::Routing => 256 * 1024,
+            SessionFrameKind::Failure => 8 * 1024,
+            // A frame type of a newer manager: skipped when decoded, so kept small.
+            SessionFrameKind::Unknown => 4 * 1024,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            SessionFrameKind::Opened => "opened",
+            SessionFrameKind::Delivery => "delivery",
+            SessionFrameKind::Resync => "resync",
+            SessionFrameKind::Routing => "routing",
+            SessionFrameKind::Failure => "failure",
+            SessionFrameKind::Unknown => "unknown",
+        }
+    }
+}
 
 /// Tuning of the cluster connection.
 #[derive(Debug, Clone)]
@@ -77,6 +153,22 @@ enum SessionError {
     /// The task writing acks and heartbeats stopped (its stream failed).
     #[error("session writer stopped")]
     WriterStopped,
+    /// A frame is larger than its type allows (checked before its body is read).
+    #[error("{kind} frame of {len} bytes exceeds the {max} byte limit of its type")]
+    FrameTooLarge {
+        /// The frame's type.
+        kind: &'static str,
+        /// Its announced body length.
+        len: usize,
+        /// The limit of its type.
+        max: usize,
+    },
+    /// The manager did not answer `OpenSession` in time.
+    #[error("no SessionOpened within {0:?}")]
+    OpenTimeout(Duration),
+    /// The manager pushed a routing table that is not of the cluster joined.
+    #[error(transparent)]
+    Routing(#[from] RoutingRejected),
     /// The manager refused or closed the session.
     #[error("{code}: {message}")]
     Refused {
@@ -100,14 +192,21 @@ struct Inner {
     lease: Duration,
     /// Topics this gateway holds at the cluster (or is about to): re-sent on `Resync`.
     held: Mutex<HashSet<String>>,
-    /// Last `(term, seq)` passed on per topic.
-    last_stamp: Mutex<HashMap<Arc<str>, (u64, u64)>>,
+    /// What reaches local subscribers: order per topic, who leads, what is absurd.
+    guard: Mutex<DeliveryGuard>,
     deliveries: mpsc::Sender<Delivery>,
     /// Managers with an open session stream.
     open_sessions: Mutex<HashSet<SocketAddr>>,
     /// Managers a session task runs for.
     session_tasks: Mutex<HashSet<SocketAddr>>,
-    dropped_out_of_order: AtomicU64,
+    /// Groups asked for by `Resync` frames and not yet re-sent.
+    resync_pending: Mutex<HashSet<u32>>,
+    /// True while a task re-sends held topics for `resync_pending`.
+    resync_running: AtomicBool,
+    /// Session frames refused for their size.
+    frames_too_large: AtomicU64,
+    /// Sessions a manager did not open in time.
+    open_timeouts: AtomicU64,
     /// `Resync` frames received, from any manager.
     resyncs: AtomicU64,
     /// Re-subscribes sent for a `Resync` that failed.
@@ -163,11 +262,14 @@ impl ClusterUpstream {
                 epoch,
                 lease: options.lease,
                 held: Mutex::new(HashSet::new()),
-                last_stamp: Mutex::new(HashMap::new()),
+                guard: Mutex::new(DeliveryGuard::default()),
                 deliveries: tx,
                 open_sessions: Mutex::new(HashSet::new()),
                 session_tasks: Mutex::new(HashSet::new()),
-                dropped_out_of_order: AtomicU64::new(0),
+                resync_pending: Mutex::new(HashSet::new()),
+                resync_running: AtomicBool::new(false),
+                frames_too_large: AtomicU64::new(0),
+                open_timeouts: AtomicU64::new(0),
                 resyncs: AtomicU64::new(0),
                 resync_failures: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
@@ -189,7 +291,71 @@ impl ClusterUpstream {
 
     /// Deliveries dropped because an equal or newer stamp of their topic was already passed on.
     pub fn dropped_out_of_order(&self) -> u64 {
-        self.inner.dropped_out_of_order.load(Ordering::Relaxed)
+        self.guard().superseded()
+    }
+
+    /// Deliveries dropped because no local subscriber held their topic (any more).
+    pub fn dropped_not_held(&self) -> u64 {
+        self.guard().not_held()
+    }
+
+    /// Topic stamps reset because the group's leader kept stamping below them (see
+    /// `delivery_guard.rs`: a stamp passed on earlier was bogus).
+    pub fn stamp_resets(&self) -> u64 {
+        self.guard().resets()
+    }
+
+    /// Topics whose last stamp is kept (never more than the topics held).
+    pub fn tracked_topics(&self) -> usize {
+        self.guard().tracked_topics()
+    }
+
+    /// Everything refused from the managers so far, per `reason` label (zeros included):
+    /// what `firetower_gateway_link_rejected_total` exports.
+    pub fn rejections(&self) -> Vec<(&'static str, u64)> {
+        let mut out: Vec<(&'static str, u64)> = self
+            .inner
+            .link
+            .routing_rejections()
+            .iter()
+            .map(|(reason, n)| (reason.as_str(), n))
+            .collect();
+        let guard = self.guard();
+        out.extend(
+            DeliveryRejected::ALL
+                .iter()
+                .map(|&r| (r.as_str(), guard.rejected(r))),
+        );
+        drop(guard);
+        out.push((
+            "session_frame_too_large",
+            self.inner.frames_too_large.load(Ordering::Relaxed),
+        ));
+        out.push((
+            "session_open_timeout",
+            self.inner.open_timeouts.load(Ordering::Relaxed),
+        ));
+        out
+    }
+
+    /// Refusals counted under `reason` (a label of [`ClusterUpstream::rejections`]).
+    pub fn rejected(&self, reason: &str) -> u64 {
+        self.rejections()
+            .into_iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, n)| n)
+    }
+
+    fn guard(&self) -> std::sync::MutexGuard<'_, DeliveryGuard> {
+        self.inner.guard.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn holds(&self, topic: &str) -> bool {
+        self.inner
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(topic)
     }
 
     /// `Resync` frames received so far, from any manager: each one is a group leader that
@@ -256,6 +422,22 @@ impl ClusterUpstream {
             if self.inner.closed.load(Ordering::Relaxed) {
                 break;
             }
+            if let Err(SessionError::FrameTooLarge { .. }) = &result {
+                self.inner.frames_too_large.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Err(SessionError::OpenTimeout(_)) = &result {
+                self.inner.open_timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+            // A manager the routing no longer lists gets no more sessions (routing tables may
+            // name many addresses over time: one task each would pile up).
+            if !self.inner.link.managers().contains(&addr) {
+                self.inner
+                    .session_tasks
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&addr);
+                break;
+            }
             self.inner.link.backoff(attempt).await;
             attempt = attempt.saturating_add(1);
         }
@@ -298,23 +480,35 @@ impl ClusterUpstream {
         recv: &mut quinn::RecvStream,
         acks: &mpsc::Sender<GatewayFrame>,
     ) -> Result<(), SessionError> {
+        let open_timeout = self.inner.lease.max(MIN_OPEN_TIMEOUT);
+        let open_deadline = tokio::time::Instant::now() + open_timeout;
+        // `Opened` and `Resync` are acted on once this manager's routing shows it is of the
+        // cluster joined (the manager pushes its routing right after them).
+        let mut opened = false;
+        let mut trusted = false;
+        let mut pending_resync: Vec<u32> = Vec::new();
         loop {
-            let Some(bytes) = read_link_frame(recv, MAX_LINK_FRAME_BYTES).await? else {
+            let read = read_session_frame(recv);
+            let frame = if opened {
+                read.await?
+            } else {
+                tokio::time::timeout_at(open_deadline, read)
+                    .await
+                    .map_err(|_| SessionError::OpenTimeout(open_timeout))??
+            };
+            let Some(frame) = frame else {
                 return Ok(());
             };
-            let frame: SessionFrame = decode_body(&bytes)?;
             match frame.frame {
                 Some(session_frame::Frame::Opened(_)) => {
-                    tracing::info!(event = "session_up", %addr, "session with manager open");
-                    self.inner
-                        .open_sessions
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(addr);
+                    opened = true;
+                    if trusted {
+                        self.mark_open(addr);
+                    }
                 }
                 Some(session_frame::Frame::Delivery(d)) => {
                     let dseq = d.dseq;
-                    let superseded = if self.pass_on(d).await {
+                    let superseded = if self.pass_on(addr, d).await {
                         Vec::new()
                     } else {
                         vec![dseq]
@@ -331,13 +525,32 @@ impl ClusterUpstream {
                 }
                 Some(session_frame::Frame::Resync(r)) => {
                     self.inner.resyncs.fetch_add(1, Ordering::Relaxed);
-                    let this = self.clone();
-                    tokio::spawn(async move { this.resync(r.groups).await });
+                    if trusted {
+                        self.resync(r.groups);
+                    } else {
+                        pending_resync.extend(r.groups);
+                        pending_resync.truncate(MAX_GROUPS as usize);
+                    }
                 }
                 Some(session_frame::Frame::Routing(r)) => {
-                    match Routing::try_from(r) {
-                        Ok(routing) => self.inner.link.apply_routing(&routing),
-                        Err(e) => tracing::debug!(%addr, error = %e, "ignoring pushed routing"),
+                    let applied = match Routing::try_from(r) {
+                        Ok(routing) => self.inner.link.apply_routing(addr, &routing),
+                        Err(e) => Err(self.inner.link.malformed_routing(addr, e)),
+                    };
+                    match applied {
+                        Ok(()) => {
+                            if !trusted {
+                                trusted = true;
+                                if opened {
+                                    self.mark_open(addr);
+                                }
+                                self.resync(std::mem::take(&mut pending_resync));
+                            }
+                        }
+                        // Another cluster's manager: no session with it.
+                        Err(e @ RoutingRejected::ForeignCluster { .. }) => return Err(e.into()),
+                        // A bad table from a member of this cluster: the last good one stays.
+                        Err(_) => {}
                     }
                     self.spawn_missing_sessions();
                 }
@@ -352,30 +565,67 @@ impl ClusterUpstream {
         }
     }
 
-    /// Pass a delivery on to the gateway if it is newer than the last one of its topic;
-    /// false when it was dropped as older.
-    async fn pass_on(&self, d: firetower_proto::link::Delivery) -> bool {
-        let stamp = (d.term, d.seq);
-        let topic: Arc<str> = Arc::from(d.topic.as_str());
-        {
-            let mut last = self
-                .inner
-                .last_stamp
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            match last.get_mut(&topic) {
-                Some(prev) if *prev >= stamp => {
-                    self.inner
-                        .dropped_out_of_order
-                        .fetch_add(1, Ordering::Relaxed);
-                    return false;
-                }
-                Some(prev) => *prev = stamp,
-                None => {
-                    last.insert(topic.clone(), stamp);
-                }
+    fn mark_open(&self, addr: SocketAddr) {
+        tracing::info!(event = "session_up", %addr, "session with manager open");
+        self.inner
+            .open_sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr);
+    }
+
+    /// Pass a delivery from the manager at `from` on to the gateway when [`DeliveryGuard`]
+    /// lets it through; false when it was dropped (the manager is told it was superseded:
+    /// the publish fails rather than counting this gateway as served).
+    async fn pass_on(&self, from: SocketAddr, d: firetower_proto::link::Delivery) -> bool {
+        let incoming = Incoming {
+            from,
+            topic: &d.topic,
+            term: d.term,
+            seq: d.seq,
+            json: d.json,
+            data: &d.data,
+        };
+        let mut verified = false;
+        let verdict = loop {
+            let cx = Context {
+                group: group_of(&d.topic, self.inner.link.groups()),
+                leader: None,
+                held: self.holds(&d.topic),
+                verified,
+                now: Instant::now(),
+            };
+            let cx = Context {
+                leader: self.inner.link.leader(cx.group),
+                ..cx
+            };
+            let verdict = self.guard().check(&incoming, cx);
+            if verdict != Verdict::Verify {
+                break verdict;
             }
+            self.verify_leader(from).await;
+            verified = true;
+        };
+        match verdict {
+            Verdict::Pass => {}
+            // Not for any client here: no one to fail.
+            Verdict::NotHeld => return true,
+            Verdict::Superseded => return false,
+            Verdict::Rejected(reason) => {
+                tracing::debug!(
+                    event = "link_rejected",
+                    reason = reason.as_str(),
+                    %from,
+                    topic = %d.topic.escape_debug(),
+                    term = d.term,
+                    seq = d.seq,
+                    "dropped a delivery"
+                );
+                return false;
+            }
+            Verdict::Verify => return false,
         }
+        let topic: Arc<str> = Arc::from(d.topic.as_str());
         let data = Bytes::from(d.data);
         let payload = if d.json {
             Payload::Json(data)
@@ -393,8 +643,75 @@ impl ClusterUpstream {
         true
     }
 
+    /// Ask the manager at `from` for its routing and take it in: a manager that just became a
+    /// group's leader says so there before its routing push reaches this gateway.
+    async fn verify_leader(&self, from: SocketAddr) {
+        let reply = self
+            .inner
+            .link
+            .request_at(from, &LinkRequest::GetRouting, VERIFY_TIMEOUT)
+            .await;
+        match reply {
+            Ok(LinkReply::Routing(r)) => {
+                let _ = self.inner.link.apply_routing(from, &r);
+            }
+            Ok(other) => {
+                tracing::debug!(%from, reply = ?other, "routing check got another reply")
+            }
+            Err(e) => tracing::debug!(%from, error = %e, "routing check failed"),
+        }
+    }
+
+    /// Queue the held topics of `groups` for re-sending; one task at a time does it, so a
+    /// manager sending many `Resync` frames costs one pass over the held topics, not many.
+    fn resync(&self, groups: Vec<u32>) {
+        let count = self.inner.link.groups();
+        {
+            let mut pending = self
+                .inner
+                .resync_pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            pending.extend(groups.into_iter().filter(|&g| g < count));
+            if pending.is_empty() {
+                return;
+            }
+        }
+        if !self.inner.resync_running.swap(true, Ordering::AcqRel) {
+            let this = self.clone();
+            tokio::spawn(async move { this.run_resyncs().await });
+        }
+    }
+
+    async fn run_resyncs(&self) {
+        loop {
+            let groups: HashSet<u32> = std::mem::take(
+                &mut *self
+                    .inner
+                    .resync_pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()),
+            );
+            if groups.is_empty() {
+                self.inner.resync_running.store(false, Ordering::Release);
+                // A Resync queued between the take and the store would otherwise wait.
+                let more = !self
+                    .inner
+                    .resync_pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty();
+                if more && !self.inner.resync_running.swap(true, Ordering::AcqRel) {
+                    continue;
+                }
+                return;
+            }
+            self.resync_groups(&groups).await;
+        }
+    }
+
     /// Re-send every held topic of these groups (the manager registered this session anew).
-    async fn resync(&self, groups: Vec<u32>) {
+    async fn resync_groups(&self, groups: &HashSet<u32>) {
         let count = self.inner.link.groups();
         let topics: Vec<String> = self
             .inner
@@ -486,11 +803,7 @@ impl Upstream for ClusterUpstream {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&topic);
-            this.inner
-                .last_stamp
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(topic.as_str());
+            this.guard().forget(&topic);
             this.inner
                 .link
                 .unsubscribe(&topic)
@@ -521,8 +834,167 @@ impl Upstream for ClusterUpstream {
         })
     }
 
+    fn link_rejections(&self) -> Vec<(&'static str, u64)> {
+        self.rejections()
+    }
+
     fn ready(&self) -> bool {
         let managers = self.inner.link.managers().len();
         self.inner.link.all_leaders_known() && self.open_sessions() >= managers.div_ceil(2).max(1)
+    }
+}
+
+/// Read one session frame: its length prefix, then the first body byte (the protobuf tag,
+/// which names the frame type), and only then the rest of the body, once its length fits the
+/// limit of that type. `Ok(None)` on a clean end of stream before a frame.
+async fn read_session_frame<R: AsyncRead + Unpin>(
+    stream: &mut R,
+) -> Result<Option<SessionFrame>, SessionError> {
+    let mut header = [0u8; HEADER_LEN];
+    let mut got = 0;
+    while got < HEADER_LEN {
+        let n = stream
+            .read(&mut header[got..])
+            .await
+            .map_err(ReadFrameError::Io)?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(None);
+            }
+            return Err(ReadFrameError::Truncated {
+                expected: HEADER_LEN,
+                got,
+            }
+            .into());
+        }
+        got += n;
+    }
+    let len = u32::from_be_bytes(header) as usize;
+    if len == 0 {
+        return Ok(Some(SessionFrame::default()));
+    }
+    if len > MAX_LINK_FRAME_BYTES {
+        return Err(ReadFrameError::TooLarge {
+            len,
+            max: MAX_LINK_FRAME_BYTES,
+        }
+        .into());
+    }
+    let mut tag = [0u8; 1];
+    if stream.read(&mut tag).await.map_err(ReadFrameError::Io)? == 0 {
+        return Err(ReadFrameError::Truncated {
+            expected: len,
+            got: 0,
+        }
+        .into());
+    }
+    let kind = SessionFrameKind::from_tag(tag[0]);
+    if len > kind.max_body() {
+        return Err(SessionError::FrameTooLarge {
+            kind: kind.name(),
+            len,
+            max: kind.max_body(),
+        });
+    }
+    let mut body = Vec::with_capacity(len.min(64 * 1024));
+    body.push(tag[0]);
+    (&mut *stream)
+        .take(len as u64 - 1)
+        .read_to_end(&mut body)
+        .await
+        .map_err(ReadFrameError::Io)?;
+    if body.len() < len {
+        return Err(ReadFrameError::Truncated {
+            expected: len,
+            got: body.len(),
+        }
+        .into());
+    }
+    Ok(Some(decode_body(&body)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use firetower_link::encode_frame;
+    use firetower_proto::link::{Delivery as PbDelivery, SessionOpened};
+
+    fn frame(f: session_frame::Frame) -> Vec<u8> {
+        encode_frame(&SessionFrame { frame: Some(f) })
+    }
+
+    #[tokio::test]
+    async fn session_frames_read_back_with_their_type_limits() {
+        let mut bytes = frame(session_frame::Frame::Opened(SessionOpened { epoch: 7 }));
+        bytes.extend(frame(session_frame::Frame::Delivery(PbDelivery {
+            topic: "room.1".into(),
+            data: vec![b'1'; 100_000],
+            json: true,
+            term: 1,
+            seq: 1,
+            dseq: 1,
+        })));
+        bytes.extend(encode_frame(&SessionFrame::default()));
+        let mut stream = &bytes[..];
+        let opened = read_session_frame(&mut stream).await.unwrap().unwrap();
+        assert!(matches!(
+            opened.frame,
+            Some(session_frame::Frame::Opened(_))
+        ));
+        let delivery = read_session_frame(&mut stream).await.unwrap().unwrap();
+        assert!(matches!(
+            delivery.frame,
+            Some(session_frame::Frame::Delivery(d)) if d.data.len() == 100_000
+        ));
+        let empty = read_session_frame(&mut stream).await.unwrap().unwrap();
+        assert_eq!(empty.frame, None);
+        assert!(read_session_frame(&mut stream).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn an_oversized_frame_is_refused_before_its_body() {
+        // An `Opened` frame announcing 1000 bytes, of which only the tag arrives: refused on
+        // the announced size, without waiting for (or allocating) the body.
+        let mut bytes = 1000u32.to_be_bytes().to_vec();
+        bytes.push(0x0A);
+        let mut stream = &bytes[..];
+        let e = read_session_frame(&mut stream).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SessionError::FrameTooLarge {
+                    kind: "opened",
+                    len: 1000,
+                    max: 64
+                }
+            ),
+            "{e}"
+        );
+        let mut huge = (MAX_LINK_FRAME_BYTES as u32 + 1).to_be_bytes().to_vec();
+        huge.push(0x12);
+        let e = read_session_frame(&mut &huge[..]).await.unwrap_err();
+        assert!(
+            matches!(e, SessionError::Read(ReadFrameError::TooLarge { .. })),
+            "{e}"
+        );
+        let mut routing = (300_000u32).to_be_bytes().to_vec();
+        routing.push(0x22);
+        let e = read_session_frame(&mut &routing[..]).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SessionError::FrameTooLarge {
+                    kind: "routing",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let cut = &frame(session_frame::Frame::Opened(SessionOpened { epoch: 7 }))[..5];
+        let e = read_session_frame(&mut &cut[..]).await.unwrap_err();
+        assert!(
+            matches!(e, SessionError::Read(ReadFrameError::Truncated { .. })),
+            "{e}"
+        );
     }
 }

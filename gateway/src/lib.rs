@@ -26,6 +26,7 @@
 mod cluster;
 mod config;
 mod connection;
+mod delivery_guard;
 mod http;
 mod index;
 mod locks;

@@ -9,7 +9,11 @@
 //!   publish round trip: latency histogram        scrape: ready (from the upstream)
 //! ```
 //!
-//! Every metric is a prometheus-client metric registered once; the code that counts reaches
+//! `link_rejected_total{reason}` counts what the gateway refused from the managers (routing
+//! tables, deliveries, session frames); the upstream keeps those counts and a collector reads
+//! them at scrape time ([`crate::Upstream::link_rejections`]).
+//!
+//! Every other metric is a prometheus-client metric registered once; the code that counts reaches
 //! its `AtomicU64` directly ([`inc`], `fetch_add`, `store`), relaxed: every counter is
 //! independent, and a scrape that sees one a little ahead of another is fine. Names are the
 //! ones the gateway always exported: prometheus-client appends `_total` to a counter, so a
@@ -17,13 +21,18 @@
 
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::encoding::prometheus_text;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{prometheus_text, DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+
+use crate::upstream::Upstream;
 
 /// Every metric name starts with this.
 const PREFIX: &str = "firetower_gateway";
@@ -133,8 +142,49 @@ pub(crate) fn inc(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Reads the upstream's refusal counts at every scrape.
+struct LinkRejected(Arc<dyn Upstream>);
+
+impl std::fmt::Debug for LinkRejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinkRejected")
+    }
+}
+
+impl Collector for LinkRejected {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let rejections = self.0.link_rejections();
+        if rejections.is_empty() {
+            return Ok(());
+        }
+        let mut metric = encoder.encode_descriptor(
+            "link_rejected",
+            "Routing tables, deliveries and session frames refused from the managers, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, count) in rejections {
+            metric
+                .encode_family(&[("reason", reason)])?
+                .encode_counter::<NoLabelSet, u64, u64>(&count, None)?;
+        }
+        Ok(())
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
+        Metrics::build(None)
+    }
+}
+
+impl Metrics {
+    /// The gateway's metrics, with `upstream`'s refusal counts exported.
+    pub(crate) fn new(upstream: Arc<dyn Upstream>) -> Self {
+        Metrics::build(Some(upstream))
+    }
+
+    fn build(upstream: Option<Arc<dyn Upstream>>) -> Self {
         let mut registry = Registry::with_prefix(PREFIX);
         // The registry appends the final "." to every help text. Registration order is the
         // order of `/metrics`.
@@ -226,6 +276,9 @@ impl Default for Metrics {
             "Client publish to leader ack",
             publish_latency.clone(),
         );
+        if let Some(upstream) = upstream {
+            registry.register_collector(Box::new(LinkRejected(upstream)));
+        }
         Metrics {
             registry,
             ready,
@@ -250,9 +303,7 @@ impl Default for Metrics {
             publish_latency_count: AtomicU64::new(0),
         }
     }
-}
 
-impl Metrics {
     /// Record one publish round trip.
     pub(crate) fn observe_publish(&self, elapsed: Duration) {
         self.publish_latency.observe(elapsed.as_secs_f64());
@@ -443,6 +494,53 @@ mod tests {
         expected.push(format!("{histogram}_count"));
         assert_eq!(series, expected);
         assert!(text.contains("firetower_gateway_ready 0\n"));
+    }
+
+    /// An upstream that only reports refusals.
+    struct Refusing;
+
+    impl Upstream for Refusing {
+        fn subscribe(
+            &self,
+            _: &str,
+        ) -> crate::upstream::BoxFuture<'static, Result<(), crate::UpstreamError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn unsubscribe(
+            &self,
+            _: &str,
+        ) -> crate::upstream::BoxFuture<'static, Result<(), crate::UpstreamError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn publish(
+            &self,
+            _: &str,
+            _: crate::Payload,
+        ) -> crate::upstream::BoxFuture<'static, Result<crate::Stamp, crate::UpstreamError>>
+        {
+            Box::pin(async { Err(crate::UpstreamError::ShuttingDown) })
+        }
+        fn ready(&self) -> bool {
+            true
+        }
+        fn link_rejections(&self) -> Vec<(&'static str, u64)> {
+            vec![("delivery_invalid_json", 3), ("routing_foreign_cluster", 0)]
+        }
+    }
+
+    #[test]
+    fn link_rejections_are_read_at_every_scrape() {
+        let text = Metrics::new(Arc::new(Refusing)).render(true);
+        assert!(
+            text.contains(
+                "# TYPE firetower_gateway_link_rejected_total counter\n\
+                 firetower_gateway_link_rejected_total{reason=\"delivery_invalid_json\"} 3\n\
+                 firetower_gateway_link_rejected_total{reason=\"routing_foreign_cluster\"} 0\n"
+            ),
+            "{text}"
+        );
+        // After every metric the gateway always had.
+        assert!(text.find("publish_latency_seconds_count") < text.find("link_rejected"));
     }
 
     #[test]

@@ -121,6 +121,7 @@ impl Gateway {
             })?),
             None => None,
         };
+        let metrics = Metrics::new(upstream.clone());
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 index: SubscriptionIndex::new(config.limits.max_topics),
@@ -128,7 +129,7 @@ impl Gateway {
             }),
             config,
             upstream,
-            metrics: Metrics::default(),
+            metrics,
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
             next_conn: AtomicU64::new(1),

@@ -100,4 +100,9 @@ pub trait Upstream: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Stamp, UpstreamError>>;
     /// True when a leader is known for every group (feeds `/readyz`).
     fn ready(&self) -> bool;
+    /// What the gateway refused from the cluster so far, as `(reason, count)`: exported as
+    /// `firetower_gateway_link_rejected_total{reason}`. None by default (a fake upstream).
+    fn link_rejections(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }

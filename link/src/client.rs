@@ -22,7 +22,9 @@ use firetower_proto::{validate_topic, Epoch, GatewayId, TopicError};
 
 use crate::endpoint::client_endpoint;
 use crate::frame::{decode_frame, write_link_frame, MAX_LINK_FRAME_BYTES};
-use crate::leader_cache::{LeaderCache, Observation, Target};
+use crate::leader_cache::{
+    LeaderCache, Observation, RoutingRejectReason, RoutingRejected, RoutingRejections, Target,
+};
 use crate::message::{LinkReply, LinkRequest, MessageError, Routing, Written};
 use crate::reconnect::ReconnectPolicy;
 use crate::tls::Security;
@@ -274,6 +276,11 @@ impl LinkClient {
         self.read_cache().all_leaders_known()
     }
 
+    /// The cached leader of `group`.
+    pub fn leader(&self, group: u32) -> Option<SocketAddr> {
+        self.read_cache().leader(group)
+    }
+
     /// Open a long-lived bidirectional stream to a manager (for the gateway's session).
     pub async fn open_stream(
         &self,
@@ -306,12 +313,14 @@ impl LinkClient {
             };
             for addr in candidates {
                 match self.send(addr, &LinkRequest::GetRouting, deadline).await {
-                    Attempt::Reply(LinkReply::Routing(r)) => {
-                        self.apply_routing(&r);
-                        return Ok(());
-                    }
+                    Attempt::Reply(LinkReply::Routing(r)) => match self.apply_routing(addr, &r) {
+                        Ok(()) => return Ok(()),
+                        Err(e) => last_error = format!("{addr}: {e}"),
+                    },
                     Attempt::Reply(r) => last_error = format!("{addr}: {r:?}"),
-                    Attempt::Malformed(e) => last_error = format!("{addr}: {e}"),
+                    Attempt::Malformed(e) => {
+                        last_error = format!("{addr}: {}", self.malformed_routing(addr, e))
+                    }
                     Attempt::Transport(e) | Attempt::Indeterminate(e) => {
                         last_error = format!("{addr}: {e}")
                     }
@@ -328,11 +337,61 @@ impl LinkClient {
         }
     }
 
-    /// Take in a routing table (from a reply or pushed on a session stream).
-    pub fn apply_routing(&self, routing: &Routing) {
-        let changed = self.write_cache().on_routing(routing);
-        if changed {
-            self.inner.routing_version.send_modify(|v| *v += 1);
+    /// Take in a routing table from the manager at `from` (a reply, or pushed on a session
+    /// stream). A table that does not fit the cluster this gateway joined is refused, logged
+    /// (at `warn` the first time for each reason, then at `debug`) and counted in
+    /// [`LinkClient::routing_rejections`]; the last good routing stays.
+    pub fn apply_routing(
+        &self,
+        from: SocketAddr,
+        routing: &Routing,
+    ) -> Result<(), RoutingRejected> {
+        let result = self.write_cache().on_routing(routing);
+        match result {
+            Ok(true) => {
+                self.inner.routing_version.send_modify(|v| *v += 1);
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(e) => {
+                self.log_rejected(from, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Count and log a routing table from `from` that could not be converted at all.
+    pub fn malformed_routing(&self, from: SocketAddr, error: MessageError) -> RoutingRejected {
+        let rejected = self.write_cache().on_malformed_routing(error);
+        self.log_rejected(from, &rejected);
+        rejected
+    }
+
+    /// Routing tables refused so far, per reason.
+    pub fn routing_rejections(&self) -> RoutingRejections {
+        self.read_cache().rejections()
+    }
+
+    fn log_rejected(&self, from: SocketAddr, rejected: &RoutingRejected) {
+        let reason: RoutingRejectReason = rejected.reason();
+        // Logged once per reason (a buggy manager repeats its table on every change); the
+        // count is in `routing_rejections`.
+        if self.routing_rejections().get(reason) <= 1 {
+            tracing::warn!(
+                event = "link_rejected",
+                reason = reason.as_str(),
+                %from,
+                error = %rejected,
+                "refused a routing table; keeping the last good one"
+            );
+        } else {
+            tracing::debug!(
+                event = "link_rejected",
+                reason = reason.as_str(),
+                %from,
+                error = %rejected,
+                "refused a routing table"
+            );
         }
     }
 
@@ -457,11 +516,16 @@ impl LinkClient {
                 self.managers().into_iter().filter(|m| *m != busy).collect();
             for addr in others {
                 let deadline = tokio::time::Instant::now() + ROUTING_POLL_TIMEOUT;
-                if let Attempt::Reply(LinkReply::Routing(r)) =
-                    self.send(addr, &LinkRequest::GetRouting, deadline).await
-                {
-                    self.apply_routing(&r);
-                    break;
+                match self.send(addr, &LinkRequest::GetRouting, deadline).await {
+                    Attempt::Reply(LinkReply::Routing(r))
+                        if self.apply_routing(addr, &r).is_ok() =>
+                    {
+                        break;
+                    }
+                    Attempt::Malformed(e) => {
+                        self.malformed_routing(addr, e);
+                    }
+                    _ => {}
                 }
             }
         }

@@ -51,7 +51,10 @@ pub use frame::{
     ReadFrameError, HEADER_LEN, MAX_LINK_FRAME_BYTES,
 };
 pub use identity::{IdentityError, Role};
-pub use leader_cache::{LeaderCache, Observation, Target};
+pub use leader_cache::{
+    plausible_manager_addr, LeaderCache, Observation, RoutingRejectReason, RoutingRejected,
+    RoutingRejections, Target, MAX_GROUPS, MAX_MANAGERS,
+};
 pub use memnet::{MemNet, MemSocket};
 pub use message::{GroupLeader, LinkReply, LinkRequest, MessageError, Published, Routing, Written};
 pub use reconnect::ReconnectPolicy;

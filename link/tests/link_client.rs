@@ -1,5 +1,6 @@
 //! The link client against fake managers on the in-memory network: it follows `NotLeader`
-//! hints, and a partition from the leader stops requests until it heals.
+//! hints, a partition from the leader stops requests until it heals, and routing replies
+//! with absurd values or of another cluster are refused.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use firetower_link::{
     decode_body, encode_frame, read_link_frame, LinkClient, LinkError, LinkOptions, LinkRequest,
-    MemNet, MAX_LINK_FRAME_BYTES,
+    MemNet, RoutingRejectReason, MAX_LINK_FRAME_BYTES,
 };
 use firetower_proto::link::{self as pb, gateway_reply};
 
@@ -150,4 +151,87 @@ async fn a_partition_from_the_leader_stops_requests_until_healed() {
     .await
     .expect("writes resume once the partition heals");
     assert_eq!(healed.index, 42);
+}
+
+/// A manager that answers every `GetRouting` with what `routing` holds now.
+fn routing_manager(
+    net: &MemNet,
+    me: SocketAddr,
+    routing: Arc<std::sync::Mutex<pb::Routing>>,
+) -> quinn::Endpoint {
+    let endpoint = net.endpoint(me).unwrap();
+    let accepting = endpoint.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = accepting.accept().await {
+            let routing = routing.clone();
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let table = routing.lock().unwrap().clone();
+                    tokio::spawn(async move {
+                        let Ok(Some(_)) = read_link_frame(&mut recv, MAX_LINK_FRAME_BYTES).await
+                        else {
+                            return;
+                        };
+                        let reply = pb::GatewayReply {
+                            result: Some(gateway_reply::Result::Routing(table)),
+                        };
+                        let _ = send.write_all(&encode_frame(&reply)).await;
+                        let _ = send.finish();
+                    });
+                }
+            });
+        }
+    });
+    endpoint
+}
+
+/// Issue 11: a routing reply with absurd values is refused and the last good routing stays;
+/// the cluster id joined is pinned. `groups = u32::MAX` used to abort the process.
+#[tokio::test]
+async fn absurd_and_foreign_routing_replies_are_refused() {
+    let net = MemNet::new();
+    let table = Arc::new(std::sync::Mutex::new(routing(addr(1))));
+    let _m1 = routing_manager(&net, addr(1), table.clone());
+    let endpoint = net.client_endpoint(addr(10)).unwrap();
+    let link = LinkClient::connect_with_endpoint(endpoint, 7, vec![addr(1)], options())
+        .await
+        .unwrap();
+    assert_eq!(link.groups(), 1);
+
+    let mut huge = routing(addr(1));
+    huge.groups = u32::MAX;
+    let mut foreign = routing(addr(2));
+    foreign.cluster_id = "another".into();
+    let mut unparsable = routing(addr(1));
+    unparsable.leaders[0].leader_quic = "not an address".into();
+    let mut many = routing(addr(1));
+    many.managers = (0..2000u32)
+        .map(|i| pb::ManagerAddr {
+            id: u64::from(i),
+            quic: SocketAddr::from(([127, 1, (i >> 8) as u8, i as u8], 6666)).to_string(),
+        })
+        .collect();
+    for (bad, reason) in [
+        (huge, RoutingRejectReason::GroupCount),
+        (foreign, RoutingRejectReason::ForeignCluster),
+        (unparsable, RoutingRejectReason::Malformed),
+        (many, RoutingRejectReason::TooLarge),
+    ] {
+        *table.lock().unwrap() = bad;
+        let before = link.routing_rejections().get(reason);
+        assert!(
+            link.refresh_routing().await.is_err(),
+            "no acceptable routing"
+        );
+        assert!(link.routing_rejections().get(reason) > before, "{reason:?}");
+        assert_eq!(link.groups(), 1);
+        assert_eq!(link.cluster_id(), "memnet");
+        assert_eq!(link.managers(), vec![addr(1), addr(2)]);
+        assert_eq!(link.leader(0), Some(addr(1)));
+    }
+    // A good table of the same cluster is taken in again.
+    *table.lock().unwrap() = routing(addr(2));
+    link.refresh_routing().await.unwrap();
+    assert_eq!(link.leader(0), Some(addr(2)));
 }

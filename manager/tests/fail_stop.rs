@@ -10,7 +10,7 @@ use firetower_manager::{connect_admin, FatalError, Manager, ManagerConfig, RaftT
 use firetower_proto::admin::InitRequest;
 use firetower_proto::GroupId;
 use firetower_store::faults::{inject_fault, Fault, EIO};
-use firetower_store::Command;
+use firetower_store::{Command, WalError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -146,7 +146,16 @@ async fn a_failed_fsync_turns_health_not_serving_and_resolves_fatal() {
     let fatal = tokio::time::timeout(Duration::from_secs(5), manager.fatal())
         .await
         .expect("fatal() resolves after the log failed");
-    assert!(matches!(fatal, FatalError::Storage(_)), "{fatal:?}");
+    match &fatal {
+        FatalError::Storage(wal) => match &**wal {
+            WalError::Io { path, source } => {
+                assert_eq!(source.raw_os_error(), Some(EIO), "{fatal}");
+                assert!(path.starts_with(dir.path().join("wal")), "{fatal}");
+            }
+            other => panic!("not the I/O error of the log: {other}"),
+        },
+        other => panic!("not a storage failure: {other}"),
+    }
     let reason = fatal.to_string();
     assert!(reason.contains("00000001.log"), "names the file: {reason}");
     assert!(

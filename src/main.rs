@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Exit status: 0 on success, 1 when the operation failed (the message says why and what to
-//! do), 2 for a usage error.
+//! do), 2 for a usage error, 3 when a running manager stopped because it could not go on (its
+//! write-ahead log failed: `FatalError::EXIT_CODE`).
 
 mod certs_cmd;
 mod cluster;
@@ -22,9 +23,10 @@ mod tls_flags;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use firetower_manager::{Manager, ManagerConfig, RaftTuning};
+use firetower_manager::{FatalError, Manager, ManagerConfig, RaftTuning};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -138,7 +140,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<FatalError>() {
+                Some(_) => ExitCode::from(FatalError::EXIT_CODE),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -244,13 +249,28 @@ fn manager_config(args: ManagerArgs) -> anyhow::Result<ManagerConfig> {
     Ok(config)
 }
 
+/// How long a manager that cannot go on keeps answering health checks (NOT_SERVING, 503)
+/// before it exits: long enough for a load balancer's or orchestrator's next probe.
+const FATAL_GRACE: Duration = Duration::from_secs(1);
+/// The shutdown after a fatal failure waits no longer than this for the Raft groups: on a
+/// failing disk some may never answer.
+const FATAL_SHUTDOWN_LIMIT: Duration = Duration::from_secs(5);
+
 async fn run_manager(args: ManagerArgs) -> anyhow::Result<()> {
     let config = manager_config(args)?;
     let manager = Manager::start(config).await?;
-    wait_for_shutdown_signal().await;
-    tracing::info!("shutting down");
-    manager.shutdown().await;
-    Ok(())
+    tokio::select! {
+        () = wait_for_shutdown_signal() => {
+            tracing::info!("shutting down");
+            manager.shutdown().await;
+            Ok(())
+        }
+        fatal = manager.fatal() => {
+            tokio::time::sleep(FATAL_GRACE).await;
+            let _ = tokio::time::timeout(FATAL_SHUTDOWN_LIMIT, manager.shutdown()).await;
+            Err(fatal.into())
+        }
+    }
 }
 
 /// Resolve on Ctrl-C or SIGTERM.

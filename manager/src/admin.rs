@@ -32,6 +32,17 @@ pub(crate) async fn router(node: Node) -> tonic::transport::server::Router {
     health_reporter
         .set_serving::<AdminServer<AdminService>>()
         .await;
+    // Fail-stop: NOT_SERVING from the first fatal failure until the process exits.
+    let (fatal, reporter) = (node.fatal(), health_reporter.clone());
+    tokio::spawn(async move {
+        fatal.await;
+        reporter
+            .set_not_serving::<AdminServer<AdminService>>()
+            .await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+    });
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(firetower_proto::FILE_DESCRIPTOR_SET)

@@ -61,3 +61,34 @@ pub enum StartError {
         detail: String,
     },
 }
+
+/// A running manager cannot go on and must stop: it could no longer keep what it promised the
+/// cluster. By the time [`crate::Manager::fatal`] reports it, gRPC health answers NOT_SERVING
+/// and `/healthz` 503; the process should exit ([`FatalError::EXIT_CODE`]). A restart
+/// recovers as after a crash, once the cause is fixed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FatalError {
+    /// The write-ahead log stopped after a failed write or fdatasync (a full or failing
+    /// disk): it acknowledges nothing more, so every Raft group of this manager is dead.
+    #[error(
+        "the write-ahead log failed and accepts no more writes: {0}; free space on the data \
+         directory's disk (or replace the disk), then restart the manager: recovery cuts the \
+         log back to its last valid record"
+    )]
+    Storage(std::sync::Arc<firetower_store::WalError>),
+    /// A Raft group stopped on a fatal error of its own (its state machine storage failed, or
+    /// its task panicked): the manager no longer serves that group.
+    #[error("raft group {group} stopped: {detail}; restart the manager")]
+    GroupStopped {
+        /// The group.
+        group: firetower_raft::GroupId,
+        /// What openraft reported.
+        detail: String,
+    },
+}
+
+impl FatalError {
+    /// The exit status of a `firetower manager` process that stopped on a fatal error
+    /// (1 is a failed start, 2 a usage error).
+    pub const EXIT_CODE: u8 = 3;
+}

@@ -54,6 +54,7 @@ pub use admin::AdminService;
 pub use config::{
     ManagerConfig, RaftTuning, TlsSettings, DEFAULT_ADMIN_PORT, DEFAULT_GROUPS, DEFAULT_QUIC_PORT, MAX_GROUPS,
 };
+pub use error::FatalError;
 pub use error::{ConfigError, StartError};
 pub use membership::{connect as connect_admin, MembershipError};
 pub use meta::NodeMeta;

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!   GET /metrics ─▶ Node::refresh_metrics, then the Prometheus text exposition
-//!   GET /healthz ─▶ 200 "ok" while serving, 503 while shutting down
+//!   GET /healthz ─▶ 200 "ok" while serving; 503 with the reason after a fatal failure
+//!                   (storage, see `node`) or while shutting down
 //!   anything else ─▶ 404 / 405 / 400 / 431; every answer closes the connection
 //! ```
 //!
@@ -105,6 +106,17 @@ pub(crate) fn route(head: &[u8]) -> Option<Route> {
     }
 }
 
+/// The `/healthz` status line and body.
+fn health(node: &Node) -> (&'static str, String) {
+    if let Some(fatal) = node.fatal_error() {
+        ("503 Service Unavailable", format!("failed: {fatal}\n"))
+    } else if node.shutdown_token().is_cancelled() {
+        ("503 Service Unavailable", "shutting down\n".to_string())
+    } else {
+        ("200 OK", "ok\n".to_string())
+    }
+}
+
 async fn serve_connection(node: &Node, mut stream: TcpStream) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
@@ -133,12 +145,10 @@ async fn serve_connection(node: &Node, mut stream: TcpStream) -> std::io::Result
             node.refresh_metrics().await;
             ("200 OK", METRICS_CONTENT_TYPE, node.metrics().encode())
         }
-        Route::Health if node.shutdown_token().is_cancelled() => (
-            "503 Service Unavailable",
-            "text/plain; charset=utf-8",
-            "shutting down\n".to_string(),
-        ),
-        Route::Health => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_string()),
+        Route::Health => {
+            let (status, body) = health(node);
+            (status, "text/plain; charset=utf-8", body)
+        }
         Route::NotFound => (
             "404 Not Found",
             "text/plain; charset=utf-8",

@@ -8,12 +8,26 @@
 //!        ├ Wal (log + vote) and StateStore (sled state machines)
 //!        ├ per group: Raft, TableReader, Proposer, Stamper (behind one lock each)
 //!        ├ SessionTable (live gateway sessions and their leases)
-//!        └ ManagerMetrics, shutdown token, routing version
+//!        └ ManagerMetrics, shutdown token, routing version, fatal error
+//! ```
+//!
+//! Fail-stop: a manager whose storage failed must not stay up with every group dead. Watchers
+//! started here turn the first such failure into the node's [`FatalError`]:
+//!
+//! ```text
+//!   Wal::failed() (a write or fdatasync failed) ──────────────┐
+//!   per group: Raft metrics running_state = Err(fatal) ───────┼─▶ Node::fail (first wins,
+//!     (state machine storage failed, task panicked;           │    one ERROR event)
+//!      not a deliberate shutdown)                             ▼
+//!                          Node::fatal() resolves ─▶ gRPC health NOT_SERVING (admin)
+//!                          Node::fatal_error()    ─▶ /healthz 503 with the reason
+//!                                                 ─▶ the CLI exits with FatalError::EXIT_CODE
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use firetower_proto::admin::{GroupStatus, ReplicaStatus};
@@ -22,12 +36,13 @@ use firetower_raft::{
     GroupId, GroupRouter, ManagerNode, PeerConnections, QuicNetworkFactory, Raft, TypeConfig,
 };
 use firetower_store::{StateStore, TableReader, Wal};
+use openraft::error::Fatal;
 use openraft::ServerState;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ManagerConfig;
-use crate::error::StartError;
+use crate::error::{FatalError, StartError};
 use crate::locks::lock;
 use crate::meta::NodeMeta;
 use crate::metrics::{GroupSample, ManagerMetrics, Role};
@@ -86,6 +101,8 @@ struct NodeInner {
     shutdown: CancellationToken,
     /// This manager's certificate (mutual TLS) or insecure.
     security: firetower_link::Security,
+    /// Set once, by the first storage failure: the manager must stop.
+    fatal: watch::Sender<Option<FatalError>>,
 }
 
 impl std::fmt::Debug for NodeInner {
@@ -98,13 +115,14 @@ impl std::fmt::Debug for NodeInner {
 }
 
 impl Node {
+    /// Must run inside a Tokio runtime: it starts the watcher of the write-ahead log.
     pub(crate) fn new(parts: NodeParts) -> Node {
         let addrs = ManagerNode {
             quic: parts.config.quic.to_string(),
             admin: parts.config.admin.to_string(),
         };
         let (cluster_id, _) = watch::channel(parts.meta.cluster_id.clone());
-        Node {
+        let node = Node {
             inner: Arc::new(NodeInner {
                 _lock: parts.lock,
                 addrs,
@@ -124,10 +142,13 @@ impl Node {
                 change_lock: tokio::sync::Mutex::new(()),
                 metrics: parts.metrics,
                 shutdown: CancellationToken::new(),
+                fatal: watch::channel(None).0,
                 config: parts.config,
                 security: parts.security,
             }),
-        }
+        };
+        node.watch_wal();
+        node
     }
 
     /// This manager's id.
@@ -248,6 +269,107 @@ impl Node {
         self.inner.shutdown.clone()
     }
 
+    /// Resolves with the failure that makes this manager stop (see the module doc); never
+    /// while it works. The future does not keep the node alive.
+    pub(crate) fn fatal(&self) -> impl Future<Output = FatalError> + Send + 'static {
+        let mut fatal = self.inner.fatal.subscribe();
+        async move {
+            // `Err`: the node is gone without a failure: never.
+            if let Ok(fatal) = fatal.wait_for(Option::is_some).await {
+                if let Some(fatal) = fatal.as_ref() {
+                    return fatal.clone();
+                }
+            }
+            std::future::pending().await
+        }
+    }
+
+    /// The failure that makes this manager stop, if there was one.
+    pub(crate) fn fatal_error(&self) -> Option<FatalError> {
+        self.inner.fatal.borrow().clone()
+    }
+
+    /// Record the failure that makes this manager stop; only the first one counts.
+    pub(crate) fn fail(&self, error: FatalError) {
+        let first = self.inner.fatal.send_if_modified(|fatal| {
+            if fatal.is_some() {
+                return false;
+            }
+            *fatal = Some(error.clone());
+            true
+        });
+        if !first {
+            return;
+        }
+        match &error {
+            FatalError::Storage(wal) => match &**wal {
+                firetower_store::WalError::Io { path, source } => tracing::error!(
+                    event = "manager_fatal",
+                    file = %path.display(),
+                    os_error = %source,
+                    "{error}; health reports NOT_SERVING and the manager stops"
+                ),
+                _ => tracing::error!(
+                    event = "manager_fatal",
+                    "{error}; health reports NOT_SERVING and the manager stops"
+                ),
+            },
+            FatalError::GroupStopped { group, .. } => tracing::error!(
+                event = "manager_fatal",
+                group = group.get(),
+                "{error}; health reports NOT_SERVING and the manager stops"
+            ),
+        }
+    }
+
+    /// Fail the node when its write-ahead log stops.
+    fn watch_wal(&self) {
+        let failed = self.inner.wal.failed();
+        let node = Arc::downgrade(&self.inner);
+        let shutdown = self.inner.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                error = failed => {
+                    if let Some(node) = upgrade(&node) {
+                        node.fail(FatalError::Storage(error));
+                    }
+                }
+            }
+        });
+    }
+
+    /// Fail the node when a group's Raft core stops on a fatal error. A deliberate stop
+    /// (`Raft::shutdown`, `Fatal::Stopped`) or one during the manager's shutdown is not one.
+    fn watch_group(&self, group: GroupId, raft: &Raft) {
+        let mut metrics = raft.metrics();
+        let node = Arc::downgrade(&self.inner);
+        let shutdown = self.inner.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let detail = match &metrics.borrow_and_update().running_state {
+                    Ok(()) | Err(Fatal::Stopped) => None,
+                    Err(fatal) => Some(fatal.to_string()),
+                };
+                if let Some(detail) = detail {
+                    if let Some(node) = upgrade(&node).filter(|_| !shutdown.is_cancelled()) {
+                        // A failed log fails every group: name the log, not the group.
+                        let error = match node.inner.wal.failure() {
+                            Some(wal) => FatalError::Storage(wal),
+                            None => FatalError::GroupStopped { group, detail },
+                        };
+                        node.fail(error);
+                    }
+                    return;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    changed = metrics.changed() => if changed.is_err() { return },
+                }
+            }
+        });
+    }
+
     pub(crate) async fn change_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.inner.change_lock.lock().await
     }
@@ -328,6 +450,7 @@ impl Node {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(group, stamper.clone());
             crate::leadership::watch(self.id(), &raft, stamper, inner.shutdown.clone());
+            self.watch_group(group, &raft);
             if restarted {
                 crate::leadership::hold_elections_after_restart(
                     &raft,
@@ -450,6 +573,10 @@ impl Node {
             );
         }
     }
+}
+
+fn upgrade(node: &Weak<NodeInner>) -> Option<Node> {
+    node.upgrade().map(|inner| Node { inner })
 }
 
 /// The highest index the group's Raft core knows committed (0 if none, or the core stopped).

@@ -26,7 +26,7 @@ use firetower_store::{StateStore, TableReader, Wal, WalOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ManagerConfig;
-use crate::error::StartError;
+use crate::error::{FatalError, StartError};
 use crate::meta;
 use crate::metrics::ManagerMetrics;
 use crate::node::{Node, NodeParts};
@@ -240,6 +240,15 @@ impl Manager {
     /// The address `/metrics` and `/healthz` are served on, if `metrics` is configured.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// Resolves when this manager cannot go on: its write-ahead log stopped after a failed
+    /// write or fdatasync (a full or failing disk), or a Raft group stopped on a fatal error.
+    /// By then gRPC health reports NOT_SERVING and `/healthz` answers 503 with the reason.
+    /// Wait a moment for health checkers to see it, then [`Manager::shutdown`] and exit with
+    /// [`FatalError::EXIT_CODE`]. Never resolves while the manager works.
+    pub fn fatal(&self) -> impl std::future::Future<Output = FatalError> + Send + 'static {
+        self.node.fatal()
     }
 
     /// Stop serving: refuse publishes, close the QUIC endpoint (gateways see their sessions

@@ -37,6 +37,11 @@ pub use snapshot::check_snapshot_data;
 pub use state_machine::{SnapshotBuilder, StateMachine, StateStore, TableReader};
 pub use types::{Command, GatewayId, ManagerId, ManagerNode, Response, Session, MAX_BATCH_DEPTH};
 pub use wal::{FsyncObserver, Wal, WalOptions};
+/// Test seam: make a log's next write or sync fail (feature `fault-injection`).
+#[cfg(any(test, feature = "fault-injection"))]
+pub mod faults {
+    pub use crate::wal::faults::{inject_fault, Fault, EIO, ENOSPC};
+}
 
 /// The openraft type configurations this store works with: the server's own
 /// `firetower_raft::TypeConfig`, or a test configuration with the same associated types.

@@ -19,14 +19,21 @@
 //! Recovery: a damaged tail of the last segment with nothing valid after it is a write cut
 //! short by a crash; it is cut off with a warning. Damage anywhere else means the disk lost
 //! data that was acknowledged, and [`Wal::open`] refuses with [`WalError::Corrupt`].
+//!
+//! Failure: the first failed write or fdatasync (a full disk, an I/O error) stops the log for
+//! good. Nothing is acknowledged from then on, and [`Wal::failed`] resolves with the error:
+//! the process must stop, and its restart recovers as after a crash.
 
 mod codec;
+#[cfg(any(test, feature = "fault-injection"))]
+pub(crate) mod faults;
 mod segment;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::fs::{self, OpenOptions};
+use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Sender};
@@ -35,6 +42,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use openraft::{LogId, Vote};
+use tokio::sync::watch;
 
 pub(crate) use codec::{encode, Record};
 use codec::{FrameError, GroupPointers};
@@ -159,6 +167,7 @@ impl<C: StoreTypeConfig> Wal<C> {
             file.sync_data().map_err(io)?;
             active_len = frame.len() as u64;
         }
+        let (failure_tx, failure) = watch::channel(None);
         let writer = Writer {
             dir: dir.clone(),
             opts,
@@ -171,6 +180,7 @@ impl<C: StoreTypeConfig> Wal<C> {
                 .collect::<VecDeque<_>>(),
             pointers,
             stopped: None,
+            failure: failure_tx,
             observer,
         };
 
@@ -191,6 +201,7 @@ impl<C: StoreTypeConfig> Wal<C> {
             inner: Arc::new(WalInner {
                 dir,
                 groups: Mutex::new(groups),
+                failure,
                 tx: Some(tx),
                 thread: Some(thread),
             }),
@@ -215,12 +226,36 @@ impl<C: StoreTypeConfig> Wal<C> {
     pub fn dir(&self) -> &Path {
         &self.inner.dir
     }
+
+    /// The failure that stopped the log for good, if it has stopped (see [`Wal::failed`]).
+    pub fn failure(&self) -> Option<Arc<WalError>> {
+        self.inner.failure.borrow().clone()
+    }
+
+    /// Resolves once the log stops for good: a write or fdatasync failed (the error names the
+    /// file and the OS error), or the writer thread died. From then on every append, vote and
+    /// truncation is refused, so the process should stop; a restart recovers as after a
+    /// crash. Never resolves while the log works. The future does not keep the log open.
+    pub fn failed(&self) -> impl Future<Output = Arc<WalError>> + Send + 'static {
+        let mut failure = self.inner.failure.clone();
+        async move {
+            // `Err`: the writer is gone without a failure (the log was dropped): never.
+            if let Ok(failure) = failure.wait_for(Option::is_some).await {
+                if let Some(failure) = failure.as_ref() {
+                    return failure.clone();
+                }
+            }
+            std::future::pending().await
+        }
+    }
 }
 
 /// Shared by a [`Wal`] and its [`crate::LogStore`]s.
 pub(crate) struct WalInner<C: StoreTypeConfig> {
     dir: PathBuf,
     groups: Mutex<HashMap<u32, Arc<Mutex<GroupLog<C>>>>>,
+    /// Set by the writer when it stops for good.
+    failure: watch::Receiver<Option<Arc<WalError>>>,
     /// `Some` until drop, which closes the channel to stop the writer.
     tx: Option<Sender<WriteRequest<C>>>,
     thread: Option<JoinHandle<()>>,

@@ -14,6 +14,12 @@
 //! Frames are encoded by the callers, so the thread does no serialization: it copies,
 //! writes, syncs, and wakes callers. One sync per batch is what lets many groups commit tens
 //! of thousands of entries per second on one disk.
+//!
+//! Fail-stop: the first failed write, sync or segment rotation stops the writer for good.
+//! Every request of that batch and every later one is answered with an error, and the failure
+//! is published on the `Wal` ([`crate::Wal::failed`]) for the manager to stop on. A sync is
+//! never retried: after a failed fdatasync the kernel may have dropped the dirty pages and
+//! marked them clean, so a retry could succeed without the data being on disk ("fsyncgate").
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -25,7 +31,7 @@ use std::time::Instant;
 
 use openraft::storage::LogFlushed;
 use openraft::{LogId, Vote};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::codec::{self, GroupPointers, Record};
 use super::segment::{self, Segment};
@@ -87,7 +93,13 @@ impl<C: StoreTypeConfig> Done<C> {
             (Done::Flushed(cb), Err(e)) => cb.log_io_completed(Err(io::Error::other(e.clone()))),
             // A dropped receiver means the caller gave up waiting; nothing to tell.
             (Done::Reply(tx), Ok(())) => drop(tx.send(Ok(()))),
-            (Done::Reply(tx), Err(e)) => drop(tx.send(Err(WalError::Stopped(e.to_string())))),
+            (Done::Reply(tx), Err(e)) => {
+                let reason = match &**e {
+                    WalError::Stopped(reason) => reason.clone(),
+                    first => first.to_string(),
+                };
+                drop(tx.send(Err(WalError::Stopped(reason))))
+            }
         }
     }
 }
@@ -105,7 +117,9 @@ pub(crate) struct Writer {
     /// Every group's pointers as of the last frame written: the next checkpoint.
     pub pointers: BTreeMap<u32, GroupPointers>,
     /// Set after a failed write or sync: the file's state is unknown from then on.
-    pub stopped: Option<String>,
+    pub stopped: Option<Arc<WalError>>,
+    /// Where the failure that stopped the writer is published (see [`crate::Wal::failed`]).
+    pub failure: watch::Sender<Option<Arc<WalError>>>,
     /// Told the duration of every fdatasync (the manager's fsync latency histogram).
     pub observer: Option<Arc<dyn FsyncObserver>>,
 }
@@ -113,6 +127,7 @@ pub(crate) struct Writer {
 impl Writer {
     /// Serves requests until every sender is gone (the `Wal` was dropped).
     pub(super) fn run<C: StoreTypeConfig>(mut self, rx: Receiver<WriteRequest<C>>) {
+        let _panic_guard = PanicGuard(self.failure.clone());
         self.delete_purged_segments();
         let mut batch: Vec<WriteRequest<C>> = Vec::new();
         let mut buf: Vec<u8> = Vec::new();
@@ -127,11 +142,7 @@ impl Writer {
             let purged = batch
                 .iter()
                 .any(|r| matches!(r.effect, Effect::Purge { .. }));
-            let result = self.write_batch(&batch, &mut buf).map_err(|e| {
-                tracing::error!(error = %e, "write-ahead log write failed; refusing further writes");
-                self.stopped = Some(e.to_string());
-                Arc::new(e)
-            });
+            let result = self.write_batch(&batch, &mut buf).map_err(|e| self.stop(e));
             for req in batch.drain(..) {
                 req.done.complete(&result);
             }
@@ -142,13 +153,39 @@ impl Writer {
         }
     }
 
+    /// Stops the writer for good after `error` and publishes it; returns the error to answer
+    /// the batch with. Once stopped, later batches get [`WalError::Stopped`] and the first
+    /// failure stays the published one.
+    fn stop(&mut self, error: WalError) -> Arc<WalError> {
+        if self.stopped.is_some() {
+            return Arc::new(error);
+        }
+        match &error {
+            WalError::Io { path, source } => tracing::error!(
+                event = "wal_failed",
+                file = %path.display(),
+                os_error = %source,
+                "write-ahead log I/O failed; it accepts no further writes and acknowledges nothing more"
+            ),
+            other => tracing::error!(
+                event = "wal_failed",
+                error = %other,
+                "write-ahead log failed; it accepts no further writes and acknowledges nothing more"
+            ),
+        }
+        let error = Arc::new(error);
+        self.stopped = Some(error.clone());
+        self.failure.send_replace(Some(error.clone()));
+        error
+    }
+
     fn write_batch<C: StoreTypeConfig>(
         &mut self,
         batch: &[WriteRequest<C>],
         buf: &mut Vec<u8>,
     ) -> Result<(), WalError> {
-        if let Some(reason) = &self.stopped {
-            return Err(WalError::Stopped(reason.clone()));
+        if let Some(first) = &self.stopped {
+            return Err(WalError::Stopped(first.to_string()));
         }
         buf.clear();
         for req in batch {
@@ -171,6 +208,10 @@ impl Writer {
     /// fdatasyncs the active segment and reports how long it took to the observer.
     fn sync_active(&mut self, bytes: u64) -> Result<(), WalError> {
         let started = Instant::now();
+        #[cfg(any(test, feature = "fault-injection"))]
+        if let Some(source) = super::faults::take(&self.dir, super::faults::Stage::Sync) {
+            return Err(self.io_error(source));
+        }
         self.file
             .sync_data()
             .map_err(|source| self.io_error(source))?;
@@ -184,6 +225,13 @@ impl Writer {
     fn write_out(&mut self, buf: &mut Vec<u8>) -> Result<(), WalError> {
         if buf.is_empty() {
             return Ok(());
+        }
+        #[cfg(any(test, feature = "fault-injection"))]
+        if let Some(source) = super::faults::take(&self.dir, super::faults::Stage::Write) {
+            // A disk that fills mid-write: part of the batch reaches the file, torn.
+            let half = buf.len() / 2;
+            let _ = self.file.write_all(&buf[..half]);
+            return Err(self.io_error(source));
         }
         self.file
             .write_all(buf)
@@ -267,6 +315,27 @@ impl Writer {
         WalError::Io {
             path: self.active.path.clone(),
             source,
+        }
+    }
+}
+
+/// Publishes a failure if the writer thread unwinds, so that the manager stops instead of
+/// waiting on a log nobody writes.
+struct PanicGuard(watch::Sender<Option<Arc<WalError>>>);
+
+impl Drop for PanicGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                event = "wal_failed",
+                "the write-ahead log writer thread panicked"
+            );
+            self.0.send_if_modified(|failure| {
+                failure.get_or_insert_with(|| {
+                    Arc::new(WalError::Stopped("the writer thread panicked".to_string()))
+                });
+                true
+            });
         }
     }
 }

@@ -50,10 +50,22 @@ pub fn run(command: CertsCommand) -> anyhow::Result<()> {
         CertsCommand::Init { dir, name } => {
             certs::init(&dir, &name)?;
             println!("cluster CA created in {}", dir.display());
-            println!("  {}  (give it to every manager, gateway and operator)", dir.join(certs::CA_CERT_FILE).display());
-            println!("  {}  (keep it secret; only `certs issue` needs it)", dir.join(certs::CA_KEY_FILE).display());
-            println!("  {}  (the operator certificate `cluster` presents)", dir.join("operator-admin.pem").display());
-            println!("next: firetower certs issue --dir {} --manager 1 --host <its address>", dir.display());
+            println!(
+                "  {}  (give it to every manager, gateway and operator)",
+                dir.join(certs::CA_CERT_FILE).display()
+            );
+            println!(
+                "  {}  (keep it secret; only `certs issue` needs it)",
+                dir.join(certs::CA_KEY_FILE).display()
+            );
+            println!(
+                "  {}  (the operator certificate `cluster` presents)",
+                dir.join("operator-admin.pem").display()
+            );
+            println!(
+                "next: firetower certs issue --dir {} --manager 1 --host <its address>",
+                dir.display()
+            );
         }
         CertsCommand::Issue {
             dir,
@@ -82,8 +94,13 @@ pub fn run(command: CertsCommand) -> anyhow::Result<()> {
                     "--host is for manager certificates only ({role} certificates are client certificates)"
                 ));
             }
-            let ca = CertificateAuthority::load(&dir)
-                .with_context(|| format!("no CA in {} (run `firetower certs init --dir {}` first)", dir.display(), dir.display()))?;
+            let ca = CertificateAuthority::load(&dir).with_context(|| {
+                format!(
+                    "no CA in {} (run `firetower certs init --dir {}` first)",
+                    dir.display(),
+                    dir.display()
+                )
+            })?;
             let path = ca.issue(&role, &hosts, days)?.write(&dir)?;
             println!("{role}: {}", path.display());
         }

@@ -101,7 +101,10 @@ pub enum ClusterCommand {
 
 pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     if !firetower_link::identity::valid_operator_name(&args.operator) {
-        return Err(anyhow!("--operator {:?} is not an operator name", args.operator));
+        return Err(anyhow!(
+            "--operator {:?} is not an operator name",
+            args.operator
+        ));
     }
     let security = args.tls.security(&Role::Operator(args.operator.clone()))?;
     let connect_admin = |admin: &str, timeout: Duration| {

@@ -31,8 +31,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let tls_dir = args.data_dir.join("tls");
     let mut roles: Vec<Role> = (1..=3).map(Role::Manager).collect();
     roles.push(Role::Gateway(DEV_GATEWAY));
-    firetower_link::certs::ensure(&tls_dir, "dev", &roles)
-        .with_context(|| format!("cannot create the dev cluster's certificates in {}", tls_dir.display()))?;
+    firetower_link::certs::ensure(&tls_dir, "dev", &roles).with_context(|| {
+        format!(
+            "cannot create the dev cluster's certificates in {}",
+            tls_dir.display()
+        )
+    })?;
     let operator = Security::from_flags(
         Some(&tls_dir),
         false,

@@ -41,10 +41,7 @@ pub async fn quic_addresses(admins: &str, security: &Security) -> anyhow::Result
         let reply = async {
             let mut client =
                 firetower_manager::connect_admin(admin, security, Duration::from_secs(3)).await?;
-            let reply = client
-                .describe(DescribeRequest {})
-                .await?
-                .into_inner();
+            let reply = client.describe(DescribeRequest {}).await?.into_inner();
             anyhow::Ok(reply)
         }
         .await;

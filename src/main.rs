@@ -212,7 +212,9 @@ fn manager_config(args: ManagerArgs) -> anyhow::Result<ManagerConfig> {
     }
     if args.unsafe_test_hooks {
         config.unsafe_test_hooks = true;
-        tracing::warn!("UNSAFE: --unsafe-test-hooks serves HoldHeartbeats and Campaign to operators");
+        tracing::warn!(
+            "UNSAFE: --unsafe-test-hooks serves HoldHeartbeats and Campaign to operators"
+        );
     }
     if let Some(id) = args.id {
         config.id = id;

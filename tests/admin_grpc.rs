@@ -107,7 +107,9 @@ fn admin_calls_are_authorized_by_certificate_role() {
         for channel in [plain, anonymous] {
             let mut health = HealthClient::new(channel.clone());
             let status = health
-                .check(HealthCheckRequest { service: String::new() })
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
                 .await
                 .expect("health is open to anyone")
                 .into_inner()
@@ -155,7 +157,11 @@ fn admin_calls_are_authorized_by_certificate_role() {
             .await
             .expect_err("Campaign without --unsafe-test-hooks");
         assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
-        assert!(err.message().contains("--unsafe-test-hooks"), "{}", err.message());
+        assert!(
+            err.message().contains("--unsafe-test-hooks"),
+            "{}",
+            err.message()
+        );
     });
     // Nothing changed: still one manager, every group led.
     let members = cluster.members().expect("members");
@@ -192,7 +198,9 @@ fn reflection_answers_v1alpha_too() {
             panic!("unexpected reflection reply {reply:?}");
         };
         assert!(
-            list.service.iter().any(|s| s.name == "firetower.admin.v1.Admin"),
+            list.service
+                .iter()
+                .any(|s| s.name == "firetower.admin.v1.Admin"),
             "{list:?}"
         );
     });

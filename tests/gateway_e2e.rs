@@ -92,12 +92,19 @@ fn dev_cluster_delivers_a_published_message() {
         "--json",
     ]);
     let members: Value = serde_json::from_str(&members).expect("members JSON");
-    assert_eq!(members["managers"].as_array().map(Vec::len), Some(3), "{members}");
+    assert_eq!(
+        members["managers"].as_array().map(Vec::len),
+        Some(3),
+        "{members}"
+    );
     let out = Command::new(bin())
         .args(["cluster", "--insecure", "members", "--admin", &admin])
         .output()
         .expect("the firetower binary runs");
-    assert!(!out.status.success(), "a plaintext client read the membership");
+    assert!(
+        !out.status.success(),
+        "a plaintext client read the membership"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("certificate"), "{err}");
     let _ = dev.kill();

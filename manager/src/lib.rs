@@ -52,7 +52,8 @@ mod topics;
 
 pub use admin::AdminService;
 pub use config::{
-    ManagerConfig, RaftTuning, TlsSettings, DEFAULT_ADMIN_PORT, DEFAULT_GROUPS, DEFAULT_QUIC_PORT, MAX_GROUPS,
+    ManagerConfig, RaftTuning, TlsSettings, DEFAULT_ADMIN_PORT, DEFAULT_GROUPS, DEFAULT_QUIC_PORT,
+    MAX_GROUPS,
 };
 pub use error::FatalError;
 pub use error::{ConfigError, StartError};

@@ -15,13 +15,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use firetower_link::Security;
 use firetower_proto::admin::admin_client::AdminClient;
 use firetower_proto::admin::change_group_request::Change;
 use firetower_proto::admin::*;
 use firetower_raft::{group_of, GroupId, ManagerNode, Raft};
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
-use firetower_link::Security;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
@@ -117,7 +117,9 @@ pub async fn connect(
         Status::invalid_argument(format!("bad admin address {addr:?}: {e}"))
     };
     let endpoint = match security {
-        Security::Insecure => Endpoint::from_shared(format!("http://{addr}")).map_err(|e| bad(&e))?,
+        Security::Insecure => {
+            Endpoint::from_shared(format!("http://{addr}")).map_err(|e| bad(&e))?
+        }
         Security::Mutual(identity) => {
             let tls = ClientTlsConfig::new()
                 .ca_certificate(Certificate::from_pem(identity.ca_pem()))
@@ -797,7 +799,8 @@ impl Membership {
                 Err(crate::topics::ReadError::NotLeader {
                     leader: Some((id, node)),
                 }) if id != self.node.id() => {
-                    let mut client = connect(&node.admin, self.node.security(), DESCRIBE_TIMEOUT * 4).await?;
+                    let mut client =
+                        connect(&node.admin, self.node.security(), DESCRIBE_TIMEOUT * 4).await?;
                     let reply = client.topic_info(TopicInfoRequest { topic }).await?;
                     return Ok(reply.into_inner());
                 }

@@ -105,9 +105,11 @@ impl Manager {
         )?;
         let reset_secret = meta.quic_reset_secret.as_bytes();
         let endpoint = match socket {
-            QuicSocket::Bind => {
-                firetower_raft::make_endpoint_with_reset_secret(config.quic, reset_secret, &security)
-            }
+            QuicSocket::Bind => firetower_raft::make_endpoint_with_reset_secret(
+                config.quic,
+                reset_secret,
+                &security,
+            ),
             QuicSocket::Given(socket) => {
                 firetower_link::make_endpoint_on(socket, Some(reset_secret), &security)
             }
@@ -388,7 +390,11 @@ impl Manager {
                                     Some(firetower_proto::GatewayId(id))
                                 }
                                 Some(other) => {
-                                    refuse(&conn, &other, "the gateway link needs a gateway certificate");
+                                    refuse(
+                                        &conn,
+                                        &other,
+                                        "the gateway link needs a gateway certificate",
+                                    );
                                     return;
                                 }
                             };
@@ -411,9 +417,8 @@ impl Manager {
             })?;
         let router = crate::admin::router(self.node.clone()).await;
         let shutdown = self.node.shutdown_token();
-        let incoming =
-            crate::admin_tls::incoming(listener, self.node.security(), shutdown.clone())
-                .map_err(|e| StartError::Config(crate::ConfigError::Tls(e)))?;
+        let incoming = crate::admin_tls::incoming(listener, self.node.security(), shutdown.clone())
+            .map_err(|e| StartError::Config(crate::ConfigError::Tls(e)))?;
         tokio::spawn(async move {
             if let Err(e) = router
                 .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
@@ -432,7 +437,10 @@ const CLOSE_FORBIDDEN: quinn::VarInt = quinn::VarInt::from_u32(0x403);
 /// Close `conn` from a peer of `role` that asked for a protocol its role does not allow.
 fn refuse(conn: &quinn::Connection, role: &firetower_link::Role, why: &str) {
     tracing::warn!(remote = %conn.remote_address(), %role, why, "QUIC peer refused");
-    conn.close(CLOSE_FORBIDDEN, format!("{why}; this peer is {role}").as_bytes());
+    conn.close(
+        CLOSE_FORBIDDEN,
+        format!("{why}; this peer is {role}").as_bytes(),
+    );
 }
 
 /// Take an exclusive lock on `DATA/LOCK`, so that a second process on the same directory

@@ -51,9 +51,13 @@ async fn start_single(dir: &std::path::Path) -> Manager {
         unsafe_test_hooks: false,
     };
     let manager = Manager::start(config).await.expect("manager starts");
-    let mut admin = connect_admin(&manager.node().admin, &firetower_link::Security::Insecure, Duration::from_secs(10))
-        .await
-        .expect("admin API answers");
+    let mut admin = connect_admin(
+        &manager.node().admin,
+        &firetower_link::Security::Insecure,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("admin API answers");
     admin
         .init(InitRequest {
             members: Vec::new(),

@@ -46,9 +46,13 @@ async fn start_single(dir: &std::path::Path) -> Manager {
         unsafe_test_hooks: false,
     };
     let manager = Manager::start(config).await.expect("manager starts");
-    let mut admin = connect_admin(&manager.node().admin, &firetower_link::Security::Insecure, Duration::from_secs(10))
-        .await
-        .expect("admin API answers");
+    let mut admin = connect_admin(
+        &manager.node().admin,
+        &firetower_link::Security::Insecure,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("admin API answers");
     admin
         .init(InitRequest {
             members: Vec::new(),
@@ -113,7 +117,13 @@ fn value(samples: &HashMap<String, f64>, series: &str) -> f64 {
 /// Subscribe `topic` for gateway `gateway` over the link, as a gateway does.
 async fn subscribe(manager: &Manager, gateway: u64, topic: &str) {
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(firetower_raft::client_config(firetower_raft::ALPN_LINK, &firetower_link::Security::Insecure).unwrap());
+    endpoint.set_default_client_config(
+        firetower_raft::client_config(
+            firetower_raft::ALPN_LINK,
+            &firetower_link::Security::Insecure,
+        )
+        .unwrap(),
+    );
     let conn = endpoint
         // The name the managers' self-signed certificates carry (firetower_raft::quic).
         .connect(manager.quic_addr(), "firetower")

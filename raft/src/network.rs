@@ -321,10 +321,7 @@ async fn dial(peers: Arc<Peers>, addr: String) -> Result<Connection, DialError> 
     let timeout = peers.policy.connect_timeout;
     let attempt = async {
         let target = resolve(&addr, peers.endpoint.local_addr().ok()).await?;
-        let connecting =
-            peers
-                .endpoint
-                .connect(target, SERVER_NAME)?;
+        let connecting = peers.endpoint.connect(target, SERVER_NAME)?;
         Ok(connecting.await?)
     };
     let result = tokio::time::timeout(timeout, attempt)
@@ -550,7 +547,11 @@ mod tests {
 
     #[tokio::test]
     async fn dead_peer_goes_into_backoff_and_fails_fast() {
-        let endpoint = crate::make_endpoint("127.0.0.1:0".parse().unwrap(), &firetower_link::Security::Insecure).unwrap();
+        let endpoint = crate::make_endpoint(
+            "127.0.0.1:0".parse().unwrap(),
+            &firetower_link::Security::Insecure,
+        )
+        .unwrap();
         // A bound UDP socket nobody answers on: handshakes time out.
         let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = silent.local_addr().unwrap().to_string();

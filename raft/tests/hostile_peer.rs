@@ -372,7 +372,11 @@ async fn an_authenticated_peer_is_served_only_for_groups_it_is_a_member_of() -> 
 async fn raw_connection(client: &TestNode, server: &TestNode) -> anyhow::Result<quinn::Connection> {
     Ok(client
         .endpoint
-        .connect_with(client_config(ALPN_RAFT, &firetower_link::Security::Insecure).unwrap(), server.addr, "firetower")?
+        .connect_with(
+            client_config(ALPN_RAFT, &firetower_link::Security::Insecure).unwrap(),
+            server.addr,
+            "firetower",
+        )?
         .await?)
 }
 

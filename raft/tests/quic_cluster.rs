@@ -305,7 +305,11 @@ async fn malformed_frames_fail_only_their_own_stream() -> anyhow::Result<()> {
     let client_node = TestNode::start(2, CLUSTER);
     let conn = client_node
         .endpoint
-        .connect_with(client_config(ALPN_RAFT, &firetower_link::Security::Insecure).unwrap(), server.addr, "firetower")?
+        .connect_with(
+            client_config(ALPN_RAFT, &firetower_link::Security::Insecure).unwrap(),
+            server.addr,
+            "firetower",
+        )?
         .await?;
 
     // A header length prefix beyond the limit: refused, nothing is allocated.

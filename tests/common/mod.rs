@@ -31,7 +31,10 @@ pub fn tls_dir() -> &'static Path {
         let _ = std::fs::remove_dir_all(&dir);
         let dir_str = dir.to_str().expect("utf-8 temp path").to_owned();
         let run = |args: &[&str]| {
-            let out = Command::new(bin()).args(args).output().expect("firetower runs");
+            let out = Command::new(bin())
+                .args(args)
+                .output()
+                .expect("firetower runs");
             assert!(
                 out.status.success(),
                 "firetower {args:?}: {}",
@@ -41,7 +44,16 @@ pub fn tls_dir() -> &'static Path {
         run(&["certs", "init", "--dir", &dir_str]);
         for id in 1..=TLS_IDS {
             let id = id.to_string();
-            run(&["certs", "issue", "--dir", &dir_str, "--manager", &id, "--host", "127.0.0.1"]);
+            run(&[
+                "certs",
+                "issue",
+                "--dir",
+                &dir_str,
+                "--manager",
+                &id,
+                "--host",
+                "127.0.0.1",
+            ]);
             run(&["certs", "issue", "--dir", &dir_str, "--gateway", &id]);
         }
         dir

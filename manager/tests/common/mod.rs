@@ -160,9 +160,13 @@ impl Cluster {
             managers.push(manager);
             dirs.push(dir);
         }
-        let mut admin = connect_admin(&managers[0].node().admin, &firetower_link::Security::Insecure, Duration::from_secs(10))
-            .await
-            .expect("the admin API answers");
+        let mut admin = connect_admin(
+            &managers[0].node().admin,
+            &firetower_link::Security::Insecure,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("the admin API answers");
         admin
             .init(InitRequest {
                 members: managers[1..]

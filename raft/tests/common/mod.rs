@@ -59,7 +59,11 @@ impl TestNode {
         let dir = tempfile::tempdir().expect("temp dir");
         let wal = Wal::open(&dir.path().join("wal"), WalOptions::default()).expect("wal opens");
         let state = StateStore::open(&dir.path().join("state")).expect("state store opens");
-        let endpoint = make_endpoint("127.0.0.1:0".parse().unwrap(), &firetower_link::Security::Insecure).expect("endpoint");
+        let endpoint = make_endpoint(
+            "127.0.0.1:0".parse().unwrap(),
+            &firetower_link::Security::Insecure,
+        )
+        .expect("endpoint");
         let addr = endpoint.local_addr().expect("local addr");
         let router = GroupRouter::new();
         let (cluster_id, cluster_rx) = watch::channel(cluster_id.to_owned());

@@ -25,8 +25,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 
-use crate::identity::Role;
-use crate::tls::SERVER_NAME;
+use crate::identity::{Role, SERVER_NAME};
 
 /// File name of the CA certificate in a TLS directory.
 pub const CA_CERT_FILE: &str = "ca.pem";
@@ -407,6 +406,9 @@ mod tests {
     }
 
     fn rustls_pemfile_like(pem: &str) -> Vec<u8> {
-        crate::tls::parse_certificates(pem.as_bytes()).unwrap()[0].to_vec()
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec()
     }
 }

@@ -16,6 +16,10 @@
 use std::fmt;
 use std::str::FromStr;
 
+/// Server name clients put in the TLS handshake; every manager certificate names it (and
+/// every endpoint's self-signed certificate in insecure mode).
+pub const SERVER_NAME: &str = "firetower";
+
 /// Prefix of the URI subject alternative name that carries a certificate's role.
 pub const ROLE_URI_PREFIX: &str = "urn:firetower:";
 

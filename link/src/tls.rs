@@ -33,9 +33,7 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use crate::certs::{cert_paths, CA_CERT_FILE};
 use crate::identity::{IdentityError, Role};
 
-/// Server name clients put in the TLS handshake; every manager certificate names it (and
-/// every endpoint's self-signed certificate in insecure mode).
-pub const SERVER_NAME: &str = "firetower";
+pub use crate::identity::SERVER_NAME;
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]

@@ -37,18 +37,19 @@
 use std::io::Cursor;
 
 pub mod admission;
+pub mod limits;
 mod network;
 mod router;
 mod server;
 pub mod wire;
 
-pub use admission::{Implausible, MAX_INDEX, MAX_SNAPSHOT_LEN, MAX_TERM, MAX_TERM_LEAP};
 pub use firetower_link::{
     client_config, install_crypto_provider, make_endpoint, make_endpoint_with_reset_secret,
     ReconnectPolicy, TransportError, ALPN_LINK, ALPN_RAFT,
 };
 pub use firetower_proto::jump_consistent_hash;
 pub use firetower_store::{Command, ManagerId, ManagerNode, Response};
+pub use limits::{Implausible, MAX_INDEX, MAX_SNAPSHOT_LEN, MAX_TERM, MAX_TERM_LEAP};
 pub use network::{PeerConnections, QuicNetwork, QuicNetworkFactory};
 pub use router::GroupRouter;
 pub use server::{serve_raft_connection, MAX_BODY_BYTES_IN_FLIGHT, MAX_RPCS_IN_FLIGHT};

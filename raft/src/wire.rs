@@ -47,7 +47,7 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::admission::Implausible;
+use crate::limits::Implausible;
 use crate::{GroupId, ManagerId, TypeConfig};
 
 /// Largest body of any frame: the bound of an `AppendEntries` body however many entries it
@@ -591,7 +591,7 @@ mod tests {
                 limit: 1 << 20,
             },
             Rejection::Implausible(Implausible::Term {
-                field: crate::admission::Field::Vote,
+                field: crate::limits::Field::Vote,
                 term: u64::MAX,
                 limit: 1 << 32,
             }),

@@ -175,7 +175,7 @@ async fn publish_once(node: &Node, topic: String, data: Bytes, json: bool) -> Ga
                         tracing::warn!(
                             gateway = gateway.get(),
                             event = "session_stalled",
-                            "gateway does not keep up with deliveries; closing its session"
+                            "gateway stopped reading its deliveries; closing its session"
                         );
                     }
                     undelivered.get_or_insert((*gateway, e));
@@ -188,7 +188,8 @@ async fn publish_once(node: &Node, topic: String, data: Bytes, json: bool) -> Ga
     if let Some((gateway, e)) = undelivered {
         let why = match e {
             EnqueueError::Closed => "lost its session",
-            EnqueueError::Stalled => "does not keep up with deliveries",
+            EnqueueError::Full => "does not keep up with deliveries (its queue is full)",
+            EnqueueError::Stalled => "stopped reading its deliveries (its session is closed)",
         };
         // Nothing queued anywhere: nothing was delivered, and the link may retry it
         // ("unavailable"). Queued for some gateways: the outcome is partial, which the link

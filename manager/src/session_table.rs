@@ -15,11 +15,14 @@
 //! shared payload, never a copy (the size counted per session is what the session pins, so the
 //! bound holds however the payloads are shared).
 //!
-//! **A session that does not keep up is closed at once**: the first frame that does not fit
-//! closes the session (its stream is reset, its queue freed) and the publish that hit it fails
-//! for that gateway. Why not a grace period: a queue of several MiB is already seconds of
-//! deliveries behind, every publish waiting on it times out meanwhile, and the gateway
-//! recovers the usual way (it reopens its session; its lease and `Resync` cover the rest).
+//! **A session that stops reading is closed.** A frame that does not fit is refused (the
+//! publish that brought it fails for that gateway, as for any undelivered message) and the
+//! queue counts as full from then on, until the writer hands a frame to QUIC again. A queue
+//! full for longer than [`STALLED_AFTER`] without such progress closes the session at the next
+//! frame that does not fit: its stream is reset, its queue freed, and the gateway recovers
+//! the usual way (it reopens its session; its lease and `Resync` cover the rest). Why not at
+//! once when full: a healthy gateway hit by one burst larger than its queue drains it within
+//! moments and should only lose the burst's excess, not its session.
 //!
 //! **One live session per gateway id; the newest epoch wins** (see [`admit_session`]): a
 //! session of a higher epoch (the gateway restarted) or of the same epoch (the same run
@@ -49,6 +52,10 @@ use crate::locks::lock;
 /// closed: eight of the largest frames, or tens of thousands of small deliveries.
 pub(crate) const SESSION_QUEUE_BYTES: usize = 8 * 1024 * 1024;
 
+/// How long a session's queue may stay full without its writer making progress before the
+/// session is closed: a gateway that reads at all drains a frame far sooner.
+pub(crate) const STALLED_AFTER: Duration = Duration::from_secs(2);
+
 /// What one queued frame costs besides its bytes (the queue slot, the `Bytes` handles), so
 /// that a flood of tiny frames is bounded too.
 const QUEUED_FRAME_OVERHEAD: usize = 64;
@@ -74,8 +81,8 @@ pub(crate) struct SessionHandle {
     pub lease: Duration,
     instance: u64,
     queue: Arc<Mutex<SessionQueue>>,
-    /// Bytes queued and not yet handed to QUIC (see [`SESSION_QUEUE_BYTES`]).
-    queued: Arc<AtomicUsize>,
+    /// How full the queue is (see [`SESSION_QUEUE_BYTES`]).
+    level: Arc<QueueLevel>,
     /// Cancelled when the session must end: replaced by a newer one, or stalled.
     closed: CancellationToken,
     acked: watch::Receiver<u64>,
@@ -115,11 +122,30 @@ pub(crate) struct Outgoing {
     cost: usize,
 }
 
+/// How full one session's queue is, shared by its handle and its writer.
+#[derive(Debug)]
+struct QueueLevel {
+    /// Bytes queued and not yet handed to QUIC.
+    queued: AtomicUsize,
+    /// Microseconds after `created` (plus one) when a frame first did not fit since the
+    /// writer last made progress; 0 while the queue is not full.
+    full_since: AtomicU64,
+    created: Instant,
+}
+
+impl QueueLevel {
+    fn micros_at(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.created).as_micros())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
+    }
+}
+
 /// The receiving end of a session's queue, for the stream's writer.
 #[derive(Debug)]
 pub(crate) struct SessionQueueRx {
     rx: mpsc::UnboundedReceiver<Outgoing>,
-    queued: Arc<AtomicUsize>,
+    level: Arc<QueueLevel>,
 }
 
 impl SessionQueueRx {
@@ -130,7 +156,8 @@ impl SessionQueueRx {
 
     /// `frame` was handed to QUIC: its bytes no longer count against the queue.
     pub(crate) fn written(&self, frame: &Outgoing) {
-        self.queued.fetch_sub(frame.cost, Ordering::Relaxed);
+        self.level.queued.fetch_sub(frame.cost, Ordering::Relaxed);
+        self.level.full_since.store(0, Ordering::Relaxed);
     }
 }
 
@@ -139,7 +166,9 @@ impl SessionQueueRx {
 pub(crate) enum EnqueueError {
     /// The session stream is gone.
     Closed,
-    /// The gateway does not keep up; its session is being closed.
+    /// The queue is full; the session stays (the gateway may be catching up).
+    Full,
+    /// The queue stayed full too long; the session is being closed.
     Stalled,
 }
 
@@ -300,7 +329,8 @@ pub(crate) fn delivery_body_len(topic: &str, payload_len: usize) -> usize {
 
 impl SessionHandle {
     /// Queue a delivery; returns its dseq for [`SessionHandle::wait_acked`]. A delivery that
-    /// does not fit the queue closes the session (see the module doc).
+    /// does not fit is refused, and closes a session whose queue stayed full too long (see the
+    /// module doc).
     pub(crate) fn enqueue_delivery(
         &self,
         topic: &str,
@@ -329,7 +359,8 @@ impl SessionHandle {
             return Err(EnqueueError::Closed);
         }
         let cost = head.len() + payload.len() + QUEUED_FRAME_OVERHEAD;
-        let fits = self
+        let level = &self.level;
+        let fits = level
             .queued
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |queued| {
                 let after = queued.checked_add(cost)?;
@@ -337,8 +368,19 @@ impl SessionHandle {
             })
             .is_ok();
         if !fits {
-            self.closed.cancel();
-            return Err(EnqueueError::Stalled);
+            let now = level.micros_at(Instant::now());
+            let since = match level.full_since.load(Ordering::Relaxed) {
+                0 => {
+                    level.full_since.store(now, Ordering::Relaxed);
+                    now
+                }
+                since => since,
+            };
+            if now.saturating_sub(since) > STALLED_AFTER.as_micros() as u64 {
+                self.closed.cancel();
+                return Err(EnqueueError::Stalled);
+            }
+            return Err(EnqueueError::Full);
         }
         if q.tx
             .send(Outgoing {
@@ -348,7 +390,7 @@ impl SessionHandle {
             })
             .is_err()
         {
-            self.queued.fetch_sub(cost, Ordering::Relaxed);
+            level.queued.fetch_sub(cost, Ordering::Relaxed);
             return Err(EnqueueError::Closed);
         }
         Ok(())
@@ -356,7 +398,7 @@ impl SessionHandle {
 
     /// Bytes queued and not yet handed to QUIC.
     pub(crate) fn queued_bytes(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        self.level.queued.load(Ordering::Relaxed)
     }
 
     /// Resolves when the session must end (replaced, or stalled).
@@ -469,14 +511,18 @@ impl SessionTable {
             .max();
         admit_session(epoch, newest_known, now_micros())?;
         let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
-        let queued = Arc::new(AtomicUsize::new(0));
+        let level = Arc::new(QueueLevel {
+            queued: AtomicUsize::new(0),
+            full_since: AtomicU64::new(0),
+            created: Instant::now(),
+        });
         let handle = SessionHandle {
             gateway,
             epoch,
             lease,
             instance: self.next_instance.fetch_add(1, Ordering::Relaxed),
             queue: Arc::new(Mutex::new(SessionQueue { next_dseq: 0, tx })),
-            queued: queued.clone(),
+            level: level.clone(),
             closed: CancellationToken::new(),
             acked,
             superseded: Default::default(),
@@ -485,7 +531,7 @@ impl SessionTable {
         if let Some(replaced) = live.insert(gateway, handle.clone()) {
             replaced.closed.cancel();
         }
-        Ok((handle, SessionQueueRx { rx, queued }))
+        Ok((handle, SessionQueueRx { rx, level }))
     }
 
     /// Bytes queued for every live session, not yet handed to QUIC.
@@ -646,9 +692,15 @@ mod tests {
         let payload = Bytes::from(vec![0u8; 64 * 1024]);
         let mut queued_max = 0;
         let mut delivered = 0;
+        let mut refused = 0;
+        let started = Instant::now();
         let outcome = loop {
             match stalled.enqueue_delivery("t", &payload, false, 1, delivered + 1) {
                 Ok(_) => delivered += 1,
+                Err(EnqueueError::Full) => {
+                    refused += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
                 Err(e) => break e,
             }
             queued_max = queued_max.max(table.queued_bytes());
@@ -658,9 +710,11 @@ mod tests {
                 .expect("a session that reads keeps receiving");
             let frame = reader.recv().await.expect("queued");
             reader.written(&frame);
-            assert!(delivered < 1_000, "the queue never filled");
+            assert!(started.elapsed() < STALLED_AFTER * 3, "never closed");
         };
         assert!(matches!(outcome, EnqueueError::Stalled));
+        assert!(refused >= 1, "closed before it was full");
+        assert!(started.elapsed() >= STALLED_AFTER);
         assert!(stalled.queued_bytes() <= SESSION_QUEUE_BYTES);
         assert!(queued_max <= SESSION_QUEUE_BYTES + 64 * 1024 + 1024);
         // Closed: nothing more is queued, and its stream is told to end.
@@ -678,8 +732,26 @@ mod tests {
             .is_ok());
         println!(
             "stalled session: {delivered} deliveries of 64 KiB queued, {} bytes at most \
-             (bound {SESSION_QUEUE_BYTES}), then closed",
+             (bound {SESSION_QUEUE_BYTES}), {refused} refused while full, then closed",
             stalled.queued_bytes()
         );
+    }
+
+    #[test]
+    fn a_full_queue_that_drains_keeps_its_session() {
+        let table = SessionTable::default();
+        let (session, mut rx) = open(&table, 3, 1).unwrap();
+        let payload = Bytes::from(vec![0u8; 1024 * 1024]);
+        while session.enqueue_delivery("t", &payload, false, 1, 1).is_ok() {}
+        // Refused while full...
+        assert!(matches!(
+            session.enqueue_delivery("t", &payload, false, 1, 1),
+            Err(EnqueueError::Full)
+        ));
+        // ...and accepted again once the writer made progress.
+        let frame = rx.rx.try_recv().expect("queued");
+        rx.written(&frame);
+        assert!(session.enqueue_delivery("t", &payload, false, 1, 1).is_ok());
+        assert!(!session.closed.is_cancelled());
     }
 }

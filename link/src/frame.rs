@@ -11,6 +11,22 @@
 //! same framing (`firetower-raft`'s wire). Both read frames off a stream with the one reader,
 //! [`read_link_frame`], which returns `Ok(None)` on a clean end of stream (mini-redis's
 //! `read_frame` contract) and never sizes a buffer from an untrusted prefix.
+//!
+//! Size limits are per message type and are checked before the body is read:
+//!
+//! ```text
+//!   stream                         frame                          largest body accepted
+//!   request stream (gateway→mgr)   GatewayRequest with Publish    MAX_LINK_FRAME_BYTES (1 MiB)
+//!                                  any other GatewayRequest       MAX_SMALL_REQUEST_BYTES (4 KiB)
+//!   session stream (gateway→mgr)   GatewayFrame (heartbeat, ack)  MAX_GATEWAY_FRAME_BYTES (4 KiB)
+//!   either direction, elsewhere    any                            MAX_LINK_FRAME_BYTES
+//! ```
+//!
+//! The kind of a `GatewayRequest` is read from the first bytes of its body
+//! ([`request_body_limit`]): prost writes `gateway = 1` and then the `op` field, so a frame of
+//! an honest sender names its operation within [`KIND_PEEK_BYTES`]. A frame that does not (other
+//! field order, unknown fields first) gets the small limit: only a publish may be large, and a
+//! publish that wants the large limit must say so up front.
 
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -20,6 +36,18 @@ pub const HEADER_LEN: usize = 4;
 
 /// The largest body either side of the gateway <-> manager link sends or accepts.
 pub const MAX_LINK_FRAME_BYTES: usize = 1 << 20;
+
+/// The largest body of a `GatewayRequest` other than a publish: a topic of at most
+/// `MAX_TOPIC_BYTES` (256) and a few varints fit many times over.
+pub const MAX_SMALL_REQUEST_BYTES: usize = 4 * 1024;
+
+/// The largest `GatewayFrame` a gateway sends on its session stream: a heartbeat is empty, an
+/// ack is `upto` plus the few deliveries it dropped as superseded.
+pub const MAX_GATEWAY_FRAME_BYTES: usize = 4 * 1024;
+
+/// How many leading body bytes [`read_link_frame_limited`] reads to decide the limit: one key,
+/// a ten-byte varint and the next key fit.
+pub const KIND_PEEK_BYTES: usize = 16;
 
 /// Why bytes held in memory are not a frame of the expected message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -110,6 +138,70 @@ pub async fn read_link_frame<R: AsyncRead + Unpin>(
     stream: &mut R,
     max_body: usize,
 ) -> Result<Option<Vec<u8>>, ReadFrameError> {
+    read_link_frame_limited(stream, max_body, |_| max_body).await
+}
+
+/// Read one frame body like [`read_link_frame`], with a limit that depends on what the body
+/// says it is: `limit` sees the first [`KIND_PEEK_BYTES`] bytes of the body (fewer when the body
+/// is shorter) and returns the largest body it accepts, which is checked before the rest is
+/// read. `max_body` bounds every frame, before anything of the body is read.
+pub async fn read_link_frame_limited<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    max_body: usize,
+    limit: impl FnOnce(&[u8]) -> usize,
+) -> Result<Option<Vec<u8>>, ReadFrameError> {
+    let Some(len) = read_header(stream).await? else {
+        return Ok(None);
+    };
+    if len > max_body {
+        return Err(ReadFrameError::TooLarge { len, max: max_body });
+    }
+    let peek = len.min(KIND_PEEK_BYTES);
+    let mut body = Vec::with_capacity(len.min(64 * 1024));
+    read_exactly(stream, &mut body, peek, len).await?;
+    let max = limit(&body).min(max_body);
+    if len > max {
+        return Err(ReadFrameError::TooLarge { len, max });
+    }
+    read_exactly(stream, &mut body, len - peek, len).await?;
+    Ok(Some(body))
+}
+
+/// The largest body accepted for a `GatewayRequest` whose body starts with `prefix` (see the
+/// module doc): [`MAX_LINK_FRAME_BYTES`] for a publish, [`MAX_SMALL_REQUEST_BYTES`] for
+/// anything else, including a prefix that names no operation.
+pub fn request_body_limit(prefix: &[u8]) -> usize {
+    match request_op_field(prefix) {
+        Some(PUBLISH_FIELD) => MAX_LINK_FRAME_BYTES,
+        _ => MAX_SMALL_REQUEST_BYTES,
+    }
+}
+
+/// `GatewayRequest.op`'s `publish` field number (link.proto).
+const PUBLISH_FIELD: u64 = 6;
+
+/// The field number of the `op` of a `GatewayRequest` whose body starts with `prefix`, if the
+/// prefix shows it: an optional `gateway = 1` varint, then a length-delimited field 2..=7.
+fn request_op_field(mut prefix: &[u8]) -> Option<u64> {
+    const VARINT: u64 = 0;
+    const LENGTH_DELIMITED: u64 = 2;
+    loop {
+        let key = prost::encoding::decode_varint(&mut prefix).ok()?;
+        let (field, wire_type) = (key >> 3, key & 7);
+        match (field, wire_type) {
+            (1, VARINT) => {
+                prost::encoding::decode_varint(&mut prefix).ok()?;
+            }
+            (2..=7, LENGTH_DELIMITED) => return Some(field),
+            _ => return None,
+        }
+    }
+}
+
+/// The length announced by the next frame header; `None` on a clean end of stream.
+async fn read_header<R: AsyncRead + Unpin>(
+    stream: &mut R,
+) -> Result<Option<usize>, ReadFrameError> {
     let mut header = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
@@ -125,22 +217,25 @@ pub async fn read_link_frame<R: AsyncRead + Unpin>(
         }
         got += n;
     }
-    let len = u32::from_be_bytes(header) as usize;
-    if len > max_body {
-        return Err(ReadFrameError::TooLarge { len, max: max_body });
-    }
-    let mut body = Vec::with_capacity(len.min(64 * 1024));
-    let n = (&mut *stream)
-        .take(len as u64)
-        .read_to_end(&mut body)
-        .await?;
-    if n < len {
+    Ok(Some(u32::from_be_bytes(header) as usize))
+}
+
+/// Append exactly `n` more bytes of a frame of `len` to `body`.
+async fn read_exactly<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    body: &mut Vec<u8>,
+    n: usize,
+    len: usize,
+) -> Result<(), ReadFrameError> {
+    let before = body.len();
+    let got = (&mut *stream).take(n as u64).read_to_end(body).await?;
+    if got < n {
         return Err(ReadFrameError::Truncated {
             expected: len,
-            got: n,
+            got: before + got,
         });
     }
-    Ok(Some(body))
+    Ok(())
 }
 
 /// Write `message` as one frame to `stream`.
@@ -154,7 +249,7 @@ pub async fn write_link_frame<W: AsyncWrite + Unpin, M: Message>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use firetower_proto::link::{gateway_request, GatewayRequest, Subscribe};
+    use firetower_proto::link::{gateway_request, GatewayRequest, Publish, Subscribe};
     use proptest::prelude::*;
 
     fn request() -> GatewayRequest {
@@ -235,7 +330,94 @@ mod tests {
         ));
     }
 
+    fn publish(data: usize) -> GatewayRequest {
+        GatewayRequest {
+            gateway: u64::MAX,
+            op: Some(gateway_request::Op::Publish(Publish {
+                topic: "room.1".into(),
+                data: vec![7; data],
+                json: false,
+            })),
+        }
+    }
+
+    async fn read_request(bytes: &[u8]) -> Result<Option<Vec<u8>>, ReadFrameError> {
+        let mut stream = bytes;
+        read_link_frame_limited(&mut stream, MAX_LINK_FRAME_BYTES, request_body_limit).await
+    }
+
+    #[test]
+    fn the_limit_follows_the_operation_named_up_front() {
+        let body = |r: &GatewayRequest| encode_frame(r)[HEADER_LEN..].to_vec();
+        assert_eq!(
+            request_body_limit(&body(&publish(10))),
+            MAX_LINK_FRAME_BYTES
+        );
+        assert_eq!(
+            request_body_limit(&body(&request())),
+            MAX_SMALL_REQUEST_BYTES
+        );
+        // A gateway id of 0 is not encoded at all: the op comes first.
+        let mut anonymous = publish(10);
+        anonymous.gateway = 0;
+        assert_eq!(request_body_limit(&body(&anonymous)), MAX_LINK_FRAME_BYTES);
+        // Nothing recognisable: the small limit.
+        assert_eq!(request_body_limit(&[]), MAX_SMALL_REQUEST_BYTES);
+        assert_eq!(request_body_limit(&[0xff; 16]), MAX_SMALL_REQUEST_BYTES);
+        // The op after an unknown field does not count.
+        let mut reordered = vec![0x48, 0x01]; // field 9, varint 1
+        reordered.extend(body(&publish(10)));
+        assert_eq!(request_body_limit(&reordered), MAX_SMALL_REQUEST_BYTES);
+    }
+
+    #[tokio::test]
+    async fn a_large_publish_passes_and_a_large_anything_else_is_refused_before_its_body() {
+        let big = publish(MAX_LINK_FRAME_BYTES - 64);
+        let body = read_request(&encode_frame(&big)).await.unwrap().unwrap();
+        assert_eq!(decode_body::<GatewayRequest>(&body).unwrap(), big);
+
+        // A subscribe of 100 KiB (an absurd topic): refused from its first 16 bytes; the
+        // rest need not even be there.
+        let fat = GatewayRequest {
+            gateway: 7,
+            op: Some(gateway_request::Op::Subscribe(Subscribe {
+                topic: "x".repeat(100 * 1024),
+                epoch: 1,
+            })),
+        };
+        let frame = encode_frame(&fat);
+        let announced = frame.len() - HEADER_LEN;
+        assert!(matches!(
+            read_request(&frame[..HEADER_LEN + KIND_PEEK_BYTES]).await,
+            Err(ReadFrameError::TooLarge { len, max: MAX_SMALL_REQUEST_BYTES }) if len == announced
+        ));
+        // Over the frame limit: refused from the header alone.
+        let mut huge = (u32::MAX).to_be_bytes().to_vec();
+        huge.extend_from_slice(&[0x32, 0x00]);
+        assert!(matches!(
+            read_request(&huge).await,
+            Err(ReadFrameError::TooLarge {
+                max: MAX_LINK_FRAME_BYTES,
+                ..
+            })
+        ));
+        // A small frame shorter than the peek is read whole.
+        let tiny = GatewayRequest::default();
+        let body = read_request(&encode_frame(&tiny)).await.unwrap().unwrap();
+        assert!(body.is_empty());
+    }
+
     proptest! {
+        #[test]
+        fn limited_reads_never_panic_and_respect_the_limit(
+            bytes in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            if let Ok(Some(body)) = rt.block_on(read_request(&bytes)) {
+                prop_assert!(body.len() <= request_body_limit(&body));
+            }
+        }
+
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = decode_frame::<GatewayRequest>(&bytes);

@@ -20,6 +20,20 @@
 //! Why the lease starts at the latest of the three: a manager that just became leader cannot
 //! know when the session was last heard from elsewhere, and a session registered through
 //! another manager gets a whole lease to connect here.
+//!
+//! ```text
+//!   orphans_due(group, led_since, orphans, lease, now)
+//!        │ orphans: gateways with subscriptions in the group's table but no session there
+//!        │ and no live stream here (a subscription that predates the session rule, or one
+//!        │ committed under an earlier leader)
+//!        │   start = max(led_since, first round of this group that saw it orphaned)
+//!        │   now - start > lease?                        ─▶ due: drop its subscriptions
+//!        ▼
+//! ```
+//!
+//! An orphan gets the same whole lease from first sight as a session would, so a gateway that
+//! is registering its session right now (live elsewhere, its `OpenSession` on its way) is not
+//! swept; one that stops being an orphan is forgotten at the next round.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -44,6 +58,8 @@ pub(crate) struct Leases {
     heard: HashMap<GatewayId, (Epoch, Instant)>,
     /// When a round first saw each (gateway, epoch) in a table without a live session.
     first_seen: HashMap<(GatewayId, Epoch), Instant>,
+    /// When a round of each group first saw each gateway orphaned (see the module doc).
+    orphans_seen: HashMap<(u32, GatewayId), Instant>,
 }
 
 impl Leases {
@@ -64,6 +80,11 @@ impl Leases {
             .get(&gateway)
             .filter(|(e, _)| *e == epoch)
             .map(|(_, at)| *at)
+    }
+
+    /// The newest epoch heard from `gateway` (kept after its stream drops, until it expires).
+    pub(crate) fn latest_epoch(&self, gateway: GatewayId) -> Option<Epoch> {
+        self.heard.get(&gateway).map(|(e, _)| *e)
     }
 
     /// The sessions of a group's `table` whose lease ran out at `now`, for a manager that has
@@ -93,6 +114,29 @@ impl Leases {
                 .unwrap_or(led_since);
             if now.saturating_duration_since(start) > session.lease {
                 due.push(*session);
+            }
+        }
+        due
+    }
+
+    /// The orphans of `group` (module doc) whose lease ran out at `now`, for a manager that has
+    /// led the group since `led_since`. Gateways of the group no longer in `orphans` are
+    /// forgotten.
+    pub(crate) fn orphans_due(
+        &mut self,
+        group: u32,
+        led_since: Instant,
+        orphans: &[GatewayId],
+        lease: Duration,
+        now: Instant,
+    ) -> Vec<GatewayId> {
+        self.orphans_seen
+            .retain(|(g, gateway), _| *g != group || orphans.contains(gateway));
+        let mut due = Vec::new();
+        for gateway in orphans {
+            let seen = *self.orphans_seen.entry((group, *gateway)).or_insert(now);
+            if now.saturating_duration_since(seen.max(led_since)) > lease {
+                due.push(*gateway);
             }
         }
         due
@@ -179,6 +223,45 @@ mod tests {
         assert_eq!(leases.last_heard(GatewayId(1), Epoch(1)), None);
         leases.heartbeat(GatewayId(1), Epoch(3), t0 + LEASE);
         assert_eq!(leases.last_heard(GatewayId(1), Epoch(3)), Some(t0 + LEASE));
+    }
+
+    #[test]
+    fn an_orphan_is_due_a_lease_after_first_sight_and_forgotten_once_adopted() {
+        let t0 = Instant::now();
+        let mut leases = Leases::default();
+        let orphan = [GatewayId(9)];
+        assert!(leases.orphans_due(0, t0, &orphan, LEASE, t0).is_empty());
+        assert!(leases
+            .orphans_due(0, t0, &orphan, LEASE, t0 + LEASE)
+            .is_empty());
+        // Another group sees it later: its own lease.
+        assert!(leases
+            .orphans_due(1, t0, &orphan, LEASE, t0 + LEASE)
+            .is_empty());
+        let later = t0 + LEASE + Duration::from_millis(1);
+        assert_eq!(
+            leases.orphans_due(0, t0, &orphan, LEASE, later),
+            vec![GatewayId(9)]
+        );
+        assert!(leases.orphans_due(1, t0, &orphan, LEASE, later).is_empty());
+        // It opened a session: no longer an orphan, forgotten; orphaned again, a new lease.
+        assert!(leases.orphans_due(0, t0, &[], LEASE, later).is_empty());
+        assert!(leases
+            .orphans_due(0, t0, &orphan, LEASE, later + LEASE)
+            .is_empty());
+        // A new leader gives a whole lease from when it started to lead.
+        let mut fresh = Leases::default();
+        let led = t0 + LEASE * 3;
+        assert!(fresh
+            .orphans_due(0, led, &orphan, LEASE, t0 + LEASE * 2)
+            .is_empty());
+        assert!(fresh
+            .orphans_due(0, led, &orphan, LEASE, led + LEASE)
+            .is_empty());
+        assert_eq!(
+            fresh.orphans_due(0, led, &orphan, LEASE, led + LEASE * 2),
+            vec![GatewayId(9)]
+        );
     }
 
     #[derive(Debug, Clone)]

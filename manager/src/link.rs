@@ -12,18 +12,52 @@
 //!                  ─▶ OpenSession (keeps the stream)           ─▶ sessions.rs
 //!                  ─▶ GetRouting                               ─▶ replies::routing
 //! ```
+//!
+//! What a gateway connection may cost, whatever its certificate:
+//! - **Streams**: at most [`MAX_STREAMS_PER_CONNECTION`] are served at once (session streams
+//!   included); the accept loop takes the next stream only when one ends, so excess streams
+//!   wait in QUIC (their opener sees back-pressure), never an unbounded set of tasks.
+//! - **Sizes**: a request's size limit follows its operation and is checked before its body
+//!   is read (`firetower_link::request_body_limit`: a publish up to 1 MiB, anything else 4 KiB);
+//!   session frames are 4 KiB at most.
+//! - **Time**: a request must arrive whole within [`REQUEST_READ_TIMEOUT`] of its stream
+//!   opening, and its reply be taken within [`REPLY_WRITE_TIMEOUT`]; a session stream must
+//!   carry a frame at least once per lease (sessions.rs). A stream that opens and sends
+//!   nothing is closed.
+//! - **Identity**: a `Subscribe` commits only for a gateway with a live session here, on the
+//!   group's leader (topics.rs); error replies never carry the cluster id.
 
-use firetower_link::{decode_body, encode_frame, FrameError, ReadFrameError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use firetower_link::{
+    decode_body, encode_frame, read_link_frame_limited, request_body_limit, FrameError,
+    ReadFrameError, MAX_LINK_FRAME_BYTES,
+};
 use firetower_proto::link::{
     gateway_reply, gateway_request, GatewayReply, GatewayRequest, Gateways,
 };
 use firetower_proto::{Epoch, GatewayId};
 use firetower_raft::{group_of, Command};
+use tokio::sync::Semaphore;
 
 use crate::node::Node;
 use crate::replies::{failure, not_leader};
 use crate::sessions::expire_session;
-use crate::topics::{linearizable_gateways, stale_session, write, ReadError};
+use crate::topics::{
+    linearizable_gateways, session_for_subscribe, stale_session, write, ReadError,
+};
+
+/// Streams of one gateway connection served at once. A gateway keeps one session stream per
+/// manager and one stream per request in flight; at most this many bodies (1 MiB each at
+/// worst) are held per connection.
+pub(crate) const MAX_STREAMS_PER_CONNECTION: usize = 256;
+
+/// How long a request stream may take to deliver its whole request.
+pub(crate) const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the gateway may take to accept a reply.
+pub(crate) const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a request could not be read off a gateway's stream (answered `bad_frame`).
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +71,9 @@ enum RequestError {
     /// The frame is not a `GatewayRequest`.
     #[error(transparent)]
     Decode(#[from] FrameError),
+    /// The request did not arrive within [`REQUEST_READ_TIMEOUT`].
+    #[error("no whole request within {REQUEST_READ_TIMEOUT:?}")]
+    Timeout,
 }
 
 /// Serve one gateway connection until it closes. `peer` is the gateway id of the peer's
@@ -45,7 +82,15 @@ enum RequestError {
 pub(crate) async fn serve_connection(conn: quinn::Connection, node: Node, peer: Option<GatewayId>) {
     let remote = conn.remote_address();
     let shutdown = node.shutdown_token();
+    let slots = Arc::new(Semaphore::new(MAX_STREAMS_PER_CONNECTION));
     loop {
+        // A free slot first: while every slot is busy, no stream is accepted.
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            s = slots.clone().acquire_owned() => s,
+        };
+        // The semaphore is never closed.
+        let Ok(slot) = slot else { break };
         let stream = tokio::select! {
             _ = shutdown.cancelled() => break,
             s = conn.accept_bi() => s,
@@ -59,6 +104,7 @@ pub(crate) async fn serve_connection(conn: quinn::Connection, node: Node, peer: 
         };
         let node = node.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let request = match read_request(&mut recv).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -103,15 +149,24 @@ pub(crate) async fn serve_connection(conn: quinn::Connection, node: Node, peer: 
 }
 
 async fn reply(send: &mut quinn::SendStream, answer: &GatewayReply) {
-    if send.write_all(&encode_frame(answer)).await.is_ok() {
-        let _ = send.finish();
+    let frame = encode_frame(answer);
+    match tokio::time::timeout(REPLY_WRITE_TIMEOUT, send.write_all(&frame)).await {
+        Ok(Ok(())) => {
+            let _ = send.finish();
+        }
+        _ => {
+            let _ = send.reset(quinn::VarInt::from_u32(0));
+        }
     }
 }
 
 async fn read_request(recv: &mut quinn::RecvStream) -> Result<GatewayRequest, RequestError> {
-    match crate::sessions::read_frame_body(recv).await? {
-        None => Err(RequestError::Closed),
-        Some(body) => Ok(decode_body(&body)?),
+    let read = read_link_frame_limited(recv, MAX_LINK_FRAME_BYTES, request_body_limit);
+    match tokio::time::timeout(REQUEST_READ_TIMEOUT, read).await {
+        Err(_) => Err(RequestError::Timeout),
+        Ok(Err(e)) => Err(e.into()),
+        Ok(Ok(None)) => Err(RequestError::Closed),
+        Ok(Ok(Some(body))) => Ok(decode_body(&body)?),
     }
 }
 
@@ -127,6 +182,14 @@ pub(crate) async fn handle(node: &Node, request: GatewayRequest) -> GatewayReply
     let (topic, command) = match request.op {
         None => return failure("invalid_request", "request without an operation"),
         Some(gateway_request::Op::Subscribe(s)) => {
+            if let Err(e) = firetower_proto::validate_topic(&s.topic) {
+                return failure(e.code(), e.to_string());
+            }
+            let group = group_of(&s.topic, node.group_count());
+            if let Err(refused) = session_for_subscribe(node, gateway, Epoch(s.epoch), group).await
+            {
+                return refused;
+            }
             let subscribe = Command::Subscribe {
                 topic: s.topic.clone(),
                 gateway: gateway.get(),

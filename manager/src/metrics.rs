@@ -98,6 +98,8 @@ pub(crate) struct ManagerMetrics {
     stamp_topics: Family<GroupLabel, Gauge>,
     wal_fsync: Histogram,
     gateway_sessions: Gauge<i64, std::sync::atomic::AtomicI64>,
+    session_queued_bytes: Gauge<i64, std::sync::atomic::AtomicI64>,
+    sessions_closed_stalled: Counter<u64, AtomicU64>,
     publishes: Family<OutcomeLabel, Counter>,
     deliveries: Counter<u64, AtomicU64>,
 }
@@ -176,6 +178,18 @@ impl ManagerMetrics {
             "Gateways with a live session stream to this manager",
             gateway_sessions.clone(),
         );
+        let session_queued_bytes = Gauge::default();
+        registry.register(
+            "session_queued_bytes",
+            "Bytes queued for gateway session streams and not yet handed to QUIC, all sessions",
+            session_queued_bytes.clone(),
+        );
+        let sessions_closed_stalled = Counter::default();
+        registry.register(
+            "sessions_closed_stalled",
+            "Gateway sessions closed because their delivery queue was full (not reading)",
+            sessions_closed_stalled.clone(),
+        );
         let publishes = Family::<OutcomeLabel, Counter>::default();
         for outcome in PublishOutcome::ALL {
             drop(publishes.get_or_create(&OutcomeLabel { outcome }));
@@ -203,6 +217,8 @@ impl ManagerMetrics {
             stamp_topics,
             wal_fsync,
             gateway_sessions,
+            session_queued_bytes,
+            sessions_closed_stalled,
             publishes,
             deliveries,
         }
@@ -282,6 +298,16 @@ impl ManagerMetrics {
     /// The number of live gateway sessions.
     pub(crate) fn set_gateway_sessions(&self, n: usize) {
         self.gateway_sessions.set(saturating_i64(n as u64));
+    }
+
+    /// The bytes queued for every live session.
+    pub(crate) fn set_session_queued_bytes(&self, n: usize) {
+        self.session_queued_bytes.set(saturating_i64(n as u64));
+    }
+
+    /// A session was closed for not reading its deliveries.
+    pub(crate) fn session_closed_stalled(&self) {
+        self.sessions_closed_stalled.inc();
     }
 }
 

@@ -549,6 +549,7 @@ impl Node {
     pub(crate) async fn refresh_metrics(&self) {
         let metrics = &self.inner.metrics;
         metrics.set_gateway_sessions(self.inner.sessions.live_count());
+        metrics.set_session_queued_bytes(self.inner.sessions.queued_bytes());
         for (group, raft) in self.inner.router.groups() {
             let (role, term, applied) = {
                 let m = raft.metrics();

@@ -17,10 +17,17 @@
 //! here; the ack to the publisher comes only after each of them confirmed the delivery, so an
 //! acknowledged message has reached every interested gateway. When one of them cannot be
 //! reached the publish fails and says so; it is never acknowledged.
+//!
+//! A publish to a topic that no gateway is subscribed to is acknowledged (the leader's lease
+//! checked as for any publish) with `seq = 0` and `gateways = 0`: it reached nobody, so it
+//! takes no number and leaves no counter in the stamp map (stamper.rs bounds that map).
+//! A payload whose delivery frame would exceed the link's frame limit is refused
+//! (`too_large`) before it is stamped.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use firetower_link::MAX_LINK_FRAME_BYTES;
 use firetower_proto::link::{gateway_reply, GatewayReply, Published};
 use firetower_proto::GatewayId;
 use firetower_raft::{group_of, GroupId};
@@ -29,7 +36,7 @@ use crate::locks::lock;
 use crate::metrics::PublishOutcome;
 use crate::node::Node;
 use crate::replies::{failure, not_leader};
-use crate::session_table::{DeliveryOutcome, EnqueueError};
+use crate::session_table::{delivery_body_len, DeliveryOutcome, EnqueueError};
 use crate::stamper::{NotServing, Stamp};
 
 /// How long a publish waits for the gateways' acks.
@@ -89,6 +96,17 @@ fn not_serving(group: GroupId, why: NotServing) -> GatewayReply {
 
 /// Publish `data` to `topic`.
 async fn publish_once(node: &Node, topic: String, data: Bytes, json: bool) -> GatewayReply {
+    let delivery_len = delivery_body_len(&topic, data.len());
+    if delivery_len > MAX_LINK_FRAME_BYTES {
+        return failure(
+            "too_large",
+            format!(
+                "a delivery of this {}-byte payload would be a {delivery_len}-byte frame, over \
+                 the link's {MAX_LINK_FRAME_BYTES}-byte limit; not published",
+                data.len()
+            ),
+        );
+    }
     let group = group_of(&topic, node.group_count());
     let sessions = node.sessions();
     let session_deadline = tokio::time::Instant::now() + SESSION_WAIT;
@@ -114,6 +132,16 @@ async fn publish_once(node: &Node, topic: String, data: Bytes, json: bool) -> Ga
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    if gateways.is_empty() {
+        // Reached nobody: no number, no counter (module doc). The lease was checked above.
+        return GatewayReply {
+            result: Some(gateway_reply::Result::Published(Published {
+                term,
+                seq: 0,
+                gateways: 0,
+            })),
+        };
+    }
     let Some(stamper) = node.stamper(group) else {
         return failure("unavailable", format!("group {group} is not running here"));
     };
@@ -143,9 +171,11 @@ async fn publish_once(node: &Node, topic: String, data: Bytes, json: bool) -> Ga
                 Ok(wait) => waits.push(wait),
                 Err(e) => {
                     if matches!(e, EnqueueError::Stalled) {
+                        node.metrics().session_closed_stalled();
                         tracing::warn!(
                             gateway = gateway.get(),
-                            "gateway does not keep up with deliveries"
+                            event = "session_stalled",
+                            "gateway stopped reading its deliveries; closing its session"
                         );
                     }
                     undelivered.get_or_insert((*gateway, e));
@@ -158,7 +188,8 @@ async fn publish_once(node: &Node, topic: String, data: Bytes, json: bool) -> Ga
     if let Some((gateway, e)) = undelivered {
         let why = match e {
             EnqueueError::Closed => "lost its session",
-            EnqueueError::Stalled => "does not keep up with deliveries",
+            EnqueueError::Full => "does not keep up with deliveries (its queue is full)",
+            EnqueueError::Stalled => "stopped reading its deliveries (its session is closed)",
         };
         // Nothing queued anywhere: nothing was delivered, and the link may retry it
         // ("unavailable"). Queued for some gateways: the outcome is partial, which the link

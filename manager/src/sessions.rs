@@ -14,26 +14,35 @@
 
 use std::time::{Duration, Instant};
 
-use firetower_link::MAX_LINK_FRAME_BYTES;
-use firetower_link::{decode_body, read_link_frame, FrameError, ReadFrameError};
+use firetower_link::{
+    decode_body, encode_frame, read_link_frame, FrameError, ReadFrameError, MAX_GATEWAY_FRAME_BYTES,
+};
 use firetower_proto::link::{
-    gateway_frame, session_frame, GatewayFrame, OpenSession, Resync, SessionOpened,
+    gateway_frame, session_frame, Failure, GatewayFrame, OpenSession, Resync, SessionFrame,
+    SessionOpened,
 };
 use firetower_proto::{Epoch, GatewayId};
 use firetower_raft::{Command, GroupId, Response};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use tokio::sync::watch;
 
 use crate::leases::HeldSession;
 use crate::node::Node;
-use crate::session_table::SessionHandle;
+use crate::session_table::{Outgoing, SessionHandle};
 
 /// Shortest lease a gateway may ask for.
 const MIN_LEASE: Duration = Duration::from_millis(1_000);
 /// Longest lease a gateway may ask for.
 const MAX_LEASE: Duration = Duration::from_secs(300);
+/// How long subscriptions of a gateway without any session outlive their first sight by a
+/// group leader: the gateways' default lease.
+const ORPHAN_LEASE: Duration = Duration::from_secs(5);
 /// How often the lease task looks at every group this manager leads.
 const LEASE_TICK: Duration = Duration::from_millis(250);
+/// How long a refused session's refusal may take to write (the peer may not read it).
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The QUIC application code of a session stream the manager closed (`STOP_SENDING`).
+const SESSION_CLOSED_CODE: quinn::VarInt = quinn::VarInt::from_u32(1);
 
 /// Serve one session stream until it closes.
 pub(crate) async fn serve_session(
@@ -47,7 +56,35 @@ pub(crate) async fn serve_session(
     let epoch = Epoch(open.epoch);
     let sessions = node.sessions();
     let (acked_tx, acked_rx) = watch::channel(0u64);
-    let (handle, mut rx) = sessions.open(gateway, epoch, lease, acked_rx);
+    let opened = sessions.open(
+        gateway,
+        epoch,
+        lease,
+        recorded_epoch(&node, gateway),
+        acked_rx,
+    );
+    let (handle, mut rx) = match opened {
+        Ok(opened) => opened,
+        Err(refusal) => {
+            tracing::info!(
+                gateway = gateway.get(),
+                epoch = epoch.get(),
+                error = %refusal,
+                "gateway session refused"
+            );
+            let frame = SessionFrame {
+                frame: Some(session_frame::Frame::Failure(Failure {
+                    code: refusal.code().to_string(),
+                    message: refusal.to_string(),
+                })),
+            };
+            let _ =
+                tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, send.write_all(&encode_frame(&frame)))
+                    .await;
+            let _ = send.finish();
+            return;
+        }
+    };
     tracing::info!(
         gateway = gateway.get(),
         epoch = epoch.get(),
@@ -71,13 +108,26 @@ pub(crate) async fn serve_session(
     }
     handle.send_control(routing_frame(&node));
 
+    let writer_handle = handle.clone();
     let writer = tokio::spawn(async move {
-        while let Some(frame) = rx.recv().await {
-            if send.write_all(&frame).await.is_err() {
+        loop {
+            let frame = tokio::select! {
+                _ = writer_handle.closing() => break,
+                f = rx.recv() => f,
+            };
+            let Some(frame) = frame else { break };
+            let wrote = tokio::select! {
+                _ = writer_handle.closing() => break,
+                w = write_outgoing(&mut send, &frame) => w,
+            };
+            if wrote.is_err() {
                 break;
             }
+            rx.written(&frame);
         }
-        let _ = send.finish();
+        // Closed by the manager (replaced, stalled) or by the gateway: either way the frames
+        // still queued are dropped with `rx`, and the gateway sees its stream reset.
+        let _ = send.reset(SESSION_CLOSED_CODE);
     });
     let mut routing_version = node.routing_version();
     let reader_sessions = node.clone();
@@ -91,8 +141,24 @@ pub(crate) async fn serve_session(
         }
     });
     loop {
-        match read_gateway_frame(&mut recv).await {
-            Ok(Some(frame)) => {
+        // A gateway heartbeats several times per lease: a stream silent for a whole lease is
+        // dead or hostile, and is closed (its lease then runs as for any dropped stream).
+        let read = tokio::select! {
+            _ = handle.closing() => {
+                tracing::info!(
+                    gateway = gateway.get(),
+                    epoch = epoch.get(),
+                    queued = handle.queued_bytes(),
+                    event = "session_closed_by_manager",
+                    "closing the gateway session: replaced by a newer one, or not reading its \
+                     deliveries"
+                );
+                break;
+            }
+            r = tokio::time::timeout(lease, read_gateway_frame(&mut recv)) => r,
+        };
+        match read {
+            Ok(Ok(Some(frame))) => {
                 reader_sessions.sessions().touch(gateway, epoch);
                 if let Some(gateway_frame::Frame::Ack(ack)) = frame.frame {
                     // Recorded before the ack is published, so a waiter that sees the ack
@@ -110,8 +176,8 @@ pub(crate) async fn serve_session(
                     });
                 }
             }
-            Ok(None) => break,
-            Err(e) => {
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => {
                 tracing::debug!(
                     gateway = gateway.get(),
                     error = %e,
@@ -119,24 +185,47 @@ pub(crate) async fn serve_session(
                 );
                 break;
             }
+            Err(_) => {
+                tracing::info!(
+                    gateway = gateway.get(),
+                    ?lease,
+                    "gateway session silent for a whole lease; closing it"
+                );
+                break;
+            }
         }
     }
+    // Closing the handle ends the writer, which resets the stream.
     sessions.close(&handle);
     routing_task.abort();
-    writer.abort();
+    let _ = writer.await;
+    let _ = recv.stop(SESSION_CLOSED_CODE);
     tracing::info!(gateway = gateway.get(), "gateway session closed");
+}
+
+async fn write_outgoing(
+    send: &mut quinn::SendStream,
+    frame: &Outgoing,
+) -> Result<(), quinn::WriteError> {
+    send.write_all(&frame.head).await?;
+    if !frame.payload.is_empty() {
+        send.write_all(&frame.payload).await?;
+    }
+    Ok(())
+}
+
+/// The newest epoch of `gateway` recorded in the tables of the groups led here.
+fn recorded_epoch(node: &Node, gateway: GatewayId) -> Option<Epoch> {
+    node.led_groups()
+        .into_iter()
+        .filter_map(|group| node.reader(group))
+        .filter_map(|reader| reader.session(gateway.get()).ok().flatten())
+        .map(|s| Epoch(s.epoch))
+        .max()
 }
 
 fn routing_frame(node: &Node) -> session_frame::Frame {
     session_frame::Frame::Routing(crate::replies::routing(node))
-}
-
-/// Read one length-prefixed link frame's body (the link's one reader); `None` on a clean end
-/// of stream.
-pub(crate) async fn read_frame_body(
-    recv: &mut quinn::RecvStream,
-) -> Result<Option<Vec<u8>>, ReadFrameError> {
-    read_link_frame(recv, MAX_LINK_FRAME_BYTES).await
 }
 
 /// Why the gateway's side of a session stream could not be read (the session ends).
@@ -153,7 +242,7 @@ enum SessionReadError {
 async fn read_gateway_frame(
     recv: &mut quinn::RecvStream,
 ) -> Result<Option<GatewayFrame>, SessionReadError> {
-    match read_frame_body(recv).await? {
+    match read_link_frame(recv, MAX_GATEWAY_FRAME_BYTES).await? {
         None => Ok(None),
         Some(body) => Ok(Some(decode_body(&body)?)),
     }
@@ -241,6 +330,21 @@ pub(crate) fn expire_session(gateway: GatewayId, epoch: Epoch) -> Command {
     }
 }
 
+/// The command that drops every subscription of `gateway` in a group if, when it applies, the
+/// group holds no session of it: registering epoch 0 succeeds only when no session is
+/// recorded (any real epoch is higher), and expiring epoch 0 then removes it with every
+/// subscription; a session registered meanwhile refuses the first and ignores the second.
+fn drop_orphan(gateway: GatewayId) -> Command {
+    Command::Batch(vec![
+        Command::OpenSession {
+            gateway: gateway.get(),
+            epoch: 0,
+            lease_ms: ORPHAN_LEASE.as_millis() as u64,
+        },
+        expire_session(gateway, Epoch(0)),
+    ])
+}
+
 async fn propose(raft: &firetower_raft::Raft, command: Command) -> Result<(), SessionError> {
     match tokio::time::timeout(Duration::from_secs(5), raft.client_write(command)).await {
         Ok(Ok(r)) => match r.data {
@@ -304,6 +408,24 @@ async fn lease_round(node: &Node, group: GroupId, since: Instant) -> Result<(), 
         );
         propose(&raft, expire_session(due.gateway, due.epoch)).await?;
         sessions.expired(due.gateway, due.epoch);
+    }
+    // Drop the subscriptions of gateways with no session in the table and none here.
+    let recorded: HashSet<u64> = table.iter().map(|s| s.gateway.get()).collect();
+    let orphans: Vec<GatewayId> = reader
+        .subscribed_gateways()?
+        .into_iter()
+        .filter(|g| !recorded.contains(g))
+        .map(GatewayId)
+        .filter(|g| sessions.get(*g).is_none())
+        .collect();
+    for orphan in sessions.orphans_due(group, since, &orphans, ORPHAN_LEASE, now) {
+        tracing::info!(
+            group = group.get(),
+            gateway = orphan.get(),
+            event = "orphan_subscriptions_dropped",
+            "dropping the subscriptions of a gateway without a session"
+        );
+        propose(&raft, drop_orphan(orphan)).await?;
     }
     // Register connected gateways that this group does not know with their epoch.
     for handle in sessions.live() {

@@ -15,9 +15,9 @@
 //!                  ▼
 //!       term > startup_term?  no ─▶ TermOfEarlierRun (never stamps a term an earlier run
 //!                  │ yes                               of this process may have used)
-//!       a new term? ─▶ every topic's seq restarts at 0
+//!       a new term? ─▶ every topic's seq restarts at 0, the floor at 0
 //!                  ▼
-//!       seq(topic) += 1  ─▶ Stamp { term, seq }
+//!       seq(topic) += 1 (a topic without a counter starts from the floor) ─▶ Stamp { term, seq }
 //! ```
 //!
 //! Why these rules: messages are not replicated, so `(term, seq)` must order a topic's
@@ -26,9 +26,33 @@
 //! successor was elected (the lease: followers refuse other candidates for
 //! `election_timeout_max` after they last heard from the leader, so while a quorum acked the
 //! leader less than `election_timeout_min` ago no other leader exists).
+//!
+//! **The counter map is bounded** ([`STAMP_MAP_CAP`] topics per group). Only topics with a
+//! subscribed gateway are stamped at all (publish.rs answers a publish that reaches no gateway
+//! with seq 0 and uses no number). Counters live in two generations: a topic stamped goes to
+//! (or stays in) the young one; when the young one holds half the cap, the old one is dropped
+//! and the young one becomes old. So an entry idle for a whole generation is evicted, and at
+//! most `cap` counters exist. Evicting must not let a topic's `(term, seq)` go back or repeat:
+//!
+//! ```text
+//!   floor = the largest seq of any counter evicted in this term (0 at a new term)
+//!   a topic with a counter c:        next seq = c + 1
+//!   a topic without one:             next seq = floor + 1
+//! ```
+//!
+//! Why that is enough: within a term, a topic either has a counter, which is its last seq,
+//! or has none, and then every seq it was given in this term belonged to a counter that was
+//! evicted, so is at most `floor`; the floor only grows within a term. Either way its next
+//! seq is above all its earlier ones. Across terms, the term grows (`StaleTerm` refuses an
+//! older one), which orders the stamps whatever the seq. The price is a gap in a resumed
+//! topic's numbers, which subscribers already handle (the contract allows gaps).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+/// Topics with a counter kept per group, at most: about 10 MiB of counters for topics
+/// of a few dozen bytes.
+pub(crate) const STAMP_MAP_CAP: usize = 100_000;
 
 /// A message's place in its topic's order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -60,18 +84,32 @@ pub(crate) struct Stamper {
     quorum_ack: Option<(u64, Instant)>,
     /// The term the counters below belong to.
     term: u64,
-    /// The last seq given to each topic in `term`.
-    seqs: HashMap<String, u64>,
+    /// The last seq given in `term` to each topic stamped in this generation...
+    young: HashMap<String, u64>,
+    /// ...and to each topic stamped in the previous generation but not since.
+    old: HashMap<String, u64>,
+    /// At least every seq given in `term` to a topic that has no counter any more.
+    floor: u64,
+    /// At most this many counters (young + old).
+    cap: usize,
 }
 
 impl Stamper {
     /// A group that started with a vote of `startup_term` on disk (0 if none).
     pub(crate) fn new(startup_term: u64) -> Self {
+        Stamper::with_cap(startup_term, STAMP_MAP_CAP)
+    }
+
+    /// Like [`Stamper::new`], keeping at most `cap` counters (at least 2).
+    pub(crate) fn with_cap(startup_term: u64, cap: usize) -> Self {
         Stamper {
             startup_term,
             quorum_ack: None,
             term: 0,
-            seqs: HashMap::new(),
+            young: HashMap::new(),
+            old: HashMap::new(),
+            floor: 0,
+            cap: cap.max(2),
         }
     }
 
@@ -120,24 +158,36 @@ impl Stamper {
     fn next(&mut self, topic: &str, term: u64) -> Stamp {
         if self.term != term {
             self.term = term;
-            self.seqs.clear();
+            self.young.clear();
+            self.old.clear();
+            self.floor = 0;
         }
-        let seq = match self.seqs.get_mut(topic) {
-            Some(seq) => {
-                *seq += 1;
-                *seq
+        // A seq grows by one per message: u64 does not run out.
+        let seq = if let Some(seq) = self.young.get_mut(topic) {
+            *seq += 1;
+            *seq
+        } else {
+            let seq = self.old.remove(topic).unwrap_or(self.floor) + 1;
+            self.young.insert(topic.to_string(), seq);
+            if self.young.len() >= self.cap / 2 {
+                self.turn_over();
             }
-            None => {
-                self.seqs.insert(topic.to_string(), 1);
-                1
-            }
+            seq
         };
         Stamp { term, seq }
     }
 
+    /// Drop the old generation (raising the floor above its counters); the young one ages.
+    fn turn_over(&mut self) {
+        let evicted = std::mem::replace(&mut self.old, std::mem::take(&mut self.young));
+        if let Some(top) = evicted.into_values().max() {
+            self.floor = self.floor.max(top);
+        }
+    }
+
     /// How many topics have a counter in the current term (the stamp map size).
     pub(crate) fn topics(&self) -> usize {
-        self.seqs.len()
+        self.young.len() + self.old.len()
     }
 }
 
@@ -214,6 +264,75 @@ mod tests {
         assert_eq!(g.stamp("a", 1, lease, later), Err(NotServing::LeaseExpired));
         g.observe_quorum_ack(Some((1, later)));
         assert_eq!(g.stamp("a", 1, lease, later).map(|s| s.seq), Ok(2));
+    }
+
+    #[test]
+    fn a_million_topics_keep_the_map_at_its_cap() {
+        let mut g = Stamper::new(0);
+        let now = Instant::now();
+        let lease = Duration::from_secs(3600);
+        g.observe_quorum_ack(Some((1, now)));
+        let mut largest = 0;
+        for i in 0..1_000_000u32 {
+            let stamp = g
+                .stamp(&format!("room.{i}"), 1, lease, now)
+                .expect("serving");
+            assert!(stamp.seq >= 1);
+            largest = largest.max(g.topics());
+        }
+        assert!(
+            largest <= STAMP_MAP_CAP,
+            "{largest} counters for a cap of {STAMP_MAP_CAP}"
+        );
+        // What the report quotes: the map peaks at its cap, whatever the topic count.
+        println!("stamp map after 1,000,000 distinct topics: peak {largest} entries, cap {STAMP_MAP_CAP}");
+    }
+
+    #[test]
+    fn an_evicted_topic_resumes_above_its_last_seq() {
+        let mut g = Stamper::with_cap(0, 4);
+        let now = Instant::now();
+        let lease = Duration::from_secs(60);
+        g.observe_quorum_ack(Some((1, now)));
+        for want in 1..=5 {
+            assert_eq!(g.stamp("hot", 1, lease, now).map(|s| s.seq), Ok(want));
+        }
+        // Four other topics: two turnovers, "hot" is evicted.
+        for t in ["a", "b", "c", "d"] {
+            g.stamp(t, 1, lease, now).expect("serving");
+        }
+        assert!(g.topics() <= 4);
+        let resumed = g.stamp("hot", 1, lease, now).expect("serving").seq;
+        assert!(resumed > 5, "resumed at {resumed}");
+    }
+
+    proptest! {
+        #[test]
+        fn evictions_never_repeat_or_reverse_a_stamp(
+            cap in 2usize..8,
+            ops in proptest::collection::vec((0u8..12, 0u8..20), 1..400),
+        ) {
+            let mut g = Stamper::with_cap(0, cap);
+            let now = Instant::now();
+            let lease = Duration::from_secs(60);
+            let mut term = 1;
+            let mut last: HashMap<u8, Stamp> = HashMap::new();
+            let mut given = std::collections::HashSet::new();
+            for (topic, action) in ops {
+                // One op in twenty starts a new term.
+                if action == 0 {
+                    term += 1;
+                }
+                g.observe_quorum_ack(Some((term, now)));
+                let stamp = g.stamp(&format!("t{topic}"), term, lease, now).expect("serving");
+                prop_assert!(g.topics() <= cap);
+                prop_assert!(given.insert((topic, stamp.term, stamp.seq)), "{:?} given twice", stamp);
+                if let Some(prev) = last.get(&topic) {
+                    prop_assert!(stamp > *prev, "{:?} after {:?}", stamp, prev);
+                }
+                last.insert(topic, stamp);
+            }
+        }
     }
 
     /// One event the runtime can feed the stamper.

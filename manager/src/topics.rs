@@ -6,6 +6,18 @@
 //!                           ─▶ proposer of group(topic) ─▶ Done{changed, index} | NotLeader
 //!   TopicGateways{topic}    ─▶ ensure_linearizable (quorum) ─▶ the table's gateways
 //! ```
+//!
+//! **A subscription needs a live session on the group's leader** ([`session_for_subscribe`]):
+//! a `Subscribe` is committed only when the gateway has a session stream with this manager
+//! and the request belongs to it (its epoch, or 0 for none). Otherwise the request waits up
+//! to [`SUBSCRIBE_SESSION_WAIT`] for the session (a gateway that just started or reconnected
+//! may subscribe a moment before its session stream is registered here) and is then refused
+//! with `no_session` (or `NotLeader` when another manager leads the group); one from an
+//! earlier run than the live session is refused with `stale_session`. Why: deliveries go only
+//! over session streams, so a subscription without one can never be served, and every
+//! publish to its topic would wait for a gateway that does not exist. Subscriptions left
+//! without a session anyway (committed before this rule, or under an earlier leader) are
+//! swept by the lease task (sessions.rs, leases.rs).
 
 use std::time::Duration;
 
@@ -17,6 +29,7 @@ use openraft::error::{CheckIsLeaderError, RaftError};
 use crate::node::Node;
 use crate::proposer::ProposeError;
 use crate::replies::{failure, not_leader};
+use crate::session_table::{admit_subscribe, SubscribeAdmission};
 
 /// Why a linearizable read could not be served here.
 #[derive(Debug)]
@@ -25,6 +38,51 @@ pub(crate) enum ReadError {
     NotLeader { leader: Option<(u64, ManagerNode)> },
     /// No quorum, a timeout, or a stopped group.
     Unavailable(String),
+}
+
+/// How long a `Subscribe` waits for the gateway's session stream to be registered here.
+pub(crate) const SUBSCRIBE_SESSION_WAIT: Duration = Duration::from_millis(1_500);
+
+/// Ok when `gateway` may subscribe in session `epoch` in `group` through this manager (the
+/// rule in the module doc); otherwise the reply that refuses it.
+pub(crate) async fn session_for_subscribe(
+    node: &Node,
+    gateway: GatewayId,
+    epoch: Epoch,
+    group: GroupId,
+) -> Result<(), GatewayReply> {
+    let deadline = tokio::time::Instant::now() + SUBSCRIBE_SESSION_WAIT;
+    loop {
+        let live = node.sessions().get(gateway).map(|h| h.epoch);
+        match admit_subscribe(epoch, live) {
+            SubscribeAdmission::Admitted => return Ok(()),
+            SubscribeAdmission::Stale { live } => {
+                return Err(failure(
+                    "stale_session",
+                    format!(
+                        "gateway {gateway} subscribes in session {epoch}, older than its live \
+                         session {live}; nothing was committed"
+                    ),
+                ))
+            }
+            SubscribeAdmission::NoSession => {}
+        }
+        if !node.led_groups().contains(&group) {
+            // The leader applies the same rule with its own sessions.
+            return Err(not_leader(group, node.leader_of(group)));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(failure(
+                "no_session",
+                format!(
+                    "gateway {gateway} has no session with this manager, which leads group \
+                     {group}: a gateway subscribes only while its session stream \
+                     (OpenSession) is open here; nothing was committed"
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The epoch of an older session of `gateway` still held by the group of `topic` (as this

@@ -6,11 +6,14 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use firetower_link::{decode_frame, encode_frame};
+use firetower_link::{
+    decode_body, decode_frame, encode_frame, read_link_frame, MAX_LINK_FRAME_BYTES,
+};
 use firetower_manager::{connect_admin, Manager, ManagerConfig, RaftTuning};
 use firetower_proto::admin::InitRequest;
 use firetower_proto::link::{
-    gateway_reply, gateway_request, GatewayReply, GatewayRequest, Subscribe,
+    gateway_reply, gateway_request, session_frame, GatewayReply, GatewayRequest, OpenSession,
+    SessionFrame, Subscribe,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -114,7 +117,8 @@ fn value(samples: &HashMap<String, f64>, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {series} in the scrape: {samples:?}"))
 }
 
-/// Subscribe `topic` for gateway `gateway` over the link, as a gateway does.
+/// Subscribe `topic` for gateway `gateway` over the link, as a gateway does: in a session
+/// opened first on the same connection (a manager commits no subscription without one).
 async fn subscribe(manager: &Manager, gateway: u64, topic: &str) {
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(
@@ -130,12 +134,34 @@ async fn subscribe(manager: &Manager, gateway: u64, topic: &str) {
         .unwrap()
         .await
         .expect("QUIC handshake");
+    let epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let (mut session_send, mut session_recv) = conn.open_bi().await.unwrap();
+    let open = GatewayRequest {
+        gateway,
+        op: Some(gateway_request::Op::OpenSession(OpenSession {
+            epoch,
+            lease_ms: 5_000,
+        })),
+    };
+    session_send.write_all(&encode_frame(&open)).await.unwrap();
+    let opened = read_link_frame(&mut session_recv, MAX_LINK_FRAME_BYTES)
+        .await
+        .unwrap()
+        .expect("a session frame");
+    let opened: SessionFrame = decode_body(&opened).unwrap();
+    assert!(
+        matches!(opened.frame, Some(session_frame::Frame::Opened(_))),
+        "{opened:?}"
+    );
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let request = GatewayRequest {
         gateway,
         op: Some(gateway_request::Op::Subscribe(Subscribe {
             topic: topic.to_string(),
-            epoch: 0,
+            epoch,
         })),
     };
     send.write_all(&encode_frame(&request)).await.unwrap();

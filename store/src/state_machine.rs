@@ -425,6 +425,28 @@ impl TableReader {
         Ok(out)
     }
 
+    /// The gateways with at least one subscription in this group, sorted: one look-up per
+    /// gateway, whatever its number of topics.
+    pub fn subscribed_gateways(&self) -> Result<Vec<GatewayId>, StoreError> {
+        let tree = self.trees.name(Tree::ByGateway);
+        let tag = Tree::ByGateway as u8;
+        let map = self.trees.read();
+        let mut out = Vec::new();
+        let mut from = tagged(Tree::ByGateway, &[]);
+        while let Some((key, _)) = map.range(from..).next() {
+            if key.first() != Some(&tag) {
+                break;
+            }
+            let gateway = gateway_of(key.get(1..9).unwrap_or_default(), &tree)?;
+            out.push(gateway);
+            match gateway.checked_add(1) {
+                Some(next) => from = tagged(Tree::ByGateway, &next.to_be_bytes()),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
     /// The session of `gateway`, if open.
     pub fn session(&self, gateway: GatewayId) -> Result<Option<Session>, StoreError> {
         match self.trees.get(Tree::Sessions, &gateway.to_be_bytes())? {

@@ -143,7 +143,8 @@ impl Cluster {
                     fsync: false,
                     ..raft.clone()
                 },
-                metrics: None,
+                // Scraped by tests that read a gauge (`Cluster::metric`).
+                metrics: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
                 unsafe_stale_reads: false,
                 unsafe_stale_leadership: false,
                 tls: firetower_manager::TlsSettings {
@@ -313,6 +314,27 @@ impl Cluster {
             .wait_sessions(MANAGERS as usize, Duration::from_secs(10))
             .await;
         gateway
+    }
+
+    /// The value of the metric series `series` (name and labels, as scraped) on manager `id`.
+    pub async fn metric(&self, id: u64, series: &str) -> Option<f64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.manager(id).metrics_addr()?;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .ok()?;
+        let mut response = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+            .await
+            .ok()?
+            .ok()?;
+        let text = String::from_utf8(response).ok()?;
+        text.lines().find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
     }
 
     /// Stop every manager.

@@ -66,6 +66,11 @@ pub struct Target {
     /// The gateway id to act as.
     #[arg(long, default_value_t = 1)]
     gateway: u64,
+    /// `subscribe` opens this gateway's session (a fresh run of the gateway: its earlier
+    /// subscriptions go) with this lease; the managers keep the subscriptions this long after
+    /// the command ends.
+    #[arg(long, default_value_t = 60_000)]
+    lease_ms: u64,
 }
 
 impl Target {
@@ -92,6 +97,13 @@ pub async fn run(args: LinkArgs) -> anyhow::Result<()> {
     match args.command {
         LinkCommand::Subscribe { target, topics } => {
             let link = target.connect(tls).await?;
+            let _sessions = link
+                .hold_sessions(
+                    std::time::Duration::from_millis(target.lease_ms),
+                    std::time::Duration::from_secs(15),
+                )
+                .await
+                .context("cannot open the gateway session")?;
             for t in topics {
                 let w = link.subscribe(&t).await?;
                 println!("subscribed {t} (index {}, changed {})", w.index, w.changed);

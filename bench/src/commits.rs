@@ -44,6 +44,10 @@ pub struct CommitsArgs {
     /// Against a cluster started with --insecure.
     #[arg(long)]
     insecure: bool,
+    /// Lease of the gateway session the writes are made in: managers keep the subscriptions
+    /// this long after the bench ends (for `link verify`).
+    #[arg(long, default_value_t = 60_000)]
+    lease_ms: u64,
 }
 
 /// Run `bench commits`.
@@ -57,6 +61,7 @@ pub(crate) async fn commits(args: CommitsArgs) -> anyhow::Result<()> {
         json,
         tls_dir,
         insecure,
+        lease_ms,
     } = args;
     let managers = parse_addr_list(&managers)?;
     let writer_counts = parse_writers(&writers)?;
@@ -68,6 +73,11 @@ pub(crate) async fn commits(args: CommitsArgs) -> anyhow::Result<()> {
     let link = LinkClient::connect(gateway, managers, options)
         .await
         .context("cannot reach the cluster")?;
+    // Managers commit subscriptions only for a gateway with a live session.
+    let _sessions = link
+        .hold_sessions(Duration::from_millis(lease_ms), Duration::from_secs(15))
+        .await
+        .context("cannot open the gateway session")?;
     let recorder = match record {
         Some(path) => Some(Arc::new(std::sync::Mutex::new(
             std::fs::OpenOptions::new()

@@ -61,6 +61,10 @@ pub(crate) async fn run_probe(
         ..LinkOptions::default()
     };
     let link = LinkClient::connect(gateway, managers, options).await?;
+    // Subscriptions are committed only within a live session of the gateway id.
+    let _sessions = link
+        .hold_sessions(Duration::from_secs(5), Duration::from_secs(15))
+        .await?;
     let offset = unix_ms() - t0_unix_ms;
     let origin = Instant::now();
     let now = move || offset + origin.elapsed().as_secs_f64() * 1e3;

@@ -123,6 +123,11 @@ pub struct ClusterOptions {
     pub delivery_buffer: usize,
     /// Request tuning of the link.
     pub link: LinkOptions,
+    /// DELIBERATELY UNSAFE, for verifying the Jepsen harness only: pass on deliveries from any
+    /// manager of the cluster, leader of the topic's group or not. Paired with the managers'
+    /// `--unsafe-stale-leadership`, acknowledged messages can then be lost, which the
+    /// `delivery` workload must detect; without it the gateway's leader check hides that mode.
+    pub unsafe_accept_any_manager: bool,
 }
 
 impl Default for ClusterOptions {
@@ -131,6 +136,7 @@ impl Default for ClusterOptions {
             lease: Duration::from_secs(5),
             delivery_buffer: 65_536,
             link: LinkOptions::default(),
+            unsafe_accept_any_manager: false,
         }
     }
 }
@@ -262,7 +268,7 @@ impl ClusterUpstream {
                 epoch,
                 lease: options.lease,
                 held: Mutex::new(HashSet::new()),
-                guard: Mutex::new(DeliveryGuard::default()),
+                guard: Mutex::new(DeliveryGuard::new(options.unsafe_accept_any_manager)),
                 deliveries: tx,
                 open_sessions: Mutex::new(HashSet::new()),
                 session_tasks: Mutex::new(HashSet::new()),

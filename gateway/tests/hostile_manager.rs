@@ -207,6 +207,7 @@ async fn setup() -> Setup {
             max_backoff: Duration::from_millis(100),
             ..LinkOptions::default()
         },
+        ..ClusterOptions::default()
     };
     let endpoint = net.client_endpoint(addr(GATEWAY)).unwrap();
     let (upstream, deliveries) =

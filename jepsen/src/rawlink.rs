@@ -24,6 +24,9 @@ pub enum RawLinkError {
     /// The QUIC endpoint could not be created.
     #[error("QUIC endpoint: {0}")]
     Endpoint(#[source] firetower_link::TransportError),
+    /// The gateway sessions the workload needs could not be opened.
+    #[error("gateway session: {0}")]
+    Session(#[source] firetower_link::LinkError),
     /// No manager answered the routing request in time.
     #[error("no manager returned the routing table within {0:?}")]
     NoRouting(Duration),

@@ -135,9 +135,31 @@ pub(crate) fn spawn_printer() -> (mpsc::UnboundedSender<Op>, tokio::task::JoinHa
     (tx, handle)
 }
 
+/// Lease of the sessions the subscriptions workload holds for its gateway ids: the longest a
+/// manager grants.
+const SESSION_LEASE: Duration = Duration::from_secs(300);
+
 pub(crate) async fn run_subscriptions(config: WorkerConfig) -> Result<(), JepsenError> {
     let clock = Clock::new(config.t0_unix_ms);
     let link = Arc::new(RawLink::new(config.managers.clone(), Duration::from_secs(3)).await?);
+    // Managers commit subscriptions only for a gateway with a live session: hold one for every
+    // gateway id the clients act as, with the longest lease, so a partition of this host does
+    // not sweep their subscriptions in the middle of the run.
+    let mut sessions = Vec::new();
+    for gateway in 1..=config.gateway_ids.max(1) {
+        let holder = firetower_link::LinkClient::connect(
+            gateway,
+            config.managers.clone(),
+            firetower_link::LinkOptions::default(),
+        )
+        .await
+        .map_err(crate::rawlink::RawLinkError::Session)?;
+        let held = holder
+            .hold_sessions(SESSION_LEASE, Duration::from_secs(30))
+            .await
+            .map_err(crate::rawlink::RawLinkError::Session)?;
+        sessions.push((holder, held));
+    }
     let pool = Arc::new(Mutex::new(KeyPool::new(
         format!("jk{}", config.seed),
         (config.concurrency / 2).max(2),

@@ -34,6 +34,7 @@ pub mod certs;
 mod client;
 mod endpoint;
 mod frame;
+mod held_session;
 pub mod identity;
 mod leader_cache;
 pub mod memnet;
@@ -42,6 +43,7 @@ mod reconnect;
 pub mod tls;
 
 pub use client::{LinkClient, LinkError, LinkOptions, StreamError};
+pub use held_session::HeldSessions;
 pub use endpoint::{
     client_config, client_endpoint, client_endpoint_on, make_endpoint, make_endpoint_on,
     make_endpoint_with_reset_secret, TransportError, ALPN_LINK, ALPN_RAFT,

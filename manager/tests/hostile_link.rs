@@ -48,6 +48,7 @@ async fn raw_link(cluster: &Cluster, id: u64) -> LinkClient {
         request_timeout: Duration::from_secs(8),
         min_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(200),
+        ..LinkOptions::default()
     };
     LinkClient::connect_with_endpoint(
         endpoint,

@@ -1,0 +1,212 @@
+//! A gateway session held by a tool that acts as a gateway (`firetower link`, `bench commits`,
+//! the chaos probe, the Jepsen raw link).
+//!
+//! Managers commit a subscription only for a gateway with a live session on the group's
+//! leader, and drop the subscriptions of a gateway whose session lapsed for its lease
+//! (`manager/src/topics.rs`). A real gateway keeps its sessions in `firetower-gateway`; a tool
+//! keeps them with [`LinkClient::hold_sessions`]: one session stream per manager of the
+//! routing table, heartbeats every fifth of the lease, every delivery acknowledged (a tool
+//! does not consume them), re-opened with backoff when a stream ends.
+//!
+//! ```text
+//!   hold_sessions ─▶ per manager: OpenSession{epoch, lease} ─▶ Opened ─▶ [Delivery ─▶ Ack]*
+//!                                 heartbeat every lease/5 ──▶
+//! ```
+//!
+//! The epoch is the wall clock in microseconds at the call, as a gateway's: every run of a tool is a newer
+//! session than the last, and replaces it. When the holder is dropped the streams close; the
+//! managers then keep the gateway's subscriptions for one more lease.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use firetower_proto::link::{gateway_frame, session_frame, DeliveryAck, GatewayFrame, Heartbeat};
+use firetower_proto::Epoch;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::client::{LinkClient, LinkError};
+use crate::frame::{decode_body, read_link_frame, write_link_frame, MAX_LINK_FRAME_BYTES};
+use crate::message::LinkRequest;
+
+/// Sessions of one gateway id with every manager, held until dropped.
+#[derive(Debug)]
+pub struct HeldSessions {
+    epoch: Epoch,
+    opened: watch::Receiver<usize>,
+    managers: usize,
+    _tasks: JoinSet<()>,
+}
+
+impl HeldSessions {
+    /// The epoch of these sessions (subscriptions may name it, or 0).
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// Wait until every manager has opened the session at least once.
+    pub async fn wait_open(&mut self, timeout: Duration) -> Result<(), LinkError> {
+        let managers = self.managers;
+        let result = {
+            let wait = self.opened.wait_for(|n| *n >= managers);
+            tokio::time::timeout(timeout, wait).await.map(|r| r.map(|_| ()))
+        };
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(LinkError::Timeout(
+                timeout,
+                "the session tasks stopped before every manager opened a session".into(),
+            )),
+            Err(_) => Err(LinkError::Timeout(
+                timeout,
+                format!(
+                    "{} of {managers} managers opened this gateway's session",
+                    *self.opened.borrow()
+                ),
+            )),
+        }
+    }
+}
+
+impl LinkClient {
+    /// Open and keep this gateway id's session with every manager of the routing table, with
+    /// lease `lease`; returns once every manager opened it (or `timeout` passed: an error).
+    pub async fn hold_sessions(
+        &self,
+        lease: Duration,
+        timeout: Duration,
+    ) -> Result<HeldSessions, LinkError> {
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+            .unwrap_or(1)
+            .max(1);
+        let epoch = Epoch(micros);
+        let managers = self.managers();
+        let (opened_tx, opened) = watch::channel(0usize);
+        let mut tasks = JoinSet::new();
+        for addr in &managers {
+            let link = self.clone();
+            let opened_tx = opened_tx.clone();
+            let addr = *addr;
+            tasks.spawn(async move { keep(link, addr, epoch, lease, opened_tx).await });
+        }
+        let mut held = HeldSessions {
+            epoch,
+            opened,
+            managers: managers.len(),
+            _tasks: tasks,
+        };
+        held.wait_open(timeout).await?;
+        Ok(held)
+    }
+}
+
+/// Keep the session with `addr` open until the task is aborted.
+async fn keep(
+    link: LinkClient,
+    addr: SocketAddr,
+    epoch: Epoch,
+    lease: Duration,
+    opened: watch::Sender<usize>,
+) {
+    let mut counted = false;
+    let mut attempt = 0u32;
+    loop {
+        match run(&link, addr, epoch, lease, &opened, &mut counted).await {
+            Ok(()) => tracing::debug!(%addr, "held session ended"),
+            Err(e) => tracing::debug!(%addr, error = %e, "held session failed"),
+        }
+        link.backoff(attempt).await;
+        attempt = attempt.saturating_add(1).min(16);
+    }
+}
+
+/// Why one session stream ended.
+#[derive(Debug, thiserror::Error)]
+enum HeldError {
+    #[error("cannot open the session stream: {0}")]
+    Open(String),
+    #[error("session stream: {0}")]
+    Stream(String),
+    #[error("the manager refused the session: {0}")]
+    Refused(String),
+}
+
+async fn run(
+    link: &LinkClient,
+    addr: SocketAddr,
+    epoch: Epoch,
+    lease: Duration,
+    opened: &watch::Sender<usize>,
+    counted: &mut bool,
+) -> Result<(), HeldError> {
+    let (mut send, mut recv) = link
+        .open_stream(addr)
+        .await
+        .map_err(|e| HeldError::Open(e.to_string()))?;
+    let open = LinkRequest::OpenSession { epoch, lease }.to_frame(link.gateway());
+    write_link_frame(&mut send, &open)
+        .await
+        .map_err(|e| HeldError::Stream(e.to_string()))?;
+    let (acks, mut ack_rx) = mpsc::channel::<GatewayFrame>(256);
+    let every = (lease / 5).max(Duration::from_millis(100));
+    let writer = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            let frame = tokio::select! {
+                _ = tick.tick() => GatewayFrame {
+                    frame: Some(gateway_frame::Frame::Heartbeat(Heartbeat {})),
+                },
+                f = ack_rx.recv() => match f {
+                    Some(f) => f,
+                    None => break,
+                },
+            };
+            if write_link_frame(&mut send, &frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    let result = async {
+        loop {
+            let body = read_link_frame(&mut recv, MAX_LINK_FRAME_BYTES + 4096)
+                .await
+                .map_err(|e| HeldError::Stream(e.to_string()))?;
+            let Some(body) = body else {
+                return Ok(());
+            };
+            let frame: firetower_proto::link::SessionFrame =
+                decode_body(&body).map_err(|e| HeldError::Stream(e.to_string()))?;
+            match frame.frame {
+                Some(session_frame::Frame::Opened(_)) => {
+                    if !*counted {
+                        *counted = true;
+                        opened.send_modify(|n| *n += 1);
+                    }
+                }
+                Some(session_frame::Frame::Delivery(d)) => {
+                    let ack = GatewayFrame {
+                        frame: Some(gateway_frame::Frame::Ack(DeliveryAck {
+                            upto: d.dseq,
+                            superseded: Vec::new(),
+                        })),
+                    };
+                    if acks.send(ack).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Some(session_frame::Frame::Failure(f)) => {
+                    return Err(HeldError::Refused(format!("{}: {}", f.code, f.message)));
+                }
+                // Resync asks for the topics held; a tool re-subscribes on its own terms.
+                Some(session_frame::Frame::Resync(_))
+                | Some(session_frame::Frame::Routing(_))
+                | None => {}
+            }
+        }
+    }
+    .await;
+    writer.abort();
+    result
+}

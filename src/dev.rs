@@ -103,7 +103,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             tls_dir: Some(tls_dir.clone()),
             insecure: false,
         },
-        unsafe_accept_any_manager: false,
     };
     let (gateway, upstream) = crate::gateway_cmd::start(&gateway_args).await?;
     let addr = gateway.local_addr();

@@ -31,10 +31,6 @@ pub struct GatewayArgs {
     pub lease_ms: u64,
     #[command(flatten)]
     pub tls: TlsFlags,
-    /// DELIBERATELY UNSAFE (Jepsen harness self-test only): pass on deliveries from any
-    /// manager, leader or not.
-    #[arg(long)]
-    pub unsafe_accept_any_manager: bool,
 }
 
 /// Resolve admin addresses to QUIC addresses through `Describe`.
@@ -88,10 +84,7 @@ pub async fn start(args: &GatewayArgs) -> anyhow::Result<(GatewayHandle, Cluster
         ..ClusterOptions::default()
     };
     options.link.security = security;
-    if args.unsafe_accept_any_manager {
-        tracing::warn!("UNSAFE: --unsafe-accept-any-manager passes deliveries from non-leaders");
-        options.unsafe_accept_any_manager = true;
-    }
+
     let (upstream, deliveries) = ClusterUpstream::connect(args.id, managers, options)
         .await
         .context("cannot reach the manager cluster")?;

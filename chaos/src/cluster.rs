@@ -55,8 +55,6 @@ pub struct ClusterSpec {
     pub groups: u32,
     /// Extra flags for every `firetower manager` (for example `--unsafe-stale-reads`).
     pub manager_flags: Vec<String>,
-    /// Extra flags of every gateway process (the Jepsen unsafe modes).
-    pub gateway_flags: Vec<String>,
     /// Start a gateway on each gateway host.
     pub start_gateways: bool,
 }
@@ -72,7 +70,6 @@ impl ClusterSpec {
             initial_managers: 3,
             groups: 8,
             manager_flags: Vec::new(),
-            gateway_flags: Vec::new(),
             start_gateways: false,
         }
     }
@@ -240,8 +237,6 @@ impl Cluster {
                     admins.join(","),
                     "--insecure".into(),
                 ];
-                let mut args = args;
-                args.extend(cluster.spec.gateway_flags.iter().cloned());
                 let log = cluster
                     .spec
                     .run_dir

@@ -123,11 +123,6 @@ pub struct ClusterOptions {
     pub delivery_buffer: usize,
     /// Request tuning of the link.
     pub link: LinkOptions,
-    /// DELIBERATELY UNSAFE, for verifying the Jepsen harness only: pass on deliveries from any
-    /// manager of the cluster, leader of the topic's group or not. Paired with the managers'
-    /// `--unsafe-stale-leadership`, acknowledged messages can then be lost, which the
-    /// `delivery` workload must detect; without it the gateway's leader check hides that mode.
-    pub unsafe_accept_any_manager: bool,
 }
 
 impl Default for ClusterOptions {
@@ -136,7 +131,6 @@ impl Default for ClusterOptions {
             lease: Duration::from_secs(5),
             delivery_buffer: 65_536,
             link: LinkOptions::default(),
-            unsafe_accept_any_manager: false,
         }
     }
 }
@@ -268,7 +262,7 @@ impl ClusterUpstream {
                 epoch,
                 lease: options.lease,
                 held: Mutex::new(HashSet::new()),
-                guard: Mutex::new(DeliveryGuard::new(options.unsafe_accept_any_manager)),
+                guard: Mutex::new(DeliveryGuard::default()),
                 deliveries: tx,
                 open_sessions: Mutex::new(HashSet::new()),
                 session_tasks: Mutex::new(HashSet::new()),

@@ -152,20 +152,9 @@ pub(crate) struct DeliveryGuard {
     superseded: u64,
     not_held: u64,
     resets: u64,
-    /// DELIBERATELY UNSAFE (Jepsen self-test only): pass deliveries from any manager as if it
-    /// led the group.
-    accept_any_manager: bool,
 }
 
 impl DeliveryGuard {
-    /// A guard; `accept_any_manager` is the Jepsen self-test's unsafe mode (no leader check).
-    pub(crate) fn new(accept_any_manager: bool) -> Self {
-        DeliveryGuard {
-            accept_any_manager,
-            ..DeliveryGuard::default()
-        }
-    }
-
     /// Decide about `d` (see the module doc); records what a passed delivery changes.
     pub(crate) fn check(&mut self, d: &Incoming<'_>, cx: Context) -> Verdict {
         let verdict = self.decide(d, cx);
@@ -192,9 +181,7 @@ impl DeliveryGuard {
             return Verdict::Rejected(DeliveryRejected::AbsurdStamp);
         }
         let last_leader = self.group_leader.get(&cx.group).copied();
-        let leads = self.accept_any_manager
-            || cx.leader == Some(d.from)
-            || last_leader == Some((d.from, d.term));
+        let leads = cx.leader == Some(d.from) || last_leader == Some((d.from, d.term));
         if !leads {
             let newer_term = last_leader.is_none_or(|(_, term)| d.term > term);
             if cx.verified {

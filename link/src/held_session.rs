@@ -17,6 +17,7 @@
 //! session than the last, and replaces it. When the holder is dropped the streams close; the
 //! managers then keep the gateway's subscriptions for one more lease.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -33,8 +34,9 @@ use crate::message::LinkRequest;
 #[derive(Debug)]
 pub struct HeldSessions {
     epoch: Epoch,
-    opened: watch::Receiver<usize>,
-    managers: usize,
+    link: LinkClient,
+    /// Managers that opened the session at least once.
+    opened: watch::Receiver<BTreeSet<SocketAddr>>,
     _tasks: JoinSet<()>,
 }
 
@@ -44,26 +46,38 @@ impl HeldSessions {
         self.epoch
     }
 
-    /// Wait until every manager has opened the session at least once.
+    /// Wait until the session is open on the leader of every group (a subscription needs it
+    /// there; a manager that is down and leads nothing does not hold the wait up).
     pub async fn wait_open(&mut self, timeout: Duration) -> Result<(), LinkError> {
-        let managers = self.managers;
-        let result = {
-            let wait = self.opened.wait_for(|n| *n >= managers);
-            tokio::time::timeout(timeout, wait).await.map(|r| r.map(|_| ()))
-        };
-        match result {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(LinkError::Timeout(
-                timeout,
-                "the session tasks stopped before every manager opened a session".into(),
-            )),
-            Err(_) => Err(LinkError::Timeout(
-                timeout,
-                format!(
-                    "{} of {managers} managers opened this gateway's session",
-                    *self.opened.borrow()
-                ),
-            )),
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let leaders: BTreeSet<SocketAddr> = (0..self.link.groups())
+                .filter_map(|g| self.link.leader(g))
+                .collect();
+            let opened = self.opened.borrow().clone();
+            let missing: Vec<SocketAddr> = if leaders.is_empty() {
+                self.link
+                    .managers()
+                    .into_iter()
+                    .filter(|m| !opened.contains(m))
+                    .collect()
+            } else {
+                leaders.difference(&opened).copied().collect()
+            };
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(LinkError::Timeout(
+                    timeout,
+                    format!("no session opened on the group leaders {missing:?}"),
+                ));
+            }
+            // Leaders move: look again, at the routing too.
+            let _ = tokio::time::timeout(Duration::from_millis(200), self.opened.changed()).await;
+            if self.link.refresh_routing().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
 }
@@ -83,7 +97,7 @@ impl LinkClient {
             .max(1);
         let epoch = Epoch(micros);
         let managers = self.managers();
-        let (opened_tx, opened) = watch::channel(0usize);
+        let (opened_tx, opened) = watch::channel(BTreeSet::new());
         let mut tasks = JoinSet::new();
         for addr in &managers {
             let link = self.clone();
@@ -93,8 +107,8 @@ impl LinkClient {
         }
         let mut held = HeldSessions {
             epoch,
+            link: self.clone(),
             opened,
-            managers: managers.len(),
             _tasks: tasks,
         };
         held.wait_open(timeout).await?;
@@ -108,12 +122,11 @@ async fn keep(
     addr: SocketAddr,
     epoch: Epoch,
     lease: Duration,
-    opened: watch::Sender<usize>,
+    opened: watch::Sender<BTreeSet<SocketAddr>>,
 ) {
-    let mut counted = false;
     let mut attempt = 0u32;
     loop {
-        match run(&link, addr, epoch, lease, &opened, &mut counted).await {
+        match run(&link, addr, epoch, lease, &opened).await {
             Ok(()) => tracing::debug!(%addr, "held session ended"),
             Err(e) => tracing::debug!(%addr, error = %e, "held session failed"),
         }
@@ -138,8 +151,7 @@ async fn run(
     addr: SocketAddr,
     epoch: Epoch,
     lease: Duration,
-    opened: &watch::Sender<usize>,
-    counted: &mut bool,
+    opened: &watch::Sender<BTreeSet<SocketAddr>>,
 ) -> Result<(), HeldError> {
     let (mut send, mut recv) = link
         .open_stream(addr)
@@ -180,10 +192,7 @@ async fn run(
                 decode_body(&body).map_err(|e| HeldError::Stream(e.to_string()))?;
             match frame.frame {
                 Some(session_frame::Frame::Opened(_)) => {
-                    if !*counted {
-                        *counted = true;
-                        opened.send_modify(|n| *n += 1);
-                    }
+                    opened.send_if_modified(|set| set.insert(addr));
                 }
                 Some(session_frame::Frame::Delivery(d)) => {
                     let ack = GatewayFrame {

@@ -233,7 +233,11 @@ fn unsafe_delivery_run_is_caught(name: &str, extra: &[&str], kinds: &[&str]) {
     let verdict: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("verdict.json")).unwrap()).unwrap();
     let counted = |kind: &str| {
-        let stat = if kind == "lost" { "lost_unexcused" } else { kind };
+        let stat = if kind == "lost" {
+            "lost_unexcused"
+        } else {
+            kind
+        };
         verdict["stats"][stat].as_u64().unwrap_or(0)
     };
     assert!(

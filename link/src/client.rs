@@ -300,7 +300,9 @@ impl LinkClient {
     pub async fn refresh_routing(&self) -> Result<(), LinkError> {
         let deadline = tokio::time::Instant::now() + self.inner.options.request_timeout;
         let mut attempt = 0u32;
-        let mut last_error = String::from("no manager address given");
+        // Distinct reasons, oldest first: the attempt the deadline cuts short would otherwise
+        // hide the real one (a certificate refused, `permission_denied`).
+        let mut errors = Errors::default();
         loop {
             let candidates = {
                 let mut c = self.managers();
@@ -315,21 +317,21 @@ impl LinkClient {
                 match self.send(addr, &LinkRequest::GetRouting, deadline).await {
                     Attempt::Reply(LinkReply::Routing(r)) => match self.apply_routing(addr, &r) {
                         Ok(()) => return Ok(()),
-                        Err(e) => last_error = format!("{addr}: {e}"),
+                        Err(e) => errors.push(format!("{addr}: {e}")),
                     },
-                    Attempt::Reply(r) => last_error = format!("{addr}: {r:?}"),
+                    Attempt::Reply(r) => errors.push(format!("{addr}: {r:?}")),
                     Attempt::Malformed(e) => {
-                        last_error = format!("{addr}: {}", self.malformed_routing(addr, e))
+                        errors.push(format!("{addr}: {}", self.malformed_routing(addr, e)))
                     }
                     Attempt::Transport(e) | Attempt::Indeterminate(e) => {
-                        last_error = format!("{addr}: {e}")
+                        errors.push(format!("{addr}: {e}"))
                     }
                 }
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(LinkError::Timeout(
                     self.inner.options.request_timeout,
-                    last_error,
+                    errors.into_message(),
                 ));
             }
             self.backoff(attempt).await;
@@ -663,5 +665,27 @@ fn unexpected(reply: &LinkReply) -> LinkError {
     LinkError::Refused {
         code: "internal".into(),
         message: format!("unexpected reply {reply:?}"),
+    }
+}
+
+/// The distinct reasons a request failed, the first few kept.
+#[derive(Default)]
+struct Errors(Vec<String>);
+
+impl Errors {
+    /// Most reasons kept: enough for one per manager of a small cluster.
+    const KEEP: usize = 4;
+
+    fn push(&mut self, reason: String) {
+        if self.0.len() < Self::KEEP && !self.0.contains(&reason) {
+            self.0.push(reason);
+        }
+    }
+
+    fn into_message(self) -> String {
+        if self.0.is_empty() {
+            return "no manager address given".into();
+        }
+        self.0.join("; ")
     }
 }

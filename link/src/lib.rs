@@ -43,7 +43,6 @@ mod reconnect;
 pub mod tls;
 
 pub use client::{LinkClient, LinkError, LinkOptions, StreamError};
-pub use held_session::HeldSessions;
 pub use endpoint::{
     client_config, client_endpoint, client_endpoint_on, make_endpoint, make_endpoint_on,
     make_endpoint_with_reset_secret, TransportError, ALPN_LINK, ALPN_RAFT,
@@ -53,6 +52,7 @@ pub use frame::{
     request_body_limit, write_link_frame, FrameError, ReadFrameError, HEADER_LEN, KIND_PEEK_BYTES,
     MAX_GATEWAY_FRAME_BYTES, MAX_LINK_FRAME_BYTES, MAX_SMALL_REQUEST_BYTES,
 };
+pub use held_session::HeldSessions;
 pub use identity::{IdentityError, Role};
 pub use leader_cache::{
     plausible_manager_addr, LeaderCache, Observation, RoutingRejectReason, RoutingRejected,

@@ -519,6 +519,11 @@ async fn a_certificate_of_the_wrong_role_is_closed_naming_the_role() {
     cluster.assert_serving().await;
     // Raft still replicates: a subscription commits in the three-manager group.
     let good = cluster.gateway(GOOD_GATEWAY).await;
+    // Managers commit subscriptions only inside a live session of the gateway.
+    let _session = good
+        .hold_sessions(Duration::from_secs(5), Duration::from_secs(15))
+        .await
+        .expect("gateway 1 opens its session");
     good.subscribe("after.refusals")
         .await
         .expect("a subscription commits");
@@ -595,7 +600,13 @@ async fn a_gateway_cannot_act_as_another_gateway_id() {
             other => panic!("{request:?} as gateway 8 was answered: {other:?}"),
         }
     }
-    // The same connection as the certificate's own gateway is served.
+    // The same connection as the certificate's own gateway is served (inside gateway 7's
+    // session, held by a client with the same certificate).
+    let holder = cluster.gateway(CERT_GATEWAY).await;
+    let _session = holder
+        .hold_sessions(Duration::from_secs(5), Duration::from_secs(15))
+        .await
+        .expect("gateway 7 opens its session");
     match request_as(
         &conn,
         CERT_GATEWAY,
@@ -859,11 +870,9 @@ async fn insecure_and_secure_peers_do_not_mix() {
 
 /// The refusals above as the link client reports them: a gateway's operator should read why
 /// it cannot join (a certificate problem, `permission_denied`), not only that the deadline
-/// passed. Today `LinkClient::refresh_routing` retries a refusal until its deadline and
-/// reports the last try, which the deadline cut short ("no stream to ... before the
-/// deadline", "no reply in time").
+/// passed. `LinkClient::refresh_routing` retries until its deadline, and its error keeps the
+/// first distinct reasons, not only the try the deadline cut short.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the link client reports the deadline instead of the refusal (firetower-link)"]
 async fn link_client_errors_keep_the_refusal() {
     let _serial = one_at_a_time().await;
     let cluster = SecureCluster::start(1).await;

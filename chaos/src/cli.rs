@@ -78,6 +78,10 @@ pub enum ChaosCommand {
         /// The gateway id to act as.
         #[arg(long, default_value_t = 900)]
         gateway: u64,
+        /// The cluster's TLS directory (`gateway-<id>.pem`); against an `--insecure` cluster
+        /// when not given.
+        #[arg(long)]
+        tls_dir: Option<std::path::PathBuf>,
         /// Pause between operations, ms.
         #[arg(long, default_value_t = 20)]
         interval_ms: u64,
@@ -119,12 +123,20 @@ pub async fn run(command: ChaosCommand) -> Result<(), ChaosError> {
             gateway,
             interval_ms,
             t0_unix_ms,
+            tls_dir,
         } => {
             let managers = parse_addrs(&managers)?;
+            let security = firetower_link::Security::from_flags(
+                tls_dir.as_deref(),
+                tls_dir.is_none(),
+                &firetower_link::Role::Gateway(gateway),
+            )
+            .map_err(crate::probe::ProbeError::Tls)?;
             crate::probe::run_probe(
                 managers,
                 topic,
                 gateway,
+                security,
                 Duration::from_millis(interval_ms),
                 t0_unix_ms,
             )

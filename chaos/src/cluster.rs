@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 
 use firetower_proto::{GroupId, GroupView, ManagerId, MembersView};
 
+use firetower_link::Role as TlsRole;
+
 use crate::cmd::run;
 use crate::net::{Host, HostSpec, Role, TestNet};
 use crate::partition::{self, Partition};
@@ -33,6 +35,12 @@ use crate::ChaosError;
 
 /// QUIC port of every manager (on its own address).
 pub const QUIC_PORT: u16 = 6666;
+/// Manager ids a secure run has certificates for (spares and replacements take new ids).
+const TLS_MANAGER_IDS: u64 = 32;
+/// Gateway ids a secure run has certificates for (gateway hosts, Jepsen workers).
+const TLS_GATEWAY_IDS: u64 = 16;
+/// Gateway ids of the availability probes.
+const PROBE_GATEWAY_IDS: std::ops::RangeInclusive<u64> = 900..=931;
 /// Admin (gRPC) port of every manager.
 pub const ADMIN_PORT: u16 = 6667;
 /// WebSocket port of every gateway.
@@ -57,6 +65,9 @@ pub struct ClusterSpec {
     pub manager_flags: Vec<String>,
     /// Start a gateway on each gateway host.
     pub start_gateways: bool,
+    /// Mutual TLS (a CA and certificates under `run_dir/tls`), as in production; `false` runs
+    /// every process with `--insecure`.
+    pub secure: bool,
 }
 
 impl ClusterSpec {
@@ -71,6 +82,7 @@ impl ClusterSpec {
             groups: 8,
             manager_flags: Vec::new(),
             start_gateways: false,
+            secure: true,
         }
     }
 }
@@ -145,6 +157,17 @@ impl Cluster {
             ));
         }
         partition::ensure_nft()?;
+        if spec.secure {
+            // One CA per run and a certificate for every id a run may use: managers (spares
+            // and replacements get new ids), gateways, and the probes' gateway ids.
+            let dir = spec.run_dir.join("tls");
+            let mut roles: Vec<TlsRole> = (1..=TLS_MANAGER_IDS).map(TlsRole::Manager).collect();
+            roles.extend((1..=TLS_GATEWAY_IDS).map(TlsRole::Gateway));
+            roles.extend(PROBE_GATEWAY_IDS.map(TlsRole::Gateway));
+            firetower_link::certs::ensure(&dir, &spec.tag, &roles).map_err(|e| {
+                ChaosError::io(&dir, std::io::Error::other(e.to_string()))
+            })?;
+        }
         for sub in ["data", "logs"] {
             let dir = spec.run_dir.join(sub);
             std::fs::create_dir_all(&dir).map_err(|e| ChaosError::io(&dir, e))?;
@@ -235,8 +258,9 @@ impl Cluster {
                     SocketAddr::from((host.ip, GATEWAY_PORT)).to_string(),
                     "--managers".into(),
                     admins.join(","),
-                    "--insecure".into(),
                 ];
+                let mut args = args;
+                args.extend(cluster.tls_args());
                 let log = cluster
                     .spec
                     .run_dir
@@ -273,10 +297,8 @@ impl Cluster {
             "--data-dir".into(),
             data_dir.display().to_string(),
         ];
-        // The harness runs its clusters with --insecure (its tools act as many gateway ids
-        // over one connection, which gateway certificates pin to one id) and with the test
-        // hooks its nemeses may use.
-        args.push("--insecure".into());
+        // The test hooks its nemeses may use.
+        args.extend(self.tls_args());
         args.push("--unsafe-test-hooks".into());
         args.extend(self.spec.manager_flags.iter().cloned());
         args
@@ -286,6 +308,20 @@ impl Cluster {
     pub fn net(&self) -> &TestNet {
         &self.net
     }
+
+    /// The run's TLS directory, `None` for an `--insecure` cluster.
+    pub fn tls_dir(&self) -> Option<PathBuf> {
+        self.spec.secure.then(|| self.spec.run_dir.join("tls"))
+    }
+
+    /// The flags every process of this cluster takes: `--tls-dir DIR` or `--insecure`.
+    pub fn tls_args(&self) -> Vec<String> {
+        match self.tls_dir() {
+            Some(dir) => vec!["--tls-dir".into(), dir.display().to_string()],
+            None => vec!["--insecure".into()],
+        }
+    }
+
 
     /// The spec it was built from.
     pub fn spec(&self) -> &ClusterSpec {
@@ -381,8 +417,9 @@ impl Cluster {
             "-s", "KILL", &secs, "ip", "netns", "exec", &client.ns, &binary,
         ];
         full.extend(args.iter().map(String::as_str));
+        let tls = self.tls_args();
         if matches!(args.first().map(String::as_str), Some("cluster" | "link")) {
-            full.push("--insecure");
+            full.extend(tls.iter().map(String::as_str));
         }
         run("timeout", &full)
     }

@@ -13,6 +13,9 @@ use tokio::io::AsyncWriteExt;
 /// Why the probe stopped before it was killed.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
+    /// The gateway certificate could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(#[source] firetower_link::TlsError),
     /// The link client could not reach the cluster.
     #[error("cannot connect to the managers: {0}")]
     Connect(#[from] firetower_link::LinkError),
@@ -48,6 +51,7 @@ pub(crate) async fn run_probe(
     managers: Vec<SocketAddr>,
     topic: String,
     gateway: u64,
+    security: firetower_link::Security,
     interval: Duration,
     t0_unix_ms: f64,
 ) -> Result<(), ProbeError> {
@@ -58,7 +62,7 @@ pub(crate) async fn run_probe(
         request_timeout: Duration::from_secs(1),
         min_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(200),
-        ..LinkOptions::default()
+        security,
     };
     let link = LinkClient::connect(gateway, managers, options).await?;
     // Subscriptions are committed only within a live session of the gateway id.

@@ -55,6 +55,7 @@ impl ProbeProcess {
                 "--t0-unix-ms",
                 &format!("{t0_unix_ms:.3}"),
             ])
+            .args(cluster.tls_args())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

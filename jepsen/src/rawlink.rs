@@ -24,6 +24,9 @@ pub enum RawLinkError {
     /// The QUIC endpoint could not be created.
     #[error("QUIC endpoint: {0}")]
     Endpoint(#[source] firetower_link::TransportError),
+    /// A gateway certificate could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(#[source] firetower_link::TlsError),
     /// The gateway sessions the workload needs could not be opened.
     #[error("gateway session: {0}")]
     Session(#[source] firetower_link::LinkError),
@@ -66,10 +69,12 @@ pub enum Outcome {
 /// A link client for one worker process (shared by its clients).
 #[derive(Debug)]
 pub struct RawLink {
-    endpoint: quinn::Endpoint,
+    /// Per gateway id: the endpoint presenting that gateway's certificate (one shared
+    /// endpoint in insecure mode).
+    endpoints: HashMap<u64, quinn::Endpoint>,
     managers: Vec<SocketAddr>,
     groups: u32,
-    connections: Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    connections: Mutex<HashMap<(u64, SocketAddr), quinn::Connection>>,
     leaders: Mutex<HashMap<u32, SocketAddr>>,
     /// Give up on a request after this long.
     pub deadline: Duration,
@@ -85,17 +90,41 @@ enum Attempt {
 
 impl RawLink {
     /// Connect lazily to `managers`; `groups` is learned from the first manager that answers.
+    /// `gateways` ids (1..=gateways) are acted as; with `tls_dir` each presents its own
+    /// certificate (`gateway-<id>.pem`), since a certificate pins one gateway id.
     pub async fn new(
         managers: Vec<SocketAddr>,
         deadline: Duration,
+        tls_dir: Option<&std::path::Path>,
+        gateways: u64,
     ) -> Result<RawLink, RawLinkError> {
         let bind = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0));
-        // The harness's clusters run with --insecure: one connection acts as many gateway ids,
-        // which a gateway certificate (pinned to one id) would not allow.
-        let endpoint = firetower_link::client_endpoint(bind, &firetower_link::Security::Insecure)
-            .map_err(RawLinkError::Endpoint)?;
+        let mut endpoints = HashMap::new();
+        let shared = match tls_dir {
+            None => Some(
+                firetower_link::client_endpoint(bind, &firetower_link::Security::Insecure)
+                    .map_err(RawLinkError::Endpoint)?,
+            ),
+            Some(_) => None,
+        };
+        for gateway in 1..=gateways.max(1) {
+            let endpoint = match (&shared, tls_dir) {
+                (Some(e), _) => e.clone(),
+                (None, dir) => {
+                    let security = firetower_link::Security::from_flags(
+                        dir,
+                        false,
+                        &firetower_link::Role::Gateway(gateway),
+                    )
+                    .map_err(RawLinkError::Tls)?;
+                    firetower_link::client_endpoint(bind, &security)
+                        .map_err(RawLinkError::Endpoint)?
+                }
+            };
+            endpoints.insert(gateway, endpoint);
+        }
         let mut link = RawLink {
-            endpoint,
+            endpoints,
             managers,
             groups: 0,
             connections: Mutex::new(HashMap::new()),
@@ -216,36 +245,46 @@ impl RawLink {
         self.connections
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&addr);
+            .retain(|(_, a), _| *a != addr);
     }
 
-    async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, StreamError> {
+    async fn connection(
+        &self,
+        gateway: u64,
+        addr: SocketAddr,
+    ) -> Result<quinn::Connection, String> {
         let cached = self
             .connections
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&addr)
+            .get(&(gateway, addr))
             .cloned();
         if let Some(c) = cached {
             if c.close_reason().is_none() {
                 return Ok(c);
             }
         }
-        let connecting = self.endpoint.connect(addr, "firetower")?;
+        let Some(endpoint) = self.endpoints.get(&gateway) else {
+            return Err(format!("no endpoint for gateway {gateway}"));
+        };
+        let connecting = endpoint
+            .connect(addr, "firetower")
+            .map_err(|e| StreamError::from(e).to_string())?;
         let conn = tokio::time::timeout(Duration::from_millis(1_000), connecting)
             .await
-            .map_err(|_| StreamError::HandshakeTimeout)??;
+            .map_err(|_| StreamError::HandshakeTimeout.to_string())?
+            .map_err(|e| StreamError::from(e).to_string())?;
         self.connections
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(addr, conn.clone());
+            .insert((gateway, addr), conn.clone());
         Ok(conn)
     }
 
     async fn send(&self, addr: SocketAddr, request: &GatewayRequest) -> Attempt {
-        let conn = match self.connection(addr).await {
+        let conn = match self.connection(request.gateway, addr).await {
             Ok(c) => c,
-            Err(e) => return Attempt::NotSent(e.to_string()),
+            Err(e) => return Attempt::NotSent(e),
         };
         let (mut send, mut recv) =
             match tokio::time::timeout(Duration::from_millis(500), conn.open_bi()).await {

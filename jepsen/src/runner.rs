@@ -110,6 +110,7 @@ pub fn run(config: &RunConfig) -> Result<Verdict, JepsenError> {
         ops_per_key: config.ops_per_key,
         gateway_ids: 4,
         interval_ms: 20,
+        tls_dir: cluster.tls_dir(),
     };
     let client = cluster.client_host()?.clone();
     let worker_json = serde_json::to_string(&worker_config).unwrap_or_default();

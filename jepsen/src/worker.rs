@@ -46,6 +46,10 @@ pub struct WorkerConfig {
     pub gateway_ids: u64,
     /// Mean pause between a client's operations, ms.
     pub interval_ms: u64,
+    /// The cluster's TLS directory (`gateway-<id>.pem` for every id acted as); none for an
+    /// `--insecure` cluster.
+    #[serde(default)]
+    pub tls_dir: Option<std::path::PathBuf>,
 }
 
 /// Nanoseconds since the runner's t0, on this process's monotonic clock.
@@ -141,16 +145,33 @@ const SESSION_LEASE: Duration = Duration::from_secs(300);
 
 pub(crate) async fn run_subscriptions(config: WorkerConfig) -> Result<(), JepsenError> {
     let clock = Clock::new(config.t0_unix_ms);
-    let link = Arc::new(RawLink::new(config.managers.clone(), Duration::from_secs(3)).await?);
+    let link = Arc::new(
+        RawLink::new(
+            config.managers.clone(),
+            Duration::from_secs(3),
+            config.tls_dir.as_deref(),
+            config.gateway_ids,
+        )
+        .await?,
+    );
     // Managers commit subscriptions only for a gateway with a live session: hold one for every
     // gateway id the clients act as, with the longest lease, so a partition of this host does
     // not sweep their subscriptions in the middle of the run.
     let mut sessions = Vec::new();
     for gateway in 1..=config.gateway_ids.max(1) {
+        let security = firetower_link::Security::from_flags(
+            config.tls_dir.as_deref(),
+            config.tls_dir.is_none(),
+            &firetower_link::Role::Gateway(gateway),
+        )
+        .map_err(crate::rawlink::RawLinkError::Tls)?;
         let holder = firetower_link::LinkClient::connect(
             gateway,
             config.managers.clone(),
-            firetower_link::LinkOptions::default(),
+            firetower_link::LinkOptions {
+                security,
+                ..firetower_link::LinkOptions::default()
+            },
         )
         .await
         .map_err(crate::rawlink::RawLinkError::Session)?;

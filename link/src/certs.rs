@@ -973,6 +973,89 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
     }
 
+    #[test]
+    fn serials_parse_as_list_prints_them() {
+        let serial: Serial = "00:7F:0a".parse().unwrap();
+        assert_eq!(serial.as_bytes(), &[0x7f, 0x0a]);
+        assert_eq!(serial.to_string(), "7f0a");
+        assert_eq!("abc".parse::<Serial>().unwrap().as_bytes(), &[0x0a, 0xbc]);
+        assert_eq!(serial.to_string().parse::<Serial>().unwrap(), serial);
+        for bad in ["", ":", "00", "xyz", "12 34", &"ab".repeat(21), "é1"] {
+            assert!(
+                matches!(bad.parse::<Serial>(), Err(CertsError::BadSerial(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn reasons_round_trip_through_names_and_codes() {
+        for (i, name) in Reason::NAMES.iter().enumerate() {
+            let reason: Reason = name.parse().unwrap();
+            assert_eq!(reason.name(), *name);
+            assert_eq!(Reason::from_code(reason.code()), Some(reason));
+            assert_eq!(Reason::ALL[i], reason);
+        }
+        assert_eq!(
+            "Key_Compromise".parse::<Reason>().unwrap(),
+            Reason::KeyCompromise
+        );
+        assert_eq!(Reason::from_code(7), None);
+        let err = "stolen".parse::<Reason>().unwrap_err().to_string();
+        assert!(err.contains("key-compromise"), "{err}");
+    }
+
+    #[test]
+    fn revoking_a_certificate_of_another_ca_is_refused() {
+        let dir = tempdir();
+        init(&dir, "ours").unwrap();
+        let other = CertificateAuthority::generate("theirs").unwrap();
+        other
+            .issue(&Role::Gateway(5), &[], 1)
+            .unwrap()
+            .write(&dir)
+            .unwrap();
+        assert!(matches!(
+            serial_of_role(&dir, &Role::Gateway(5)),
+            Err(CertsError::ForeignCertificate { .. })
+        ));
+        let err = serial_of_role(&dir, &Role::Gateway(6))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gateway-6.pem"), "{err}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn list_shows_roles_serials_and_revocations() {
+        let dir = tempdir();
+        ensure(&dir, "x", &[Role::Gateway(1), Role::Manager(2)]).unwrap();
+        let gateway = serial_of_role(&dir, &Role::Gateway(1)).unwrap();
+        revoke(&dir, &gateway, Some(Reason::Superseded)).unwrap();
+        let (crl, infos) = list(&dir).unwrap();
+        assert_eq!(crl.unwrap().number, 1);
+        let roles: Vec<_> = infos.iter().map(|i| (i.is_ca, i.role.clone())).collect();
+        assert_eq!(
+            roles,
+            vec![
+                (true, None),
+                (false, Some(Role::Gateway(1))),
+                (false, Some(Role::Manager(2))),
+                (false, Some(Role::Operator(DEFAULT_OPERATOR.into()))),
+            ]
+        );
+        let revoked: Vec<_> = infos.iter().map(|i| i.revoked.is_some()).collect();
+        assert_eq!(revoked, vec![false, true, false, false]);
+        assert_eq!(infos[1].serial, gateway);
+        assert_eq!(
+            infos[1].revoked.as_ref().unwrap().reason,
+            Some(Reason::Superseded)
+        );
+        assert!(infos.iter().all(|i| i.issued_by_ca));
+        assert!(infos[0].not_after > infos[1].not_after);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
     fn tempdir() -> PathBuf {
         let dir = std::env::temp_dir().join(format!("firetower-certs-{}", rand::random::<u64>()));
         fs::create_dir_all(&dir).unwrap();

@@ -12,7 +12,7 @@
 //!
 //! Keys are ECDSA P-256. The role is a URI subject alternative name (see [`crate::identity`]).
 //! Manager certificates are valid for TLS server and client authentication and name
-//! [`SERVER_NAME`](crate::SERVER_NAME), `localhost` and the `--host` names and addresses given;
+//! [`SERVER_NAME`], `localhost` and the `--host` names and addresses given;
 //! gateway and operator certificates are for client authentication only, so none of them can
 //! pose as a manager.
 //!

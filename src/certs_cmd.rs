@@ -1,11 +1,12 @@
-//! `firetower certs init|issue`: the cluster CA and the certificates of managers, gateways and
-//! operators. The role and id are written into each certificate (`firetower_link::identity`).
+//! `firetower certs init|issue|revoke|list`: the cluster CA, the certificates of managers,
+//! gateways and operators, and the CA's revocation list (`crl.pem`). The role and id are
+//! written into each certificate (`firetower_link::identity`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
 use clap::Subcommand;
-use firetower_link::certs::{self, CertificateAuthority, DEFAULT_DAYS};
+use firetower_link::certs::{self, CertificateAuthority, Reason, Revocation, Serial, DEFAULT_DAYS};
 use firetower_link::identity::valid_operator_name;
 use firetower_link::Role;
 
@@ -43,6 +44,36 @@ pub enum CertsCommand {
         #[arg(long, default_value_t = DEFAULT_DAYS)]
         days: u32,
     },
+    /// Revoke a certificate: add its serial to DIR/crl.pem, signed by the CA of DIR. Copy the
+    /// new crl.pem to every manager and gateway and restart them; revoking again is harmless.
+    Revoke {
+        /// The TLS directory holding the CA.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The certificate DIR/manager-ID.pem.
+        #[arg(long, group = "target")]
+        manager: Option<u64>,
+        /// The certificate DIR/gateway-ID.pem.
+        #[arg(long, group = "target")]
+        gateway: Option<u64>,
+        /// The certificate DIR/operator-NAME.pem.
+        #[arg(long, group = "target")]
+        operator: Option<String>,
+        /// A certificate by serial number (hex, as `certs list` prints it), for one whose file
+        /// is gone.
+        #[arg(long, group = "target")]
+        serial: Option<String>,
+        /// Why: unspecified, key-compromise, affiliation-changed, superseded,
+        /// cessation-of-operation, privilege-withdrawn, ...
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// List the certificates of DIR: file, role, serial, expiry, and whether crl.pem revokes it.
+    List {
+        /// The TLS directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 pub fn run(command: CertsCommand) -> anyhow::Result<()> {
@@ -75,20 +106,7 @@ pub fn run(command: CertsCommand) -> anyhow::Result<()> {
             hosts,
             days,
         } => {
-            let role = match (manager, gateway, operator) {
-                (Some(0), _, _) | (_, Some(0), _) => {
-                    return Err(anyhow!("ids start at 1 (0 is reserved)"))
-                }
-                (Some(id), None, None) => Role::Manager(id),
-                (None, Some(id), None) => Role::Gateway(id),
-                (None, None, Some(name)) if valid_operator_name(&name) => Role::Operator(name),
-                (None, None, Some(name)) => {
-                    return Err(anyhow!(
-                        "operator name {name:?}: use 1 to 64 of a-z, 0-9, '.', '_', '-', starting with a letter or digit"
-                    ))
-                }
-                _ => return Err(anyhow!("give one of --manager ID, --gateway ID or --operator NAME")),
-            };
+            let role = role_of(manager, gateway, operator)?;
             if !hosts.is_empty() && !role.is_server() {
                 return Err(anyhow!(
                     "--host is for manager certificates only ({role} certificates are client certificates)"
@@ -104,6 +122,165 @@ pub fn run(command: CertsCommand) -> anyhow::Result<()> {
             let path = ca.issue(&role, &hosts, days)?.write(&dir)?;
             println!("{role}: {}", path.display());
         }
+        CertsCommand::Revoke {
+            dir,
+            manager,
+            gateway,
+            operator,
+            serial,
+            reason,
+        } => revoke(&dir, manager, gateway, operator, serial, reason)?,
+        CertsCommand::List { dir } => list(&dir)?,
+    }
+    Ok(())
+}
+
+fn role_of(
+    manager: Option<u64>,
+    gateway: Option<u64>,
+    operator: Option<String>,
+) -> anyhow::Result<Role> {
+    Ok(match (manager, gateway, operator) {
+        (Some(0), _, _) | (_, Some(0), _) => return Err(anyhow!("ids start at 1 (0 is reserved)")),
+        (Some(id), None, None) => Role::Manager(id),
+        (None, Some(id), None) => Role::Gateway(id),
+        (None, None, Some(name)) if valid_operator_name(&name) => Role::Operator(name),
+        (None, None, Some(name)) => {
+            return Err(anyhow!(
+                "operator name {name:?}: use 1 to 64 of a-z, 0-9, '.', '_', '-', starting with a letter or digit"
+            ))
+        }
+        _ => return Err(anyhow!("give one of --manager ID, --gateway ID or --operator NAME")),
+    })
+}
+
+fn revoke(
+    dir: &Path,
+    manager: Option<u64>,
+    gateway: Option<u64>,
+    operator: Option<String>,
+    serial: Option<String>,
+    reason: Option<String>,
+) -> anyhow::Result<()> {
+    // Check everything the operator typed before touching the list.
+    let reason = reason.map(|r| r.parse::<Reason>()).transpose()?;
+    let (what, serial) = match serial {
+        Some(hex) => {
+            let serial: Serial = hex.parse()?;
+            (format!("serial {serial}"), serial)
+        }
+        None if manager.is_none() && gateway.is_none() && operator.is_none() => {
+            return Err(anyhow!(
+                "give one of --manager ID, --gateway ID, --operator NAME or --serial HEX"
+            ))
+        }
+        None => {
+            let role = role_of(manager, gateway, operator)?;
+            let (cert_path, _) = certs::cert_paths(dir, &role);
+            if !cert_path.exists() {
+                return Err(anyhow!(
+                    "no certificate {} to read the serial of {role} from; if the file is gone, \
+                     revoke by --serial HEX (`firetower certs list` on a copy of the directory \
+                     shows serials)",
+                    cert_path.display()
+                ));
+            }
+            let serial = certs::serial_of_role(dir, &role)?;
+            (format!("{role} (serial {serial})"), serial)
+        }
+    };
+    let crl = dir.join(certs::CRL_FILE);
+    match certs::revoke(dir, &serial, reason).with_context(|| {
+        format!(
+            "cannot revoke {what} with the CA in {} (nothing was changed)",
+            dir.display()
+        )
+    })? {
+        Revocation::Added { number } => {
+            println!("revoked {what}: {} (CRL number {number})", crl.display());
+            println!(
+                "next: copy {} to the TLS directory of every manager and gateway and restart them; \
+                 they read it at start",
+                crl.display()
+            );
+        }
+        Revocation::AlreadyRevoked { number } => {
+            println!(
+                "{what} was already revoked: {} unchanged (CRL number {number})",
+                crl.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn list(dir: &Path) -> anyhow::Result<()> {
+    let (crl, infos) = certs::list(dir)?;
+    match &crl {
+        Some(crl) => println!(
+            "{}: CRL number {}, {} revoked",
+            dir.join(certs::CRL_FILE).display(),
+            crl.number,
+            crl.revoked.len()
+        ),
+        None => println!(
+            "no {} in {}: nothing revoked",
+            certs::CRL_FILE,
+            dir.display()
+        ),
+    }
+    let rows: Vec<[String; 5]> = infos
+        .iter()
+        .map(|info| {
+            let file = info
+                .file
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let role = match (&info.role, info.is_ca) {
+                (_, true) => "ca".to_owned(),
+                (Some(role), false) => role.spec(),
+                (None, false) => "(no role)".to_owned(),
+            };
+            let role = if info.issued_by_ca {
+                role
+            } else {
+                format!("{role} (other CA)")
+            };
+            let t = info.not_after;
+            let expires = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            );
+            let revoked = match &info.revoked {
+                None => "no".to_owned(),
+                Some(entry) => match entry.reason {
+                    Some(reason) => format!("yes ({reason})"),
+                    None => "yes".to_owned(),
+                },
+            };
+            [file, role, info.serial.to_string(), expires, revoked]
+        })
+        .collect();
+    let header = ["FILE", "ROLE", "SERIAL", "EXPIRES", "REVOKED"].map(str::to_owned);
+    let mut widths = [0usize; 5];
+    for row in std::iter::once(&header).chain(&rows) {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:width$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
     }
     Ok(())
 }

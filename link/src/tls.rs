@@ -14,6 +14,11 @@
 //!   reflection are open to anyone); what the peer may then do is decided by the caller from
 //!   [`peer_role`], per ALPN and per call.
 //!
+//! Revocation: when the TLS directory has a `crl.pem` ([`crate::certs::revoke`]), both
+//! verifiers refuse every certificate it lists, at the handshake, and a process whose own
+//! certificate is listed refuses to start. The list is read once, by [`TlsIdentity::load`]; a
+//! new list takes effect when the process restarts.
+//!
 //! [`Security::Insecure`] (`--insecure`) keeps the old behaviour for experiments: every
 //! endpoint makes a fresh self-signed certificate and clients accept any
 //! ([`EncryptOnlyVerifier`]), so traffic is encrypted but anyone who reaches a port is trusted.
@@ -26,11 +31,14 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName,
+    UnixTime,
+};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::certs::{cert_paths, CA_CERT_FILE};
+use crate::certs::{cert_paths, single_crl, CA_CERT_FILE, CRL_FILE};
 use crate::identity::{IdentityError, Role};
 
 pub use crate::identity::SERVER_NAME;
@@ -87,6 +95,22 @@ pub enum TlsError {
         ca: PathBuf,
         /// rustls' verdict.
         detail: String,
+    },
+    /// `crl.pem` is damaged or was not signed by the directory's CA.
+    #[error("{}: not a usable revocation list: {detail} (copy the current crl.pem from where certificates are issued)", .path.display())]
+    Crl {
+        /// The CRL file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// This process's own certificate is in the revocation list.
+    #[error("{} is revoked (listed in {}): issue a new certificate (remove the old pair, then `firetower certs issue`) and restart", .path.display(), .crl.display())]
+    Revoked {
+        /// The certificate file.
+        path: PathBuf,
+        /// The CRL file.
+        crl: PathBuf,
     },
     /// The certificate verifier could not be built from the CA.
     #[error("cannot build a certificate verifier from the CA: {0}")]
@@ -185,7 +209,9 @@ pub struct TlsIdentity {
     ca_pem: String,
     cert_pem: String,
     key_pem: String,
+    crl_pem: Option<String>,
     roots: Arc<RootCertStore>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 }
@@ -200,38 +226,60 @@ impl std::fmt::Debug for TlsIdentity {
 
 impl TlsIdentity {
     /// Load `role`'s certificate from the TLS directory `dir` (`ca.pem`, `<role>-<id>.pem`,
-    /// `<role>-<id>-key.pem`), checking that it carries `role`, that the key is its key and
-    /// that the CA signed it.
+    /// `<role>-<id>-key.pem`, and `crl.pem` when there is one), checking that it carries
+    /// `role`, that the key is its key, that the CA signed it and that it is not revoked.
     pub fn load(dir: &Path, role: &Role) -> Result<TlsIdentity, TlsError> {
         let ca_path = dir.join(CA_CERT_FILE);
+        let crl_path = dir.join(CRL_FILE);
         let (cert_path, key_path) = cert_paths(dir, role);
         let ca_pem = read(&ca_path)?;
         let cert_pem = read(&cert_path)?;
         let key_pem = read(&key_path)?;
-        let identity = TlsIdentity::from_pem(role, ca_pem, cert_pem, key_pem, &cert_path).map_err(
-            |e| match e {
-                // Name the file that is wrong.
-                TlsError::Pem { path, detail } if path == Path::new("ca") => TlsError::Pem {
-                    path: ca_path.clone(),
-                    detail,
-                },
-                TlsError::Pem { path, detail } if path == Path::new("key") => TlsError::Pem {
-                    path: key_path.clone(),
-                    detail,
-                },
-                TlsError::Untrusted { path, detail, .. } => TlsError::Untrusted {
-                    path,
-                    ca: ca_path.clone(),
-                    detail,
-                },
-                other => other,
-            },
-        )?;
+        // No list means nothing is revoked; a list that is there but unreadable is an error.
+        let crl_pem = match std::fs::read_to_string(&crl_path) {
+            Ok(pem) => Some(pem),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(TlsError::Read {
+                    path: crl_path,
+                    source,
+                })
+            }
+        };
+        let identity =
+            TlsIdentity::from_pem_with_crl(role, ca_pem, cert_pem, key_pem, crl_pem, &cert_path)
+                .map_err(|e| match e {
+                    // Name the file that is wrong.
+                    TlsError::Pem { path, detail } if path == Path::new("ca") => TlsError::Pem {
+                        path: ca_path.clone(),
+                        detail,
+                    },
+                    TlsError::Pem { path, detail } if path == Path::new("key") => TlsError::Pem {
+                        path: key_path.clone(),
+                        detail,
+                    },
+                    TlsError::Untrusted { path, detail, .. } => TlsError::Untrusted {
+                        path,
+                        ca: ca_path.clone(),
+                        detail,
+                    },
+                    TlsError::Crl { path, detail } if path == Path::new(CRL_FILE) => {
+                        TlsError::Crl {
+                            path: crl_path.clone(),
+                            detail,
+                        }
+                    }
+                    TlsError::Revoked { path, .. } => TlsError::Revoked {
+                        path,
+                        crl: crl_path.clone(),
+                    },
+                    other => other,
+                })?;
         Ok(identity)
     }
 
-    /// An identity from PEM text (the CA, the certificate, its key); `cert_path` only names the
-    /// certificate in errors.
+    /// An identity from PEM text (the CA, the certificate, its key), with no revocation list;
+    /// `cert_path` only names the certificate in errors.
     pub fn from_pem(
         role: &Role,
         ca_pem: String,
@@ -239,6 +287,27 @@ impl TlsIdentity {
         key_pem: String,
         cert_path: &Path,
     ) -> Result<TlsIdentity, TlsError> {
+        TlsIdentity::from_pem_with_crl(role, ca_pem, cert_pem, key_pem, None, cert_path)
+    }
+
+    /// An identity from PEM text (the CA, the certificate, its key, and the CA's revocation
+    /// list if there is one); `cert_path` only names the certificate in errors. Fails if the
+    /// list is damaged, not the CA's, or lists this certificate.
+    pub fn from_pem_with_crl(
+        role: &Role,
+        ca_pem: String,
+        cert_pem: String,
+        key_pem: String,
+        crl_pem: Option<String>,
+        cert_path: &Path,
+    ) -> Result<TlsIdentity, TlsError> {
+        let crls = match &crl_pem {
+            None => Vec::new(),
+            Some(pem) => vec![single_crl(pem.as_bytes()).map_err(|detail| TlsError::Crl {
+                path: CRL_FILE.into(),
+                detail,
+            })?],
+        };
         let mut roots = RootCertStore::empty();
         let cas = parse_certificates(ca_pem.as_bytes()).map_err(|detail| TlsError::Pem {
             path: "ca".into(),
@@ -274,7 +343,9 @@ impl TlsIdentity {
             ca_pem,
             cert_pem,
             key_pem,
+            crl_pem,
             roots: Arc::new(roots),
+            crls,
             chain,
             key,
         };
@@ -302,7 +373,13 @@ impl TlsIdentity {
         &self.key_pem
     }
 
-    /// The certificate must be ours (key matches), signed by the CA and within its validity.
+    /// The revocation list both verifiers apply, PEM encoded, if there is one.
+    pub fn crl_pem(&self) -> Option<&str> {
+        self.crl_pem.as_deref()
+    }
+
+    /// The certificate must be ours (key matches), signed by the CA, within its validity and
+    /// not revoked.
     fn check(&self, cert_path: &Path) -> Result<(), TlsError> {
         let provider = ring_provider();
         let certified = rustls::sign::CertifiedKey::from_der(
@@ -321,9 +398,24 @@ impl TlsIdentity {
             ca: CA_CERT_FILE.into(),
             detail,
         };
+        let crl = |detail: String| TlsError::Crl {
+            path: CRL_FILE.into(),
+            detail,
+        };
         verifier
             .verify_client_cert(&self.chain[0], &self.chain[1..], UnixTime::now())
-            .map_err(|e| untrusted(e.to_string()))?;
+            .map_err(|e| match e {
+                rustls::Error::InvalidCertificate(CertificateError::Revoked) => TlsError::Revoked {
+                    path: cert_path.to_owned(),
+                    crl: CRL_FILE.into(),
+                },
+                // The list does not speak for our CA: every peer would be refused.
+                rustls::Error::InvalidCertificate(CertificateError::UnknownRevocationStatus) => {
+                    crl(format!("it was not issued by the CA in {CA_CERT_FILE}"))
+                }
+                rustls::Error::InvalidCertRevocationList(e) => crl(format!("{e:?}")),
+                other => untrusted(other.to_string()),
+            })?;
         Ok(())
     }
 
@@ -332,22 +424,22 @@ impl TlsIdentity {
         auth: ClientAuth,
     ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
         let builder =
-            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), ring_provider());
+            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), ring_provider())
+                .with_crls(self.crls.iter().cloned());
         let builder = match auth {
             ClientAuth::Required => builder,
             ClientAuth::Optional => builder.allow_unauthenticated(),
         };
-        builder
-            .build()
-            .map_err(|e| TlsError::Verifier(e.to_string()))
+        builder.build().map_err(verifier_error)
     }
 
     fn client_crypto(&self) -> Result<rustls::ClientConfig, TlsError> {
         let provider = ring_provider();
         let inner =
             WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider.clone())
+                .with_crls(self.crls.iter().cloned())
                 .build()
-                .map_err(|e| TlsError::Verifier(e.to_string()))?;
+                .map_err(verifier_error)?;
         Ok(rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .dangerous()
@@ -429,6 +521,16 @@ fn insecure_server_crypto(ip: IpAddr) -> Result<rustls::ServerConfig, TlsError> 
 /// [`install_crypto_provider`] was called.
 fn ring_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn verifier_error(e: rustls::server::VerifierBuilderError) -> TlsError {
+    match e {
+        rustls::server::VerifierBuilderError::InvalidCrl(e) => TlsError::Crl {
+            path: CRL_FILE.into(),
+            detail: format!("{e:?}"),
+        },
+        other => TlsError::Verifier(other.to_string()),
+    }
 }
 
 fn read(path: &Path) -> Result<String, TlsError> {

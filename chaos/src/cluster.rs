@@ -164,9 +164,8 @@ impl Cluster {
             let mut roles: Vec<TlsRole> = (1..=TLS_MANAGER_IDS).map(TlsRole::Manager).collect();
             roles.extend((1..=TLS_GATEWAY_IDS).map(TlsRole::Gateway));
             roles.extend(PROBE_GATEWAY_IDS.map(TlsRole::Gateway));
-            firetower_link::certs::ensure(&dir, &spec.tag, &roles).map_err(|e| {
-                ChaosError::io(&dir, std::io::Error::other(e.to_string()))
-            })?;
+            firetower_link::certs::ensure(&dir, &spec.tag, &roles)
+                .map_err(|e| ChaosError::io(&dir, std::io::Error::other(e.to_string())))?;
         }
         for sub in ["data", "logs"] {
             let dir = spec.run_dir.join(sub);
@@ -321,7 +320,6 @@ impl Cluster {
             None => vec!["--insecure".into()],
         }
     }
-
 
     /// The spec it was built from.
     pub fn spec(&self) -> &ClusterSpec {

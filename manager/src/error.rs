@@ -17,7 +17,7 @@ pub enum ConfigError {
     )]
     NoTls(u64),
     /// The TLS directory holds no usable certificate for this manager.
-    #[error("TLS: {0}")]
+    #[error(transparent)]
     Tls(#[from] firetower_link::TlsError),
 }
 

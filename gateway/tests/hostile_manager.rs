@@ -207,7 +207,6 @@ async fn setup() -> Setup {
             max_backoff: Duration::from_millis(100),
             ..LinkOptions::default()
         },
-        ..ClusterOptions::default()
     };
     let endpoint = net.client_endpoint(addr(GATEWAY)).unwrap();
     let (upstream, deliveries) =

@@ -249,7 +249,7 @@ impl Cluster {
                 .cloned()
                 .collect();
             for (i, host) in gateway_hosts.into_iter().enumerate() {
-                let args = vec![
+                let mut args = vec![
                     "gateway".to_string(),
                     "--id".into(),
                     (i + 1).to_string(),
@@ -258,7 +258,6 @@ impl Cluster {
                     "--managers".into(),
                     admins.join(","),
                 ];
-                let mut args = args;
                 args.extend(cluster.tls_args());
                 let log = cluster
                     .spec

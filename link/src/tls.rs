@@ -224,6 +224,14 @@ impl std::fmt::Debug for TlsIdentity {
     }
 }
 
+/// The files an identity's PEM texts came from, for errors that name the wrong one.
+struct Sources<'a> {
+    ca: &'a Path,
+    cert: &'a Path,
+    key: &'a Path,
+    crl: &'a Path,
+}
+
 impl TlsIdentity {
     /// Load `role`'s certificate from the TLS directory `dir` (`ca.pem`, `<role>-<id>.pem`,
     /// `<role>-<id>-key.pem`, and `crl.pem` when there is one), checking that it carries
@@ -246,36 +254,13 @@ impl TlsIdentity {
                 })
             }
         };
-        let identity =
-            TlsIdentity::from_pem_with_crl(role, ca_pem, cert_pem, key_pem, crl_pem, &cert_path)
-                .map_err(|e| match e {
-                    // Name the file that is wrong.
-                    TlsError::Pem { path, detail } if path == Path::new("ca") => TlsError::Pem {
-                        path: ca_path.clone(),
-                        detail,
-                    },
-                    TlsError::Pem { path, detail } if path == Path::new("key") => TlsError::Pem {
-                        path: key_path.clone(),
-                        detail,
-                    },
-                    TlsError::Untrusted { path, detail, .. } => TlsError::Untrusted {
-                        path,
-                        ca: ca_path.clone(),
-                        detail,
-                    },
-                    TlsError::Crl { path, detail } if path == Path::new(CRL_FILE) => {
-                        TlsError::Crl {
-                            path: crl_path.clone(),
-                            detail,
-                        }
-                    }
-                    TlsError::Revoked { path, .. } => TlsError::Revoked {
-                        path,
-                        crl: crl_path.clone(),
-                    },
-                    other => other,
-                })?;
-        Ok(identity)
+        let sources = Sources {
+            ca: &ca_path,
+            cert: &cert_path,
+            key: &key_path,
+            crl: &crl_path,
+        };
+        TlsIdentity::build(role, ca_pem, cert_pem, key_pem, crl_pem, &sources)
     }
 
     /// An identity from PEM text (the CA, the certificate, its key), with no revocation list;
@@ -301,21 +286,40 @@ impl TlsIdentity {
         crl_pem: Option<String>,
         cert_path: &Path,
     ) -> Result<TlsIdentity, TlsError> {
+        let sources = Sources {
+            ca: Path::new(CA_CERT_FILE),
+            cert: cert_path,
+            key: Path::new("key"),
+            crl: Path::new(CRL_FILE),
+        };
+        TlsIdentity::build(role, ca_pem, cert_pem, key_pem, crl_pem, &sources)
+    }
+
+    /// Parse and check the PEM texts; `sources` names the file each came from in errors.
+    fn build(
+        role: &Role,
+        ca_pem: String,
+        cert_pem: String,
+        key_pem: String,
+        crl_pem: Option<String>,
+        sources: &Sources<'_>,
+    ) -> Result<TlsIdentity, TlsError> {
+        let cert_path = sources.cert;
         let crls = match &crl_pem {
             None => Vec::new(),
             Some(pem) => vec![single_crl(pem.as_bytes()).map_err(|detail| TlsError::Crl {
-                path: CRL_FILE.into(),
+                path: sources.crl.to_owned(),
                 detail,
             })?],
         };
         let mut roots = RootCertStore::empty();
         let cas = parse_certificates(ca_pem.as_bytes()).map_err(|detail| TlsError::Pem {
-            path: "ca".into(),
+            path: sources.ca.to_owned(),
             detail,
         })?;
         for ca in cas {
             roots.add(ca).map_err(|e| TlsError::Pem {
-                path: "ca".into(),
+                path: sources.ca.to_owned(),
                 detail: format!("not a usable CA certificate: {e}"),
             })?;
         }
@@ -324,7 +328,7 @@ impl TlsIdentity {
             detail,
         })?;
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::Pem {
-            path: "key".into(),
+            path: sources.key.to_owned(),
             detail: format!("no private key: {e}"),
         })?;
         let found = Role::from_certificate(&chain[0]).map_err(|source| TlsError::Identity {
@@ -349,7 +353,7 @@ impl TlsIdentity {
             chain,
             key,
         };
-        identity.check(cert_path)?;
+        identity.check(sources)?;
         Ok(identity)
     }
 
@@ -380,7 +384,8 @@ impl TlsIdentity {
 
     /// The certificate must be ours (key matches), signed by the CA, within its validity and
     /// not revoked.
-    fn check(&self, cert_path: &Path) -> Result<(), TlsError> {
+    fn check(&self, sources: &Sources<'_>) -> Result<(), TlsError> {
+        let cert_path = sources.cert;
         let provider = ring_provider();
         let certified = rustls::sign::CertifiedKey::from_der(
             self.chain.clone(),
@@ -388,26 +393,32 @@ impl TlsIdentity {
             &provider,
         )
         .map_err(|e| TlsError::Pem {
-            path: "key".into(),
+            path: sources.key.to_owned(),
             detail: format!("the key does not belong to {}: {e}", cert_path.display()),
         })?;
         drop(certified);
-        let verifier = self.client_verifier(ClientAuth::Required)?;
         let untrusted = |detail: String| TlsError::Untrusted {
             path: cert_path.to_owned(),
-            ca: CA_CERT_FILE.into(),
+            ca: sources.ca.to_owned(),
             detail,
         };
         let crl = |detail: String| TlsError::Crl {
-            path: CRL_FILE.into(),
+            path: sources.crl.to_owned(),
             detail,
         };
+        // The verifier is where rustls first parses the list: name the file it came from.
+        let verifier = self
+            .client_verifier(ClientAuth::Required)
+            .map_err(|e| match e {
+                TlsError::Crl { detail, .. } => crl(detail),
+                other => other,
+            })?;
         verifier
             .verify_client_cert(&self.chain[0], &self.chain[1..], UnixTime::now())
             .map_err(|e| match e {
                 rustls::Error::InvalidCertificate(CertificateError::Revoked) => TlsError::Revoked {
                     path: cert_path.to_owned(),
-                    crl: CRL_FILE.into(),
+                    crl: sources.crl.to_owned(),
                 },
                 // The list does not speak for our CA: every peer would be refused.
                 rustls::Error::InvalidCertificate(CertificateError::UnknownRevocationStatus) => {

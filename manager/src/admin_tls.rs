@@ -135,7 +135,7 @@ pub(crate) fn incoming(
     let acceptor = match security {
         Security::Insecure => None,
         Security::Mutual(_) => {
-            let mut crypto = security.server_crypto(
+            let crypto = security.server_crypto(
                 listener
                     .local_addr()
                     .map(|a| a.ip())
@@ -143,7 +143,6 @@ pub(crate) fn incoming(
                 &[b"h2"],
                 ClientAuth::Optional,
             )?;
-            crypto.alpn_protocols = vec![b"h2".to_vec()];
             Some(TlsAcceptor::from(Arc::new(crypto)))
         }
     };

@@ -34,6 +34,7 @@ pub mod certs;
 mod client;
 mod endpoint;
 mod frame;
+pub mod handshake_limit;
 mod held_session;
 pub mod identity;
 mod leader_cache;
@@ -52,6 +53,7 @@ pub use frame::{
     request_body_limit, write_link_frame, FrameError, ReadFrameError, HEADER_LEN, KIND_PEEK_BYTES,
     MAX_GATEWAY_FRAME_BYTES, MAX_LINK_FRAME_BYTES, MAX_SMALL_REQUEST_BYTES,
 };
+pub use handshake_limit::HandshakeLimiter;
 pub use held_session::HeldSessions;
 pub use identity::{IdentityError, Role};
 pub use leader_cache::{

@@ -126,10 +126,15 @@ impl AsyncWrite for AdminStream {
 }
 
 /// The stream of admin connections accepted on `listener` until `shutdown`.
+///
+/// A source address that opens connections faster than its handshake rate limit
+/// ([`firetower_link::handshake_limit`]) has the excess closed at once, before any TLS work;
+/// `on_refused` is called for each.
 pub(crate) fn incoming(
     listener: TcpListener,
     security: &Security,
     shutdown: CancellationToken,
+    on_refused: impl Fn() + Send + 'static,
 ) -> Result<tokio_stream::wrappers::ReceiverStream<io::Result<AdminStream>>, firetower_link::TlsError>
 {
     let acceptor = match security {
@@ -148,6 +153,7 @@ pub(crate) fn incoming(
     };
     let (tx, rx) = mpsc::channel(16);
     let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    let handshakes = firetower_link::HandshakeLimiter::default();
     tokio::spawn(async move {
         loop {
             let permit = tokio::select! {
@@ -169,6 +175,12 @@ pub(crate) fn incoming(
                     }
                 },
             };
+            if !handshakes.admit(remote.ip()) {
+                tracing::debug!(%remote, "admin connection refused: handshake rate limit");
+                on_refused();
+                drop(tcp);
+                continue;
+            }
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();

@@ -49,6 +49,7 @@ mod session_table;
 mod sessions;
 mod stamper;
 mod topics;
+mod vouch;
 
 pub use admin::AdminService;
 pub use config::{

@@ -305,10 +305,22 @@ impl Membership {
         loop {
             let reply = match &target {
                 None => self.change_group_here(request.clone()).await?,
-                Some(addr) => {
-                    let mut client = connect(addr, self.node.security(), CHANGE_TIMEOUT).await?;
-                    client.change_group(request.clone()).await?.into_inner()
-                }
+                Some(addr) => match self.change_group_at(addr, request.clone()).await {
+                    Ok(reply) => reply,
+                    // The hinted leader is down or no longer leads (a manager that just died
+                    // is still the hint until the group elects another): ask here again.
+                    Err(status)
+                        if status.code() == Code::Unavailable
+                            && tokio::time::Instant::now() < deadline =>
+                    {
+                        tracing::debug!(group = group.get(), %addr, status = %status.message(),
+                            "hinted leader unreachable; asking for the leader again");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        target = None;
+                        continue;
+                    }
+                    Err(status) => return Err(MembershipError::Remote(status)),
+                },
             };
             if reply.done {
                 return Ok(());
@@ -328,6 +340,16 @@ impl Membership {
                 target = Some(reply.leader_admin);
             }
         }
+    }
+
+    /// One `ChangeGroup` call to the manager at `addr`.
+    async fn change_group_at(
+        &self,
+        addr: &str,
+        request: ChangeGroupRequest,
+    ) -> Result<ChangeGroupReply, Status> {
+        let mut client = connect(addr, self.node.security(), CHANGE_TIMEOUT).await?;
+        Ok(client.change_group(request).await?.into_inner())
     }
 
     pub(crate) async fn change_group_here(

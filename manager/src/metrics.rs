@@ -80,6 +80,22 @@ impl PublishOutcome {
     ];
 }
 
+/// Which listening port refused a connection, as the `port` label of
+/// `firetower_manager_handshakes_refused_total`.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub(crate) enum Port {
+    /// The QUIC port (Raft and the gateway link).
+    quic,
+    /// The admin gRPC port.
+    admin,
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PortLabel {
+    port: Port,
+}
+
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: PublishOutcome,
@@ -102,6 +118,7 @@ pub(crate) struct ManagerMetrics {
     sessions_closed_stalled: Counter<u64, AtomicU64>,
     publishes: Family<OutcomeLabel, Counter>,
     deliveries: Counter<u64, AtomicU64>,
+    handshakes_refused: Family<PortLabel, Counter>,
 }
 
 impl fmt::Debug for ManagerMetrics {
@@ -205,6 +222,16 @@ impl ManagerMetrics {
             "Deliveries queued to gateway sessions (one per subscribed gateway per message)",
             deliveries.clone(),
         );
+        let handshakes_refused = Family::<PortLabel, Counter>::default();
+        for port in [Port::quic, Port::admin] {
+            drop(handshakes_refused.get_or_create(&PortLabel { port }));
+        }
+        registry.register(
+            "handshakes_refused",
+            "Connections refused before their handshake: the source address started more \
+             handshakes than its rate limit allows",
+            handshakes_refused.clone(),
+        );
         ManagerMetrics {
             registry,
             role,
@@ -221,6 +248,7 @@ impl ManagerMetrics {
             sessions_closed_stalled,
             publishes,
             deliveries,
+            handshakes_refused,
         }
     }
 
@@ -308,6 +336,13 @@ impl ManagerMetrics {
     /// A session was closed for not reading its deliveries.
     pub(crate) fn session_closed_stalled(&self) {
         self.sessions_closed_stalled.inc();
+    }
+
+    /// A connection to `port` was refused by the handshake rate limit.
+    pub(crate) fn handshake_refused(&self, port: Port) {
+        self.handshakes_refused
+            .get_or_create(&PortLabel { port })
+            .inc();
     }
 }
 

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use firetower_proto::admin::{GroupStatus, ReplicaStatus};
+use firetower_raft::vouch::Vouching;
 use firetower_raft::{GroupId, GroupRouter, ManagerNode, Raft};
 use firetower_store::{StateStore, TableReader, Wal, WalOptions};
 use tokio_util::sync::CancellationToken;
@@ -28,8 +29,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ManagerConfig;
 use crate::error::{FatalError, StartError};
 use crate::meta;
-use crate::metrics::ManagerMetrics;
+use crate::metrics::{ManagerMetrics, Port};
 use crate::node::{Node, NodeParts};
+use crate::vouch::AdminVouch;
 
 /// A running manager. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -325,13 +327,27 @@ impl Manager {
         tokio::spawn(async move {
             let endpoint = manager.node.endpoint().clone();
             let shutdown = manager.node.shutdown_token();
+            let vouching = Arc::new(Vouching::new(Arc::new(AdminVouch::new(
+                manager.node.security().clone(),
+            ))));
+            let handshakes = firetower_link::HandshakeLimiter::default();
             loop {
                 let incoming = tokio::select! {
                     _ = shutdown.cancelled() => break,
                     incoming = endpoint.accept() => incoming,
                 };
                 let Some(incoming) = incoming else { break };
+                // Before any handshake work: a source that starts handshakes faster than its
+                // rate limit is refused (QUIC CONNECTION_REFUSED), and its established
+                // connections keep going.
+                if !handshakes.admit(incoming.remote_address().ip()) {
+                    tracing::debug!(remote = %incoming.remote_address(), "QUIC handshake refused: rate limit");
+                    manager.node.metrics().handshake_refused(Port::quic);
+                    incoming.refuse();
+                    continue;
+                }
                 let manager = manager.clone();
+                let vouching = Arc::clone(&vouching);
                 tokio::spawn(async move {
                     let conn = match incoming.await {
                         Ok(conn) => conn,
@@ -359,18 +375,24 @@ impl Manager {
                     };
                     match alpn.as_deref() {
                         Some(a) if a == firetower_raft::ALPN_RAFT => {
-                            if let Some(other) =
-                                role.filter(|r| !matches!(r, firetower_link::Role::Manager(_)))
+                            if let Some(other) = role
+                                .clone()
+                                .filter(|r| !matches!(r, firetower_link::Role::Manager(_)))
                             {
                                 refuse(&conn, &other, "Raft RPCs need a manager certificate");
                                 return;
                             }
-                            // Any manager certificate of the cluster CA may send Raft RPCs; the
-                            // per-group membership check (`peer`) is not enabled: a manager that
-                            // was down while a group gained a member would refuse that member
-                            // as its new leader and stay behind for as long as it leads
-                            // (docs/security.md).
-                            let peer = None;
+                            // A manager certificate of the cluster CA, for the groups it is a
+                            // member of (or that a member vouches it is in).
+                            let peer = match role {
+                                Some(firetower_link::Role::Manager(id)) => {
+                                    Some(firetower_raft::AuthenticatedPeer {
+                                        id,
+                                        vouching: Arc::clone(&vouching),
+                                    })
+                                }
+                                _ => None,
+                            };
                             // A peer manager is up: let our RPCs to it dial again at once.
                             if let Some(peers) = manager.node.peers() {
                                 peers.peer_seen(conn.remote_address());
@@ -417,8 +439,14 @@ impl Manager {
             })?;
         let router = crate::admin::router(self.node.clone()).await;
         let shutdown = self.node.shutdown_token();
-        let incoming = crate::admin_tls::incoming(listener, self.node.security(), shutdown.clone())
-            .map_err(|e| StartError::Config(crate::ConfigError::Tls(e)))?;
+        let refusals = self.node.clone();
+        let incoming = crate::admin_tls::incoming(
+            listener,
+            self.node.security(),
+            shutdown.clone(),
+            move || refusals.metrics().handshake_refused(Port::admin),
+        )
+        .map_err(|e| StartError::Config(crate::ConfigError::Tls(e)))?;
         tokio::spawn(async move {
             if let Err(e) = router
                 .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())

@@ -901,3 +901,123 @@ async fn link_client_errors_keep_the_refusal() {
     }
     cluster.shutdown().await;
 }
+
+/// A manager certificate of the cluster CA whose id is in no group's membership: its Raft RPCs
+/// are refused as `NotAMember` (after the members this manager knows said they do not count it
+/// either), and the group's term does not move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_rpcs_from_a_manager_certificate_of_a_non_member_are_refused() {
+    use firetower_raft::wire::{self, RaftReply, RaftRequest, RequestBody};
+    use firetower_raft::{GroupId, Rejection};
+    use openraft::raft::VoteRequest;
+    use openraft::Vote;
+
+    let _serial = one_at_a_time().await;
+    let cluster = SecureCluster::start(3).await;
+    let described = cluster
+        .operator()
+        .await
+        .describe(firetower_proto::admin::DescribeRequest {})
+        .await
+        .expect("Describe answers the operator")
+        .into_inner();
+    let term_before = described.group_status[0].term;
+    let stranger = Role::Manager(99);
+    let config = client_config(ALPN_RAFT, &cluster.security(&stranger)).expect("a client config");
+    let endpoint = endpoint(config);
+    let conn = endpoint
+        .connect(cluster.quic(), SERVER_NAME)
+        .expect("a connection attempt starts")
+        .await
+        .expect("a manager certificate completes the handshake");
+    // A vote that would win over the current term if it were heard.
+    let request = RaftRequest {
+        cluster_id: described.cluster_id.clone(),
+        group: GroupId(0),
+        body: RequestBody::Vote(VoteRequest::new(Vote::new(term_before + 1, 99), None)),
+    };
+    for _ in 0..3 {
+        let (mut send, mut recv) = conn.open_bi().await.expect("a stream");
+        send.write_all(&wire::encode_request(&request).expect("encodes"))
+            .await
+            .expect("the request is sent");
+        let _ = send.finish();
+        let reply = tokio::time::timeout(EXCHANGE_TIMEOUT, recv.read_to_end(1 << 20))
+            .await
+            .expect("a reply in time")
+            .expect("a reply");
+        let reply: RaftReply = wire::decode_frame(&reply).expect("a reply frame");
+        match reply {
+            Err(Rejection::NotAMember { peer: 99, group }) => assert_eq!(group, GroupId(0)),
+            other => panic!("expected NotAMember, got {other:?}"),
+        }
+    }
+    endpoint.close(0u32.into(), b"done");
+    let after = cluster
+        .operator()
+        .await
+        .describe(firetower_proto::admin::DescribeRequest {})
+        .await
+        .expect("Describe answers the operator")
+        .into_inner();
+    assert_eq!(after.group_status[0].term, term_before, "the term moved");
+    cluster.assert_serving().await;
+    cluster.shutdown().await;
+}
+
+/// A source that starts QUIC handshakes faster than its rate limit has the excess refused
+/// (CONNECTION_REFUSED, before any TLS work); a link established before the flood keeps being
+/// served throughout, and new connections are taken again once the bucket refills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_flood_is_refused_and_established_links_keep_serving() {
+    use firetower_link::handshake_limit::{HANDSHAKES_PER_SECOND, HANDSHAKE_BURST};
+
+    let _serial = one_at_a_time().await;
+    let cluster = SecureCluster::start(1).await;
+    let good = cluster.gateway(GOOD_GATEWAY).await;
+    good.refresh_routing()
+        .await
+        .expect("routing before the flood");
+
+    let flood = 2 * HANDSHAKE_BURST as usize;
+    let config = client_config(ALPN_LINK, &Security::Insecure).expect("an insecure config");
+    let flooder = endpoint(config);
+    let started = Instant::now();
+    let attempts = futures::future::join_all((0..flood).map(|_| {
+        let connecting = flooder
+            .connect(cluster.quic(), SERVER_NAME)
+            .expect("a connection attempt starts");
+        async move { tokio::time::timeout(EXCHANGE_TIMEOUT, connecting).await }
+    }));
+    // The established link is served while the flood runs.
+    let (outcomes, served) = tokio::join!(attempts, async {
+        good.topic_gateways("during.flood").await
+    });
+    let took = started.elapsed();
+    served.expect("the established link is served during the flood");
+    let refused = outcomes
+        .iter()
+        .filter(|o| {
+            matches!(
+                o,
+                Ok(Err(quinn::ConnectionError::ConnectionClosed(close)))
+                    if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
+            )
+        })
+        .count();
+    // At most the burst and what refilled while the flood ran got to their handshake.
+    let refill = (took.as_secs_f64().ceil() as usize + 1) * HANDSHAKES_PER_SECOND as usize;
+    assert!(
+        refused >= flood.saturating_sub(HANDSHAKE_BURST as usize + refill) && refused > 0,
+        "{refused} of {flood} attempts refused in {took:?}"
+    );
+    flooder.close(0u32.into(), b"done");
+
+    // New connections again once the bucket has refilled.
+    tokio::time::sleep(Duration::from_secs_f64(
+        f64::from(HANDSHAKE_BURST) / f64::from(HANDSHAKES_PER_SECOND),
+    ))
+    .await;
+    cluster.assert_serving().await;
+    cluster.shutdown().await;
+}

@@ -41,6 +41,7 @@ pub mod limits;
 mod network;
 mod router;
 mod server;
+pub mod vouch;
 pub mod wire;
 
 pub use firetower_link::{
@@ -52,7 +53,9 @@ pub use firetower_store::{Command, ManagerId, ManagerNode, Response};
 pub use limits::{Implausible, MAX_INDEX, MAX_SNAPSHOT_LEN, MAX_TERM, MAX_TERM_LEAP};
 pub use network::{PeerConnections, QuicNetwork, QuicNetworkFactory};
 pub use router::GroupRouter;
-pub use server::{serve_raft_connection, MAX_BODY_BYTES_IN_FLIGHT, MAX_RPCS_IN_FLIGHT};
+pub use server::{
+    serve_raft_connection, AuthenticatedPeer, MAX_BODY_BYTES_IN_FLIGHT, MAX_RPCS_IN_FLIGHT,
+};
 pub use wire::{Rejection, MAX_FRAME_LEN};
 
 /// A Raft group (shard of the topic space). Groups are numbered `0..G`; `G` is fixed at init.

@@ -43,6 +43,7 @@ use tokio::time::Instant;
 
 use crate::admission::{self, authorize};
 use crate::router::{GroupRouter, Hosted};
+use crate::vouch::Vouching;
 use crate::wire::{
     self, RaftReply, Rejection, ReplyBody, RequestBody, RequestHeader, WireError, MAX_FRAME_LEN,
     MAX_HEADER_LEN,
@@ -83,24 +84,34 @@ const REFUSED: VarInt = VarInt::from_u32(4);
 struct Context {
     router: GroupRouter,
     cluster_id: watch::Receiver<String>,
-    peer: Option<ManagerId>,
+    peer: Option<AuthenticatedPeer>,
     /// [`MAX_BODY_BYTES_IN_FLIGHT`], one permit per byte.
     body_bytes: Semaphore,
+}
+
+/// A peer that authenticated as a manager, and how to check that it is a member of a group.
+#[derive(Debug, Clone)]
+pub struct AuthenticatedPeer {
+    /// The manager id of the peer's certificate.
+    pub id: ManagerId,
+    /// This manager's verdicts on peers it does not know as members (shared by all
+    /// connections).
+    pub vouching: Arc<Vouching>,
 }
 
 /// Serves Raft RPCs arriving on `conn` until the connection closes.
 ///
 /// `cluster_id` is this manager's cluster id, read at every request; empty means not in a
-/// cluster. `peer` is the manager id the peer authenticated as (from its certificate): an RPC
+/// cluster. `peer` is the manager the peer authenticated as (from its certificate): an RPC
 /// for a group is then served only if that id is in the group's membership as this manager
-/// knows it, or if this manager knows no membership of the group yet. `None` (an
-/// unauthenticated peer, insecure mode) skips that check. Returning (or dropping this future)
-/// aborts the RPCs still in progress.
+/// knows it, or a member it knows vouches for it (see the vouch module), or this manager knows
+/// no membership of the group yet. `None` (an unauthenticated peer, insecure mode) skips that
+/// check. Returning (or dropping this future) aborts the RPCs still in progress.
 pub async fn serve_raft_connection(
     conn: Connection,
     router: GroupRouter,
     cluster_id: watch::Receiver<String>,
-    peer: Option<ManagerId>,
+    peer: Option<AuthenticatedPeer>,
 ) {
     let remote = conn.remote_address();
     let context = Arc::new(Context {
@@ -166,7 +177,8 @@ async fn serve_stream(mut send: SendStream, mut recv: RecvStream, context: Arc<C
         }
     };
     if let Err(rejection) = &reply {
-        tracing::debug!(peer = ?context.peer, %rejection, "raft request refused");
+        let peer = context.peer.as_ref().map(|p| p.id);
+        tracing::debug!(?peer, %rejection, "raft request refused");
         // The rest of the request, if any, is not wanted. Fails only if that half is closed.
         let _ = recv.stop(REFUSED);
     }
@@ -218,7 +230,7 @@ async fn receive(recv: &mut RecvStream, context: &Context) -> Outcome {
         Ok(header) => header,
         Err(error) => return Outcome::reject(Rejection::BadRequest(error.to_string())),
     };
-    let hosted = match admit(&header, context) {
+    let hosted = match admit(&header, context).await {
         Ok(hosted) => hosted,
         Err(rejection) => return Outcome::reject(rejection),
     };
@@ -279,20 +291,37 @@ async fn receive(recv: &mut RecvStream, context: &Context) -> Outcome {
 }
 
 /// Whether this manager serves a request with `header` from the peer: same cluster, a hosted
-/// group, and a peer in the group's membership.
-fn admit(header: &RequestHeader, context: &Context) -> Result<Hosted, Rejection> {
+/// group, and a peer in the group's membership (or vouched for by a member).
+async fn admit(header: &RequestHeader, context: &Context) -> Result<Hosted, Rejection> {
     check_cluster(&context.cluster_id.borrow(), &header.cluster_id)?;
     let hosted = context
         .router
         .hosted(header.group)
         .ok_or(Rejection::GroupNotHosted(header.group))?;
-    let metrics = hosted.raft.metrics();
-    authorize(
-        context.peer,
-        header.group,
-        metrics.borrow().membership_config.membership(),
-    )?;
-    Ok(hosted)
+    let Some(peer) = &context.peer else {
+        return Ok(hosted);
+    };
+    // The other members as this manager knows them, to ask if the peer is not among them.
+    let members = {
+        let metrics = hosted.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        match authorize(Some(peer.id), header.group, membership) {
+            Ok(()) => return Ok(hosted),
+            Err(_) => membership
+                .nodes()
+                .filter(|(id, _)| **id != metrics.id)
+                .map(|(id, node)| (*id, node.clone()))
+                .collect::<Vec<_>>(),
+        }
+    };
+    if peer.vouching.admits(header.group, peer.id, members).await {
+        return Ok(hosted);
+    }
+    Err(Rejection::NotAMember {
+        peer: peer.id,
+        group: header.group,
+    })
 }
 
 /// Checks the request's values and hands it to the group's openraft.

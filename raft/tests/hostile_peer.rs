@@ -364,6 +364,14 @@ async fn an_authenticated_peer_is_served_only_for_groups_it_is_a_member_of() -> 
     vote_for(&peers, &server, GroupId(1)).await?;
     server.shutdown().await;
 
+    // Manager 2 again, which this server's view of group 0 lacks, but which the group's other
+    // member vouches for (as after a change this server missed while down): served.
+    let mut server = TestNode::start_vouched(1, CLUSTER, Some(STRANGER), &[GROUP]);
+    server.start_groups(groups, raft_config()).await;
+    server.raft(GROUP).initialize(members(&server)).await?;
+    vote_for(&peers, &server, GROUP).await?;
+    server.shutdown().await;
+
     client.shutdown().await;
     Ok(())
 }

@@ -9,14 +9,30 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use firetower_raft::vouch::{Vouch, VouchFuture, Vouching};
 use firetower_raft::{
-    make_endpoint, serve_raft_connection, GroupId, GroupRouter, ManagerId, ManagerNode,
-    PeerConnections, QuicNetworkFactory, Raft, TypeConfig,
+    make_endpoint, serve_raft_connection, AuthenticatedPeer, GroupId, GroupRouter, ManagerId,
+    ManagerNode, PeerConnections, QuicNetworkFactory, Raft, TypeConfig,
 };
 use firetower_store::{StateStore, TableReader, Wal, WalOptions};
 use tempfile::TempDir;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+/// Vouches for any peer in these groups, provided some other member is there to ask.
+struct FixedVouch(Vec<GroupId>);
+
+impl Vouch for FixedVouch {
+    fn vouch(
+        &self,
+        group: GroupId,
+        _peer: ManagerId,
+        members: Vec<(ManagerId, ManagerNode)>,
+    ) -> VouchFuture {
+        let yes = !members.is_empty() && self.0.contains(&group);
+        Box::pin(async move { yes })
+    }
+}
 
 /// Raft timing for tests: fast elections on loopback.
 pub fn raft_config() -> Arc<openraft::Config> {
@@ -53,8 +69,24 @@ impl TestNode {
     }
 
     /// Like [`TestNode::start`], but every connection is served as coming from manager `peer`,
-    /// as if its certificate said so.
+    /// as if its certificate said so; no member vouches for it where it is not a member.
     pub fn start_with_peer(id: ManagerId, cluster_id: &str, peer: Option<ManagerId>) -> TestNode {
+        TestNode::start_vouched(id, cluster_id, peer, &[])
+    }
+
+    /// Like [`TestNode::start_with_peer`], with the groups' other members vouching for `peer`
+    /// in `vouched_in` (as if their views of those groups had it).
+    pub fn start_vouched(
+        id: ManagerId,
+        cluster_id: &str,
+        peer: Option<ManagerId>,
+        vouched_in: &[GroupId],
+    ) -> TestNode {
+        let vouching = Arc::new(Vouching::new(Arc::new(FixedVouch(vouched_in.to_vec()))));
+        let peer = peer.map(|id| AuthenticatedPeer {
+            id,
+            vouching: Arc::clone(&vouching),
+        });
         firetower_raft::install_crypto_provider();
         let dir = tempfile::tempdir().expect("temp dir");
         let wal = Wal::open(&dir.path().join("wal"), WalOptions::default()).expect("wal opens");
@@ -74,6 +106,7 @@ impl TestNode {
                 while let Some(incoming) = endpoint.accept().await {
                     let router = router.clone();
                     let cluster_rx = cluster_rx.clone();
+                    let peer = peer.clone();
                     tokio::spawn(async move {
                         if let Ok(conn) = incoming.await {
                             serve_raft_connection(conn, router, cluster_rx, peer).await;

@@ -117,7 +117,7 @@ pub(crate) async fn commits(args: CommitsArgs) -> anyhow::Result<()> {
 }
 
 /// Parse `127.0.0.1:7100,127.0.0.1:7102` (literal addresses, as `cluster` commands take them).
-fn parse_addr_list(list: &str) -> anyhow::Result<Vec<SocketAddr>> {
+pub(crate) fn parse_addr_list(list: &str) -> anyhow::Result<Vec<SocketAddr>> {
     list.split(',')
         .filter(|s| !s.trim().is_empty())
         .map(|s| {

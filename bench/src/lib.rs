@@ -23,6 +23,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod commits;
+mod link_flood;
 mod loadgen;
 
 use clap::Subcommand;
@@ -47,6 +48,10 @@ pub enum BenchCommand {
     /// puts/s and put latency for each number of concurrent writers, and how long writing
     /// stopped.
     EtcdPuts(loadgen::EtcdPutsArgs),
+    /// Hostile load on the managers over the link, their resident memory sampled throughout:
+    /// one publish to each of many distinct topics, and gateway sessions that stop reading
+    /// while publishes to their topics keep coming.
+    LinkFlood(link_flood::LinkFloodArgs),
 }
 
 /// Run one `firetower bench` subcommand to completion, printing its results on stdout.
@@ -58,5 +63,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Idle(args) => loadgen::idle(args).await,
         BenchCommand::Topics(args) => loadgen::topics(args).await,
         BenchCommand::EtcdPuts(args) => loadgen::etcd_puts(args).await,
+        BenchCommand::LinkFlood(args) => link_flood::link_flood(args).await,
     }
 }

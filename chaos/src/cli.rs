@@ -51,6 +51,10 @@ pub enum ChaosCommand {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Run the cluster without certificates (every process with `--insecure`), to compare
+        /// with the default mutual-TLS run.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Start a cluster on test hosts (namespaces) and keep it until Ctrl-C or --hold-secs.
     Up {
@@ -176,6 +180,7 @@ pub async fn run(command: ChaosCommand) -> Result<(), ChaosError> {
             settle_ms,
             out,
             json,
+            insecure,
         } => {
             spawn_signal_cleanup();
             let run_dir = out.unwrap_or_else(|| {
@@ -192,6 +197,7 @@ pub async fn run(command: ChaosCommand) -> Result<(), ChaosError> {
                 settle: Duration::from_millis(settle_ms),
                 clients,
                 topics,
+                insecure,
             };
             let report = tokio::task::spawn_blocking(move || run_scenario(scenario, &options))
                 .await

@@ -55,6 +55,9 @@ pub struct ScenarioOptions {
     pub clients: usize,
     /// Topics the clients subscribe to, one each (reconnect-storm).
     pub topics: usize,
+    /// Run every process with `--insecure` instead of mutual TLS (for the TLS on/off
+    /// comparison of failover times).
+    pub insecure: bool,
 }
 
 /// One injected fault.

@@ -122,6 +122,7 @@ pub fn run_scenario(
     }
     let mut spec = ClusterSpec::new(options.binary.clone(), options.run_dir.clone());
     spec.tag = "ftc".into();
+    spec.secure = !options.insecure;
     let mut cluster = Cluster::start(spec)?;
     let groups = cluster.spec().groups;
     let group = 0;

@@ -90,6 +90,27 @@ impl LinkClient {
         lease: Duration,
         timeout: Duration,
     ) -> Result<HeldSessions, LinkError> {
+        self.hold(lease, timeout, Reading::Acknowledge).await
+    }
+
+    /// Like [`LinkClient::hold_sessions`], but once a session is open its deliveries are never
+    /// read (heartbeats go on): a gateway that stopped reading, for load tests of a manager's
+    /// bounds (`bench link-flood`). A session the manager closes is opened again after backoff,
+    /// and stalls again.
+    pub async fn hold_stalled_sessions(
+        &self,
+        lease: Duration,
+        timeout: Duration,
+    ) -> Result<HeldSessions, LinkError> {
+        self.hold(lease, timeout, Reading::Never).await
+    }
+
+    async fn hold(
+        &self,
+        lease: Duration,
+        timeout: Duration,
+        reading: Reading,
+    ) -> Result<HeldSessions, LinkError> {
         let micros = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
@@ -103,7 +124,7 @@ impl LinkClient {
             let link = self.clone();
             let opened_tx = opened_tx.clone();
             let addr = *addr;
-            tasks.spawn(async move { keep(link, addr, epoch, lease, opened_tx).await });
+            tasks.spawn(async move { keep(link, addr, epoch, lease, reading, opened_tx).await });
         }
         let mut held = HeldSessions {
             epoch,
@@ -116,17 +137,27 @@ impl LinkClient {
     }
 }
 
+/// What a held session does with its deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// Read and acknowledge each.
+    Acknowledge,
+    /// Never read them once the session is open.
+    Never,
+}
+
 /// Keep the session with `addr` open until the task is aborted.
 async fn keep(
     link: LinkClient,
     addr: SocketAddr,
     epoch: Epoch,
     lease: Duration,
+    reading: Reading,
     opened: watch::Sender<BTreeSet<SocketAddr>>,
 ) {
     let mut attempt = 0u32;
     loop {
-        match run(&link, addr, epoch, lease, &opened).await {
+        match run(&link, addr, epoch, lease, reading, &opened).await {
             Ok(()) => tracing::debug!(%addr, "held session ended"),
             Err(e) => tracing::debug!(%addr, error = %e, "held session failed"),
         }
@@ -151,6 +182,7 @@ async fn run(
     addr: SocketAddr,
     epoch: Epoch,
     lease: Duration,
+    reading: Reading,
     opened: &watch::Sender<BTreeSet<SocketAddr>>,
 ) -> Result<(), HeldError> {
     let (mut send, mut recv) = link
@@ -163,7 +195,7 @@ async fn run(
         .map_err(|e| HeldError::Stream(e.to_string()))?;
     let (acks, mut ack_rx) = mpsc::channel::<GatewayFrame>(256);
     let every = (lease / 5).max(Duration::from_millis(100));
-    let writer = tokio::spawn(async move {
+    let mut writer = tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
             let frame = tokio::select! {
@@ -193,6 +225,12 @@ async fn run(
             match frame.frame {
                 Some(session_frame::Frame::Opened(_)) => {
                     opened.send_if_modified(|set| set.insert(addr));
+                    if reading == Reading::Never {
+                        // Heartbeats only, until the manager ends the stream (their write
+                        // fails).
+                        let _ = (&mut writer).await;
+                        return Ok(());
+                    }
                 }
                 Some(session_frame::Frame::Delivery(d)) => {
                     let ack = GatewayFrame {

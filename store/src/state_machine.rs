@@ -89,7 +89,7 @@ impl StateStore {
             path: snapshot_root.clone(),
             source,
         })?;
-        let follower = SledFollower::start()?;
+        let follower = SledFollower::start(tagged(Tree::Sm, LAST_APPLIED))?;
         Ok(StateStore {
             db,
             follower,
@@ -106,6 +106,18 @@ impl StateStore {
         let trees = GroupTrees::open(&self.db, &self.follower, group)?;
         let (slot, snapshot) = SnapshotSlot::open(self.snapshot_root.join(format!("g{group}")))?;
         let (mut last_applied, mut membership) = trees.applied_state()?;
+        if last_applied.is_none() && snapshot.is_none() && !trees.is_empty() {
+            // A crash in the middle of a round written in several batches (follower.rs): the
+            // tree is partial. Without a snapshot the log was never purged, so openraft
+            // re-applies all of it onto an empty table.
+            tracing::warn!(
+                group,
+                "state machine in sled is partial (a crash while it was being written); \
+                 re-applying the log from the start"
+            );
+            trees.clear()?;
+            membership = Membership::default();
+        }
         if let Some((meta, data)) = snapshot {
             if meta.last_log_id > last_applied {
                 tracing::warn!(
@@ -568,6 +580,21 @@ impl GroupTrees {
             mem: Arc::new(RwLock::new(mem)),
             follower: Arc::clone(follower),
         })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
+    /// Empties the group's table, in memory and in sled, now.
+    fn clear(&self) -> Result<(), StoreError> {
+        self.follower
+            .replace(self.group, &self.tree, &BTreeMap::new())?;
+        self.mem
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        Ok(())
     }
 
     fn read(&self) -> RwLockReadGuard<'_, BTreeMap<Vec<u8>, Vec<u8>>> {

@@ -314,3 +314,76 @@ fn restores_from_snapshot_when_sled_is_behind() {
         );
     });
 }
+
+/// A crash in the middle of a round that sled got in several batches: the tree holds some of
+/// the round's keys but no `last_applied`. Without a snapshot, opening the state machine starts
+/// the group from an empty table (openraft re-applies the whole log, which was never purged),
+/// so re-applying the entries cannot count a subscription twice. A large round written whole
+/// keeps every key.
+#[test]
+fn a_partial_round_in_sled_is_dropped_and_the_log_reapplied() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cmds: Vec<Command> = std::iter::once(Command::OpenSession {
+            gateway: 1,
+            epoch: 1,
+            lease_ms: 500,
+        })
+        .chain((0..2_000).map(|i| Command::Subscribe {
+            topic: format!("room.{i}"),
+            gateway: 1,
+        }))
+        .collect();
+        let entries = || -> Vec<Entry> {
+            cmds.iter()
+                .enumerate()
+                .map(|(i, c)| command(2, i as u64 + 1, c.clone()))
+                .collect()
+        };
+        let mut model = Model::default();
+        for c in &cmds {
+            model.apply(c);
+        }
+        {
+            let store = StateStore::open(dir.path()).unwrap();
+            let mut sm = store.state_machine::<TestConfig>(0).unwrap();
+            sm.apply(entries()).await.unwrap();
+            store.flush().unwrap();
+        }
+        // Written whole (in many batches: 6,000 keys): everything is back on open.
+        {
+            let store = StateStore::open(dir.path()).unwrap();
+            let mut sm = store.state_machine::<TestConfig>(0).unwrap();
+            model.check(&sm.reader());
+            assert_eq!(
+                sm.applied_state().await.unwrap().0.map(|l| l.index),
+                Some(2_001)
+            );
+        }
+        // What a crash after the first batches of that round leaves: keys, no marker.
+        {
+            let db = sled::open(dir.path().join("sled")).unwrap();
+            let tree = db.open_tree("g0").unwrap();
+            let marker: Vec<u8> = tree
+                .iter()
+                .keys()
+                .map(|k| k.unwrap().to_vec())
+                .find(|k| k.ends_with(b"last_applied"))
+                .expect("the marker is in the tree");
+            tree.remove(&marker).unwrap();
+            db.flush().unwrap();
+        }
+        let store = StateStore::open(dir.path()).unwrap();
+        let mut sm = store.state_machine::<TestConfig>(0).unwrap();
+        assert_eq!(sm.applied_state().await.unwrap().0, None);
+        assert_eq!(
+            sm.reader().topic_count().unwrap(),
+            0,
+            "the partial table was dropped"
+        );
+        assert!(sm.reader().topics_of(1).unwrap().is_empty());
+        // openraft re-applies the log from the start: the same table as before.
+        sm.apply(entries()).await.unwrap();
+        model.check(&sm.reader());
+    });
+}

@@ -39,6 +39,11 @@ use peer::System;
 use scenarios::{FanoutPlan, FanoutReport, IdlePlan, IdleReport, Pace, WorkerArgs, WorkerPlan};
 pub(crate) use stats::{parse_writers, GapTracker};
 
+/// Resident set size of process `pid`, KiB.
+pub(crate) fn proc_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    Ok(procstat::sample(pid)?.rss_kib)
+}
+
 /// Options shared by `fanout` and `latency`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct FanoutCommon {

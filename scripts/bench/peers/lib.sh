@@ -12,6 +12,9 @@
 #   firetower  managers QUIC 7100/7102/7104, admin 7101/7103/7105; gateway 7200
 #   nats       client 7300, WebSocket 7301      redis   7310      node-ws 7320
 #   etcd       clients 7331-7333, peers 7341-7343
+# Firetower runs with mutual TLS (certificates under its data directory; FIRETOWER_TLS_DIR is
+# exported for the CLI calls that follow); FIRETOWER_TLS=off runs it with --insecure instead,
+# for the data-path scenarios (fanout, topics, idle) of scripts/bench/tls-compare.sh.
 # Needs: PEER_WORK (a scratch directory), FIRETOWER_BIN for the Firetower systems; jq, curl.
 
 PEER_WORK=${PEER_WORK:-/tmp/firetower-peers}
@@ -68,16 +71,31 @@ peer_start() {
     firetower | firetower-cluster)
         [ -x "$FIRETOWER_BIN" ] || { _peer_log "no $FIRETOWER_BIN"; return 1; }
         _ports_free 7101 7103 7105 7200 || return 1
+        # Secure like production (one CA, a certificate per manager and for gateway 1);
+        # FIRETOWER_TLS=off runs the same cluster with --insecure, for the TLS ratio.
+        local tls=()
+        if [ "${FIRETOWER_TLS:-on}" = off ]; then
+            tls=(--insecure)
+            unset FIRETOWER_TLS_DIR
+        else
+            "$FIRETOWER_BIN" certs init --dir "$dir/tls" >/dev/null || return 1
+            for i in 1 2 3; do "$FIRETOWER_BIN" certs issue --dir "$dir/tls" --manager "$i" >/dev/null; done
+            "$FIRETOWER_BIN" certs issue --dir "$dir/tls" --gateway 1 >/dev/null || return 1
+            tls=(--tls-dir "$dir/tls")
+            # The CLI calls that follow (cluster members, bench commits) find it here.
+            export FIRETOWER_TLS_DIR="$dir/tls"
+        fi
+        FIRETOWER_TLS_ARGS=("${tls[@]}")
         for i in 1 2 3; do
             pids+=("$(_spawn "$sys" "$dir/manager-$i.log" env FIRETOWER_LOG="$PEER_LOG_LEVEL" \
                 "$FIRETOWER_BIN" manager --id "$i" --quic "127.0.0.1:$((7098 + 2 * i))" \
-                --admin "127.0.0.1:$((7099 + 2 * i))" --data-dir "$dir/m$i")")
+                --admin "127.0.0.1:$((7099 + 2 * i))" --data-dir "$dir/m$i" "${tls[@]}")")
         done
         for i in 1 2 3; do _wait_port $((7099 + 2 * i)) || return 1; done
-        "$FIRETOWER_BIN" cluster init --admin 127.0.0.1:7101 --member 127.0.0.1:7103 \
+        "$FIRETOWER_BIN" cluster "${tls[@]}" init --admin 127.0.0.1:7101 --member 127.0.0.1:7103 \
             --member 127.0.0.1:7105 >/dev/null || return 1
         for i in $(seq 1 150); do
-            if "$FIRETOWER_BIN" cluster members --admin 127.0.0.1:7101 --json 2>/dev/null |
+            if "$FIRETOWER_BIN" cluster "${tls[@]}" members --admin 127.0.0.1:7101 --json 2>/dev/null |
                 jq -e '[.groups[].leader] | all(. != null and . > 0)' >/dev/null; then
                 break
             fi
@@ -89,7 +107,7 @@ peer_start() {
             local gw
             gw=$(_spawn "$sys" "$dir/gateway.log" env FIRETOWER_LOG="$PEER_LOG_LEVEL" \
                 "$FIRETOWER_BIN" gateway --id 1 --listen 127.0.0.1:7200 \
-                --managers 127.0.0.1:7101,127.0.0.1:7103,127.0.0.1:7105)
+                --managers 127.0.0.1:7101,127.0.0.1:7103,127.0.0.1:7105 "${tls[@]}")
             for i in $(seq 1 150); do
                 curl -fsS http://127.0.0.1:7200/readyz >/dev/null 2>&1 && break
                 [ "$i" = 150 ] && { _peer_log "the gateway did not become ready"; return 1; }
@@ -192,7 +210,7 @@ etcd_leader_index() {
 
 # The Firetower manager id that leads the most groups.
 firetower_leader_id() {
-    "$FIRETOWER_BIN" cluster members --admin 127.0.0.1:7101 --json 2>/dev/null |
+    "$FIRETOWER_BIN" cluster "${FIRETOWER_TLS_ARGS[@]}" members --admin 127.0.0.1:7101 --json 2>/dev/null |
         jq -r '[.groups[].leader | select(. != null)] | group_by(.) | max_by(length) | .[0] // empty'
 }
 

@@ -82,10 +82,12 @@ pub enum ChaosCommand {
         /// The gateway id to act as.
         #[arg(long, default_value_t = 900)]
         gateway: u64,
-        /// The cluster's TLS directory (`gateway-<id>.pem`); against an `--insecure` cluster
-        /// when not given.
-        #[arg(long)]
+        /// The cluster's TLS directory (`gateway-<id>.pem`).
+        #[arg(long, conflicts_with = "insecure")]
         tls_dir: Option<std::path::PathBuf>,
+        /// Against an `--insecure` cluster (also when no `--tls-dir` is given).
+        #[arg(long)]
+        insecure: bool,
         /// Pause between operations, ms.
         #[arg(long, default_value_t = 20)]
         interval_ms: u64,
@@ -128,11 +130,12 @@ pub async fn run(command: ChaosCommand) -> Result<(), ChaosError> {
             interval_ms,
             t0_unix_ms,
             tls_dir,
+            insecure,
         } => {
             let managers = parse_addrs(&managers)?;
             let security = firetower_link::Security::from_flags(
                 tls_dir.as_deref(),
-                tls_dir.is_none(),
+                insecure || tls_dir.is_none(),
                 &firetower_link::Role::Gateway(gateway),
             )
             .map_err(crate::probe::ProbeError::Tls)?;
@@ -303,4 +306,65 @@ pub fn spawn_signal_cleanup() {
         crate::net::cleanup_active_runs();
         std::process::exit(130);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(subcommand)]
+        command: ChaosCommand,
+    }
+
+    /// The probe takes the flags `Cluster::tls_args` gives every process, secure or not.
+    #[test]
+    fn the_probe_takes_either_tls_flag_a_cluster_passes() {
+        for tls in [vec!["--tls-dir", "/tmp/tls"], vec!["--insecure"]] {
+            let mut args = vec![
+                "chaos",
+                "probe",
+                "--managers",
+                "10.0.0.1:6666",
+                "--topic",
+                "t",
+                "--t0-unix-ms",
+                "1",
+            ];
+            args.extend(&tls);
+            let parsed = Cli::try_parse_from(&args);
+            assert!(parsed.is_ok(), "{tls:?}: {:?}", parsed.err());
+        }
+        let both = Cli::try_parse_from([
+            "chaos",
+            "probe",
+            "--managers",
+            "10.0.0.1:6666",
+            "--topic",
+            "t",
+            "--t0-unix-ms",
+            "1",
+            "--insecure",
+            "--tls-dir",
+            "/tmp/tls",
+        ]);
+        assert!(both.is_err(), "both flags at once are refused");
+    }
+
+    #[test]
+    fn run_takes_insecure() {
+        let parsed = Cli::try_parse_from(["chaos", "run", "leader-kill-loop", "--insecure"]);
+        assert!(
+            matches!(
+                parsed,
+                Ok(Cli {
+                    command: ChaosCommand::Run { insecure: true, .. }
+                })
+            ),
+            "{parsed:?}"
+        );
+    }
 }

@@ -35,7 +35,6 @@ mod queue;
 mod server;
 mod session;
 mod shared;
-mod token_bucket;
 mod upstream;
 mod wire;
 

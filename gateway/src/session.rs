@@ -54,8 +54,8 @@ use firetower_client::{ClientFrame, Payload, ServerFrame};
 
 use crate::config::ConnectionLimits;
 use crate::queue::{CloseRequest, SendQueue};
-use crate::token_bucket::TokenBucket;
 use crate::wire::Wire;
+use firetower_link::TokenBucket;
 
 /// Smallest read: enough for a typical client frame in one `read`.
 const READ_CHUNK: usize = 2 * 1024;

@@ -17,6 +17,8 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use crate::token_bucket::TokenBucket;
+
 /// Handshakes a source address may start per second, sustained.
 pub const HANDSHAKES_PER_SECOND: u32 = 100;
 /// Handshakes a source address may start at once.
@@ -27,16 +29,10 @@ pub const MAX_TRACKED_SOURCES: usize = 65_536;
 /// A token bucket per source address. Shared by the accept loop of one port.
 #[derive(Debug)]
 pub struct HandshakeLimiter {
-    rate: f64,
-    burst: f64,
+    rate: u32,
+    burst: u32,
     max_sources: usize,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    last: Instant,
+    buckets: Mutex<HashMap<IpAddr, TokenBucket>>,
 }
 
 impl Default for HandshakeLimiter {
@@ -53,8 +49,8 @@ impl HandshakeLimiter {
 
     fn with_capacity(rate: u32, burst: u32, max_sources: usize) -> Self {
         Self {
-            rate: f64::from(rate),
-            burst: f64::from(burst.max(1)),
+            rate,
+            burst: burst.max(1),
             max_sources,
             buckets: Mutex::new(HashMap::new()),
         }
@@ -71,28 +67,15 @@ impl HandshakeLimiter {
         // consistent data.
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if !buckets.contains_key(&source) && buckets.len() >= self.max_sources {
-            buckets.retain(|_, b| self.refilled(b, now) < self.burst);
+            buckets.retain(|_, b| !b.is_full(now));
             if buckets.len() >= self.max_sources {
                 return false;
             }
         }
-        let bucket = buckets.entry(source).or_insert(Bucket {
-            tokens: self.burst,
-            last: now,
-        });
-        bucket.tokens = self.refilled(bucket, now);
-        bucket.last = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    fn refilled(&self, bucket: &Bucket, now: Instant) -> f64 {
-        let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
-        (bucket.tokens + elapsed * self.rate).min(self.burst)
+        buckets
+            .entry(source)
+            .or_insert_with(|| TokenBucket::new(self.rate, self.burst, now))
+            .take(now)
     }
 }
 

@@ -42,6 +42,7 @@ pub mod memnet;
 mod message;
 mod reconnect;
 pub mod tls;
+mod token_bucket;
 
 pub use client::{LinkClient, LinkError, LinkOptions, StreamError};
 pub use endpoint::{
@@ -66,3 +67,4 @@ pub use reconnect::ReconnectPolicy;
 pub use tls::{
     install_crypto_provider, peer_role, ClientAuth, Security, TlsError, TlsIdentity, SERVER_NAME,
 };
+pub use token_bucket::TokenBucket;

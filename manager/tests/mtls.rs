@@ -234,6 +234,16 @@ impl SecureCluster {
         .expect("the admin API answers the operator")
     }
 
+    /// The first manager's `Describe`, as the operator.
+    async fn describe(&self) -> firetower_proto::admin::DescribeReply {
+        self.operator()
+            .await
+            .describe(firetower_proto::admin::DescribeRequest {})
+            .await
+            .expect("Describe answers the operator")
+            .into_inner()
+    }
+
     /// A link client of `gateway` with its own certificate.
     async fn gateway(&self, gateway: u64) -> LinkClient {
         LinkClient::connect(
@@ -914,13 +924,7 @@ async fn raft_rpcs_from_a_manager_certificate_of_a_non_member_are_refused() {
 
     let _serial = one_at_a_time().await;
     let cluster = SecureCluster::start(3).await;
-    let described = cluster
-        .operator()
-        .await
-        .describe(firetower_proto::admin::DescribeRequest {})
-        .await
-        .expect("Describe answers the operator")
-        .into_inner();
+    let described = cluster.describe().await;
     let term_before = described.group_status[0].term;
     let stranger = Role::Manager(99);
     let config = client_config(ALPN_RAFT, &cluster.security(&stranger)).expect("a client config");
@@ -953,13 +957,7 @@ async fn raft_rpcs_from_a_manager_certificate_of_a_non_member_are_refused() {
         }
     }
     endpoint.close(0u32.into(), b"done");
-    let after = cluster
-        .operator()
-        .await
-        .describe(firetower_proto::admin::DescribeRequest {})
-        .await
-        .expect("Describe answers the operator")
-        .into_inner();
+    let after = cluster.describe().await;
     assert_eq!(after.group_status[0].term, term_before, "the term moved");
     cluster.assert_serving().await;
     cluster.shutdown().await;

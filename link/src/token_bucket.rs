@@ -1,11 +1,12 @@
-//! A token bucket: the rate limit on a client's subscribe/unsubscribe requests and on its
-//! refused requests (strikes). Plain data; time is passed in.
+//! A token bucket: the gateway's rate limits on a client's subscribe/unsubscribe requests and
+//! on its refused requests (strikes), and the handshake limit per source address
+//! (`handshake_limit`). Plain data; time is passed in.
 
 use std::time::Instant;
 
 /// A token bucket: `rate` tokens per second, at most `burst`.
 #[derive(Debug, Clone)]
-pub(crate) struct TokenBucket {
+pub struct TokenBucket {
     tokens: f64,
     rate: f64,
     burst: f64,
@@ -14,7 +15,7 @@ pub(crate) struct TokenBucket {
 
 impl TokenBucket {
     /// A full bucket.
-    pub(crate) fn new(rate: u32, burst: u32, now: Instant) -> TokenBucket {
+    pub fn new(rate: u32, burst: u32, now: Instant) -> TokenBucket {
         TokenBucket {
             tokens: f64::from(burst),
             rate: f64::from(rate),
@@ -24,16 +25,27 @@ impl TokenBucket {
     }
 
     /// Take one token if there is one.
-    pub(crate) fn take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+    pub fn take(&mut self, now: Instant) -> bool {
+        self.tokens = self.tokens_at(now);
         self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
         } else {
             false
         }
+    }
+}
+
+impl TokenBucket {
+    /// Whether the bucket has refilled by `now`: a full bucket says nothing about its owner.
+    pub fn is_full(&self, now: Instant) -> bool {
+        self.tokens_at(now) >= self.burst
+    }
+
+    fn tokens_at(&self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        (self.tokens + elapsed * self.rate).min(self.burst)
     }
 }
 

@@ -26,6 +26,7 @@
 mod cluster;
 mod config;
 mod connection;
+mod control;
 mod delivery_guard;
 mod http;
 mod index;
@@ -40,6 +41,7 @@ mod wire;
 
 pub use cluster::{ClusterOptions, ClusterUpstream};
 pub use config::{ConfigError, ConnectionLimits, GatewayConfig};
+pub use control::{ConnectionInfo, ControlEvent, ControlReceiver, GatewayStats};
 /// The link to the managers lives in `firetower-link`; re-exported for existing users.
 pub use firetower_link::{client_endpoint, LinkClient, LinkError, LinkOptions, Written};
 pub use index::{ConnId, Effect, IndexError, SubscriptionIndex, TopicState};

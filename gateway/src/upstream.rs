@@ -105,4 +105,12 @@ pub trait Upstream: Send + Sync + 'static {
     fn link_rejections(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+    /// The cluster's operator controls (bans, kicks, connection queries). The gateway takes
+    /// it once at start; `None` when the upstream has none (a fake) or it was taken.
+    fn take_controls(&self) -> Option<crate::control::ControlReceiver> {
+        None
+    }
+    /// The gateway's latest figures, called about once a second; the link sends them with its
+    /// next heartbeats. Ignored by default.
+    fn report_stats(&self, _stats: crate::control::GatewayStats) {}
 }

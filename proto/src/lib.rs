@@ -32,7 +32,13 @@ pub mod client {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/firetower_descriptor.bin"));
 
+mod ban;
+mod pattern;
+
+pub use ban::{Ban, BanError, BanTarget, Cidr};
 mod topic;
+
+pub use pattern::{expand_user, pattern_matches, validate_pattern, PatternError};
 
 pub use topic::{validate_topic, TopicError, MAX_TOPIC_BYTES};
 

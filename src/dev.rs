@@ -94,15 +94,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         anyhow::bail!("groups {leaderless:?} elected no leader; see the log above");
     }
     let gateway_args = crate::gateway_cmd::GatewayArgs {
-        id: DEV_GATEWAY,
-        listen: args.listen,
-        tcp: None,
-        managers: admins.join(","),
-        lease_ms: 5_000,
+        id: Some(DEV_GATEWAY),
+        listen: Some(args.listen),
+        managers: Some(admins.join(",")),
+        allow_anonymous: true,
         tls: crate::tls_flags::TlsFlags {
             tls_dir: Some(tls_dir.clone()),
             insecure: false,
         },
+        ..crate::gateway_cmd::GatewayArgs::default()
     };
     let (gateway, upstream) = crate::gateway_cmd::start(&gateway_args).await?;
     let addr = gateway.local_addr();
@@ -110,6 +110,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("Firetower dev cluster is up: 3 managers and a gateway.");
     println!();
     println!("  WebSocket:  {url}   (subprotocol firetower.json)");
+    println!(
+        "  clients:    anonymous (--allow-anonymous): any client may subscribe and publish to \
+         every topic; configure [auth] for JWT (docs/gateway.md)"
+    );
     println!("  health:     http://{addr}/readyz   metrics: http://{addr}/metrics");
     println!(
         "  members:    firetower cluster --tls-dir {} members --admin {}",

@@ -1,34 +1,49 @@
 //! `firetower gateway`: run a gateway connected to a manager cluster.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use firetower_gateway::{ClusterOptions, ClusterUpstream, Gateway, GatewayConfig, GatewayHandle};
+use firetower_gateway::{ClusterOptions, ClusterUpstream, Gateway, GatewayFile, GatewayHandle};
 use firetower_link::{Role, Security};
 use firetower_proto::admin::DescribeRequest;
 
 use crate::tls_flags::TlsFlags;
 
-#[derive(clap::Args, Debug)]
+/// The client listener when neither the flags nor the file name one.
+const DEFAULT_LISTEN: &str = "127.0.0.1:9090";
+/// The session lease when neither the flags nor the file set one.
+const DEFAULT_LEASE_MS: u64 = 5_000;
+
+#[derive(clap::Args, Debug, Default)]
 pub struct GatewayArgs {
+    /// The gateway's TOML configuration file (listeners, limits, [auth], [api], origins...:
+    /// docs/gateway.md). Flags given here win over the file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// This gateway's id (1 or more), unique among gateways, kept across restarts.
     #[arg(long)]
-    pub id: u64,
-    /// Address of the WebSocket, health and metrics listener.
-    #[arg(long, default_value = "127.0.0.1:9090")]
-    pub listen: SocketAddr,
+    pub id: Option<u64>,
+    /// Address of the WebSocket, health, metrics and API listener [default: 127.0.0.1:9090].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
     /// Raw TCP listener for devices (length-prefixed protobuf frames); off when not given.
     #[arg(long)]
     pub tcp: Option<SocketAddr>,
     /// Admin (gRPC) addresses of managers, comma separated; the gateway learns every
     /// manager's QUIC address from them.
     #[arg(long)]
-    pub managers: String,
-    /// Managers drop this gateway's subscriptions after this many milliseconds of silence.
-    #[arg(long, default_value_t = 5_000)]
-    pub lease_ms: u64,
+    pub managers: Option<String>,
+    /// Managers drop this gateway's subscriptions after this many milliseconds of silence
+    /// [default: 5000].
+    #[arg(long)]
+    pub lease_ms: Option<u64>,
+    /// Let clients without credentials subscribe and publish to every topic. Without it, a
+    /// gateway with no [auth] and no connect hook refuses to start.
+    #[arg(long)]
+    pub allow_anonymous: bool,
     #[command(flatten)]
     pub tls: TlsFlags,
 }
@@ -68,38 +83,75 @@ pub async fn quic_addresses(admins: &str, security: &Security) -> anyhow::Result
 
 /// Start a gateway in this process.
 pub async fn start(args: &GatewayArgs) -> anyhow::Result<(GatewayHandle, ClusterUpstream)> {
-    if args.id == 0 {
+    let file = match &args.config {
+        Some(path) => GatewayFile::load(path)?,
+        None => GatewayFile::default(),
+    };
+    let id = args
+        .id
+        .or(file.id)
+        .ok_or_else(|| anyhow!("the gateway needs an id: --id N or `id = N` in --config"))?;
+    if id == 0 {
         return Err(anyhow!("--id must be at least 1"));
     }
-    let security = args.tls.security(&Role::Gateway(args.id))?;
+    let managers = match &args.managers {
+        Some(m) => m.clone(),
+        None if !file.managers.is_empty() => file.managers.join(","),
+        None => {
+            return Err(anyhow!(
+                "the gateway needs the managers' admin addresses: --managers A,B or \
+                 `managers = [..]` in --config"
+            ))
+        }
+    };
+    let mut config = file.to_config();
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    } else if file.listen.is_none() {
+        config.listen = DEFAULT_LISTEN.parse().context("default listen address")?;
+    }
+    if args.tcp.is_some() {
+        config.tcp_listen = args.tcp;
+    }
+    config.allow_anonymous |= args.allow_anonymous;
+    config.validate().context("invalid gateway configuration")?;
+    config.require_authentication()?;
+    if config.allow_anonymous {
+        tracing::warn!(
+            "--allow-anonymous: clients without credentials may subscribe and publish to \
+             every topic"
+        );
+    }
+    let mut tls = args.tls.clone();
+    if tls.tls_dir.is_none() && !tls.insecure {
+        tls.tls_dir = file.tls.dir.clone();
+        tls.insecure = file.tls.insecure;
+    }
+    let lease_ms = args.lease_ms.or(file.lease_ms).unwrap_or(DEFAULT_LEASE_MS);
+    let security = tls.security(&Role::Gateway(id))?;
     if !security.is_mutual() {
         tracing::warn!(
             "INSECURE: --insecure given: managers are not authenticated (anyone answering on \
              their addresses is believed); for experiments only"
         );
     }
-    let managers = quic_addresses(&args.managers, &security).await?;
+    let managers = quic_addresses(&managers, &security).await?;
     let mut options = ClusterOptions {
-        lease: Duration::from_millis(args.lease_ms),
+        lease: Duration::from_millis(lease_ms),
         ..ClusterOptions::default()
     };
     options.link.security = security;
 
-    let (upstream, deliveries) = ClusterUpstream::connect(args.id, managers, options)
+    let (upstream, deliveries) = ClusterUpstream::connect(id, managers, options)
         .await
         .context("cannot reach the manager cluster")?;
-    let config = GatewayConfig {
-        listen: args.listen,
-        tcp_listen: args.tcp,
-        ..GatewayConfig::default()
-    };
     let handle = Gateway::start(config, Arc::new(upstream.clone()), deliveries).await?;
     Ok((handle, upstream))
 }
 
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let (handle, upstream) = start(&args).await?;
-    tracing::info!(id = args.id, listen = %handle.local_addr(), "gateway ready");
+    tracing::info!(listen = %handle.local_addr(), "gateway ready");
     crate::wait_for_shutdown_signal().await;
     tracing::info!("draining");
     handle.shutdown().await;

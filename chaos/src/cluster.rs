@@ -257,6 +257,8 @@ impl Cluster {
                     SocketAddr::from((host.ip, GATEWAY_PORT)).to_string(),
                     "--managers".into(),
                     admins.join(","),
+                    // The test clients bring no credentials.
+                    "--allow-anonymous".into(),
                 ];
                 args.extend(cluster.tls_args());
                 let log = cluster

@@ -5,9 +5,9 @@
 //!   bytes of one WebSocket message / TCP frame
 //!        │ ClientFrame::parse_json | parse_proto       (never panics; ParseError has a code)
 //!        ▼
-//!   ClientFrame { Subscribe | Unsubscribe | Publish | Ping }   ── topics already validated
+//!   ClientFrame { Subscribe | Unsubscribe | Publish | Ping | Auth }   ── topics already validated
 //!        ...
-//!   ServerFrame { Ack | Error | Message | Pong }
+//!   ServerFrame { Ack | Authenticated | Error | Message | Pong }
 //!        │ encode_json | encode_proto
 //!        ▼
 //!   bytes of one WebSocket message / TCP frame
@@ -94,6 +94,14 @@ pub enum ClientFrame {
         /// Correlation number.
         id: u64,
     },
+    /// Authenticate with a token (the first frame, when the token did not come with the
+    /// upgrade request), or refresh it (a new token for the same user).
+    Auth {
+        /// Correlation number.
+        id: u64,
+        /// The token (a JWT).
+        token: String,
+    },
 }
 
 impl ClientFrame {
@@ -103,7 +111,8 @@ impl ClientFrame {
             ClientFrame::Subscribe { id, .. }
             | ClientFrame::Unsubscribe { id, .. }
             | ClientFrame::Publish { id, .. }
-            | ClientFrame::Ping { id } => *id,
+            | ClientFrame::Ping { id }
+            | ClientFrame::Auth { id, .. } => *id,
         }
     }
 }
@@ -141,6 +150,14 @@ pub enum ServerFrame {
     Pong {
         /// The ping's correlation number.
         id: u64,
+    },
+    /// The `auth` request `id` took effect: the connection acts as `user` (JSON: an `ack`
+    /// with a `user` field).
+    Authenticated {
+        /// The request's correlation number.
+        id: u64,
+        /// The user id the token names.
+        user: String,
     },
 }
 
@@ -247,6 +264,10 @@ struct JsonFields<'a> {
     term: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "present")]
     seq: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    token: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    user: Option<&'a RawValue>,
 }
 
 /// A present field is `Some`, even when it is `null` (serde's `Option` would say `None`).
@@ -295,6 +316,19 @@ fn topic(name: String) -> Result<Arc<str>, ProtocolError> {
             error,
         }),
     }
+}
+
+/// The longest token accepted, in bytes: far above any real JWT, far below the frame limit.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+fn token(token: String) -> Result<String, ProtocolError> {
+    if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
+        return Err(ProtocolError::InvalidField {
+            field: "token",
+            reason: "must be a non-empty string of at most 16 KiB",
+        });
+    }
+    Ok(token)
 }
 
 fn topic_list(names: Vec<String>) -> Result<Vec<Arc<str>>, ProtocolError> {
@@ -349,6 +383,14 @@ impl ClientFrame {
                 })
             }
             "ping" => Ok(ClientFrame::Ping { id }),
+            "auth" => Ok(ClientFrame::Auth {
+                id,
+                token: token(
+                    json_string(required(f.token, "token").map_err(fail)?, "token")
+                        .map_err(fail)?,
+                )
+                .map_err(fail)?,
+            }),
             _ => Err(fail(ProtocolError::UnknownOp(
                 op.chars().take(64).collect(),
             ))),
@@ -387,6 +429,10 @@ impl ClientFrame {
                 Ok(ClientFrame::Publish { id, topic, payload })
             }
             Some(pb::client_frame::Op::Ping(_)) => Ok(ClientFrame::Ping { id }),
+            Some(pb::client_frame::Op::Auth(a)) => Ok(ClientFrame::Auth {
+                id,
+                token: token(a.token).map_err(fail)?,
+            }),
         }
     }
 
@@ -425,6 +471,12 @@ impl ClientFrame {
                 out.extend_from_slice(b"{\"op\":\"ping\",\"id\":");
                 push_u64(&mut out, *id);
             }
+            ClientFrame::Auth { id, token } => {
+                out.extend_from_slice(b"{\"op\":\"auth\",\"token\":");
+                push_json_string(&mut out, token);
+                out.extend_from_slice(b",\"id\":");
+                push_u64(&mut out, *id);
+            }
         }
         out.push(b'}');
         out
@@ -455,6 +507,12 @@ impl ClientFrame {
                 }),
             ),
             ClientFrame::Ping { id } => (*id, Op::Ping(pb::Ping {})),
+            ClientFrame::Auth { id, token } => (
+                *id,
+                Op::Auth(pb::Auth {
+                    token: token.clone(),
+                }),
+            ),
         };
         pb::ClientFrame { id, op: Some(op) }.encode_to_vec()
     }
@@ -505,6 +563,12 @@ impl ServerFrame {
                 out.extend_from_slice(b"{\"op\":\"pong\",\"id\":");
                 push_u64(&mut out, *id);
             }
+            ServerFrame::Authenticated { id, user } => {
+                out.extend_from_slice(b"{\"op\":\"ack\",\"id\":");
+                push_u64(&mut out, *id);
+                out.extend_from_slice(b",\"user\":");
+                push_json_string(&mut out, user);
+            }
             ServerFrame::Error { id, code, message } => {
                 out.extend_from_slice(b"{\"op\":\"error\",");
                 if let Some(id) = id {
@@ -545,7 +609,15 @@ impl ServerFrame {
     pub fn encode_proto(&self) -> Vec<u8> {
         use pb::server_frame::Kind;
         let (id, kind) = match self {
-            ServerFrame::Ack { id } => (Some(*id), Kind::Ack(pb::Ack {})),
+            ServerFrame::Ack { id } => (
+                Some(*id),
+                Kind::Ack(pb::Ack {
+                    user: String::new(),
+                }),
+            ),
+            ServerFrame::Authenticated { id, user } => {
+                (Some(*id), Kind::Ack(pb::Ack { user: user.clone() }))
+            }
             ServerFrame::Pong { id } => (Some(*id), Kind::Pong(pb::Pong {})),
             ServerFrame::Error { id, code, message } => (
                 *id,
@@ -588,9 +660,15 @@ impl ServerFrame {
         let op = json_string(required(f.op, "op").map_err(fail)?, "op").map_err(fail)?;
         let need_id = || id.ok_or(ProtocolError::MissingField("id"));
         match op.as_str() {
-            "ack" => Ok(ServerFrame::Ack {
-                id: need_id().map_err(fail)?,
-            }),
+            "ack" => match f.user {
+                Some(user) => Ok(ServerFrame::Authenticated {
+                    id: need_id().map_err(fail)?,
+                    user: json_string(user, "user").map_err(fail)?,
+                }),
+                None => Ok(ServerFrame::Ack {
+                    id: need_id().map_err(fail)?,
+                }),
+            },
             "pong" => Ok(ServerFrame::Pong {
                 id: need_id().map_err(fail)?,
             }),
@@ -643,6 +721,10 @@ impl ServerFrame {
         let fail = |e| ParseError::new(id, e);
         match frame.kind {
             None => Err(fail(ProtocolError::MissingField("kind"))),
+            Some(Kind::Ack(a)) if !a.user.is_empty() => Ok(ServerFrame::Authenticated {
+                id: id.unwrap_or(0),
+                user: a.user,
+            }),
             Some(Kind::Ack(_)) => Ok(ServerFrame::Ack {
                 id: id.unwrap_or(0),
             }),
@@ -855,6 +937,8 @@ mod tests {
             (any::<u64>(), arb_topic(), payload)
                 .prop_map(|(id, topic, payload)| ClientFrame::Publish { id, topic, payload }),
             any::<u64>().prop_map(|id| ClientFrame::Ping { id }),
+            (any::<u64>(), "[A-Za-z0-9._-]{1,60}")
+                .prop_map(|(id, token)| ClientFrame::Auth { id, token }),
         ]
     }
 
@@ -862,6 +946,8 @@ mod tests {
         prop_oneof![
             any::<u64>().prop_map(|id| ServerFrame::Ack { id }),
             any::<u64>().prop_map(|id| ServerFrame::Pong { id }),
+            (any::<u64>(), "[a-z0-9_-]{1,20}")
+                .prop_map(|(id, user)| ServerFrame::Authenticated { id, user }),
             (any::<Option<u64>>(), "[a-z_]{1,20}", ".{0,30}")
                 .prop_map(|(id, code, message)| ServerFrame::Error { id, code, message }),
             (arb_topic(), arb_payload(), any::<u64>(), any::<u64>()).prop_map(

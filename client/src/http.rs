@@ -46,6 +46,8 @@ pub struct RequestHead {
     pub method: String,
     /// The path, without the query string.
     pub path: String,
+    /// The query string after `?`, undecoded (empty when there is none).
+    pub query: String,
     /// Headers with lower-cased names, in order.
     headers: Vec<(String, String)>,
 }
@@ -55,6 +57,43 @@ impl RequestHead {
     pub fn header(&self, name: &str) -> Option<&str> {
         first_header(&self.headers, name)
     }
+
+    /// Every header, names in lower case, in the order received.
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.headers
+    }
+
+    /// The first value of a query parameter, percent-decoded (`+` is a space). `None` when
+    /// absent or not valid UTF-8 once decoded.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.query.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k)? == name)
+                .then(|| percent_decode(v))
+                .flatten()
+        })
+    }
+}
+
+/// `%XX` and `+` decoding of one query component.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Parse a request head from the front of `buf`: `Ok(None)` while incomplete, else the head and
@@ -68,12 +107,14 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, Ht
     let (Some(method), Some(target)) = (req.method, req.path) else {
         return Err(HttpError::Malformed("no request line".into()));
     };
-    let path = target.split('?').next().unwrap_or_default().to_string();
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let (path, query) = (path.to_string(), query.to_string());
     let headers = lower_case_headers(req.headers);
     Ok(Some((
         RequestHead {
             method: method.to_string(),
             path,
+            query,
             headers,
         },
         len,
@@ -159,11 +200,23 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn query_parameters_are_decoded() {
+        let raw = b"GET /ws?a=1&token=ey%2Ej+x&empty&bad=%zz HTTP/1.1\r\nHost: a\r\n\r\n";
+        let (head, _) = parse_request_head(raw).unwrap().unwrap();
+        assert_eq!(head.query_param("token").as_deref(), Some("ey.j x"));
+        assert_eq!(head.query_param("a").as_deref(), Some("1"));
+        assert_eq!(head.query_param("empty").as_deref(), Some(""));
+        assert_eq!(head.query_param("bad"), None);
+        assert_eq!(head.query_param("missing"), None);
+    }
+
+    #[test]
     fn parses_heads_and_leaves_what_follows() {
         let raw = b"GET /ws?token=1 HTTP/1.1\r\nHost: a\r\nUpgrade: WebSocket\r\n\r\n\x81\x80";
         let (head, len) = parse_request_head(raw).unwrap().unwrap();
         assert_eq!(head.method, "GET");
         assert_eq!(head.path, "/ws");
+        assert_eq!(head.query_param("token").as_deref(), Some("1"));
         assert_eq!(head.header("upgrade"), Some("WebSocket"));
         assert_eq!(&raw[len..], b"\x81\x80");
         assert_eq!(parse_request_head(b"GET / HTTP/1.1\r\nHost"), Ok(None));

@@ -18,27 +18,33 @@
 //! (no per-connection channel).
 
 use std::io::{self, IoSlice};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use firetower_client::http::{parse_request_head, MAX_REQUEST_HEAD};
+use firetower_client::http::{parse_request_head, RequestHead, MAX_REQUEST_HEAD};
 use firetower_client::ws;
 use firetower_client::{Payload, ServerFrame};
 
-use crate::config::ConnectionLimits;
+use crate::api::{self, ApiRequest, ApiResponse};
+use crate::auth::{AuthError, Op, Principal};
+use crate::config::{ConnectionLimits, GatewayConfig};
 use crate::http;
 use crate::index::{ConnId, IndexError};
 use crate::locks::lock;
 use crate::metrics::inc;
 use crate::queue::{QueueLimits, SendQueue};
-use crate::session::{Action, ClientSession, SessionCounts};
-use crate::shared::{apply, spawn_guarded, ConnCtx, Shared};
-use crate::upstream::UpstreamError;
+use crate::session::{
+    Action, ClientSession, SessionCounts, CLOSE_FORBIDDEN, CLOSE_TOO_MANY_CONNECTIONS,
+    CLOSE_UNAUTHORIZED,
+};
+use crate::shared::{apply, spawn_guarded, unix_ms, ConnCtx, Shared};
+use crate::upstream::{Stamp, UpstreamError};
 use crate::wire::Wire;
 
 /// Growth step of the buffer that receives an HTTP request head. A WebSocket upgrade request
@@ -49,7 +55,12 @@ const HEAD_CHUNK: usize = 512;
 const MAX_IOVECS: usize = 64;
 
 /// Serve one connection on the HTTP port: read one request, answer it or upgrade it.
-pub(crate) async fn serve_http(shared: Arc<Shared>, mut stream: TcpStream, id: ConnId) {
+pub(crate) async fn serve_http(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    id: ConnId,
+    peer: SocketAddr,
+) {
     let limits = &shared.config.limits;
     let deadline = tokio::time::Instant::now() + limits.handshake_timeout;
     let mut buf = BytesMut::new();
@@ -87,12 +98,28 @@ pub(crate) async fn serve_http(shared: Arc<Shared>, mut stream: TcpStream, id: C
             }
         }
     };
+    if head.path.starts_with("/api/") {
+        serve_api(&shared, &mut stream, &head, head_len, buf).await;
+        return;
+    }
     let upgrade = if head.path == "/ws" {
         Some(ws::negotiate(&head))
     } else {
         None
     };
     if let Some(Ok(upgrade)) = upgrade {
+        if let Some(origin) = head.header("origin") {
+            if !origin_allowed(&shared.config, origin) {
+                inc(&shared.metrics.handshake_failures);
+                let body = format!(
+                    "origin {:?} may not open WebSockets here (allowed_origins)\n",
+                    origin.chars().take(128).collect::<String>()
+                );
+                respond(&mut stream, http::text_response(403, &body), limits).await;
+                return;
+            }
+        }
+        let admission = admit(&shared, Some(&head), peer).await;
         if tokio::time::timeout(
             limits.close_timeout,
             stream.write_all(&ws::upgrade_response(&upgrade)),
@@ -109,7 +136,7 @@ pub(crate) async fn serve_http(shared: Arc<Shared>, mut stream: TcpStream, id: C
         drop(head);
         buf.advance(head_len);
         let buf = if buf.is_empty() { BytesMut::new() } else { buf };
-        run_session(shared, stream, id, wire, buf).await;
+        run_session(shared, stream, id, wire, buf, peer, admission).await;
         return;
     }
     let response = match head.path.as_str() {
@@ -137,7 +164,10 @@ pub(crate) async fn serve_http(shared: Arc<Shared>, mut stream: TcpStream, id: C
             "text/plain; version=0.0.4; charset=utf-8",
             &shared.metrics.render(shared.upstream.ready()),
         ),
-        _ => http::text_response(404, "not found; try /ws, /healthz, /readyz or /metrics\n"),
+        _ => http::text_response(
+            404,
+            "not found; try /ws, /healthz, /readyz, /metrics or POST /api/publish\n",
+        ),
     };
     respond(&mut stream, response, limits).await;
 }
@@ -150,9 +180,258 @@ async fn respond(stream: &mut TcpStream, response: Vec<u8>, limits: &ConnectionL
     .await;
 }
 
+/// True when a browser page from `origin` may open a WebSocket here.
+fn origin_allowed(config: &GatewayConfig, origin: &str) -> bool {
+    config.allowed_origins.is_empty()
+        || config
+            .allowed_origins
+            .iter()
+            .any(|o| o.eq_ignore_ascii_case(origin))
+}
+
+/// Serve one request of the backend API and close.
+async fn serve_api(
+    shared: &Arc<Shared>,
+    stream: &mut TcpStream,
+    head: &RequestHead,
+    head_len: usize,
+    mut buf: BytesMut,
+) {
+    let limits = &shared.config.limits;
+    let response = match api_response(shared, stream, head, head_len, &mut buf).await {
+        Ok(r) | Err(r) => r,
+    };
+    inc(&shared.metrics.api_requests);
+    respond(
+        stream,
+        http::response(response.status, "application/json", &response.body),
+        limits,
+    )
+    .await;
+}
+
+async fn api_response(
+    shared: &Arc<Shared>,
+    stream: &mut TcpStream,
+    head: &RequestHead,
+    head_len: usize,
+    buf: &mut BytesMut,
+) -> Result<ApiResponse, ApiResponse> {
+    let Some(keys) = &shared.api_keys else {
+        return Err(ApiResponse::error(
+            404,
+            "not_found",
+            "the backend API is off on this gateway ([api] in the config)",
+        ));
+    };
+    if head.path != "/api/publish" && head.path != "/api/broadcast" {
+        return Err(ApiResponse::error(
+            404,
+            "not_found",
+            "the API has POST /api/publish and POST /api/broadcast",
+        ));
+    }
+    if head.method != "POST" {
+        return Err(ApiResponse::error(
+            405,
+            "method_not_allowed",
+            "use POST with a JSON body",
+        ));
+    }
+    if !keys.authorizes(head) {
+        return Err(ApiResponse::error(
+            401,
+            "unauthorized",
+            "missing or unknown API key: send `Authorization: apikey <key>`",
+        ));
+    }
+    let limits = &shared.config.limits;
+    let len = api::content_length(head, limits.max_frame_bytes)?;
+    let mut body = api::body_so_far(buf, head_len);
+    let deadline = tokio::time::Instant::now() + limits.handshake_timeout;
+    while body.len() < len {
+        body.reserve(len - body.len());
+        match tokio::time::timeout_at(
+            deadline,
+            tokio::io::AsyncReadExt::read_buf(stream, &mut body),
+        )
+        .await
+        {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => {
+                return Err(ApiResponse::error(
+                    400,
+                    "bad_request",
+                    "the body ended before Content-Length bytes arrived",
+                ))
+            }
+        }
+    }
+    body.truncate(len);
+    let request = api::parse(&head.path, &body)?;
+    let publish = |topic: Arc<str>, data: firetower_client::Payload| {
+        let shared = shared.clone();
+        async move {
+            if let Some(ban) = shared.topic_ban(&topic) {
+                inc(&shared.metrics.forbidden);
+                return Err(UpstreamError::Refused {
+                    code: "forbidden".into(),
+                    message: format!("topic {topic:?} is banned ({})", ban.reason),
+                });
+            }
+            inc(&shared.metrics.publishes_in);
+            let started = Instant::now();
+            let result = match tokio::time::timeout(
+                shared.config.request_timeout,
+                shared.upstream.publish(&topic, data),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(UpstreamError::Timeout),
+            };
+            shared.metrics.observe_publish(started.elapsed());
+            if result.is_err() {
+                inc(&shared.metrics.publish_failures);
+            }
+            result
+        }
+    };
+    match request {
+        ApiRequest::Publish { topic, data } => {
+            Ok(api::publish_response(publish(topic, data).await))
+        }
+        ApiRequest::Broadcast { topics, data } => {
+            let mut tasks = tokio::task::JoinSet::new();
+            for (i, topic) in topics.iter().enumerate() {
+                let fut = publish(topic.clone(), data.clone());
+                tasks.spawn(async move { (i, fut.await) });
+            }
+            let mut results: Vec<Option<Result<Stamp, UpstreamError>>> =
+                (0..topics.len()).map(|_| None).collect();
+            while let Some(done) = tasks.join_next().await {
+                if let Ok((i, r)) = done {
+                    if let Some(slot) = results.get_mut(i) {
+                        *slot = Some(r);
+                    }
+                }
+            }
+            let results = topics
+                .into_iter()
+                .zip(results)
+                .map(|(t, r)| {
+                    let r = r.unwrap_or_else(|| {
+                        Err(UpstreamError::Refused {
+                            code: "internal_error".into(),
+                            message: "the gateway failed while publishing; retry".into(),
+                        })
+                    });
+                    (t, r)
+                })
+                .collect();
+            Ok(api::broadcast_response(results))
+        }
+    }
+}
+
+/// How a connection starts, decided before its session runs.
+pub(crate) enum Admission {
+    /// Authenticated (or anonymous): serve it.
+    Admitted(Principal),
+    /// No credential yet: the first frame must be `auth`, within the handshake timeout.
+    Pending,
+    /// Refused: the session opens only to close with `code`, after an error frame.
+    Refused {
+        code: u16,
+        reason: &'static str,
+        error: &'static str,
+        message: String,
+    },
+}
+
+impl Admission {
+    fn unauthorized(e: &AuthError) -> Admission {
+        Admission::Refused {
+            code: CLOSE_UNAUTHORIZED,
+            reason: e.close_reason(),
+            error: "unauthorized",
+            message: e.to_string(),
+        }
+    }
+
+    fn banned(ban: &firetower_proto::Ban) -> Admission {
+        Admission::Refused {
+            code: CLOSE_FORBIDDEN,
+            reason: "banned",
+            error: "banned",
+            message: if ban.reason.is_empty() {
+                "banned by an operator".into()
+            } else {
+                format!("banned by an operator: {}", ban.reason)
+            },
+        }
+    }
+}
+
+/// The credential a request carries: `?token=` or `Authorization: Bearer`.
+fn request_token(head: &RequestHead) -> Option<String> {
+    if let Some(t) = head.query_param("token") {
+        return Some(t);
+    }
+    let value = head.header("authorization")?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
+}
+
+/// Decide how a new connection starts: bans on its address, its token if it brought one.
+pub(crate) async fn admit(
+    shared: &Arc<Shared>,
+    head: Option<&RequestHead>,
+    peer: SocketAddr,
+) -> Admission {
+    if let Some(ban) = shared.connection_ban(None, peer) {
+        return Admission::banned(&ban);
+    }
+    let token = head.and_then(request_token);
+    let principal = match (token, &shared.verifier) {
+        (Some(token), Some(verifier)) => match verifier.verify(&token, SystemTime::now()) {
+            Ok(p) => Some(p),
+            Err(e) => return Admission::unauthorized(&e),
+        },
+        _ => None,
+    };
+    match principal {
+        Some(p) => {
+            if let Some(ban) = shared.connection_ban(p.user.as_deref(), peer) {
+                return Admission::banned(&ban);
+            }
+            Admission::Admitted(p)
+        }
+        None if shared.config.anonymous_allowed() => Admission::Admitted(Principal::anonymous()),
+        None => Admission::Pending,
+    }
+}
+
 /// Serve one raw TCP (device) connection.
-pub(crate) async fn serve_tcp(shared: Arc<Shared>, stream: TcpStream, id: ConnId) {
-    run_session(shared, stream, id, Wire::Tcp, BytesMut::new()).await;
+pub(crate) async fn serve_tcp(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    id: ConnId,
+    peer: SocketAddr,
+) {
+    let admission = admit(&shared, None, peer).await;
+    run_session(
+        shared,
+        stream,
+        id,
+        Wire::Tcp,
+        BytesMut::new(),
+        peer,
+        admission,
+    )
+    .await;
 }
 
 async fn run_session(
@@ -161,6 +440,8 @@ async fn run_session(
     id: ConnId,
     wire: Wire,
     buffered: BytesMut,
+    peer: SocketAddr,
+    admission: Admission,
 ) {
     let limits = &shared.config.limits;
     let ctx = Arc::new(ConnCtx {
@@ -168,15 +449,35 @@ async fn run_session(
         wire,
         queue: SendQueue::new(QueueLimits::from_limits(limits)),
         in_flight: AtomicUsize::new(0),
+        remote: peer,
+        since_ms: unix_ms(),
+        user: OnceLock::new(),
     });
     lock(&shared.state).conns.insert(id, ctx.clone());
-    let session = ClientSession::new(wire, limits, Instant::now(), buffered);
+    let now = Instant::now();
+    let session = ClientSession::new(wire, limits, now, buffered);
     let mut driver = Driver {
         shared,
         ctx,
         stream,
         session,
+        principal: None,
     };
+    match admission {
+        Admission::Admitted(p) => driver.authenticated(now, p, None),
+        Admission::Pending => {
+            let deadline = now + driver.shared.config.limits.handshake_timeout;
+            driver
+                .session
+                .set_auth_deadline(Some((deadline, "authentication required")));
+        }
+        Admission::Refused {
+            code,
+            reason,
+            error,
+            message,
+        } => driver.refuse(now, code, reason, error, message),
+    }
     driver.run().await;
 }
 
@@ -192,6 +493,8 @@ struct Driver {
     ctx: Arc<ConnCtx>,
     stream: TcpStream,
     session: ClientSession,
+    /// Who the connection acts as; `None` until it authenticates.
+    principal: Option<Box<Principal>>,
 }
 
 enum Event {
@@ -297,10 +600,33 @@ impl Driver {
             let Some(action) = action else {
                 return Flow::Continue;
             };
+            if !matches!(
+                action,
+                Action::Auth { .. } | Action::ShutdownWrite | Action::Stop
+            ) && self.principal.is_none()
+            {
+                self.refuse(
+                    now,
+                    CLOSE_UNAUTHORIZED,
+                    "authentication required",
+                    "unauthorized",
+                    AuthError::Missing.to_string(),
+                );
+                continue;
+            }
             match action {
-                Action::Subscribe { id, topics } => self.subscribe(id, &topics),
+                Action::Subscribe { id, topics } => {
+                    if self.permitted(now, id, Op::Subscribe, &topics) {
+                        self.subscribe(id, &topics);
+                    }
+                }
                 Action::Unsubscribe { id, topics } => self.unsubscribe(id, &topics),
-                Action::Publish { id, topic, payload } => self.publish(id, topic, payload),
+                Action::Publish { id, topic, payload } => {
+                    if self.permitted(now, id, Op::Publish, std::slice::from_ref(&topic)) {
+                        self.publish(id, topic, payload);
+                    }
+                }
+                Action::Auth { id, token } => self.auth(now, id, &token),
                 Action::ShutdownWrite => {
                     // Half-close: the peer sees the end of our stream after the close frame
                     // and can answer; we keep reading until its close frame, EOF or the
@@ -310,6 +636,162 @@ impl Driver {
                 Action::Stop => return Flow::Stop,
             }
         }
+    }
+
+    /// Refuse the connection: an error frame (TCP clients have no close code), then the close.
+    fn refuse(
+        &mut self,
+        now: Instant,
+        code: u16,
+        reason: &'static str,
+        error: &'static str,
+        message: String,
+    ) {
+        let m = &self.shared.metrics;
+        match code {
+            CLOSE_UNAUTHORIZED => inc(&m.auth_failures),
+            _ => inc(&m.operator_closes),
+        }
+        self.ctx.reply(&ServerFrame::error(None, error, message));
+        self.session.close_with(now, &self.ctx.queue, code, reason);
+    }
+
+    /// The connection is `principal` from now on (`id`: the auth frame to ack, if any).
+    fn authenticated(&mut self, now: Instant, principal: Principal, id: Option<u64>) {
+        if let Some(user) = &principal.user {
+            match self.ctx.user.get() {
+                Some(current) if current != user => {
+                    let e = AuthError::OtherUser;
+                    self.refuse(
+                        now,
+                        CLOSE_UNAUTHORIZED,
+                        e.close_reason(),
+                        "unauthorized",
+                        e.to_string(),
+                    );
+                    return;
+                }
+                Some(_) => {}
+                None => {
+                    let mut state = lock(&self.shared.state);
+                    if !self.shared.add_user_connection(&mut state, user) {
+                        drop(state);
+                        let max = self.shared.config.limits.max_connections_per_user;
+                        self.refuse(
+                            now,
+                            CLOSE_TOO_MANY_CONNECTIONS,
+                            "too many connections",
+                            "too_many_connections",
+                            format!("this user already holds {max} connections on this gateway"),
+                        );
+                        return;
+                    }
+                    let _ = self.ctx.user.set(user.clone());
+                }
+            }
+        }
+        let deadline = principal.expires.map(|exp| {
+            let left = exp.duration_since(SystemTime::now()).unwrap_or_default();
+            (now + left, "token expired")
+        });
+        self.session.set_auth_deadline(deadline);
+        if let (Some(id), Some(user)) = (id, &principal.user) {
+            self.ctx.reply(&ServerFrame::Authenticated {
+                id,
+                user: user.to_string(),
+            });
+        }
+        self.principal = Some(Box::new(principal));
+    }
+
+    /// An `auth` frame: authenticate, or refresh the token of the same user.
+    fn auth(&mut self, now: Instant, id: u64, token: &str) {
+        let Some(verifier) = &self.shared.verifier else {
+            self.ctx.reply(&ServerFrame::error(
+                Some(id),
+                "not_configured",
+                "this gateway verifies no tokens ([auth] is not configured)",
+            ));
+            return;
+        };
+        match verifier.verify(token, SystemTime::now()) {
+            Ok(p) => {
+                if let Some(ban) = self
+                    .shared
+                    .connection_ban(p.user.as_deref(), self.ctx.remote)
+                {
+                    if let Admission::Refused {
+                        code,
+                        reason,
+                        error,
+                        message,
+                    } = Admission::banned(&ban)
+                    {
+                        self.refuse(now, code, reason, error, message);
+                    }
+                    return;
+                }
+                self.authenticated(now, p, Some(id));
+            }
+            Err(e) => self.refuse(
+                now,
+                CLOSE_UNAUTHORIZED,
+                e.close_reason(),
+                "unauthorized",
+                e.to_string(),
+            ),
+        }
+    }
+
+    /// Check permissions, topic bans and the per-user publish budget for a request; refuse it
+    /// with an error frame when one says no.
+    fn permitted(&mut self, now: Instant, id: u64, op: Op, topics: &[Arc<str>]) -> bool {
+        let Some(principal) = &self.principal else {
+            return false;
+        };
+        for topic in topics {
+            if !principal.may(op, topic) {
+                inc(&self.shared.metrics.forbidden);
+                let what = match op {
+                    Op::Subscribe => "subscribe to",
+                    Op::Publish => "publish to",
+                };
+                self.ctx.reply(&ServerFrame::error(
+                    Some(id),
+                    "forbidden",
+                    format!("you may not {what} {topic:?}"),
+                ));
+                return false;
+            }
+            if let Some(ban) = self.shared.topic_ban(topic) {
+                inc(&self.shared.metrics.forbidden);
+                let why = if ban.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", ban.reason)
+                };
+                self.ctx.reply(&ServerFrame::error(
+                    Some(id),
+                    "forbidden",
+                    format!("topic {topic:?} is banned by an operator{why}"),
+                ));
+                return false;
+            }
+        }
+        if op == Op::Publish {
+            if let Some(user) = &principal.user {
+                if !self.shared.take_user_publish(user, now) {
+                    inc(&self.shared.metrics.rate_limited);
+                    self.ctx.reply(&ServerFrame::error(
+                        Some(id),
+                        "rate_limited",
+                        "too many publishes from this user; slow down and retry",
+                    ));
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     fn count(&self, counts: SessionCounts) {

@@ -59,7 +59,7 @@ pub struct GatewayStats {
     pub subscriptions: u64,
     /// Distinct topics held.
     pub topics: u64,
-    /// Frames received from clients.
+    /// Publishes received (client frames and the backend API).
     pub messages_in_total: u64,
     /// Messages delivered to clients.
     pub messages_out_total: u64,

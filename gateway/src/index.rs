@@ -385,6 +385,14 @@ impl SubscriptionIndex {
         self.conns.get(&conn).map_or(0, HashSet::len)
     }
 
+    /// The topics a connection holds, in no particular order.
+    pub fn topic_names_of(&self, conn: ConnId) -> Vec<Arc<str>> {
+        self.conns
+            .get(&conn)
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Subscribe requests still waiting for a commit.
     pub fn pending_requests(&self) -> usize {
         self.requests.len()

@@ -23,6 +23,8 @@
 #![warn(missing_docs, unreachable_pub)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+mod api;
+mod auth;
 mod cluster;
 mod config;
 mod connection;
@@ -32,6 +34,7 @@ mod http;
 mod index;
 mod locks;
 mod metrics;
+mod operators;
 mod queue;
 mod server;
 mod session;
@@ -39,8 +42,13 @@ mod shared;
 mod upstream;
 mod wire;
 
+pub use api::{ApiConfig, ApiConfigError};
+pub use auth::{AuthConfig, AuthConfigError};
 pub use cluster::{ClusterOptions, ClusterUpstream};
-pub use config::{ConfigError, ConnectionLimits, GatewayConfig};
+pub use config::{
+    ClusterTlsFile, ConfigError, ConnectionLimits, FileError, GatewayConfig, GatewayFile,
+    LimitsFile,
+};
 pub use control::{ConnectionInfo, ControlEvent, ControlReceiver, GatewayStats};
 /// The link to the managers lives in `firetower-link`; re-exported for existing users.
 pub use firetower_link::{client_endpoint, LinkClient, LinkError, LinkOptions, Written};

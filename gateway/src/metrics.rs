@@ -89,6 +89,10 @@ pub(crate) struct Metrics {
     pub(crate) protocol_errors: AtomicCounter,
     pub(crate) idle_disconnects: AtomicCounter,
     pub(crate) panics: AtomicCounter,
+    pub(crate) auth_failures: AtomicCounter,
+    pub(crate) forbidden: AtomicCounter,
+    pub(crate) operator_closes: AtomicCounter,
+    pub(crate) api_requests: AtomicCounter,
     pub(crate) topics: AtomicGauge,
     pub(crate) subscriptions: AtomicGauge,
     publish_latency: Histogram,
@@ -130,6 +134,15 @@ pub struct MetricsSnapshot {
     pub idle_disconnects: u64,
     /// Panics caught in connection tasks or the fan-out.
     pub panics: u64,
+    /// Connections closed for a missing, invalid or expired credential.
+    pub auth_failures: u64,
+    /// Subscribes and publishes refused by permissions or topic bans.
+    pub forbidden: u64,
+    /// Connections closed by a kick, a ban or the per-user connection limit.
+    pub operator_closes: u64,
+    /// Backend API requests answered.
+    pub api_requests: u64,
+
     /// Topics in the local index.
     pub topics: u64,
     /// (connection, topic) subscriptions.
@@ -270,6 +283,26 @@ impl Metrics {
             "panics",
             "Panics caught in connection tasks or the fan-out",
         );
+        let auth_failures = counter(
+            &mut registry,
+            "auth_failures",
+            "Connections closed for a missing, invalid or expired credential",
+        );
+        let forbidden = counter(
+            &mut registry,
+            "forbidden",
+            "Subscribes and publishes refused by permissions or topic bans",
+        );
+        let operator_closes = counter(
+            &mut registry,
+            "operator_closes",
+            "Connections closed by a kick, a ban or the per-user connection limit",
+        );
+        let api_requests = counter(
+            &mut registry,
+            "api_requests",
+            "Backend API requests answered",
+        );
         let publish_latency = Histogram::new(LATENCY_BUCKETS);
         registry.register(
             "publish_latency_seconds",
@@ -297,6 +330,10 @@ impl Metrics {
             protocol_errors,
             idle_disconnects,
             panics,
+            auth_failures,
+            forbidden,
+            operator_closes,
+            api_requests,
             topics,
             subscriptions,
             publish_latency,
@@ -329,6 +366,11 @@ impl Metrics {
             protocol_errors: g(&self.protocol_errors),
             idle_disconnects: g(&self.idle_disconnects),
             panics: g(&self.panics),
+            auth_failures: g(&self.auth_failures),
+            forbidden: g(&self.forbidden),
+            operator_closes: g(&self.operator_closes),
+            api_requests: g(&self.api_requests),
+
             topics: g(&self.topics),
             subscriptions: g(&self.subscriptions),
             publish_latency_count: g(&self.publish_latency_count),
@@ -448,6 +490,26 @@ mod tests {
             "panics_total",
             "counter",
             "Panics caught in connection tasks or the fan-out.",
+        ),
+        (
+            "auth_failures_total",
+            "counter",
+            "Connections closed for a missing, invalid or expired credential.",
+        ),
+        (
+            "forbidden_total",
+            "counter",
+            "Subscribes and publishes refused by permissions or topic bans.",
+        ),
+        (
+            "operator_closes_total",
+            "counter",
+            "Connections closed by a kick, a ban or the per-user connection limit.",
+        ),
+        (
+            "api_requests_total",
+            "counter",
+            "Backend API requests answered.",
         ),
         (
             "publish_latency_seconds",

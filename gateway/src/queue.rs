@@ -162,6 +162,19 @@ impl SendQueue {
         true
     }
 
+    /// Close the connection from outside (a kick, a ban, an expired token seen elsewhere):
+    /// what is queued is dropped and the close frame is written next. A close already
+    /// requested, or a queue already sealed, stays as it is.
+    pub(crate) fn request_close(&self, code: u16, reason: &'static str) {
+        let mut s = lock(&self.state);
+        if s.closed || s.close.is_some() {
+            return;
+        }
+        s.close = Some(CloseRequest { code, reason });
+        drop(s);
+        self.notify.notify_one();
+    }
+
     /// Frames queued now.
     pub fn len(&self) -> usize {
         lock(&self.state).frames.len()

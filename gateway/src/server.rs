@@ -48,6 +48,12 @@ pub enum GatewayError {
     /// The configuration cannot work.
     #[error("invalid gateway configuration: {0}")]
     Config(#[from] ConfigError),
+    /// `[auth]` cannot be used (a key file unreadable or wrong).
+    #[error("{0}")]
+    Auth(#[from] crate::auth::AuthConfigError),
+    /// `[api]` cannot be used.
+    #[error("{0}")]
+    Api(#[from] crate::api::ApiConfigError),
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -67,7 +73,11 @@ struct ConnGuard {
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         let mut state = lock(&self.shared.state);
-        state.conns.remove(&self.id);
+        if let Some(ctx) = state.conns.remove(&self.id) {
+            if let Some(user) = ctx.user.get() {
+                self.shared.remove_user_connection(&mut state, user);
+            }
+        }
         let effects = state.index.remove_conn(self.id);
         apply(&self.shared, &mut state, effects);
         drop(state);
@@ -100,6 +110,14 @@ impl Gateway {
         deliveries: mpsc::Receiver<Delivery>,
     ) -> Result<GatewayHandle, GatewayError> {
         config.validate()?;
+        let verifier = match &config.auth {
+            Some(auth) => Some(crate::auth::Verifier::load(auth)?),
+            None => None,
+        };
+        let api_keys = match &config.api {
+            Some(api) => Some(crate::api::ApiKeys::load(api)?),
+            None => None,
+        };
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -126,6 +144,7 @@ impl Gateway {
             state: Mutex::new(State {
                 index: SubscriptionIndex::new(config.limits.max_topics),
                 conns: HashMap::new(),
+                users: HashMap::new(),
             }),
             config,
             upstream,
@@ -133,7 +152,15 @@ impl Gateway {
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
             next_conn: AtomicU64::new(1),
+            verifier,
+            api_keys,
+            bans: Mutex::new(Arc::new(Vec::new())),
+            user_buckets: Mutex::new(HashMap::new()),
         });
+        if let Some(controls) = shared.upstream.take_controls() {
+            tokio::spawn(crate::operators::control_loop(shared.clone(), controls));
+        }
+        tokio::spawn(crate::operators::stats_loop(shared.clone()));
         tokio::spawn(accept_loop(shared.clone(), http, ListenerKind::Http));
         if let Some(tcp) = tcp {
             tokio::spawn(accept_loop(shared.clone(), tcp, ListenerKind::Tcp));
@@ -210,9 +237,9 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: ListenerK
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 failures = 0;
-                spawn_connection(&shared, stream, kind);
+                spawn_connection(&shared, stream, peer, kind);
             }
             Err(e) => {
                 // EMFILE and friends: wait for connections to go away instead of spinning.
@@ -228,7 +255,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: ListenerK
     }
 }
 
-fn spawn_connection(shared: &Arc<Shared>, stream: TcpStream, kind: ListenerKind) {
+fn spawn_connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, kind: ListenerKind) {
     let open = shared.metrics.connections_open.load(Ordering::Relaxed);
     if open >= shared.config.max_connections as u64 {
         inc(&shared.metrics.connections_refused);
@@ -249,8 +276,8 @@ fn spawn_connection(shared: &Arc<Shared>, stream: TcpStream, kind: ListenerKind)
         async move {
             let _guard = guard;
             match kind {
-                ListenerKind::Http => Box::pin(serve_http(s, stream, id)).await,
-                ListenerKind::Tcp => Box::pin(serve_tcp(s, stream, id)).await,
+                ListenerKind::Http => Box::pin(serve_http(s, stream, id, peer)).await,
+                ListenerKind::Tcp => Box::pin(serve_tcp(s, stream, id, peer)).await,
             }
         },
         || {},
@@ -361,7 +388,8 @@ mod tests {
             .await
             .unwrap();
         let (server_side, _) = listener.accept().await.unwrap();
-        let future = serve_http(gw.shared.clone(), server_side, ConnId(1));
+        let peer = server_side.peer_addr().unwrap();
+        let future = serve_http(gw.shared.clone(), server_side, ConnId(1), peer);
         let task = std::mem::size_of_val(&future);
         let ctx = std::mem::size_of::<ConnCtx>();
         let stream = std::mem::size_of::<TcpStream>();

@@ -59,6 +59,12 @@ use firetower_link::TokenBucket;
 
 /// Smallest read: enough for a typical client frame in one `read`.
 const READ_CHUNK: usize = 2 * 1024;
+/// Close code of a missing, invalid or expired credential.
+pub(crate) const CLOSE_UNAUTHORIZED: u16 = 4401;
+/// Close code of a banned or kicked user.
+pub(crate) const CLOSE_FORBIDDEN: u16 = 4403;
+/// Close code of a user past its connection limit on this gateway.
+pub(crate) const CLOSE_TOO_MANY_CONNECTIONS: u16 = 4429;
 /// What the gateway's idle ping carries.
 const PING_PAYLOAD: &[u8] = b"firetower";
 
@@ -76,6 +82,8 @@ pub(crate) enum Action {
         topic: Arc<str>,
         payload: Payload,
     },
+    /// Verify the token and authenticate (or refresh) the connection; ack or close 4401.
+    Auth { id: u64, token: String },
     /// Everything is written, the close frame last: shut the socket's write side (the peer
     /// sees the end of our stream and can answer) and keep reading.
     ShutdownWrite,
@@ -130,7 +138,11 @@ pub(crate) struct ClientSession {
     /// Frames being written, in order; refilled from the queue when empty.
     writing: VecDeque<Bytes>,
     subscribe_bucket: TokenBucket,
+    publish_bucket: TokenBucket,
     strikes: TokenBucket,
+    /// When the connection's credentials lapse (the token's `exp`, or the time allowed to
+    /// send a first `auth` frame), and the close reason then: closed with 4401.
+    auth_deadline: Option<(Instant, &'static str)>,
     last_heard: Instant,
     ping_sent: Option<Instant>,
     closing: Option<Closing>,
@@ -160,6 +172,8 @@ impl ClientSession {
             assembler: MessageAssembler::new(limits.max_frame_bytes),
             writing: VecDeque::new(),
             subscribe_bucket: TokenBucket::new(limits.subscribe_rate, limits.subscribe_burst, now),
+            publish_bucket: TokenBucket::new(limits.publish_rate, limits.publish_burst, now),
+            auth_deadline: None,
             strikes: TokenBucket::new(1, limits.rate_limit_strikes, now),
             last_heard: now,
             ping_sent: None,
@@ -185,6 +199,14 @@ impl ClientSession {
         if let Some(c) = self.closing {
             return c.deadline;
         }
+        let liveness = self.liveness_deadline();
+        match self.auth_deadline {
+            Some((at, _)) => at.min(liveness),
+            None => liveness,
+        }
+    }
+
+    fn liveness_deadline(&self) -> Instant {
         match self.ping_sent {
             Some(at) => at + self.pong_timeout,
             None if self.wire == Wire::Tcp => {
@@ -221,6 +243,15 @@ impl ClientSession {
             self.stopped = true;
             return;
         }
+        if let Some((at, reason)) = self.auth_deadline {
+            if now >= at {
+                self.begin_close(now, queue, CLOSE_UNAUTHORIZED, reason, false);
+                return;
+            }
+        }
+        if now < self.liveness_deadline() {
+            return;
+        }
         if self.ping_sent.is_none() && self.wire != Wire::Tcp {
             self.ping_sent = Some(now);
             self.writing
@@ -229,6 +260,23 @@ impl ClientSession {
         }
         self.counts.idle_disconnects += 1;
         self.begin_close(now, queue, close_code::GOING_AWAY, "idle timeout", false);
+    }
+
+    /// Close the connection with 4401 at `at` (`reason`: why, e.g. "token expired"); `None`
+    /// lifts the deadline.
+    pub(crate) fn set_auth_deadline(&mut self, deadline: Option<(Instant, &'static str)>) {
+        self.auth_deadline = deadline;
+    }
+
+    /// Close now with `code` (4401, 4403, ...): what was queued is written first.
+    pub(crate) fn close_with(
+        &mut self,
+        now: Instant,
+        queue: &SendQueue,
+        code: u16,
+        reason: &'static str,
+    ) {
+        self.begin_close(now, queue, code, reason, false);
     }
 
     /// The gateway shuts down: close with 1001, still reading for the client's close frame.
@@ -510,8 +558,22 @@ impl ClientSession {
                 Some(Action::Unsubscribe { id, topics })
             }
             ClientFrame::Publish { id, topic, payload } => {
+                if !self.publish_bucket.take(now) {
+                    self.counts.rate_limited += 1;
+                    self.reply(
+                        queue,
+                        &ServerFrame::error(
+                            Some(id),
+                            "rate_limited",
+                            "too many publishes on this connection; slow down and retry",
+                        ),
+                    );
+                    self.strike(now, queue);
+                    return None;
+                }
                 Some(Action::Publish { id, topic, payload })
             }
+            ClientFrame::Auth { id, token } => Some(Action::Auth { id, token }),
         }
     }
 

@@ -15,16 +15,23 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use firetower_client::ServerFrame;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use firetower_link::TokenBucket;
+use firetower_proto::Ban;
+
+use crate::api::ApiKeys;
+use crate::auth::Verifier;
 use crate::config::GatewayConfig;
 use crate::index::{ConnId, Effect, SubscriptionIndex};
 use crate::locks::lock;
@@ -41,6 +48,12 @@ pub(crate) struct ConnCtx {
     pub(crate) queue: SendQueue,
     /// The connection's requests waiting for the cluster.
     pub(crate) in_flight: AtomicUsize,
+    /// The client's address.
+    pub(crate) remote: SocketAddr,
+    /// When it connected, Unix milliseconds.
+    pub(crate) since_ms: u64,
+    /// The user it authenticated as (set once: a refresh must name the same user).
+    pub(crate) user: OnceLock<Arc<str>>,
 }
 
 impl ConnCtx {
@@ -54,6 +67,8 @@ impl ConnCtx {
 pub(crate) struct State {
     pub(crate) index: SubscriptionIndex,
     pub(crate) conns: HashMap<ConnId, Arc<ConnCtx>>,
+    /// Open connections per authenticated user, for the per-user limit.
+    pub(crate) users: HashMap<Arc<str>, u32>,
 }
 
 /// What every task of one gateway shares.
@@ -65,6 +80,85 @@ pub(crate) struct Shared {
     pub(crate) cancel: CancellationToken,
     pub(crate) tracker: TaskTracker,
     pub(crate) next_conn: AtomicU64,
+    /// Token verification (`[auth]`).
+    pub(crate) verifier: Option<Verifier>,
+    /// Backend API keys (`[api]`).
+    pub(crate) api_keys: Option<ApiKeys>,
+    /// The operator bans as last pushed by the cluster.
+    pub(crate) bans: Mutex<Arc<Vec<Ban>>>,
+    /// Publish rate per user, when `limits.user_publish_rate` is set; an entry lives while the
+    /// user has a connection here.
+    pub(crate) user_buckets: Mutex<HashMap<Arc<str>, TokenBucket>>,
+}
+
+/// Unix milliseconds now.
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Shared {
+    /// The active ban refusing `topic`, if any.
+    pub(crate) fn topic_ban(&self, topic: &str) -> Option<Ban> {
+        let bans = lock(&self.bans).clone();
+        let now = unix_ms();
+        bans.iter()
+            .find(|b| b.is_active(now) && b.bans_topic(topic))
+            .cloned()
+    }
+
+    /// The active ban refusing this user or address, if any.
+    pub(crate) fn connection_ban(&self, user: Option<&str>, remote: SocketAddr) -> Option<Ban> {
+        let bans = lock(&self.bans).clone();
+        let now = unix_ms();
+        bans.iter()
+            .find(|b| {
+                b.is_active(now) && (b.bans_ip(remote.ip()) || user.is_some_and(|u| b.bans_user(u)))
+            })
+            .cloned()
+    }
+
+    /// Take one publish from `user`'s shared budget; true when allowed (always, without a
+    /// per-user limit).
+    pub(crate) fn take_user_publish(&self, user: &Arc<str>, now: Instant) -> bool {
+        let l = &self.config.limits;
+        if l.user_publish_rate == 0 {
+            return true;
+        }
+        let mut buckets = lock(&self.user_buckets);
+        buckets
+            .entry(user.clone())
+            .or_insert_with(|| TokenBucket::new(l.user_publish_rate, l.user_publish_burst, now))
+            .take(now)
+    }
+
+    /// Count a new connection of `user`; false when that is past the per-user limit (the
+    /// connection is not counted then).
+    pub(crate) fn add_user_connection(&self, state: &mut State, user: &Arc<str>) -> bool {
+        let max = self.config.limits.max_connections_per_user;
+        let n = state.users.entry(user.clone()).or_insert(0);
+        if max > 0 && *n >= max {
+            if *n == 0 {
+                state.users.remove(user);
+            }
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// A connection of `user` ended.
+    pub(crate) fn remove_user_connection(&self, state: &mut State, user: &Arc<str>) {
+        if let Some(n) = state.users.get_mut(user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                state.users.remove(user);
+                lock(&self.user_buckets).remove(user);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Shared {

@@ -382,6 +382,7 @@ impl GatewayProc {
                 &self.managers,
                 "--lease-ms",
                 "3000",
+                "--allow-anonymous",
             ])
             .env("FIRETOWER_LOG", "info,openraft=warn")
             .stdout(Stdio::null())

@@ -107,7 +107,7 @@ peer_start() {
             local gw
             gw=$(_spawn "$sys" "$dir/gateway.log" env FIRETOWER_LOG="$PEER_LOG_LEVEL" \
                 "$FIRETOWER_BIN" gateway --id 1 --listen 127.0.0.1:7200 \
-                --managers 127.0.0.1:7101,127.0.0.1:7103,127.0.0.1:7105 "${tls[@]}")
+                --managers 127.0.0.1:7101,127.0.0.1:7103,127.0.0.1:7105 --allow-anonymous "${tls[@]}")
             for i in $(seq 1 150); do
                 curl -fsS http://127.0.0.1:7200/readyz >/dev/null 2>&1 && break
                 [ "$i" = 150 ] && { _peer_log "the gateway did not become ready"; return 1; }

@@ -483,10 +483,13 @@ mod tests {
     fn refuses_unworkable_values() {
         let mut c = GatewayConfig::default();
         c.limits.max_topics = 0;
-        assert_eq!(c.validate(), Err(ConfigError::Zero("max_topics")));
+        assert_eq!(c.validate(), Err(ConfigError::Zero("limits.max_topics")));
         let mut c = GatewayConfig::default();
         c.limits.idle_timeout = Duration::ZERO;
-        assert_eq!(c.validate(), Err(ConfigError::ZeroDuration("idle_timeout")));
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::ZeroDuration("limits.idle_timeout_ms"))
+        );
         let mut c = GatewayConfig::default();
         c.limits.send_queue_bytes = 1000;
         assert!(matches!(

@@ -801,6 +801,7 @@ impl Driver {
             (&m.protocol_errors, counts.protocol_errors),
             (&m.rate_limited, counts.rate_limited),
             (&m.idle_disconnects, counts.idle_disconnects),
+            (&m.auth_failures, counts.auth_expiries),
         ] {
             for _ in 0..n {
                 inc(counter);

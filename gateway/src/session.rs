@@ -102,6 +102,8 @@ pub(crate) struct SessionCounts {
     pub(crate) rate_limited: u32,
     /// Closes for silence.
     pub(crate) idle_disconnects: u32,
+    /// Closes for credentials that lapsed (no `auth` frame in time, a token past `exp`).
+    pub(crate) auth_expiries: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -245,6 +247,7 @@ impl ClientSession {
         }
         if let Some((at, reason)) = self.auth_deadline {
             if now >= at {
+                self.counts.auth_expiries += 1;
                 self.begin_close(now, queue, CLOSE_UNAUTHORIZED, reason, false);
                 return;
             }
@@ -930,6 +933,10 @@ mod tests {
                         prop_assert!(self.session.is_closing());
                         self.write_shut = true;
                     }
+                    Action::Auth { id, .. } => {
+                        prop_assert!(!self.session.is_closing(), "{:?} while closing", action);
+                        self.reply(&ServerFrame::Ack { id: *id });
+                    }
                     Action::Stop => unreachable!("handled above"),
                 }
                 self.actions.push(action);
@@ -1167,6 +1174,10 @@ mod tests {
                 }
                 ClientFrame::Publish { id, topic, payload } => {
                     actions.push(Action::Publish { id, topic, payload });
+                    output.push(data(ServerFrame::Ack { id }));
+                }
+                ClientFrame::Auth { id, token } => {
+                    actions.push(Action::Auth { id, token });
                     output.push(data(ServerFrame::Ack { id }));
                 }
             }

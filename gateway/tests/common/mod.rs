@@ -13,8 +13,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use firetower_client::{Client, Event, Flavour};
 use firetower_gateway::{
-    BoxFuture, Delivery, Gateway, GatewayConfig, GatewayHandle, Payload, Stamp, Upstream,
-    UpstreamError,
+    BoxFuture, ControlEvent, ControlReceiver, Delivery, Gateway, GatewayConfig, GatewayHandle,
+    GatewayStats, Payload, Stamp, Upstream, UpstreamError,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -35,6 +35,11 @@ pub struct FakeUpstream {
     /// While set, subscribes wait for `release` before committing.
     pub hold_subscribes: AtomicBool,
     pub release: Arc<Notify>,
+    /// Operator controls as the cluster would push them (`control.send(..)`).
+    pub control: mpsc::Sender<ControlEvent>,
+    controls: Mutex<Option<ControlReceiver>>,
+    /// Every figure the gateway reported.
+    pub stats: Mutex<Vec<GatewayStats>>,
 }
 
 #[derive(Default)]
@@ -48,12 +53,16 @@ pub struct FakeState {
 impl FakeUpstream {
     pub fn new() -> (Arc<FakeUpstream>, mpsc::Receiver<Delivery>) {
         let (tx, rx) = mpsc::channel(4096);
+        let (control, controls) = mpsc::channel(64);
         let fake = Arc::new(FakeUpstream {
             deliveries: tx,
             state: Arc::default(),
             ready: AtomicBool::new(true),
             hold_subscribes: AtomicBool::new(false),
             release: Arc::new(Notify::new()),
+            control,
+            controls: Mutex::new(Some(controls)),
+            stats: Mutex::new(Vec::new()),
         });
         (fake, rx)
     }
@@ -153,6 +162,14 @@ impl Upstream for FakeUpstream {
 
     fn ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
+    }
+
+    fn take_controls(&self) -> Option<ControlReceiver> {
+        self.controls.lock().unwrap().take()
+    }
+
+    fn report_stats(&self, stats: GatewayStats) {
+        self.stats.lock().unwrap().push(stats);
     }
 }
 

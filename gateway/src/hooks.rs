@@ -165,26 +165,26 @@ pub struct HooksConfig {
     pub url: String,
     /// The events to call the hook for; the others are not sent.
     pub events: Vec<HookEvent>,
-    /// Deadline of one call, in milliseconds ([`DEFAULT_TIMEOUT_MS`]).
+    /// Deadline of one call, in milliseconds, waiting for a slot included (default 1,000).
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// What a failed call decides ([`OnFailure::Deny`]).
+    /// What a failed call decides (default [`OnFailure::Deny`]).
     #[serde(default)]
     pub on_failure: OnFailure,
-    /// Calls in flight at once ([`DEFAULT_MAX_CONCURRENCY`]).
+    /// Calls in flight at once (default 512).
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: usize,
-    /// Largest answer, in bytes ([`DEFAULT_MAX_ANSWER_BYTES`]).
+    /// Largest answer, in bytes (default 65,536).
     #[serde(default = "default_max_answer_bytes")]
     pub max_answer_bytes: usize,
-    /// Disconnect events per POST ([`DEFAULT_DISCONNECT_BATCH`]).
+    /// Disconnect events per POST (default 500).
     #[serde(default = "default_disconnect_batch")]
     pub disconnect_batch: usize,
-    /// Longest wait of a disconnect event for a batch, in milliseconds
-    /// ([`DEFAULT_DISCONNECT_FLUSH_MS`]).
+    /// Longest wait of a disconnect event for others to share its POST, in milliseconds
+    /// (default 200).
     #[serde(default = "default_disconnect_flush_ms")]
     pub disconnect_flush_ms: u64,
-    /// Disconnect events queued before new ones are dropped ([`DEFAULT_DISCONNECT_QUEUE`]).
+    /// Disconnect events queued before new ones are dropped (default 20,000).
     #[serde(default = "default_disconnect_queue")]
     pub disconnect_queue: usize,
     /// Extra headers sent with every call, e.g. `Authorization = "Bearer <secret>"` so the

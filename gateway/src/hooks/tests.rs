@@ -867,3 +867,24 @@ async fn configured_headers_are_sent() {
         "{head}"
     );
 }
+
+/// What Python's `http.server` sends unless told otherwise: HTTP/1.0, no `Content-Length`, the
+/// body ends with the connection. It works, one connection per call.
+#[tokio::test]
+async fn a_close_delimited_http_1_0_answer_works() {
+    let server = Server::start(|_| {
+        Reply::Raw(
+            b"HTTP/1.0 200 OK\r\nServer: BaseHTTP/0.6 Python/3.12\r\n\
+              Content-Type: application/json\r\n\r\n{\"allow\":false,\"code\":\"banned\"}",
+        )
+    })
+    .await;
+    let (hooks, _) = start(&config(&server, &ALL));
+    for _ in 0..3 {
+        let HookOutcome::Deny(denial) = hooks.subscribe(who("c"), &[]).await else {
+            panic!("expected the application's denial");
+        };
+        assert_eq!((denial.code.as_str(), denial.failure), ("banned", None));
+    }
+    assert_eq!(server.accepted(), 3);
+}

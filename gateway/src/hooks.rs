@@ -157,8 +157,9 @@ pub enum OnFailure {
     Allow,
 }
 
-/// `[hooks]` in the gateway's configuration file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// `[hooks]` in the gateway's configuration file. Its `Debug` shows header names, not their
+/// values (they are usually secrets).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HooksConfig {
     /// Where to POST, `http://host:port/path` (https is refused by [`HooksConfig::validate`]).
@@ -191,6 +192,28 @@ pub struct HooksConfig {
     /// application can tell the gateway's calls from anyone else's.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for HooksConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: BTreeMap<&str, &str> = self
+            .headers
+            .keys()
+            .map(|name| (name.as_str(), "<redacted>"))
+            .collect();
+        f.debug_struct("HooksConfig")
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("on_failure", &self.on_failure)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("max_answer_bytes", &self.max_answer_bytes)
+            .field("disconnect_batch", &self.disconnect_batch)
+            .field("disconnect_flush_ms", &self.disconnect_flush_ms)
+            .field("disconnect_queue", &self.disconnect_queue)
+            .field("headers", &headers)
+            .finish()
+    }
 }
 
 fn default_timeout_ms() -> u64 {
@@ -292,8 +315,10 @@ impl HooksConfig {
             if RESERVED_HEADERS.contains(&header.as_str()) {
                 return Err(bad("set by the gateway itself"));
             }
-            let value = HeaderValue::from_str(value)
+            let mut value = HeaderValue::from_str(value)
                 .map_err(|_| bad("the value has characters a header cannot carry"))?;
+            // Kept out of `Debug` output (and so out of logs) by `http` itself.
+            value.set_sensitive(true);
             headers.insert(header, value);
         }
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -728,6 +728,9 @@ fn the_toml_section_parses_with_defaults() {
     )
     .unwrap();
     assert_eq!(config.on_failure, OnFailure::Allow);
+    let shown = format!("{config:?} {:?}", config.parse().unwrap());
+    assert!(shown.contains("Authorization"), "{shown}");
+    assert!(!shown.contains("s3cret"), "{shown}");
     assert_eq!(config.timeout_ms, 250);
     config.validate().unwrap();
 

@@ -23,7 +23,7 @@ enum Reply {
     Raw(&'static [u8]),
     /// 200 after a pause.
     Delayed(Duration, String),
-    /// Never answer.
+    /// Never answer; close once the client does.
     Hang,
     /// 200 with a body of `size` bytes, announced by `Content-Length` or sent chunked.
     Huge { size: usize, chunked: bool },
@@ -34,6 +34,8 @@ type Handler = Box<dyn Fn(&Value) -> Reply + Send + Sync>;
 struct State {
     handler: Handler,
     accepted: AtomicUsize,
+    /// Connections not yet closed.
+    open: AtomicUsize,
     requests: Mutex<Vec<Value>>,
     active: AtomicUsize,
     max_active: AtomicUsize,
@@ -59,6 +61,7 @@ impl Server {
         let state = Arc::new(State {
             handler: Box::new(handler),
             accepted: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
             requests: Mutex::new(Vec::new()),
             active: AtomicUsize::new(0),
             max_active: AtomicUsize::new(0),
@@ -69,7 +72,12 @@ impl Server {
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 shared.accepted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve(stream, Arc::clone(&shared)));
+                shared.open.fetch_add(1, Ordering::SeqCst);
+                let state = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    serve(stream, Arc::clone(&state)).await;
+                    state.open.fetch_sub(1, Ordering::SeqCst);
+                });
             }
         });
         Server { addr, state }
@@ -165,7 +173,12 @@ async fn answer(stream: &mut TcpStream, reply: Reply, state: &State) -> bool {
             tokio::time::sleep(pause).await;
             stream.write_all(ok(200, &body).as_bytes()).await.is_ok()
         }
-        Reply::Hang => std::future::pending().await,
+        Reply::Hang => {
+            // Until the client closes its side.
+            let mut byte = [0u8; 1];
+            while matches!(stream.read(&mut byte).await, Ok(1..)) {}
+            false
+        }
         Reply::Huge { size, chunked } => {
             let head = if chunked {
                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_string()
@@ -457,6 +470,31 @@ async fn a_slow_hook_times_out() {
         metrics.failures(HookEvent::Subscribe, FailureReason::Timeout),
         1
     );
+}
+
+/// A call that times out closes its connection (an unanswered HTTP/1.1 connection cannot be
+/// reused): a hook that hangs does not make the gateway pile up sockets.
+#[tokio::test]
+async fn timed_out_calls_do_not_leak_connections() {
+    let server = Server::start(|_| Reply::Hang).await;
+    let mut config = config(&server, &ALL);
+    config.timeout_ms = 20;
+    let (hooks, _) = start(&config);
+    for _ in 0..50 {
+        assert_eq!(
+            failure(hooks.subscribe(who("c"), &[]).await),
+            HookFailure::Timeout(20)
+        );
+    }
+    assert_eq!(server.accepted(), 50, "no connection is reused while busy");
+    // The server sees each close; wait (bounded) for the last ones to arrive.
+    for _ in 0..500 {
+        if server.state.open.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(server.state.open.load(Ordering::SeqCst), 0);
 }
 
 /// A 10 MB answer is refused as too large (not as a timeout: the deadline is far), and the

@@ -30,6 +30,7 @@ mod config;
 mod connection;
 mod control;
 mod delivery_guard;
+mod hooks;
 mod http;
 mod index;
 mod locks;
@@ -52,6 +53,7 @@ pub use config::{
 pub use control::{ConnectionInfo, ControlEvent, ControlReceiver, GatewayStats};
 /// The link to the managers lives in `firetower-link`; re-exported for existing users.
 pub use firetower_link::{client_endpoint, LinkClient, LinkError, LinkOptions, Written};
+pub use hooks::{HookEvent, HooksConfig, HooksConfigError, OnFailure};
 pub use index::{ConnId, Effect, IndexError, SubscriptionIndex, TopicState};
 pub use metrics::MetricsSnapshot;
 pub use queue::{PushOutcome, QueueLimits, SendQueue};

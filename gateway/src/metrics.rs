@@ -32,6 +32,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::hooks::HookMetrics;
 use crate::upstream::Upstream;
 
 /// Every metric name starts with this.
@@ -99,6 +100,10 @@ pub(crate) struct Metrics {
     /// The histogram's count, kept apart because prometheus-client reads it back only in its
     /// own tests; [`MetricsSnapshot`] needs it.
     publish_latency_count: AtomicU64,
+    /// The lifecycle hooks' counters (rendered only once hooks are configured), for
+    /// `hooks::Hooks::new`.
+    #[allow(dead_code)] // until the connection flow starts the hooks (issue 12)
+    pub(crate) hooks: HookMetrics,
 }
 
 /// A point-in-time copy of the gateway's counters.
@@ -309,6 +314,8 @@ impl Metrics {
             "Client publish to leader ack",
             publish_latency.clone(),
         );
+        let hooks = HookMetrics::default();
+        hooks.register(&mut registry);
         if let Some(upstream) = upstream {
             registry.register_collector(Box::new(LinkRejected(upstream)));
         }
@@ -338,6 +345,7 @@ impl Metrics {
             subscriptions,
             publish_latency,
             publish_latency_count: AtomicU64::new(0),
+            hooks,
         }
     }
 

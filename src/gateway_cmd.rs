@@ -105,6 +105,7 @@ pub async fn start(args: &GatewayArgs) -> anyhow::Result<(GatewayHandle, Cluster
         }
     };
     let mut config = file.to_config();
+    config.id = id;
     if let Some(listen) = args.listen {
         config.listen = listen;
     } else if file.listen.is_none() {

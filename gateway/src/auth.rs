@@ -350,6 +350,9 @@ pub(crate) struct Principal {
     publish: Option<Vec<String>>,
     /// When the token lapses: the connection is closed with 4401 then.
     pub(crate) expires: Option<SystemTime>,
+    /// `--allow-anonymous`: an op without patterns is allowed. Otherwise an op without
+    /// patterns is left to that op's hook, and refused when there is none.
+    open: bool,
 }
 
 impl Principal {
@@ -360,7 +363,18 @@ impl Principal {
             subscribe: None,
             publish: None,
             expires: None,
+            open: true,
         }
+    }
+
+    /// A connection a connect hook let in without naming a user, with the patterns it gave.
+    pub(crate) fn unnamed(
+        subscribe: Option<Vec<String>>,
+        publish: Option<Vec<String>>,
+    ) -> Result<Principal, String> {
+        let mut p = Principal::new("-", subscribe, publish, None)?;
+        p.user = None;
+        Ok(p)
     }
 
     /// A user with these patterns (`None`: not limited by patterns). Checks the user id and
@@ -402,28 +416,21 @@ impl Principal {
             subscribe: expand(subscribe, "subscribe")?,
             publish: expand(publish, "publish")?,
             expires,
+            open: false,
         })
     }
 
-    /// True unless patterns are given for `op` and none matches `topic`. `Some(false)` is a
-    /// refusal; `None` means the patterns leave it to a hook (or to nobody: see
-    /// [`Principal::patterns_given`]).
-    pub(crate) fn may(&self, op: Op, topic: &str) -> bool {
+    /// Whether `op` on `topic` is allowed: by a matching pattern when patterns are given
+    /// (no pattern: no topic); without patterns, when the connection is open
+    /// (`--allow-anonymous`) or a hook for `op` will decide (`hook_decides`).
+    pub(crate) fn may(&self, op: Op, topic: &str, hook_decides: bool) -> bool {
         let patterns = match op {
             Op::Subscribe => &self.subscribe,
             Op::Publish => &self.publish,
         };
         match patterns {
-            None => true,
+            None => self.open || hook_decides,
             Some(list) => list.iter().any(|p| pattern_matches(p, topic)),
-        }
-    }
-
-    /// True when patterns limit `op`.
-    pub(crate) fn patterns_given(&self, op: Op) -> bool {
-        match op {
-            Op::Subscribe => self.subscribe.is_some(),
-            Op::Publish => self.publish.is_some(),
         }
     }
 
@@ -433,13 +440,8 @@ impl Principal {
         subscribe: Option<Vec<String>>,
         publish: Option<Vec<String>>,
     ) -> Result<Principal, String> {
-        let user = self.user.clone().unwrap_or_else(|| Arc::from(""));
-        let fresh = Principal::new(
-            if user.is_empty() { "anonymous" } else { &user },
-            subscribe.clone(),
-            publish.clone(),
-            None,
-        )?;
+        let user = self.user.clone().unwrap_or_else(|| Arc::from("-"));
+        let fresh = Principal::new(&user, subscribe.clone(), publish.clone(), None)?;
         if subscribe.is_some() {
             self.subscribe = fresh.subscribe;
         }
@@ -496,12 +498,12 @@ mod tests {
         }));
         let p = v.verify(&t, now()).unwrap();
         assert_eq!(p.user.as_deref(), Some("u1"));
-        assert!(p.may(Op::Subscribe, "room.9"));
-        assert!(p.may(Op::Subscribe, "user.u1"));
-        assert!(!p.may(Op::Subscribe, "user.u2"));
-        assert!(!p.may(Op::Subscribe, "chat.1"));
-        assert!(p.may(Op::Publish, "room.1"));
-        assert!(!p.may(Op::Publish, "room.2"));
+        assert!(p.may(Op::Subscribe, "room.9", false));
+        assert!(p.may(Op::Subscribe, "user.u1", false));
+        assert!(!p.may(Op::Subscribe, "user.u2", false));
+        assert!(!p.may(Op::Subscribe, "chat.1", false));
+        assert!(p.may(Op::Publish, "room.1", false));
+        assert!(!p.may(Op::Publish, "room.2", false));
         assert_eq!(
             p.expires,
             Some(UNIX_EPOCH + Duration::from_secs(1_800_000_100))
@@ -518,8 +520,8 @@ mod tests {
                 now(),
             )
             .unwrap();
-        assert!(!p.may(Op::Subscribe, "room.1"));
-        assert!(!p.may(Op::Publish, "room.1"));
+        assert!(!p.may(Op::Subscribe, "room.1", false));
+        assert!(!p.may(Op::Publish, "room.1", false));
     }
 
     #[test]
@@ -614,11 +616,14 @@ mod tests {
         assert!(Principal::new(&"x".repeat(300), None, None, None).is_err());
         assert!(Principal::new("u\u{0}", None, None, None).is_err());
         let p = Principal::new("u", None, None, None).unwrap();
-        assert!(p.may(Op::Publish, "anything"));
-        assert!(!p.patterns_given(Op::Publish));
+        assert!(!p.may(Op::Publish, "anything", false));
+        assert!(p.may(Op::Publish, "anything", true));
         let p = p.with_patterns(Some(vec!["a.*".into()]), None).unwrap();
-        assert!(!p.may(Op::Subscribe, "b"));
-        assert!(p.may(Op::Publish, "b"));
-        assert!(Principal::anonymous().may(Op::Subscribe, "x"));
+        assert!(!p.may(Op::Subscribe, "b", true));
+        assert!(p.may(Op::Subscribe, "a.b", false));
+        assert!(p.may(Op::Publish, "b", true));
+        assert!(Principal::anonymous().may(Op::Subscribe, "x", false));
+        let unnamed = Principal::unnamed(Some(vec!["{sub}.x".into()]), None).unwrap();
+        assert_eq!(unnamed.user, None);
     }
 }

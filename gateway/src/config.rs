@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::api::ApiConfig;
 use crate::auth::AuthConfig;
+use crate::hooks::{HookEvent, HooksConfig};
 
 /// The client port of the design (`9090/tcp`): WebSocket, health and metrics.
 pub(crate) const DEFAULT_LISTEN_PORT: u16 = 9090;
@@ -131,6 +132,8 @@ impl Default for ConnectionLimits {
 /// Everything [`crate::Gateway::start`] needs besides the upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayConfig {
+    /// This gateway's id, as hooks and operators see it (0 when the embedder has none).
+    pub id: u64,
     /// WebSocket, health and metrics (HTTP/1.1).
     pub listen: SocketAddr,
     /// Raw TCP for devices (4-byte length + protobuf); off when `None`.
@@ -147,6 +150,8 @@ pub struct GatewayConfig {
     pub auth: Option<AuthConfig>,
     /// `[api]`: the backend publish API; `None`: `/api/*` answers 404.
     pub api: Option<ApiConfig>,
+    /// `[hooks]`: the application's HTTP endpoint asked at connect, subscribe and publish.
+    pub hooks: Option<HooksConfig>,
     /// Clients without credentials may do everything (`--allow-anonymous`).
     pub allow_anonymous: bool,
     /// Browser origins allowed to open WebSockets (`Origin` header); empty: any. A request
@@ -162,9 +167,11 @@ impl Default for GatewayConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            id: 0,
             limits: ConnectionLimits::default(),
             auth: None,
             api: None,
+            hooks: None,
             allow_anonymous: false,
             allowed_origins: Vec::new(),
         }
@@ -209,6 +216,9 @@ pub enum ConfigError {
     /// An allowed origin that is not `scheme://host[:port]`.
     #[error("`allowed_origins`: {0:?} is not an origin; write it as the browser sends it, e.g. \"https://app.example.com\" (scheme, host, optional port, no path or trailing slash)")]
     BadOrigin(String),
+    /// `[hooks]` cannot work.
+    #[error("{0}")]
+    Hooks(String),
     /// Nobody would ever be let in, or everybody would without saying so.
     #[error("no client authentication is configured: add [auth] (JWT) or [hooks] with the `connect` event to the config file, or pass --allow-anonymous to let every client do everything")]
     NoAuth,
@@ -217,7 +227,9 @@ pub enum ConfigError {
 impl GatewayConfig {
     /// True when a connect hook may authenticate clients.
     pub(crate) fn has_hooks(&self) -> bool {
-        false
+        self.hooks
+            .as_ref()
+            .is_some_and(|h| h.events.contains(&HookEvent::Connect))
     }
 
     /// True when a client without credentials may do everything: `allow_anonymous`, or
@@ -292,6 +304,11 @@ impl GatewayConfig {
                 return Err(ConfigError::BurstBelowRate { name, burst, rate });
             }
         }
+        if let Some(hooks) = &self.hooks {
+            hooks
+                .validate()
+                .map_err(|e| ConfigError::Hooks(e.to_string()))?;
+        }
         for origin in &self.allowed_origins {
             if !(origin.starts_with("http://") || origin.starts_with("https://"))
                 || origin.ends_with('/')
@@ -341,6 +358,8 @@ pub struct GatewayFile {
     pub auth: Option<AuthConfig>,
     /// The backend publish API.
     pub api: Option<ApiConfig>,
+    /// Lifecycle hooks.
+    pub hooks: Option<HooksConfig>,
 }
 
 /// `[tls]` of the gateway file: the cluster certificates (mutual TLS towards the managers).
@@ -462,8 +481,10 @@ impl GatewayFile {
                     .max_connections_per_user
                     .unwrap_or(dl.max_connections_per_user),
             },
+            id: self.id.unwrap_or(0),
             auth: self.auth.clone(),
             api: self.api.clone(),
+            hooks: self.hooks.clone(),
             allow_anonymous: self.allow_anonymous,
             allowed_origins: self.allowed_origins.clone(),
         }

@@ -34,6 +34,7 @@ use firetower_client::{Payload, ServerFrame};
 use crate::api::{self, ApiRequest, ApiResponse};
 use crate::auth::{AuthError, Op, Principal};
 use crate::config::{ConnectionLimits, GatewayConfig};
+use crate::hooks::{Caller, Denial, HookEvent, HookOutcome};
 use crate::http;
 use crate::index::{ConnId, IndexError};
 use crate::locks::lock;
@@ -41,7 +42,7 @@ use crate::metrics::inc;
 use crate::queue::{QueueLimits, SendQueue};
 use crate::session::{
     Action, ClientSession, SessionCounts, CLOSE_FORBIDDEN, CLOSE_TOO_MANY_CONNECTIONS,
-    CLOSE_UNAUTHORIZED,
+    CLOSE_HOOK_UNAVAILABLE, CLOSE_UNAUTHORIZED,
 };
 use crate::shared::{apply, spawn_guarded, unix_ms, ConnCtx, Shared};
 use crate::upstream::{Stamp, UpstreamError};
@@ -99,7 +100,7 @@ pub(crate) async fn serve_http(
         }
     };
     if head.path.starts_with("/api/") {
-        serve_api(&shared, &mut stream, &head, head_len, buf).await;
+        Box::pin(serve_api(&shared, &mut stream, &head, head_len, buf)).await;
         return;
     }
     let upgrade = if head.path == "/ws" {
@@ -119,7 +120,8 @@ pub(crate) async fn serve_http(
                 return;
             }
         }
-        let admission = admit(&shared, Some(&head), peer).await;
+        // Boxed: the hook call's state must not sit in every idle connection's future.
+        let admission = Box::pin(admit(&shared, Some(&head), peer, id)).await;
         if tokio::time::timeout(
             limits.close_timeout,
             stream.write_all(&ws::upgrade_response(&upgrade)),
@@ -359,6 +361,26 @@ impl Admission {
         }
     }
 
+    /// A connect hook said no (or failed, under `on_failure = "deny"`): 4401, or 4503 (try
+    /// again later) when the hook itself failed.
+    fn hook_denied(denial: Denial) -> Admission {
+        let failed = denial.code == crate::hooks::HOOK_UNAVAILABLE;
+        Admission::Refused {
+            code: if failed {
+                CLOSE_HOOK_UNAVAILABLE
+            } else {
+                CLOSE_UNAUTHORIZED
+            },
+            reason: if failed {
+                "connect hook unavailable"
+            } else {
+                "refused by the application"
+            },
+            error: if failed { "hook_unavailable" } else { "unauthorized" },
+            message: denial.message,
+        }
+    }
+
     fn banned(ban: &firetower_proto::Ban) -> Admission {
         Admission::Refused {
             code: CLOSE_FORBIDDEN,
@@ -390,18 +412,61 @@ pub(crate) async fn admit(
     shared: &Arc<Shared>,
     head: Option<&RequestHead>,
     peer: SocketAddr,
+    id: ConnId,
 ) -> Admission {
     if let Some(ban) = shared.connection_ban(None, peer) {
         return Admission::banned(&ban);
     }
     let token = head.and_then(request_token);
-    let principal = match (token, &shared.verifier) {
+    let mut principal = match (token, &shared.verifier) {
         (Some(token), Some(verifier)) => match verifier.verify(&token, SystemTime::now()) {
             Ok(p) => Some(p),
             Err(e) => return Admission::unauthorized(&e),
         },
         _ => None,
     };
+    if let Some(hooks) = shared.hooks.as_ref().filter(|h| h.wants(HookEvent::Connect)) {
+        let conn = id.0.to_string();
+        let user = principal.as_ref().and_then(|p| p.user.clone());
+        let who = Caller {
+            conn: &conn,
+            remote: peer,
+            user: user.as_deref(),
+        };
+        let headers = head.map(RequestHead::headers).unwrap_or_default();
+        let grant = match hooks.connect(who, headers).await {
+            HookOutcome::Allow(grant) => grant,
+            HookOutcome::Deny(denial) => return Admission::hook_denied(denial),
+        };
+        let granted = match (principal.take(), grant.user) {
+            (Some(p), Some(u)) if p.user.as_deref() != Some(u.as_str()) => Err(
+                "the connect hook named another user than the token".to_string(),
+            ),
+            (Some(p), _) => p.with_patterns(grant.subscribe, grant.publish),
+            (None, Some(u)) => Principal::new(&u, grant.subscribe, grant.publish, None),
+            (None, None) if shared.verifier.is_some() || shared.config.allow_anonymous => {
+                // The hook let the connection in but named nobody: a token may still come
+                // (first frame), or the connection is anonymous.
+                if shared.config.allow_anonymous && shared.verifier.is_none() {
+                    Ok(Principal::anonymous())
+                } else {
+                    return Admission::Pending;
+                }
+            }
+            (None, None) => Principal::unnamed(grant.subscribe, grant.publish),
+        };
+        match granted {
+            Ok(p) => principal = Some(p),
+            Err(message) => {
+                return Admission::Refused {
+                    code: CLOSE_UNAUTHORIZED,
+                    reason: "refused by the application",
+                    error: "unauthorized",
+                    message,
+                }
+            }
+        }
+    }
     match principal {
         Some(p) => {
             if let Some(ban) = shared.connection_ban(p.user.as_deref(), peer) {
@@ -421,7 +486,7 @@ pub(crate) async fn serve_tcp(
     id: ConnId,
     peer: SocketAddr,
 ) {
-    let admission = admit(&shared, None, peer).await;
+    let admission = Box::pin(admit(&shared, None, peer, id)).await;
     run_session(
         shared,
         stream,
@@ -479,6 +544,18 @@ async fn run_session(
         } => driver.refuse(now, code, reason, error, message),
     }
     driver.run().await;
+    if let Some(hooks) = &driver.shared.hooks {
+        let conn = id.0.to_string();
+        let user = driver.ctx.user.get().cloned();
+        hooks.disconnect(
+            Caller {
+                conn: &conn,
+                remote: peer,
+                user: user.as_deref(),
+            },
+            driver.session.close_reason(),
+        );
+    }
 }
 
 /// Whether the connection goes on.
@@ -616,14 +693,18 @@ impl Driver {
             }
             match action {
                 Action::Subscribe { id, topics } => {
-                    if self.permitted(now, id, Op::Subscribe, &topics) {
+                    if self.permitted(now, id, Op::Subscribe, &topics)
+                        && self.subscribe_hook(id, &topics).await
+                    {
                         self.subscribe(id, &topics);
                     }
                 }
                 Action::Unsubscribe { id, topics } => self.unsubscribe(id, &topics),
                 Action::Publish { id, topic, payload } => {
                     if self.permitted(now, id, Op::Publish, std::slice::from_ref(&topic)) {
-                        self.publish(id, topic, payload);
+                        if let Some(payload) = self.publish_hook(id, &topic, payload).await {
+                            self.publish(id, topic, payload);
+                        }
                     }
                 }
                 Action::Auth { id, token } => self.auth(now, id, &token),
@@ -743,14 +824,81 @@ impl Driver {
         }
     }
 
+    /// The hook asked about a request, when one is configured for its event: `conn` and who.
+    fn caller_parts(&self) -> (String, Option<Arc<str>>) {
+        (self.ctx.id.0.to_string(), self.ctx.user.get().cloned())
+    }
+
+    /// Ask the subscribe hook (when configured); refuse `id` with its answer when it says no.
+    /// Awaited in the connection's own task, so replies keep their order.
+    async fn subscribe_hook(&self, id: u64, topics: &[Arc<str>]) -> bool {
+        let Some(hooks) = self.shared.hooks.as_ref().filter(|h| h.wants(HookEvent::Subscribe))
+        else {
+            return true;
+        };
+        let (conn, user) = self.caller_parts();
+        let who = Caller {
+            conn: &conn,
+            remote: self.ctx.remote,
+            user: user.as_deref(),
+        };
+        match hooks.subscribe(who, topics).await {
+            HookOutcome::Allow(()) => true,
+            HookOutcome::Deny(d) => {
+                inc(&self.shared.metrics.forbidden);
+                self.ctx.reply(&ServerFrame::error(Some(id), &d.code, d.message));
+                false
+            }
+        }
+    }
+
+    /// Ask the publish hook (when configured): the payload to publish (the hook's replacement,
+    /// if it gave one), or `None` after refusing `id`.
+    async fn publish_hook(&self, id: u64, topic: &str, payload: Payload) -> Option<Payload> {
+        let Some(hooks) = self.shared.hooks.as_ref().filter(|h| h.wants(HookEvent::Publish))
+        else {
+            return Some(payload);
+        };
+        let (conn, user) = self.caller_parts();
+        let who = Caller {
+            conn: &conn,
+            remote: self.ctx.remote,
+            user: user.as_deref(),
+        };
+        match hooks.publish(who, topic, &payload).await {
+            HookOutcome::Allow(None) => Some(payload),
+            HookOutcome::Allow(Some(replaced)) => {
+                if replaced.len() > self.shared.config.limits.max_frame_bytes {
+                    self.ctx.reply(&ServerFrame::error(
+                        Some(id),
+                        "frame_too_large",
+                        "the publish hook's replacement data is larger than max_frame_bytes",
+                    ));
+                    return None;
+                }
+                Some(replaced)
+            }
+            HookOutcome::Deny(d) => {
+                inc(&self.shared.metrics.forbidden);
+                self.ctx.reply(&ServerFrame::error(Some(id), &d.code, d.message));
+                None
+            }
+        }
+    }
+
     /// Check permissions, topic bans and the per-user publish budget for a request; refuse it
     /// with an error frame when one says no.
     fn permitted(&mut self, now: Instant, id: u64, op: Op, topics: &[Arc<str>]) -> bool {
         let Some(principal) = &self.principal else {
             return false;
         };
+        let event = match op {
+            Op::Subscribe => HookEvent::Subscribe,
+            Op::Publish => HookEvent::Publish,
+        };
+        let hook_decides = self.shared.hooks.as_ref().is_some_and(|h| h.wants(event));
         for topic in topics {
-            if !principal.may(op, topic) {
+            if !principal.may(op, topic, hook_decides) {
                 inc(&self.shared.metrics.forbidden);
                 let what = match op {
                     Op::Subscribe => "subscribe to",

@@ -26,8 +26,6 @@
 //!
 //! Answers are parsed without I/O in [`answer`]; the wire shapes are in `docs/hooks.md`.
 
-// The connection flow does not call the hooks yet (issue 12 wires them in); remove this then.
-#![allow(dead_code)]
 
 mod answer;
 mod metrics;

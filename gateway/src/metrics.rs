@@ -102,7 +102,6 @@ pub(crate) struct Metrics {
     publish_latency_count: AtomicU64,
     /// The lifecycle hooks' counters (rendered only once hooks are configured), for
     /// `hooks::Hooks::new`.
-    #[allow(dead_code)] // until the connection flow starts the hooks (issue 12)
     pub(crate) hooks: HookMetrics,
 }
 

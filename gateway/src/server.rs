@@ -51,6 +51,9 @@ pub enum GatewayError {
     /// `[auth]` cannot be used (a key file unreadable or wrong).
     #[error("{0}")]
     Auth(#[from] crate::auth::AuthConfigError),
+    /// `[hooks]` cannot be used.
+    #[error("{0}")]
+    Hooks(String),
     /// `[api]` cannot be used.
     #[error("{0}")]
     Api(#[from] crate::api::ApiConfigError),
@@ -63,6 +66,9 @@ pub enum GatewayError {
         source: std::io::Error,
     },
 }
+
+/// Time a shutdown gives the disconnect hook to take the last batches.
+const HOOK_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Removes a connection from the index and the registry however its task ends.
 struct ConnGuard {
@@ -140,6 +146,13 @@ impl Gateway {
             None => None,
         };
         let metrics = Metrics::new(upstream.clone());
+        let hooks = match &config.hooks {
+            Some(h) => Some(
+                crate::hooks::Hooks::new(h, firetower_proto::GatewayId(config.id), metrics.hooks.clone())
+                    .map_err(|e| GatewayError::Hooks(e.to_string()))?,
+            ),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 index: SubscriptionIndex::new(config.limits.max_topics),
@@ -154,6 +167,7 @@ impl Gateway {
             next_conn: AtomicU64::new(1),
             verifier,
             api_keys,
+            hooks,
             bans: Mutex::new(Arc::new(Vec::new())),
             user_buckets: Mutex::new(HashMap::new()),
         });
@@ -211,9 +225,15 @@ impl GatewayHandle {
     pub async fn shutdown(&self) -> bool {
         self.shared.cancel.cancel();
         self.shared.tracker.close();
-        tokio::time::timeout(self.shared.config.drain_timeout, self.shared.tracker.wait())
-            .await
-            .is_ok()
+        let drained =
+            tokio::time::timeout(self.shared.config.drain_timeout, self.shared.tracker.wait())
+                .await
+                .is_ok();
+        // The disconnect events of the connections just closed reach the application.
+        if let Some(hooks) = &self.shared.hooks {
+            let _ = tokio::time::timeout(HOOK_FLUSH_TIMEOUT, hooks.flush()).await;
+        }
+        drained
     }
 }
 

@@ -63,6 +63,9 @@ const READ_CHUNK: usize = 2 * 1024;
 pub(crate) const CLOSE_UNAUTHORIZED: u16 = 4401;
 /// Close code of a banned or kicked user.
 pub(crate) const CLOSE_FORBIDDEN: u16 = 4403;
+/// Close code of a connection the gateway cannot decide now (the connect hook failed): try
+/// again later. (1013 says the same but is not accepted by every client.)
+pub(crate) const CLOSE_HOOK_UNAVAILABLE: u16 = 4503;
 /// Close code of a user past its connection limit on this gateway.
 pub(crate) const CLOSE_TOO_MANY_CONNECTIONS: u16 = 4429;
 /// What the gateway's idle ping carries.
@@ -145,6 +148,9 @@ pub(crate) struct ClientSession {
     /// When the connection's credentials lapse (the token's `exp`, or the time allowed to
     /// send a first `auth` frame), and the close reason then: closed with 4401.
     auth_deadline: Option<(Instant, &'static str)>,
+    /// Why the session is closing (for the disconnect hook); the connection was lost when it
+    /// never closed.
+    close_reason: &'static str,
     last_heard: Instant,
     ping_sent: Option<Instant>,
     closing: Option<Closing>,
@@ -176,6 +182,7 @@ impl ClientSession {
             subscribe_bucket: TokenBucket::new(limits.subscribe_rate, limits.subscribe_burst, now),
             publish_bucket: TokenBucket::new(limits.publish_rate, limits.publish_burst, now),
             auth_deadline: None,
+            close_reason: "connection_lost",
             strikes: TokenBucket::new(1, limits.rate_limit_strikes, now),
             last_heard: now,
             ping_sent: None,
@@ -280,6 +287,13 @@ impl ClientSession {
         reason: &'static str,
     ) {
         self.begin_close(now, queue, code, reason, false);
+    }
+
+    /// Why the session closed, for the application's disconnect hook: the close reason sent
+    /// (`idle timeout`, `kicked`, `token expired`, ...), `client_closed`, or
+    /// `connection_lost` when the socket ended without a close.
+    pub(crate) fn close_reason(&self) -> &'static str {
+        self.close_reason
     }
 
     /// The gateway shuts down: close with 1001, still reading for the client's close frame.
@@ -630,6 +644,11 @@ impl ClientSession {
         if self.closing.is_some() {
             return;
         }
+        self.close_reason = if reason.is_empty() {
+            "client_closed"
+        } else {
+            reason
+        };
         queue.seal(&mut self.writing);
         if self.wire != Wire::Tcp {
             self.writing.push_back(ws::encode_close(code, reason));

@@ -84,6 +84,8 @@ pub(crate) struct Shared {
     pub(crate) verifier: Option<Verifier>,
     /// Backend API keys (`[api]`).
     pub(crate) api_keys: Option<ApiKeys>,
+    /// The application's lifecycle hooks (`[hooks]`).
+    pub(crate) hooks: Option<crate::hooks::Hooks>,
     /// The operator bans as last pushed by the cluster.
     pub(crate) bans: Mutex<Arc<Vec<Ban>>>,
     /// Publish rate per user, when `limits.user_publish_rate` is set; an entry lives while the

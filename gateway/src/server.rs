@@ -414,6 +414,8 @@ mod tests {
         let ctx = std::mem::size_of::<ConnCtx>();
         let stream = std::mem::size_of::<TcpStream>();
         eprintln!("connection future {task} B, ConnCtx {ctx} B, TcpStream {stream} B");
-        assert!(task + ctx < 3 * 1024, "{task} + {ctx}");
+        // 3.5 KiB in a debug build: the session, the driver with who the client is (user,
+        // address, token deadline, publish budget) and the registry entry.
+        assert!(task + ctx < 3 * 1024 + 512, "{task} + {ctx}");
     }
 }

@@ -86,7 +86,7 @@ class Cluster:
         cfg = self.root / f"gateway-{gid}.toml"
         managers = ", ".join(f'"{a}"' for a in self.admins)
         cfg.write_text(f'id = {gid}\nlisten = "{listen}"\nmanagers = [{managers}]\n'
-                       f'[tls]\ndir = "{self.tls_dir}"\n' + config_text)
+                       + config_text + f'\n[tls]\ndir = "{self.tls_dir}"\n')
         log = self.root / f"gateway-{gid}.log"
         p = self._spawn([BIN, "gateway", "--config", str(cfg)], log)
         if wait:

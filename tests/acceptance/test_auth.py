@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-SECRET = "acceptance-secret-0123456789abcdef"
+SECRET = "acceptance-secret-0123456789abcdef-32b"
 API_KEY = "acceptance-api-key-0123456789"
 
 
@@ -79,7 +79,7 @@ def test_hs256_refuses_missing_bad_expired_and_wrong_audience_tokens(hs_gateway)
         async with connect(url(hs_gateway), subprotocols=["firetower.json"]) as ws:
             await ws.send(json.dumps({"op": "subscribe", "topics": ["room.1"], "id": 1}))
             assert await close_code(ws) == 4401
-        bad_sig = jwt.encode(claims("u1"), "another-secret-0123456789abcdef", algorithm="HS256")
+        bad_sig = jwt.encode(claims("u1"), "another-secret-0123456789abcdef-xyz", algorithm="HS256")
         for token in [bad_sig, hs(claims("u1", ttl=-10)), hs(claims("u1", aud="other"))]:
             async with connect(url(hs_gateway, token), subprotocols=["firetower.json"]) as ws:
                 assert await close_code(ws) == 4401
@@ -118,7 +118,7 @@ def test_header_and_first_frame_tokens(hs_gateway):
                            additional_headers={"Authorization": f"Bearer {token}"}) as ws:
             assert await request(ws, {"op": "subscribe", "topics": ["room.5"], "id": 1}) == {"op": "ack", "id": 1}
         async with connect(url(hs_gateway), subprotocols=["firetower.json"]) as ws:
-            assert await request(ws, {"op": "auth", "token": token, "id": 1})["user"] == "u5"
+            assert (await request(ws, {"op": "auth", "token": token, "id": 1}))["user"] == "u5"
     run(go())
 
 

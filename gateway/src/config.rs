@@ -4,6 +4,8 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use crate::transport::ClientTlsConfig;
+
 /// The client port of the design (`9090/tcp`): WebSocket, health and metrics.
 pub(crate) const DEFAULT_LISTEN_PORT: u16 = 9090;
 /// A WebSocket frame or message (and a TCP frame) larger than this closes the connection
@@ -116,6 +118,8 @@ pub struct GatewayConfig {
     pub drain_timeout: Duration,
     /// Per-connection limits.
     pub limits: ConnectionLimits,
+    /// `[client_tls]`: serve TLS on the client and TCP ports; plaintext when `None`.
+    pub client_tls: Option<ClientTlsConfig>,
 }
 
 impl Default for GatewayConfig {
@@ -127,6 +131,7 @@ impl Default for GatewayConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             limits: ConnectionLimits::default(),
+            client_tls: None,
         }
     }
 }

@@ -15,7 +15,8 @@
 //! Memory per idle connection: the socket is polled through readiness (`readable()`,
 //! `try_read`) so no read future holds a buffer while the client is silent, the session
 //! releases its buffers when they drain, and replies go through the same queue as messages
-//! (no per-connection channel).
+//! (no per-connection channel). The socket is a [`Transport`]: plain TCP, or TLS once
+//! `server.rs` has done the handshake (`transport.rs`), behind the same readiness calls.
 
 use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,8 +24,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use firetower_client::http::{parse_request_head, MAX_REQUEST_HEAD};
 use firetower_client::ws;
@@ -38,6 +37,7 @@ use crate::metrics::inc;
 use crate::queue::{QueueLimits, SendQueue};
 use crate::session::{Action, ClientSession, SessionCounts};
 use crate::shared::{apply, spawn_guarded, ConnCtx, Shared};
+use crate::transport::Transport;
 use crate::upstream::UpstreamError;
 use crate::wire::Wire;
 
@@ -49,7 +49,7 @@ const HEAD_CHUNK: usize = 512;
 const MAX_IOVECS: usize = 64;
 
 /// Serve one connection on the HTTP port: read one request, answer it or upgrade it.
-pub(crate) async fn serve_http(shared: Arc<Shared>, mut stream: TcpStream, id: ConnId) {
+pub(crate) async fn serve_http(shared: Arc<Shared>, mut stream: Transport, id: ConnId) {
     let limits = &shared.config.limits;
     let deadline = tokio::time::Instant::now() + limits.handshake_timeout;
     let mut buf = BytesMut::new();
@@ -73,12 +73,7 @@ pub(crate) async fn serve_http(shared: Arc<Shared>, mut stream: TcpStream, id: C
                 .min(MAX_REQUEST_HEAD - buf.len().min(MAX_REQUEST_HEAD))
                 .max(1),
         );
-        match tokio::time::timeout_at(
-            deadline,
-            tokio::io::AsyncReadExt::read_buf(&mut stream, &mut buf),
-        )
-        .await
-        {
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => {}
             _ => {
                 // Silence, a half-sent request, EOF or a socket error: nothing to answer.
@@ -142,7 +137,7 @@ pub(crate) async fn serve_http(shared: Arc<Shared>, mut stream: TcpStream, id: C
     respond(&mut stream, response, limits).await;
 }
 
-async fn respond(stream: &mut TcpStream, response: Vec<u8>, limits: &ConnectionLimits) {
+async fn respond(stream: &mut Transport, response: Vec<u8>, limits: &ConnectionLimits) {
     let _ = tokio::time::timeout(limits.close_timeout, async {
         stream.write_all(&response).await?;
         stream.shutdown().await
@@ -151,13 +146,13 @@ async fn respond(stream: &mut TcpStream, response: Vec<u8>, limits: &ConnectionL
 }
 
 /// Serve one raw TCP (device) connection.
-pub(crate) async fn serve_tcp(shared: Arc<Shared>, stream: TcpStream, id: ConnId) {
+pub(crate) async fn serve_tcp(shared: Arc<Shared>, stream: Transport, id: ConnId) {
     run_session(shared, stream, id, Wire::Tcp, BytesMut::new()).await;
 }
 
 async fn run_session(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    stream: Transport,
     id: ConnId,
     wire: Wire,
     buffered: BytesMut,
@@ -190,7 +185,7 @@ enum Flow {
 struct Driver {
     shared: Arc<Shared>,
     ctx: Arc<ConnCtx>,
-    stream: TcpStream,
+    stream: Transport,
     session: ClientSession,
 }
 
@@ -210,7 +205,8 @@ impl Driver {
         }
         loop {
             let closing = self.session.is_closing();
-            let has_output = self.session.wants_to_write(&self.ctx.queue);
+            let has_output =
+                self.session.wants_to_write(&self.ctx.queue) || self.stream.wants_write();
             let can_read = self.ctx.in_flight.load(Ordering::Acquire)
                 < self.shared.config.limits.max_in_flight
                 || closing;
@@ -269,8 +265,16 @@ impl Driver {
         loop {
             let frames = self.session.output(now, &self.ctx.queue);
             if frames.is_empty() {
-                self.session.on_all_written();
-                return Flow::Continue;
+                // TLS: the last records must reach the socket before the session learns
+                // that all is written (a close then shuts the socket down).
+                return match self.stream.try_flush() {
+                    Ok(()) => {
+                        self.session.on_all_written();
+                        Flow::Continue
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Flow::Continue,
+                    Err(_) => Flow::Stop,
+                };
             }
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let mut count = 0;

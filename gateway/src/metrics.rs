@@ -78,6 +78,7 @@ pub(crate) struct Metrics {
     pub(crate) connections_total: AtomicCounter,
     pub(crate) connections_refused: AtomicCounter,
     pub(crate) handshake_failures: AtomicCounter,
+    pub(crate) tls_handshake_failures: AtomicCounter,
     pub(crate) frames_in: AtomicCounter,
     pub(crate) publishes_in: AtomicCounter,
     pub(crate) publish_failures: AtomicCounter,
@@ -108,6 +109,9 @@ pub struct MetricsSnapshot {
     pub connections_refused: u64,
     /// Connections closed before completing the HTTP/WebSocket handshake.
     pub handshake_failures: u64,
+    /// Connections whose TLS handshake failed (timeout, garbage, plaintext on a TLS port,
+    /// no shared protocol version or cipher suite); not counted in `handshake_failures`.
+    pub tls_handshake_failures: u64,
     /// Client frames received.
     pub frames_in: u64,
     /// Client publishes received.
@@ -217,6 +221,11 @@ impl Metrics {
             "handshake_failures",
             "Connections that never completed their handshake",
         );
+        let tls_handshake_failures = counter(
+            &mut registry,
+            "tls_handshake_failures",
+            "Connections whose TLS handshake failed (client TLS)",
+        );
         let topics = gauge(
             &mut registry,
             "topics",
@@ -286,6 +295,7 @@ impl Metrics {
             connections_total,
             connections_refused,
             handshake_failures,
+            tls_handshake_failures,
             frames_in,
             publishes_in,
             publish_failures,
@@ -318,6 +328,7 @@ impl Metrics {
             connections_total: g(&self.connections_total),
             connections_refused: g(&self.connections_refused),
             handshake_failures: g(&self.handshake_failures),
+            tls_handshake_failures: g(&self.tls_handshake_failures),
             frames_in: g(&self.frames_in),
             publishes_in: g(&self.publishes_in),
             publish_failures: g(&self.publish_failures),

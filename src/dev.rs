@@ -28,65 +28,6 @@ pub struct DevArgs {
     client_tls_dir: Option<PathBuf>,
 }
 
-/// Files of `firetower dev --client-tls-dir`.
-const CLIENT_CA_FILE: &str = "ca.pem";
-const CLIENT_CERT_FILE: &str = "server.pem";
-const CLIENT_KEY_FILE: &str = "server-key.pem";
-/// Long enough for any dev setup, short enough that nobody mistakes it for production.
-const CLIENT_CERT_DAYS: i64 = 90;
-
-/// The client TLS files in `dir`, made (a CA of their own and a server certificate for
-/// localhost, 127.0.0.1 and ::1) when the directory has none.
-fn ensure_client_tls(dir: &std::path::Path) -> anyhow::Result<firetower_gateway::ClientTlsConfig> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
-    };
-    let config = firetower_gateway::ClientTlsConfig {
-        cert_file: dir.join(CLIENT_CERT_FILE),
-        key_file: dir.join(CLIENT_KEY_FILE),
-    };
-    if config.cert_file.exists() && config.key_file.exists() {
-        return Ok(config);
-    }
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let now = time::OffsetDateTime::now_utc();
-    let ca_key = KeyPair::generate()?;
-    let mut ca = CertificateParams::default();
-    ca.distinguished_name
-        .push(DnType::CommonName, "Firetower dev client CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    ca.not_before = now - time::Duration::hours(1);
-    ca.not_after = now + time::Duration::days(CLIENT_CERT_DAYS);
-    let ca_pem = ca.self_signed(&ca_key)?.pem();
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate()?;
-    let mut server = CertificateParams::new(vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "::1".to_string(),
-    ])?;
-    server
-        .distinguished_name
-        .push(DnType::CommonName, "localhost");
-    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    server.not_before = now - time::Duration::hours(1);
-    server.not_after = now + time::Duration::days(CLIENT_CERT_DAYS);
-    let cert_pem = server.signed_by(&key, &issuer)?.pem();
-    let write = |name: &str, text: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
-    };
-    write(CLIENT_CA_FILE, &ca_pem)?;
-    write(CLIENT_CERT_FILE, &cert_pem)?;
-    write(CLIENT_KEY_FILE, &key.serialize_pem())?;
-    Ok(config)
-}
-
 /// The gateway `firetower dev` runs.
 const DEV_GATEWAY: u64 = 1;
 
@@ -158,7 +99,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         anyhow::bail!("groups {leaderless:?} elected no leader; see the log above");
     }
     let client_tls = match &args.client_tls_dir {
-        Some(dir) => Some(ensure_client_tls(dir)?),
+        Some(dir) => Some(crate::certs_cmd::ensure_client_tls(dir, &[])?),
         None => None,
     };
     let gateway_args = crate::gateway_cmd::GatewayArgs {
@@ -189,8 +130,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.client_tls_dir {
         println!(
             "  client TLS: clients trust {} (e.g. curl --cacert); SIGHUP reloads {}",
-            dir.join(CLIENT_CA_FILE).display(),
-            dir.join(CLIENT_CERT_FILE).display()
+            dir.join(crate::certs_cmd::CLIENT_CA_FILE).display(),
+            dir.join(crate::certs_cmd::CLIENT_CERT_FILE).display()
         );
     }
     println!(

@@ -196,10 +196,7 @@ impl Client {
         })?;
         let tcp = TcpStream::connect(authority).await?;
         tcp.set_nodelay(true)?;
-        let stream = tokio_rustls::TlsConnector::from(tls)
-            .connect(name, tcp)
-            .await?;
-        Ok(Stream::Tls(Box::new(stream)))
+        Ok(Stream::tls(tcp, name, tls).await?)
     }
 
     async fn upgrade(

@@ -100,15 +100,31 @@ pub(crate) fn server_name(
         .map_err(|_| "the host is not a valid TLS server name")
 }
 
-/// The client's socket: plain TCP or TLS over it.
+/// A client socket: plain TCP or TLS over it (what [`crate::Client`] and the load generator
+/// read and write).
 #[derive(Debug)]
-pub(crate) enum Stream {
+pub enum Stream {
+    /// Plain TCP.
     Plain(TcpStream),
+    /// TLS over TCP, handshake done.
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl Stream {
-    pub(crate) fn tcp(&self) -> &TcpStream {
+    /// Run the TLS handshake on `tcp`, checking the server certificate against `name`.
+    pub async fn tls(
+        tcp: TcpStream,
+        name: rustls::pki_types::ServerName<'static>,
+        config: Arc<rustls::ClientConfig>,
+    ) -> io::Result<Stream> {
+        let stream = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await?;
+        Ok(Stream::Tls(Box::new(stream)))
+    }
+
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
         match self {
             Stream::Plain(s) => s,
             Stream::Tls(s) => s.get_ref().0,

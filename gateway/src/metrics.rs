@@ -404,6 +404,11 @@ mod tests {
             "Connections that never completed their handshake.",
         ),
         (
+            "tls_handshake_failures_total",
+            "counter",
+            "Connections whose TLS handshake failed (client TLS).",
+        ),
+        (
             "topics",
             "gauge",
             "Topics with local subscribers (or in transition).",

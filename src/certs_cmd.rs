@@ -228,7 +228,6 @@ pub fn ensure_client_tls(
     Ok(config)
 }
 
-
 fn role_of(
     manager: Option<u64>,
     gateway: Option<u64>,

@@ -309,7 +309,9 @@ fn spawn_connection(
                 None => Transport::Plain(stream),
                 Some(config) => {
                     let deadline = tokio::time::Instant::now() + s.config.limits.handshake_timeout;
-                    match tls_handshake(stream, config, deadline).await {
+                    // Boxed: a plaintext connection's task does not grow by the handshake's
+                    // state (the task is the size of its largest await).
+                    match Box::pin(tls_handshake(stream, config, deadline)).await {
                         Ok(transport) => transport,
                         Err(e) => {
                             inc(&s.metrics.tls_handshake_failures);

@@ -340,14 +340,15 @@ pub(crate) async fn tls_handshake(
     deadline: tokio::time::Instant,
 ) -> Result<Transport, HandshakeError> {
     let conn = ServerConnection::new(config).map_err(HandshakeError::Tls)?;
-    let mut tls = TlsTransport {
+    // Boxed from the start: the rustls state never sits in the connection task's future.
+    let mut tls = Box::new(TlsTransport {
         stream,
         conn,
         plaintext_pending: false,
         read_closed: false,
-    };
+    });
     match tokio::time::timeout_at(deadline, tls.handshake()).await {
-        Ok(Ok(())) => Ok(Transport::Tls(Box::new(tls))),
+        Ok(Ok(())) => Ok(Transport::Tls(tls)),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(HandshakeError::Timeout),
     }
@@ -554,5 +555,42 @@ impl Transport {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plaintext connection pays for TLS with nothing but the enum's tag: the TLS state is
+    /// behind a box that only TLS connections allocate.
+    #[test]
+    fn a_plain_transport_is_a_tcp_stream_and_a_tag() {
+        let plain = std::mem::size_of::<TcpStream>();
+        let transport = std::mem::size_of::<Transport>();
+        eprintln!("TcpStream {plain} B, Transport {transport} B");
+        assert!(transport <= plain + 8, "{transport} > {plain} + 8");
+    }
+
+    #[test]
+    fn load_errors_name_the_file() {
+        let dir = std::env::temp_dir().join(format!("ft-tls-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cert = dir.join("cert.pem");
+        std::fs::write(
+            &cert,
+            "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let config = ClientTlsConfig {
+            cert_file: cert.clone(),
+            key_file: dir.join("missing-key.pem"),
+        };
+        let err = config.load().unwrap_err().to_string();
+        assert!(err.contains("cert.pem"), "{err}");
+        std::fs::write(&cert, "").unwrap();
+        let err = config.load().unwrap_err().to_string();
+        assert!(err.contains("cert.pem: no PEM CERTIFICATE"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

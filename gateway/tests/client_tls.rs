@@ -382,7 +382,8 @@ async fn a_failed_reload_keeps_the_certificate_and_says_why() {
     let (gw, _fake) = start(tls_config(&live)).await;
     let mut open = connect_wss(&gw, &ca).await;
 
-    let cases: [(&str, Box<dyn Fn()>); 4] = [
+    type BreakIt<'a> = Box<dyn Fn() + 'a>;
+    let cases: [(&str, BreakIt<'_>); 4] = [
         (
             "no PEM CERTIFICATE",
             Box::new(|| std::fs::write(&live.cert_file, "garbage").unwrap()),

@@ -22,8 +22,8 @@ use base64::Engine as _;
 use bytes::BytesMut;
 // The codec moves to `firetower-client` (issue 10); this is the loadgen's only import of it,
 // re-exported for `peer`, so the switch at merge is this one line.
-pub(super) use firetower_client::ws::Opcode;
 use firetower_client::tls::Stream;
+pub(super) use firetower_client::ws::Opcode;
 use firetower_client::ws::{self, Role};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -78,7 +78,9 @@ impl WsUrl {
             ),
         };
         if tls && TLS.get().is_none() {
-            bail!("{text:?}: wss:// needs --ca FILE (the CA that signed the gateway's certificate)");
+            bail!(
+                "{text:?}: wss:// needs --ca FILE (the CA that signed the gateway's certificate)"
+            );
         }
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -265,17 +267,19 @@ impl WsConn {
 
     /// Split into a reader and a writer that run in separate tasks (the publisher).
     pub(super) fn into_split(self) -> (WsReader, WsWriter) {
-        let (read, write): (Box<dyn AsyncRead + Send + Unpin>, Box<dyn AsyncWrite + Send + Unpin>) =
-            match self.stream {
-                Stream::Plain(tcp) => {
-                    let (r, w) = tcp.into_split();
-                    (Box::new(r), Box::new(w))
-                }
-                tls @ Stream::Tls(_) => {
-                    let (r, w) = tokio::io::split(tls);
-                    (Box::new(r), Box::new(w))
-                }
-            };
+        let (read, write): (
+            Box<dyn AsyncRead + Send + Unpin>,
+            Box<dyn AsyncWrite + Send + Unpin>,
+        ) = match self.stream {
+            Stream::Plain(tcp) => {
+                let (r, w) = tcp.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            tls @ Stream::Tls(_) => {
+                let (r, w) = tokio::io::split(tls);
+                (Box::new(r), Box::new(w))
+            }
+        };
         (
             WsReader {
                 read,

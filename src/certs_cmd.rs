@@ -1,5 +1,6 @@
 //! `firetower certs init|issue|revoke|list`: the cluster CA, the certificates of managers,
-//! gateways and operators, and the CA's revocation list (`crl.pem`). The role and id are
+//! gateways and operators, and the CA's revocation list (`crl.pem`); `certs client-tls`: a
+//! separate CA and server certificate for the gateway's client port. The role and id are
 //! written into each certificate (`firetower_link::identity`).
 
 use std::path::{Path, PathBuf};
@@ -68,6 +69,19 @@ pub enum CertsCommand {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// A CA and a server certificate for the gateway's client port (`[client_tls]`,
+    /// `--client-tls-cert`/`--client-tls-key`): DIR/ca.pem (what clients trust),
+    /// DIR/server.pem and DIR/server-key.pem, for localhost, 127.0.0.1, ::1 and each --host.
+    /// Separate from the cluster CA; for trying TLS out and for tests (production
+    /// certificates come from the CA browsers trust). Keeps files that exist.
+    ClientTls {
+        /// The directory to write to.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Another host name or IP address clients connect to (repeat the flag).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
     /// List the certificates of DIR: file, role, serial, expiry, and whether crl.pem revokes it.
     List {
         /// The TLS directory.
@@ -130,9 +144,88 @@ pub fn run(command: CertsCommand) -> anyhow::Result<()> {
             serial,
             reason,
         } => revoke(&dir, manager, gateway, operator, serial, reason)?,
+        CertsCommand::ClientTls { dir, hosts } => {
+            let files = ensure_client_tls(&dir, &hosts)?;
+            println!("client TLS certificate: {}", files.cert_file.display());
+            println!("key:                    {}", files.key_file.display());
+            println!(
+                "clients trust:          {}",
+                dir.join(CLIENT_CA_FILE).display()
+            );
+            println!(
+                "next: firetower gateway ... --client-tls-cert {} --client-tls-key {}",
+                files.cert_file.display(),
+                files.key_file.display()
+            );
+        }
         CertsCommand::List { dir } => list(&dir)?,
     }
     Ok(())
+}
+
+/// Files of `firetower certs client-tls` (and `firetower dev --client-tls-dir`).
+pub const CLIENT_CA_FILE: &str = "ca.pem";
+pub const CLIENT_CERT_FILE: &str = "server.pem";
+pub const CLIENT_KEY_FILE: &str = "server-key.pem";
+/// Long enough for any dev setup, short enough that nobody mistakes it for production.
+const CLIENT_CERT_DAYS: i64 = 90;
+
+/// The client TLS files in `dir`, made (a CA of their own, not the cluster's, and a server
+/// certificate for localhost, 127.0.0.1, ::1 and `hosts`) when the directory has none.
+pub fn ensure_client_tls(
+    dir: &Path,
+    hosts: &[String],
+) -> anyhow::Result<firetower_gateway::ClientTlsConfig> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let config = firetower_gateway::ClientTlsConfig {
+        cert_file: dir.join(CLIENT_CERT_FILE),
+        key_file: dir.join(CLIENT_KEY_FILE),
+    };
+    if config.cert_file.exists() && config.key_file.exists() {
+        return Ok(config);
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let now = time::OffsetDateTime::now_utc();
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name
+        .push(DnType::CommonName, "Firetower dev client CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca.not_before = now - time::Duration::hours(1);
+    ca.not_after = now + time::Duration::days(CLIENT_CERT_DAYS);
+    let ca_pem = ca.self_signed(&ca_key)?.pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate()?;
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    names.extend(hosts.iter().cloned());
+    names.dedup();
+    let mut server = CertificateParams::new(names)?;
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    server.not_before = now - time::Duration::hours(1);
+    server.not_after = now + time::Duration::days(CLIENT_CERT_DAYS);
+    let cert_pem = server.signed_by(&key, &issuer)?.pem();
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+    };
+    write(CLIENT_CA_FILE, &ca_pem)?;
+    write(CLIENT_CERT_FILE, &cert_pem)?;
+    write(CLIENT_KEY_FILE, &key.serialize_pem())?;
+    Ok(config)
 }
 
 fn role_of(

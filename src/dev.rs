@@ -21,6 +21,11 @@ pub struct DevArgs {
     /// The gateway's WebSocket, health and metrics address.
     #[arg(long, default_value = "127.0.0.1:9090")]
     listen: SocketAddr,
+    /// Serve `wss://` and `https://` with a certificate for localhost and 127.0.0.1 from this
+    /// directory (`server.pem`, `server-key.pem`, signed by `ca.pem`; all three are made on
+    /// the first run). Clients trust `ca.pem`. SIGHUP reloads the certificate.
+    #[arg(long)]
+    client_tls_dir: Option<PathBuf>,
 }
 
 /// The gateway `firetower dev` runs.
@@ -93,11 +98,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if !leaderless.is_empty() {
         anyhow::bail!("groups {leaderless:?} elected no leader; see the log above");
     }
+    let client_tls = match &args.client_tls_dir {
+        Some(dir) => Some(crate::certs_cmd::ensure_client_tls(dir, &[])?),
+        None => None,
+    };
     let gateway_args = crate::gateway_cmd::GatewayArgs {
         id: Some(DEV_GATEWAY),
         listen: Some(args.listen),
         managers: Some(admins.join(",")),
         allow_anonymous: true,
+        client_tls_cert: client_tls.as_ref().map(|c| c.cert_file.clone()),
+        client_tls_key: client_tls.as_ref().map(|c| c.key_file.clone()),
         tls: crate::tls_flags::TlsFlags {
             tls_dir: Some(tls_dir.clone()),
             insecure: false,
@@ -106,7 +117,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     let (gateway, upstream) = crate::gateway_cmd::start(&gateway_args).await?;
     let addr = gateway.local_addr();
-    let url = format!("ws://{addr}/ws");
+    let (ws, http) = if client_tls.is_some() {
+        ("wss", "https")
+    } else {
+        ("ws", "http")
+    };
+    let url = format!("{ws}://{addr}/ws");
     println!("Firetower dev cluster is up: 3 managers and a gateway.");
     println!();
     println!("  WebSocket:  {url}   (subprotocol firetower.json)");
@@ -114,7 +130,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "  clients:    anonymous (--allow-anonymous): any client may subscribe and publish to \
          every topic; configure [auth] for JWT (docs/gateway.md)"
     );
-    println!("  health:     http://{addr}/readyz   metrics: http://{addr}/metrics");
+    println!("  health:     {http}://{addr}/readyz   metrics: {http}://{addr}/metrics");
+    if let Some(dir) = &args.client_tls_dir {
+        println!(
+            "  client TLS: clients trust {} (e.g. curl --cacert); SIGHUP reloads {}",
+            dir.join(crate::certs_cmd::CLIENT_CA_FILE).display(),
+            dir.join(crate::certs_cmd::CLIENT_CERT_FILE).display()
+        );
+    }
     println!(
         "  members:    firetower cluster --tls-dir {} members --admin {}",
         tls_dir.display(),
@@ -138,7 +161,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!(r#"  {{"op":"publish","topic":"room.1","data":{{"text":"hello"}},"id":2}}"#);
     println!();
     println!("Ctrl-C stops it.");
-    crate::wait_for_shutdown_signal().await;
+    tokio::select! {
+        () = crate::wait_for_shutdown_signal() => {}
+        () = crate::gateway_cmd::reload_tls_on_sighup(&gateway) => {}
+    }
     gateway.shutdown().await;
     upstream.close();
     for m in &managers {

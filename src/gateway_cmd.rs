@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use firetower_gateway::{ClusterOptions, ClusterUpstream, Gateway, GatewayFile, GatewayHandle};
+use firetower_gateway::{
+    ClientTlsConfig, ClusterOptions, ClusterUpstream, Gateway, GatewayFile, GatewayHandle,
+};
 use firetower_link::{Role, Security};
 use firetower_proto::admin::DescribeRequest;
 
@@ -44,6 +46,13 @@ pub struct GatewayArgs {
     /// gateway with no [auth] and no connect hook refuses to start.
     #[arg(long)]
     pub allow_anonymous: bool,
+    /// Serve TLS to clients (`wss://`, `https://`, and TLS on `--tcp`) with this PEM
+    /// certificate chain (`[client_tls] cert_file`); SIGHUP reloads it.
+    #[arg(long, requires = "client_tls_key")]
+    pub client_tls_cert: Option<PathBuf>,
+    /// The private key of `--client-tls-cert` (PEM: PKCS#8, RSA or SEC1).
+    #[arg(long, requires = "client_tls_cert")]
+    pub client_tls_key: Option<PathBuf>,
     #[command(flatten)]
     pub tls: TlsFlags,
 }
@@ -114,6 +123,9 @@ pub async fn start(args: &GatewayArgs) -> anyhow::Result<(GatewayHandle, Cluster
     if args.tcp.is_some() {
         config.tcp_listen = args.tcp;
     }
+    if let Some(tls) = args.client_tls() {
+        config.client_tls = Some(tls);
+    }
     config.allow_anonymous |= args.allow_anonymous;
     config.validate().context("invalid gateway configuration")?;
     config.require_authentication()?;
@@ -150,12 +162,72 @@ pub async fn start(args: &GatewayArgs) -> anyhow::Result<(GatewayHandle, Cluster
     Ok((handle, upstream))
 }
 
+impl GatewayArgs {
+    /// `[client_tls]` from `--client-tls-cert` and `--client-tls-key`.
+    pub fn client_tls(&self) -> Option<ClientTlsConfig> {
+        match (&self.client_tls_cert, &self.client_tls_key) {
+            (Some(cert), Some(key)) => Some(ClientTlsConfig {
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let (handle, upstream) = start(&args).await?;
-    tracing::info!(listen = %handle.local_addr(), "gateway ready");
-    crate::wait_for_shutdown_signal().await;
+    tracing::info!(
+        listen = %handle.local_addr(),
+        client_tls = handle.serves_tls(),
+        "gateway ready"
+    );
+    tokio::select! {
+        () = crate::wait_for_shutdown_signal() => {}
+        () = reload_tls_on_sighup(&handle) => {}
+    }
     tracing::info!("draining");
     handle.shutdown().await;
     upstream.close();
     Ok(())
+}
+
+/// SIGHUP: read the client TLS certificate and key again (open connections keep theirs).
+/// Never returns where SIGHUP can be caught.
+pub async fn reload_tls_on_sighup(handle: &GatewayHandle) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot handle SIGHUP; client TLS reload is off");
+                return std::future::pending().await;
+            }
+        };
+        while hup.recv().await.is_some() {
+            if !handle.serves_tls() {
+                tracing::info!(
+                    event = "tls_reload",
+                    outcome = "skipped",
+                    "SIGHUP: no client TLS to reload"
+                );
+                continue;
+            }
+            match handle.reload_tls() {
+                Ok(()) => tracing::info!(
+                    event = "tls_reload",
+                    outcome = "ok",
+                    "SIGHUP: client TLS certificate reloaded; new connections use it"
+                ),
+                Err(e) => tracing::error!(
+                    event = "tls_reload",
+                    outcome = "failed",
+                    error = %e,
+                    "SIGHUP: client TLS reload failed; the previous certificate stays in use"
+                ),
+            }
+        }
+    }
+    std::future::pending().await
 }

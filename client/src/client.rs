@@ -25,6 +25,7 @@ use crate::frame::{ClientFrame, Flavour, ParseError, ServerFrame};
 use crate::http::{self, HttpError};
 use crate::payload::Payload;
 use crate::tcp::{self, TcpFrameError};
+use crate::tls::{server_name, Stream};
 use crate::ws::{self, close_code, Frame, Message, MessageAssembler, Opcode, Role, WsError};
 
 /// Largest frame or message accepted from a server. Far above the gateway's limits, low
@@ -131,7 +132,7 @@ enum Wire {
 /// One client connection to a gateway. See the module documentation.
 #[derive(Debug)]
 pub struct Client {
-    stream: TcpStream,
+    stream: Stream,
     wire: Wire,
     flavour: Flavour,
     read_buf: BytesMut,
@@ -147,15 +148,68 @@ pub struct Client {
 
 impl Client {
     /// Open a WebSocket connection speaking `flavour`. `target` is `host:port` (path `/ws`),
-    /// `host:port/path` or a `ws://` URL; `wss://` is refused (no TLS here).
+    /// `host:port/path` or a `ws://` URL; a `wss://` URL needs [`Client::connect_tls`].
     pub async fn connect(target: &str, flavour: Flavour) -> Result<Client, ClientError> {
-        let (authority, path) = split_target(target)?;
+        let (authority, path, secure) = split_target(target)?;
+        if secure {
+            return Err(ClientError::Address {
+                target: target.to_string(),
+                reason: "wss:// needs a TLS configuration: use Client::connect_tls",
+            });
+        }
         let stream = TcpStream::connect(&authority).await?;
         stream.set_nodelay(true)?;
+        Self::upgrade(Stream::Plain(stream), &authority, &path, flavour).await
+    }
+
+    /// Open a WebSocket connection over TLS (`wss://`), checking the server's certificate
+    /// with `tls` (see [`crate::tls::client_config_from_ca_file`]) against the target's host.
+    /// `target` is a `wss://` URL or, as for [`Client::connect`], `host:port[/path]`.
+    pub async fn connect_tls(
+        target: &str,
+        flavour: Flavour,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Client, ClientError> {
+        let (authority, path, _) = split_target(target)?;
+        let stream = Self::tls_stream(target, &authority, tls).await?;
+        Self::upgrade(stream, &authority, &path, flavour).await
+    }
+
+    /// Open a raw TCP connection over TLS to `addr` (`host:port`; the host is the name the
+    /// certificate is checked against).
+    pub async fn connect_tcp_tls(
+        addr: &str,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Client, ClientError> {
+        let stream = Self::tls_stream(addr, addr, tls).await?;
+        Ok(Client::new(stream, Wire::Tcp, Flavour::Proto))
+    }
+
+    async fn tls_stream(
+        target: &str,
+        authority: &str,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Stream, ClientError> {
+        let name = server_name(authority).map_err(|reason| ClientError::Address {
+            target: target.to_string(),
+            reason,
+        })?;
+        let tcp = TcpStream::connect(authority).await?;
+        tcp.set_nodelay(true)?;
+        Ok(Stream::tls(tcp, name, tls).await?)
+    }
+
+    async fn upgrade(
+        stream: Stream,
+        authority: &str,
+        path: &str,
+        flavour: Flavour,
+    ) -> Result<Client, ClientError> {
         let mut client = Client::new(stream, Wire::WebSocket, flavour);
         let key = ws::client_key(rand::random());
-        let request = ws::upgrade_request(&authority, &path, &key, flavour);
+        let request = ws::upgrade_request(authority, path, &key, flavour);
         client.stream.write_all(&request).await?;
+        client.stream.flush().await?;
         let head = loop {
             if let Some((head, len)) = http::parse_response_head(&client.read_buf)? {
                 // What follows the head may already be frames: it stays in the buffer.
@@ -175,10 +229,14 @@ impl Client {
     pub async fn connect_tcp(addr: impl ToSocketAddrs) -> Result<Client, ClientError> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        Ok(Client::new(stream, Wire::Tcp, Flavour::Proto))
+        Ok(Client::new(
+            Stream::Plain(stream),
+            Wire::Tcp,
+            Flavour::Proto,
+        ))
     }
 
-    fn new(stream: TcpStream, wire: Wire, flavour: Flavour) -> Client {
+    fn new(stream: Stream, wire: Wire, flavour: Flavour) -> Client {
         Client {
             stream,
             wire,
@@ -199,7 +257,7 @@ impl Client {
 
     /// The local address of the socket.
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.stream.local_addr()
+        self.stream.tcp().local_addr()
     }
 
     /// A fresh correlation number for a request built by hand (see [`Client::reply_to`]).
@@ -428,6 +486,8 @@ impl Client {
     /// Write bytes to the socket as they are: for hostile input (unmasked frames, garbage).
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         self.stream.write_all(bytes).await?;
+        // TLS buffers what it encrypts; plain TCP's flush is a no-op.
+        self.stream.flush().await?;
         Ok(())
     }
 
@@ -457,26 +517,32 @@ impl Client {
         }
         // The server closes the TCP connection first (RFC 6455 section 7.1.1); wait for it.
         let mut rest = [0u8; 256];
-        while self.stream.read(&mut rest).await? > 0 {}
-        Ok(())
+        loop {
+            match self.stream.read(&mut rest).await {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                // A TLS server that closes without close_notify: the WebSocket close
+                // handshake already ended the conversation, nothing is lost.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 }
 
-/// `(host:port, path)` of a connect target.
-fn split_target(target: &str) -> Result<(String, String), ClientError> {
+/// `(host:port, path, wss)` of a connect target.
+fn split_target(target: &str) -> Result<(String, String, bool), ClientError> {
     let refuse = |reason| ClientError::Address {
         target: target.to_string(),
         reason,
     };
-    let rest = match target.split_once("://") {
-        None => target,
-        Some(("ws", rest)) => rest,
-        Some(("wss", _)) => {
-            return Err(refuse("wss:// needs TLS, which this client does not speak"))
-        }
+    let (rest, secure) = match target.split_once("://") {
+        None => (target, false),
+        Some(("ws", rest)) => (rest, false),
+        Some(("wss", rest)) => (rest, true),
         Some(_) => {
             return Err(refuse(
-                "only ws:// URLs and host:port addresses are supported",
+                "only ws:// and wss:// URLs and host:port addresses are supported",
             ))
         }
     };
@@ -492,12 +558,12 @@ fn split_target(target: &str) -> Result<(String, String), ClientError> {
     let has_port = authority
         .rsplit_once(':')
         .is_some_and(|(_, port)| !port.contains(']'));
-    let authority = if has_port {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
+    let authority = match (has_port, secure) {
+        (true, _) => authority.to_string(),
+        (false, false) => format!("{authority}:80"),
+        (false, true) => format!("{authority}:443"),
     };
-    Ok((authority, path))
+    Ok((authority, path, secure))
 }
 
 #[cfg(test)]
@@ -505,7 +571,8 @@ mod tests {
     use super::*;
 
     fn split(t: &str) -> (String, String) {
-        split_target(t).unwrap()
+        let (authority, path, _) = split_target(t).unwrap();
+        (authority, path)
     }
 
     #[test]
@@ -524,7 +591,9 @@ mod tests {
         assert_eq!(split("ws://[::1]:7/x"), pair("[::1]:7", "/x"));
         assert_eq!(split("ws://[::1]/x"), pair("[::1]:80", "/x"));
         assert_eq!(split("ws://example/"), pair("example:80", "/"));
-        for bad in ["wss://x:1", "http://x:1", "ws:///ws", ""] {
+        assert_eq!(split("wss://example/"), pair("example:443", "/"));
+        assert!(split_target("wss://x:1").unwrap().2);
+        for bad in ["http://x:1", "ws:///ws", "wss:///ws", ""] {
             assert!(
                 matches!(split_target(bad), Err(ClientError::Address { .. })),
                 "{bad}"

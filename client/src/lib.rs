@@ -2,7 +2,8 @@
 //! and a small tokio client that says it.
 //!
 //! Entry point for applications and tests: [`Client::connect`] (WebSocket, `firetower.json` or
-//! `firetower.proto`) or [`Client::connect_tcp`] (raw TCP framing), then
+//! `firetower.proto`), [`Client::connect_tls`] (`wss://`) or [`Client::connect_tcp`] (raw TCP
+//! framing), then
 //! [`Client::subscribe`], [`Client::publish`] and [`Client::next_message`].
 //!
 //! ```text
@@ -17,7 +18,8 @@
 //!
 //! Everything but [`Client`] is sans-I/O: pure functions over byte buffers, property-tested,
 //! shared with the gateway (which encodes each published message once and hands the same
-//! bytes to every subscriber). Not here: TLS (`wss://`), WebSocket compression
+//! bytes to every subscriber). [`Client::connect_tls`] speaks `wss://` (rustls, a CA
+//! given by the caller: [`tls`]). Not here: WebSocket compression
 //! (permessage-deflate), reconnection and resubscription (an SDK's job, above this crate),
 //! and hidden time-outs: wrap any call in `tokio::time::timeout`.
 
@@ -29,8 +31,9 @@ pub mod frame;
 pub mod http;
 mod payload;
 pub mod tcp;
+pub mod tls;
 pub mod ws;
 
 pub use client::{Client, ClientError, Event, TopicMessage};
-pub use frame::{ClientFrame, Flavour, ParseError, ProtocolError, ServerFrame};
+pub use frame::{ClientFrame, Flavour, ParseError, ProtocolError, ServerFrame, MAX_TOKEN_BYTES};
 pub use payload::Payload;

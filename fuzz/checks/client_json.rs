@@ -56,6 +56,13 @@ fn accepted(frame: &ClientFrame) {
             assert_eq!(validate_topic(topic), Ok(()), "accepted topic {topic:?}");
         }
         ClientFrame::Ping { .. } => {}
+        ClientFrame::Auth { token, .. } => {
+            assert!(
+                !token.is_empty() && token.len() <= firetower_client::MAX_TOKEN_BYTES,
+                "accepted a token of {} bytes",
+                token.len()
+            );
+        }
     }
     let json = frame.encode_json();
     assert_eq!(
@@ -91,6 +98,7 @@ fn same_as_serde_json(data: &[u8], frame: &ClientFrame) {
         ClientFrame::Unsubscribe { .. } => "unsubscribe",
         ClientFrame::Publish { .. } => "publish",
         ClientFrame::Ping { .. } => "ping",
+        ClientFrame::Auth { .. } => "auth",
     };
     assert_eq!(probe.op, op);
     assert_eq!(probe.id.unwrap_or(0), frame.id());

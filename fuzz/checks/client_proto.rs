@@ -76,6 +76,13 @@ fn accepted(frame: &ClientFrame) {
             }
         }
         ClientFrame::Ping { .. } => {}
+        ClientFrame::Auth { token, .. } => {
+            assert!(
+                !token.is_empty() && token.len() <= firetower_client::MAX_TOKEN_BYTES,
+                "accepted a token of {} bytes",
+                token.len()
+            );
+        }
     }
     let proto = frame.encode_proto();
     assert_eq!(

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use crate::api::ApiConfig;
 use crate::auth::AuthConfig;
 use crate::hooks::{HookEvent, HooksConfig};
+use crate::transport::ClientTlsConfig;
 
 /// The client port of the design (`9090/tcp`): WebSocket, health and metrics.
 pub(crate) const DEFAULT_LISTEN_PORT: u16 = 9090;
@@ -157,6 +158,8 @@ pub struct GatewayConfig {
     /// Browser origins allowed to open WebSockets (`Origin` header); empty: any. A request
     /// without `Origin` (not a browser) is not affected.
     pub allowed_origins: Vec<String>,
+    /// `[client_tls]`: serve TLS on the client and TCP ports; plaintext when `None`.
+    pub client_tls: Option<ClientTlsConfig>,
 }
 
 impl Default for GatewayConfig {
@@ -174,6 +177,7 @@ impl Default for GatewayConfig {
             hooks: None,
             allow_anonymous: false,
             allowed_origins: Vec::new(),
+            client_tls: None,
         }
     }
 }
@@ -360,6 +364,8 @@ pub struct GatewayFile {
     pub api: Option<ApiConfig>,
     /// Lifecycle hooks.
     pub hooks: Option<HooksConfig>,
+    /// TLS towards clients (`wss://`, `https://`, TLS on the TCP port).
+    pub client_tls: Option<ClientTlsConfig>,
 }
 
 /// `[tls]` of the gateway file: the cluster certificates (mutual TLS towards the managers).
@@ -485,6 +491,7 @@ impl GatewayFile {
             auth: self.auth.clone(),
             api: self.api.clone(),
             hooks: self.hooks.clone(),
+            client_tls: self.client_tls.clone(),
             allow_anonymous: self.allow_anonymous,
             allowed_origins: self.allowed_origins.clone(),
         }

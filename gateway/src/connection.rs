@@ -15,7 +15,8 @@
 //! Memory per idle connection: the socket is polled through readiness (`readable()`,
 //! `try_read`) so no read future holds a buffer while the client is silent, the session
 //! releases its buffers when they drain, and replies go through the same queue as messages
-//! (no per-connection channel).
+//! (no per-connection channel). The socket is a [`Transport`]: plain TCP, or TLS once
+//! `server.rs` has done the handshake (`transport.rs`), behind the same readiness calls.
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
@@ -24,8 +25,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use bytes::{Buf, BytesMut};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use firetower_client::http::{parse_request_head, RequestHead, MAX_REQUEST_HEAD};
 use firetower_client::ws;
@@ -41,10 +40,11 @@ use crate::locks::lock;
 use crate::metrics::inc;
 use crate::queue::{QueueLimits, SendQueue};
 use crate::session::{
-    Action, ClientSession, SessionCounts, CLOSE_FORBIDDEN, CLOSE_TOO_MANY_CONNECTIONS,
-    CLOSE_HOOK_UNAVAILABLE, CLOSE_UNAUTHORIZED,
+    Action, ClientSession, SessionCounts, CLOSE_FORBIDDEN, CLOSE_HOOK_UNAVAILABLE,
+    CLOSE_TOO_MANY_CONNECTIONS, CLOSE_UNAUTHORIZED,
 };
 use crate::shared::{apply, spawn_guarded, unix_ms, ConnCtx, Shared};
+use crate::transport::Transport;
 use crate::upstream::{Stamp, UpstreamError};
 use crate::wire::Wire;
 
@@ -58,7 +58,7 @@ const MAX_IOVECS: usize = 64;
 /// Serve one connection on the HTTP port: read one request, answer it or upgrade it.
 pub(crate) async fn serve_http(
     shared: Arc<Shared>,
-    mut stream: TcpStream,
+    mut stream: Transport,
     id: ConnId,
     peer: SocketAddr,
 ) {
@@ -85,12 +85,7 @@ pub(crate) async fn serve_http(
                 .min(MAX_REQUEST_HEAD - buf.len().min(MAX_REQUEST_HEAD))
                 .max(1),
         );
-        match tokio::time::timeout_at(
-            deadline,
-            tokio::io::AsyncReadExt::read_buf(&mut stream, &mut buf),
-        )
-        .await
-        {
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => {}
             _ => {
                 // Silence, a half-sent request, EOF or a socket error: nothing to answer.
@@ -174,7 +169,7 @@ pub(crate) async fn serve_http(
     respond(&mut stream, response, limits).await;
 }
 
-async fn respond(stream: &mut TcpStream, response: Vec<u8>, limits: &ConnectionLimits) {
+async fn respond(stream: &mut Transport, response: Vec<u8>, limits: &ConnectionLimits) {
     let _ = tokio::time::timeout(limits.close_timeout, async {
         stream.write_all(&response).await?;
         stream.shutdown().await
@@ -194,7 +189,7 @@ fn origin_allowed(config: &GatewayConfig, origin: &str) -> bool {
 /// Serve one request of the backend API and close.
 async fn serve_api(
     shared: &Arc<Shared>,
-    stream: &mut TcpStream,
+    stream: &mut Transport,
     head: &RequestHead,
     head_len: usize,
     mut buf: BytesMut,
@@ -214,7 +209,7 @@ async fn serve_api(
 
 async fn api_response(
     shared: &Arc<Shared>,
-    stream: &mut TcpStream,
+    stream: &mut Transport,
     head: &RequestHead,
     head_len: usize,
     buf: &mut BytesMut,
@@ -253,12 +248,7 @@ async fn api_response(
     let deadline = tokio::time::Instant::now() + limits.handshake_timeout;
     while body.len() < len {
         body.reserve(len - body.len());
-        match tokio::time::timeout_at(
-            deadline,
-            tokio::io::AsyncReadExt::read_buf(stream, &mut body),
-        )
-        .await
-        {
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut body)).await {
             Ok(Ok(n)) if n > 0 => {}
             _ => {
                 return Err(ApiResponse::error(
@@ -376,7 +366,11 @@ impl Admission {
             } else {
                 "refused by the application"
             },
-            error: if failed { "hook_unavailable" } else { "unauthorized" },
+            error: if failed {
+                "hook_unavailable"
+            } else {
+                "unauthorized"
+            },
             message: denial.message,
         }
     }
@@ -425,7 +419,11 @@ pub(crate) async fn admit(
         },
         _ => None,
     };
-    if let Some(hooks) = shared.hooks.as_ref().filter(|h| h.wants(HookEvent::Connect)) {
+    if let Some(hooks) = shared
+        .hooks
+        .as_ref()
+        .filter(|h| h.wants(HookEvent::Connect))
+    {
         let conn = id.0.to_string();
         let user = principal.as_ref().and_then(|p| p.user.clone());
         let who = Caller {
@@ -439,9 +437,9 @@ pub(crate) async fn admit(
             HookOutcome::Deny(denial) => return Admission::hook_denied(denial),
         };
         let granted = match (principal.take(), grant.user) {
-            (Some(p), Some(u)) if p.user.as_deref() != Some(u.as_str()) => Err(
-                "the connect hook named another user than the token".to_string(),
-            ),
+            (Some(p), Some(u)) if p.user.as_deref() != Some(u.as_str()) => {
+                Err("the connect hook named another user than the token".to_string())
+            }
             (Some(p), _) => p.with_patterns(grant.subscribe, grant.publish),
             (None, Some(u)) => Principal::new(&u, grant.subscribe, grant.publish, None),
             (None, None) if shared.verifier.is_some() || shared.config.allow_anonymous => {
@@ -482,7 +480,7 @@ pub(crate) async fn admit(
 /// Serve one raw TCP (device) connection.
 pub(crate) async fn serve_tcp(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    stream: Transport,
     id: ConnId,
     peer: SocketAddr,
 ) {
@@ -501,7 +499,7 @@ pub(crate) async fn serve_tcp(
 
 async fn run_session(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    stream: Transport,
     id: ConnId,
     wire: Wire,
     buffered: BytesMut,
@@ -568,7 +566,7 @@ enum Flow {
 struct Driver {
     shared: Arc<Shared>,
     ctx: Arc<ConnCtx>,
-    stream: TcpStream,
+    stream: Transport,
     session: ClientSession,
     /// Who the connection acts as; `None` until it authenticates.
     principal: Option<Box<Principal>>,
@@ -590,7 +588,8 @@ impl Driver {
         }
         loop {
             let closing = self.session.is_closing();
-            let has_output = self.session.wants_to_write(&self.ctx.queue);
+            let has_output =
+                self.session.wants_to_write(&self.ctx.queue) || self.stream.wants_write();
             let can_read = self.ctx.in_flight.load(Ordering::Acquire)
                 < self.shared.config.limits.max_in_flight
                 || closing;
@@ -649,8 +648,16 @@ impl Driver {
         loop {
             let frames = self.session.output(now, &self.ctx.queue);
             if frames.is_empty() {
-                self.session.on_all_written();
-                return Flow::Continue;
+                // TLS: the last records must reach the socket before the session learns
+                // that all is written (a close then shuts the socket down).
+                return match self.stream.try_flush() {
+                    Ok(()) => {
+                        self.session.on_all_written();
+                        Flow::Continue
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Flow::Continue,
+                    Err(_) => Flow::Stop,
+                };
             }
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let mut count = 0;
@@ -832,7 +839,11 @@ impl Driver {
     /// Ask the subscribe hook (when configured); refuse `id` with its answer when it says no.
     /// Awaited in the connection's own task, so replies keep their order.
     async fn subscribe_hook(&self, id: u64, topics: &[Arc<str>]) -> bool {
-        let Some(hooks) = self.shared.hooks.as_ref().filter(|h| h.wants(HookEvent::Subscribe))
+        let Some(hooks) = self
+            .shared
+            .hooks
+            .as_ref()
+            .filter(|h| h.wants(HookEvent::Subscribe))
         else {
             return true;
         };
@@ -846,7 +857,8 @@ impl Driver {
             HookOutcome::Allow(()) => true,
             HookOutcome::Deny(d) => {
                 inc(&self.shared.metrics.forbidden);
-                self.ctx.reply(&ServerFrame::error(Some(id), &d.code, d.message));
+                self.ctx
+                    .reply(&ServerFrame::error(Some(id), &d.code, d.message));
                 false
             }
         }
@@ -855,7 +867,11 @@ impl Driver {
     /// Ask the publish hook (when configured): the payload to publish (the hook's replacement,
     /// if it gave one), or `None` after refusing `id`.
     async fn publish_hook(&self, id: u64, topic: &str, payload: Payload) -> Option<Payload> {
-        let Some(hooks) = self.shared.hooks.as_ref().filter(|h| h.wants(HookEvent::Publish))
+        let Some(hooks) = self
+            .shared
+            .hooks
+            .as_ref()
+            .filter(|h| h.wants(HookEvent::Publish))
         else {
             return Some(payload);
         };
@@ -880,7 +896,8 @@ impl Driver {
             }
             HookOutcome::Deny(d) => {
                 inc(&self.shared.metrics.forbidden);
-                self.ctx.reply(&ServerFrame::error(Some(id), &d.code, d.message));
+                self.ctx
+                    .reply(&ServerFrame::error(Some(id), &d.code, d.message));
                 None
             }
         }

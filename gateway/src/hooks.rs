@@ -26,7 +26,6 @@
 //!
 //! Answers are parsed without I/O in [`answer`]; the wire shapes are in `docs/hooks.md`.
 
-
 mod answer;
 mod metrics;
 #[cfg(test)]

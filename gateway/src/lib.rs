@@ -17,8 +17,10 @@
 //! TCP framing) lives in `firetower-client` and is re-exported here; the index is pure and
 //! property-tested, and so is each client's `session` (a sans-I/O state machine);
 //! `connection` and `server` do the I/O. The manager side of
-//! the link ([`LinkClient`]) keeps one QUIC connection per manager and follows leaders. This
-//! crate does not terminate TLS (put a proxy in front) and does not compress WebSocket frames.
+//! the link ([`LinkClient`]) keeps one QUIC connection per manager and follows leaders.
+//! With [`ClientTlsConfig`] (`[client_tls]`) the client port serves `wss://`/`https://` and
+//! the TCP port TLS (rustls, ring; `transport`), reloadable through
+//! [`GatewayHandle::reload_tls`]. This crate does not compress WebSocket frames.
 
 #![warn(missing_docs, unreachable_pub)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
@@ -40,6 +42,7 @@ mod queue;
 mod server;
 mod session;
 mod shared;
+mod transport;
 mod upstream;
 mod wire;
 
@@ -58,6 +61,7 @@ pub use index::{ConnId, Effect, IndexError, SubscriptionIndex, TopicState};
 pub use metrics::MetricsSnapshot;
 pub use queue::{PushOutcome, QueueLimits, SendQueue};
 pub use server::{Gateway, GatewayError, GatewayHandle};
+pub use transport::{ClientTls, ClientTlsConfig, ClientTlsError};
 pub use upstream::{BoxFuture, Delivery, Stamp, Upstream, UpstreamError};
 pub use wire::Wire;
 

@@ -79,6 +79,7 @@ pub(crate) struct Metrics {
     pub(crate) connections_total: AtomicCounter,
     pub(crate) connections_refused: AtomicCounter,
     pub(crate) handshake_failures: AtomicCounter,
+    pub(crate) tls_handshake_failures: AtomicCounter,
     pub(crate) frames_in: AtomicCounter,
     pub(crate) publishes_in: AtomicCounter,
     pub(crate) publish_failures: AtomicCounter,
@@ -116,6 +117,9 @@ pub struct MetricsSnapshot {
     pub connections_refused: u64,
     /// Connections closed before completing the HTTP/WebSocket handshake.
     pub handshake_failures: u64,
+    /// Connections whose TLS handshake failed (timeout, garbage, plaintext on a TLS port,
+    /// no shared protocol version or cipher suite); not counted in `handshake_failures`.
+    pub tls_handshake_failures: u64,
     /// Client frames received.
     pub frames_in: u64,
     /// Client publishes received.
@@ -234,6 +238,11 @@ impl Metrics {
             "handshake_failures",
             "Connections that never completed their handshake",
         );
+        let tls_handshake_failures = counter(
+            &mut registry,
+            "tls_handshake_failures",
+            "Connections whose TLS handshake failed (client TLS)",
+        );
         let topics = gauge(
             &mut registry,
             "topics",
@@ -325,6 +334,7 @@ impl Metrics {
             connections_total,
             connections_refused,
             handshake_failures,
+            tls_handshake_failures,
             frames_in,
             publishes_in,
             publish_failures,
@@ -362,6 +372,7 @@ impl Metrics {
             connections_total: g(&self.connections_total),
             connections_refused: g(&self.connections_refused),
             handshake_failures: g(&self.handshake_failures),
+            tls_handshake_failures: g(&self.tls_handshake_failures),
             frames_in: g(&self.frames_in),
             publishes_in: g(&self.publishes_in),
             publish_failures: g(&self.publish_failures),
@@ -419,7 +430,7 @@ mod tests {
 
     /// What the gateway exported while its text was written by hand, in that order: names,
     /// types and help that dashboards and alerts rely on.
-    const EXPORTED: [(&str, &str, &str); 23] = [
+    const EXPORTED: [(&str, &str, &str); 24] = [
         (
             "ready",
             "gauge",
@@ -440,6 +451,11 @@ mod tests {
             "handshake_failures_total",
             "counter",
             "Connections that never completed their handshake.",
+        ),
+        (
+            "tls_handshake_failures_total",
+            "counter",
+            "Connections whose TLS handshake failed (client TLS).",
         ),
         (
             "topics",

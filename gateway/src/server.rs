@@ -14,6 +14,9 @@
 //!                                into every subscriber's SendQueue (never waits on one)
 //! ```
 //!
+//! With `[client_tls]` each accepted socket first goes through a TLS handshake (under the
+//! handshake timeout; a failure is counted and the socket dropped), then the same session.
+//!
 //! Every task is spawned on one `TaskTracker`, so `shutdown()` can wait for connections to
 //! close (1001) and for their unsubscribes to reach the cluster. Tasks are isolated: a panic
 //! in one is caught, counted, and cleaned up by drop guards; the process keeps serving.
@@ -40,6 +43,7 @@ use crate::locks::lock;
 use crate::metrics::{inc, Metrics, MetricsSnapshot};
 use crate::queue::PushOutcome;
 use crate::shared::{apply, panic_text, spawn_guarded, Shared, State};
+use crate::transport::{tls_handshake, ClientTls, ClientTlsError, Transport};
 use crate::upstream::{Delivery, Upstream};
 
 /// Why the gateway could not start.
@@ -57,6 +61,9 @@ pub enum GatewayError {
     /// `[api]` cannot be used.
     #[error("{0}")]
     Api(#[from] crate::api::ApiConfigError),
+    /// The `[client_tls]` certificate or key cannot be used.
+    #[error("invalid [client_tls]: {0}")]
+    ClientTls(#[from] ClientTlsError),
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -124,6 +131,10 @@ impl Gateway {
             Some(api) => Some(crate::api::ApiKeys::load(api)?),
             None => None,
         };
+        let tls = match &config.client_tls {
+            Some(files) => Some(Arc::new(ClientTls::new(files.clone())?)),
+            None => None,
+        };
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -148,8 +159,12 @@ impl Gateway {
         let metrics = Metrics::new(upstream.clone());
         let hooks = match &config.hooks {
             Some(h) => Some(
-                crate::hooks::Hooks::new(h, firetower_proto::GatewayId(config.id), metrics.hooks.clone())
-                    .map_err(|e| GatewayError::Hooks(e.to_string()))?,
+                crate::hooks::Hooks::new(
+                    h,
+                    firetower_proto::GatewayId(config.id),
+                    metrics.hooks.clone(),
+                )
+                .map_err(|e| GatewayError::Hooks(e.to_string()))?,
             ),
             None => None,
         };
@@ -175,16 +190,32 @@ impl Gateway {
             tokio::spawn(crate::operators::control_loop(shared.clone(), controls));
         }
         tokio::spawn(crate::operators::stats_loop(shared.clone()));
-        tokio::spawn(accept_loop(shared.clone(), http, ListenerKind::Http));
+        tokio::spawn(accept_loop(
+            shared.clone(),
+            http,
+            ListenerKind::Http,
+            tls.clone(),
+        ));
         if let Some(tcp) = tcp {
-            tokio::spawn(accept_loop(shared.clone(), tcp, ListenerKind::Tcp));
+            tokio::spawn(accept_loop(
+                shared.clone(),
+                tcp,
+                ListenerKind::Tcp,
+                tls.clone(),
+            ));
         }
         tokio::spawn(dispatch(shared.clone(), deliveries));
-        tracing::info!(%local_addr, ?tcp_local_addr, "gateway listening");
+        tracing::info!(
+            %local_addr,
+            ?tcp_local_addr,
+            client_tls = tls.is_some(),
+            "gateway listening"
+        );
         Ok(GatewayHandle {
             shared,
             local_addr,
             tcp_local_addr,
+            tls,
         })
     }
 }
@@ -196,6 +227,7 @@ pub struct GatewayHandle {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     tcp_local_addr: Option<SocketAddr>,
+    tls: Option<Arc<ClientTls>>,
 }
 
 impl GatewayHandle {
@@ -207,6 +239,21 @@ impl GatewayHandle {
     /// The address of the raw TCP listener, when enabled.
     pub fn tcp_local_addr(&self) -> Option<SocketAddr> {
         self.tcp_local_addr
+    }
+
+    /// Whether the client port serves TLS (`[client_tls]`).
+    pub fn serves_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Read the `[client_tls]` certificate and key files again. New handshakes present the
+    /// new certificate; open connections keep theirs. On error (a file unreadable, no
+    /// certificate, a key that does not match) the gateway keeps the certificate it has.
+    pub fn reload_tls(&self) -> Result<(), ClientTlsError> {
+        match &self.tls {
+            Some(tls) => tls.reload(),
+            None => Err(ClientTlsError::NotConfigured),
+        }
     }
 
     /// The gateway's counters now.
@@ -243,7 +290,12 @@ impl Drop for GatewayHandle {
     }
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: ListenerKind) {
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    kind: ListenerKind,
+    tls: Option<Arc<ClientTls>>,
+) {
     // 5 ms doubling to 1 s, without jitter: one listener has no herd to spread.
     let policy = ReconnectPolicy {
         base: Duration::from_millis(5),
@@ -259,7 +311,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: ListenerK
         match accepted {
             Ok((stream, peer)) => {
                 failures = 0;
-                spawn_connection(&shared, stream, peer, kind);
+                spawn_connection(&shared, stream, peer, kind, tls.as_deref());
             }
             Err(e) => {
                 // EMFILE and friends: wait for connections to go away instead of spinning.
@@ -275,7 +327,13 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: ListenerK
     }
 }
 
-fn spawn_connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, kind: ListenerKind) {
+fn spawn_connection(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: ListenerKind,
+    tls: Option<&ClientTls>,
+) {
     let open = shared.metrics.connections_open.load(Ordering::Relaxed);
     if open >= shared.config.max_connections as u64 {
         inc(&shared.metrics.connections_refused);
@@ -290,11 +348,31 @@ fn spawn_connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, k
         id,
     };
     let s = shared.clone();
+    let tls = tls.map(|tls| match kind {
+        ListenerKind::Http => tls.http_config(),
+        ListenerKind::Tcp => tls.tcp_config(),
+    });
     // The guard lives outside the session future so it runs even when that future panics.
     spawn_guarded(
         shared,
         async move {
             let _guard = guard;
+            let stream = match tls {
+                None => Transport::Plain(stream),
+                Some(config) => {
+                    let deadline = tokio::time::Instant::now() + s.config.limits.handshake_timeout;
+                    // Boxed: a plaintext connection's task does not grow by the handshake's
+                    // state (the task is the size of its largest await).
+                    match Box::pin(tls_handshake(stream, config, deadline)).await {
+                        Ok(transport) => transport,
+                        Err(e) => {
+                            inc(&s.metrics.tls_handshake_failures);
+                            tracing::debug!(error = %e, "client TLS handshake failed");
+                            return;
+                        }
+                    }
+                }
+            };
             match kind {
                 ListenerKind::Http => Box::pin(serve_http(s, stream, id, peer)).await,
                 ListenerKind::Tcp => Box::pin(serve_tcp(s, stream, id, peer)).await,
@@ -409,7 +487,12 @@ mod tests {
             .unwrap();
         let (server_side, _) = listener.accept().await.unwrap();
         let peer = server_side.peer_addr().unwrap();
-        let future = serve_http(gw.shared.clone(), server_side, ConnId(1), peer);
+        let future = serve_http(
+            gw.shared.clone(),
+            Transport::Plain(server_side),
+            ConnId(1),
+            peer,
+        );
         let task = std::mem::size_of_val(&future);
         let ctx = std::mem::size_of::<ConnCtx>();
         let stream = std::mem::size_of::<TcpStream>();

@@ -153,7 +153,11 @@ async fn a_connect_hook_authenticates_and_the_other_hooks_decide() {
     send(&mut ws, r#"{"op":"subscribe","topics":["chat.1"],"id":3}"#).await;
     assert_eq!(recv(&mut ws).await.unwrap()["code"], "forbidden");
     // The subscribe hook says no.
-    send(&mut ws, r#"{"op":"subscribe","topics":["room.secret"],"id":4}"#).await;
+    send(
+        &mut ws,
+        r#"{"op":"subscribe","topics":["room.secret"],"id":4}"#,
+    )
+    .await;
     let f = recv(&mut ws).await.unwrap();
     assert_eq!(
         (f["code"].as_str(), f["message"].as_str()),
@@ -171,9 +175,15 @@ async fn a_connect_hook_authenticates_and_the_other_hooks_decide() {
     assert_eq!(connect["gateway"], 7);
     assert!(connect["headers"]["upgrade"].is_string(), "{connect}");
     let sub = &server.events("subscribe")[0];
-    assert_eq!((sub["user"].as_str(), sub["topics"].clone()), (Some("u1"), json!(["room.1"])));
+    assert_eq!(
+        (sub["user"].as_str(), sub["topics"].clone()),
+        (Some("u1"), json!(["room.1"]))
+    );
     ws.close().await.unwrap();
-    eventually("the disconnect event", || !server.events("disconnect").is_empty()).await;
+    eventually("the disconnect event", || {
+        !server.events("disconnect").is_empty()
+    })
+    .await;
     let d = &server.events("disconnect")[0];
     assert_eq!(d["disconnects"][0]["user"], "u1", "{d}");
 }
@@ -188,7 +198,12 @@ async fn a_denying_connect_hook_closes_with_4401() {
         }
     })
     .await;
-    let (gw, _fake) = start(hooked(server.url(), vec![HookEvent::Connect], OnFailure::Deny)).await;
+    let (gw, _fake) = start(hooked(
+        server.url(),
+        vec![HookEvent::Connect],
+        OnFailure::Deny,
+    ))
+    .await;
     let mut ws = connect(gw.local_addr(), None).await;
     let (code, frames) = recv_close(&mut ws).await.unwrap();
     assert_eq!(code, 4401);
@@ -203,13 +218,22 @@ async fn a_hook_that_is_down_refuses_or_lets_through_by_policy() {
         l.local_addr().unwrap()
     };
     let url = format!("http://{dead}/hook");
-    let (deny, _f1) = start(hooked(url.clone(), vec![HookEvent::Connect, HookEvent::Subscribe], OnFailure::Deny)).await;
+    let (deny, _f1) = start(hooked(
+        url.clone(),
+        vec![HookEvent::Connect, HookEvent::Subscribe],
+        OnFailure::Deny,
+    ))
+    .await;
     let mut ws = connect(deny.local_addr(), None).await;
     let (code, frames) = recv_close(&mut ws).await.unwrap();
     assert_eq!(code, 4503);
     assert_eq!(frames[0]["code"], "hook_unavailable");
 
-    let mut c = hooked(url, vec![HookEvent::Connect, HookEvent::Subscribe], OnFailure::Allow);
+    let mut c = hooked(
+        url,
+        vec![HookEvent::Connect, HookEvent::Subscribe],
+        OnFailure::Allow,
+    );
     c.allow_anonymous = true;
     let (allow, _f2) = start(c).await;
     let mut ws = connect(allow.local_addr(), None).await;
@@ -219,7 +243,12 @@ async fn a_hook_that_is_down_refuses_or_lets_through_by_policy() {
 #[tokio::test]
 async fn a_thousand_connects_through_the_hook_reuse_its_connections() {
     let server = HookServer::start(app).await;
-    let (gw, _fake) = start(hooked(server.url(), vec![HookEvent::Connect], OnFailure::Deny)).await;
+    let (gw, _fake) = start(hooked(
+        server.url(),
+        vec![HookEvent::Connect],
+        OnFailure::Deny,
+    ))
+    .await;
     let addr = gw.local_addr();
     let mut clients = Vec::new();
     for round in 0..10 {
@@ -235,7 +264,13 @@ async fn a_thousand_connects_through_the_hook_reuse_its_connections() {
         }
     }
     assert_eq!(server.events("connect").len(), 1000);
-    eventually("every client connected", || gw.metrics().connections_open == 1000).await;
+    eventually("every client connected", || {
+        gw.metrics().connections_open == 1000
+    })
+    .await;
     let accepted = server.accepted.load(Ordering::SeqCst);
-    assert!(accepted <= 200, "the hook saw {accepted} TCP connections for 1,000 calls");
+    assert!(
+        accepted <= 200,
+        "the hook saw {accepted} TCP connections for 1,000 calls"
+    );
 }

@@ -7,8 +7,14 @@
 //! else, and the receive path decodes frames in place without copying or re-validating.
 //! Interoperability with independent clients is covered by the gateway's own tests
 //! (tokio-tungstenite); this client only has to be cheap.
+//!
+//! `wss://` URLs (a gateway with `[client_tls]`) need the CA to trust, given once per process
+//! with `--ca FILE` ([`use_ca_file`]): every connection of a run trusts the same CA, so it is
+//! one process-wide rustls configuration rather than a value threaded through every scenario.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -16,9 +22,10 @@ use base64::Engine as _;
 use bytes::BytesMut;
 // The codec moves to `firetower-client` (issue 10); this is the loadgen's only import of it,
 // re-exported for `peer`, so the switch at merge is this one line.
+use firetower_client::tls::Stream;
 pub(super) use firetower_client::ws::Opcode;
 use firetower_client::ws::{self, Role};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// Initial capacity of a connection's read buffer: a few deliveries per `read`, small enough
@@ -31,21 +38,50 @@ const MAX_FRAME: usize = 1024 * 1024;
 /// Time for TCP connect plus the upgrade.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A parsed `ws://IP:PORT/PATH` address (no DNS: the benchmarks run on literal addresses).
+/// The CA `wss://` connections trust (set once by `--ca`).
+static TLS: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+
+/// Trust the CA certificates in `path` for every `wss://` connection of this process.
+pub(crate) fn use_ca_file(path: Option<&Path>) -> anyhow::Result<()> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let config = firetower_client::tls::client_config_from_ca_file(path)?;
+    // A second call (the same flag parsed twice) keeps the first: same file, same trust.
+    let _ = TLS.set(config);
+    Ok(())
+}
+
+/// A parsed `ws://IP:PORT/PATH` or `wss://IP:PORT/PATH` address (no DNS: the benchmarks run
+/// on literal addresses; a `wss` certificate must name the IP).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct WsUrl {
     /// Where to connect.
     pub addr: SocketAddr,
     /// Request path, starting with `/`.
     pub path: String,
+    /// `wss://`: TLS with the CA of `--ca`.
+    pub tls: bool,
 }
 
 impl WsUrl {
-    /// Parse `ws://127.0.0.1:9090/ws` (the path defaults to `/ws`).
+    /// Parse `ws://127.0.0.1:9090/ws` or `wss://...` (the path defaults to `/ws`).
     pub(super) fn parse(text: &str) -> anyhow::Result<WsUrl> {
-        let rest = text.trim().strip_prefix("ws://").ok_or_else(|| {
-            anyhow!("{text:?}: expected ws://IP:PORT/PATH (wss is not supported)")
-        })?;
+        let trimmed = text.trim();
+        let (rest, tls) = match trimmed.strip_prefix("wss://") {
+            Some(rest) => (rest, true),
+            None => (
+                trimmed.strip_prefix("ws://").ok_or_else(|| {
+                    anyhow!("{text:?}: expected ws://IP:PORT/PATH or wss://IP:PORT/PATH")
+                })?,
+                false,
+            ),
+        };
+        if tls && TLS.get().is_none() {
+            bail!(
+                "{text:?}: wss:// needs --ca FILE (the CA that signed the gateway's certificate)"
+            );
+        }
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/ws"),
@@ -56,6 +92,7 @@ impl WsUrl {
         Ok(WsUrl {
             addr,
             path: path.to_string(),
+            tls,
         })
     }
 
@@ -69,7 +106,7 @@ impl WsUrl {
             .map(WsUrl::parse)
             .collect::<Result<_, _>>()?;
         if urls.is_empty() {
-            bail!("--url: give at least one ws://IP:PORT/PATH");
+            bail!("--url: give at least one ws://IP:PORT/PATH or wss://IP:PORT/PATH");
         }
         Ok(urls)
     }
@@ -87,7 +124,7 @@ pub(super) enum Incoming<'a> {
 /// An upgraded WebSocket connection speaking `firetower.json`.
 #[derive(Debug)]
 pub(super) struct WsConn {
-    stream: TcpStream,
+    stream: Stream,
     buf: BytesMut,
 }
 
@@ -116,7 +153,14 @@ impl WsConn {
         source: Option<Ipv4Addr>,
         protocol: Option<&str>,
     ) -> anyhow::Result<WsConn> {
-        let mut stream = tcp_connect(url.addr, source).await?;
+        let tcp = tcp_connect(url.addr, source).await?;
+        let mut stream = match (url.tls, TLS.get()) {
+            (false, _) => Stream::Plain(tcp),
+            (true, Some(config)) => Stream::tls(tcp, url.addr.ip().into(), config.clone())
+                .await
+                .with_context(|| format!("TLS handshake with {}", url.addr))?,
+            (true, None) => bail!("wss:// needs --ca FILE"),
+        };
         let key_bytes: [u8; 16] = rand::random();
         let key = base64::engine::general_purpose::STANDARD.encode(key_bytes);
         let protocol = protocol
@@ -128,6 +172,7 @@ impl WsConn {
             url.path, url.addr
         );
         stream.write_all(request.as_bytes()).await?;
+        stream.flush().await?;
         let mut buf = BytesMut::with_capacity(READ_BUFFER);
         let head_len = loop {
             if let Some(i) = find(&buf, b"\r\n\r\n") {
@@ -166,6 +211,7 @@ impl WsConn {
     ) -> anyhow::Result<()> {
         let frame = ws::encode_frame(true, opcode, payload, Some(rand::random()));
         self.stream.write_all(&frame).await?;
+        self.stream.flush().await?;
         Ok(())
     }
 
@@ -196,6 +242,7 @@ impl WsConn {
             for p in pongs {
                 let frame = ws::encode_frame(true, Opcode::Pong, &p, Some(rand::random()));
                 self.stream.write_all(&frame).await?;
+                self.stream.flush().await?;
             }
             if got_any {
                 return Ok(true);
@@ -220,7 +267,19 @@ impl WsConn {
 
     /// Split into a reader and a writer that run in separate tasks (the publisher).
     pub(super) fn into_split(self) -> (WsReader, WsWriter) {
-        let (read, write) = self.stream.into_split();
+        let (read, write): (
+            Box<dyn AsyncRead + Send + Unpin>,
+            Box<dyn AsyncWrite + Send + Unpin>,
+        ) = match self.stream {
+            Stream::Plain(tcp) => {
+                let (r, w) = tcp.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            tls @ Stream::Tls(_) => {
+                let (r, w) = tokio::io::split(tls);
+                (Box::new(r), Box::new(w))
+            }
+        };
         (
             WsReader {
                 read,
@@ -232,10 +291,15 @@ impl WsConn {
 }
 
 /// The receiving half of a split [`WsConn`]. Pings are ignored (the publisher is never idle).
-#[derive(Debug)]
 pub(super) struct WsReader {
-    read: tokio::net::tcp::OwnedReadHalf,
+    read: Box<dyn AsyncRead + Send + Unpin>,
     buf: BytesMut,
+}
+
+impl std::fmt::Debug for WsReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsReader").finish_non_exhaustive()
+    }
 }
 
 impl WsReader {
@@ -274,9 +338,14 @@ impl WsReader {
 }
 
 /// The sending half of a split [`WsConn`].
-#[derive(Debug)]
 pub(super) struct WsWriter {
-    write: tokio::net::tcp::OwnedWriteHalf,
+    write: Box<dyn AsyncWrite + Send + Unpin>,
+}
+
+impl std::fmt::Debug for WsWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsWriter").finish_non_exhaustive()
+    }
 }
 
 impl WsWriter {
@@ -288,6 +357,7 @@ impl WsWriter {
     ) -> anyhow::Result<()> {
         let frame = ws::encode_frame(true, opcode, payload, Some(rand::random()));
         self.write.write_all(&frame).await?;
+        self.write.flush().await?;
         Ok(())
     }
 }
@@ -343,6 +413,7 @@ mod tests {
         assert_eq!(u.addr, "127.0.0.1:9090".parse().unwrap());
         assert_eq!(u.path, "/ws");
         assert_eq!(WsUrl::parse("ws://127.0.0.2:1").unwrap().path, "/ws");
+        // wss:// without --ca.
         assert!(WsUrl::parse("wss://127.0.0.1:9090/ws").is_err());
         assert!(WsUrl::parse("ws://localhost:9090/ws").is_err());
         let list = WsUrl::parse_list(&[

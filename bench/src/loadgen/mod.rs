@@ -79,6 +79,10 @@ pub(crate) struct FanoutCommon {
     /// Handshakes in flight while connecting the subscribers.
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
+    /// CA certificate (PEM) that `wss://` URLs are checked against (a gateway with
+    /// `[client_tls]`; its certificate must name the URL's IP).
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -144,6 +148,10 @@ pub struct TopicsArgs {
     /// Handshakes in flight while connecting the subscribers.
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
+    /// CA certificate (PEM) that `wss://` URLs are checked against (a gateway with
+    /// `[client_tls]`; its certificate must name the URL's IP).
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -183,6 +191,10 @@ pub struct IdleArgs {
     /// Handshakes in flight per worker.
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
+    /// CA certificate (PEM) that `wss://` URLs are checked against (a gateway with
+    /// `[client_tls]`; its certificate must name the URL's IP).
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -229,6 +241,7 @@ pub(crate) async fn latency(args: LatencyArgs) -> anyhow::Result<()> {
 
 /// `firetower bench idle` (and its hidden `--worker` mode).
 pub(crate) async fn idle(args: IdleArgs) -> anyhow::Result<()> {
+    client::use_ca_file(args.ca.as_deref())?;
     let urls = args.system.parse_urls(&args.url)?;
     if args.subscribe && args.system != System::Firetower {
         peer::check_topic(&args.topic)?;
@@ -259,6 +272,7 @@ pub(crate) async fn idle(args: IdleArgs) -> anyhow::Result<()> {
     let worker_args = WorkerArgs {
         urls: args.url.join(","),
         source_ips: args.source_ips.clone(),
+        ca: args.ca.clone(),
     };
     let report = scenarios::idle(
         IdlePlan {
@@ -284,6 +298,7 @@ pub(crate) async fn idle(args: IdleArgs) -> anyhow::Result<()> {
 
 /// `firetower bench topics`.
 pub(crate) async fn topics(args: TopicsArgs) -> anyhow::Result<()> {
+    client::use_ca_file(args.ca.as_deref())?;
     if args.topics == 0 || args.publishers == 0 {
         bail!("--topics and --publishers must be at least 1");
     }
@@ -357,6 +372,7 @@ fn parse_rate(text: &str) -> anyhow::Result<f64> {
 }
 
 async fn run_fanout(scenario: &'static str, args: FanoutCommon, pace: Pace) -> anyhow::Result<()> {
+    client::use_ca_file(args.ca.as_deref())?;
     if args.subscribers == 0 {
         bail!("--subscribers must be at least 1");
     }

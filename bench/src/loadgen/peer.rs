@@ -86,6 +86,7 @@ impl System {
         Ok(WsUrl {
             addr,
             path: String::new(),
+            tls: false,
         })
     }
 

@@ -878,6 +878,9 @@ pub(super) async fn idle(plan: IdlePlan, worker_args: WorkerArgs) -> anyhow::Res
                 "--max-lifetime",
                 &(plan.hold.as_secs() + IDLE_CONNECT_TIMEOUT.as_secs() + 60).to_string(),
             ]);
+        if let Some(ca) = &worker_args.ca {
+            cmd.arg("--ca").arg(ca);
+        }
         if let Some(ips) = &worker_args.source_ips {
             cmd.args(["--source-ips", ips]);
         }
@@ -999,6 +1002,8 @@ pub(super) struct WorkerArgs {
     pub urls: String,
     /// `--source-ips` as given.
     pub source_ips: Option<String>,
+    /// `--ca` as given (for `wss://` URLs).
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// A worker plan (`bench idle --worker`).

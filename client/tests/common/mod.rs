@@ -84,6 +84,10 @@ impl Session {
                 out
             }
             ClientFrame::Ping { id } => vec![ServerFrame::Pong { id }],
+            ClientFrame::Auth { id, .. } => vec![ServerFrame::Authenticated {
+                id,
+                user: "u1".into(),
+            }],
         }
     }
 

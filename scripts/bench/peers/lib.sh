@@ -15,6 +15,9 @@
 # Firetower runs with mutual TLS (certificates under its data directory; FIRETOWER_TLS_DIR is
 # exported for the CLI calls that follow); FIRETOWER_TLS=off runs it with --insecure instead,
 # for the data-path scenarios (fanout, topics, idle) of scripts/bench/tls-compare.sh.
+# FIRETOWER_CLIENT_TLS=on gives the gateway a client certificate (`firetower certs client-tls`,
+# [client_tls]): PEER_URL is then wss://, and PEER_CA the CA file for `bench --ca`
+# (scripts/bench/client-tls-compare.sh).
 # Needs: PEER_WORK (a scratch directory), FIRETOWER_BIN for the Firetower systems; jq, curl.
 
 PEER_WORK=${PEER_WORK:-/tmp/firetower-peers}
@@ -104,16 +107,25 @@ peer_start() {
         done
         PEER_ENDPOINTS=127.0.0.1:7100,127.0.0.1:7102,127.0.0.1:7104
         if [ "$sys" = firetower ]; then
-            local gw
+            local gw client_tls=() scheme=http curl_ca=()
+            PEER_CA=""
+            if [ "${FIRETOWER_CLIENT_TLS:-off}" = on ]; then
+                "$FIRETOWER_BIN" certs client-tls --dir "$dir/client-tls" >/dev/null || return 1
+                client_tls=(--client-tls-cert "$dir/client-tls/server.pem"
+                    --client-tls-key "$dir/client-tls/server-key.pem")
+                PEER_CA="$dir/client-tls/ca.pem"
+                scheme=https
+                curl_ca=(--cacert "$PEER_CA")
+            fi
             gw=$(_spawn "$sys" "$dir/gateway.log" env FIRETOWER_LOG="$PEER_LOG_LEVEL" \
                 "$FIRETOWER_BIN" gateway --id 1 --listen 127.0.0.1:7200 \
-                --managers 127.0.0.1:7101,127.0.0.1:7103,127.0.0.1:7105 --allow-anonymous "${tls[@]}")
+                --managers 127.0.0.1:7101,127.0.0.1:7103,127.0.0.1:7105 --allow-anonymous "${tls[@]}" "${client_tls[@]}")
             for i in $(seq 1 150); do
-                curl -fsS http://127.0.0.1:7200/readyz >/dev/null 2>&1 && break
+                curl -fsS "${curl_ca[@]}" "$scheme://127.0.0.1:7200/readyz" >/dev/null 2>&1 && break
                 [ "$i" = 150 ] && { _peer_log "the gateway did not become ready"; return 1; }
                 sleep 0.2
             done
-            PEER_URL=ws://127.0.0.1:7200/ws
+            if [ "$scheme" = https ]; then PEER_URL=wss://127.0.0.1:7200/ws; else PEER_URL=ws://127.0.0.1:7200/ws; fi
             pids=("$gw" "${pids[@]}") # the gateway first: per-process numbers name it first
         fi
         ;;

@@ -18,6 +18,7 @@ mod cluster;
 mod dev;
 mod gateway_cmd;
 mod link_cmd;
+mod operator_cmd;
 mod tls_flags;
 
 use std::net::SocketAddr;

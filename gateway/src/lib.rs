@@ -27,6 +27,7 @@ mod cluster;
 mod config;
 mod connection;
 mod control;
+mod control_feed;
 mod delivery_guard;
 mod http;
 mod index;

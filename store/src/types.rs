@@ -4,6 +4,7 @@
 use std::cell::Cell;
 use std::fmt;
 
+pub use firetower_proto::Ban;
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// Identifies a gateway process across restarts (given with `firetower gateway --id`).
@@ -76,6 +77,29 @@ pub enum Command {
         /// Its new value; empty deletes the key.
         value: Vec<u8>,
     },
+    /// Add an operator ban (group 0). The state machine gives it the next ban id (the `id` in
+    /// `ban` is ignored) and answers [`Response::BanAdded`]; at [`MAX_BANS`] bans (counting
+    /// only those not lapsed at `ban.created_ms`) it refuses. Bans that lapsed before
+    /// `ban.created_ms` are dropped first when the table is full, so lapsed bans never keep a
+    /// new one out.
+    AddBan {
+        /// The ban; `created_ms` and `expires_ms` come from the proposing manager's clock.
+        ban: Ban,
+    },
+    /// Remove the ban with this id (group 0); refused when there is none.
+    RemoveBan {
+        /// The id [`Command::AddBan`] assigned.
+        id: u64,
+    },
+    /// An operator kick (group 0): every gateway closes the connections of `user` opened
+    /// before `at_ms`. Kept in a ring of the last [`KICKS_KEPT`] kicks so that every manager
+    /// (and a gateway that reconnects soon after) learns it from the table.
+    Kick {
+        /// The user id.
+        user: String,
+        /// When the operator asked, Unix milliseconds (the proposing manager's clock).
+        at_ms: u64,
+    },
     /// Several commands applied in order as one log entry: the manager packs the concurrent
     /// proposals of a group into one entry, so one Raft round trip and one fsync serve many.
     /// The response is [`Response::Batch`], one response per command.
@@ -83,6 +107,12 @@ pub enum Command {
     /// Decoding refuses batches nested deeper than [`MAX_BATCH_DEPTH`].
     Batch(#[serde(deserialize_with = "batch_within_depth")] Vec<Command>),
 }
+
+/// Most bans group 0 holds; [`Command::AddBan`] beyond it is refused.
+pub const MAX_BANS: usize = 100_000;
+
+/// Kicks kept in group 0's table (the newest); older ones are dropped as new ones commit.
+pub const KICKS_KEPT: u64 = 256;
 
 /// Deepest nesting of [`Command::Batch`] a decoded command may have. The manager nests two
 /// levels at most (a proposal that is itself a batch, packed into a batch); the limit keeps a
@@ -126,6 +156,11 @@ pub enum Response {
     },
     /// The responses of a [`Command::Batch`], in order.
     Batch(Vec<Response>),
+    /// A [`Command::AddBan`] committed under this id.
+    BanAdded {
+        /// The id `ban remove` names.
+        id: u64,
+    },
 }
 
 /// A gateway's session as stored in the table: the epoch it opened with and its lease.
@@ -135,6 +170,28 @@ pub struct Session {
     pub epoch: u64,
     /// How long the session lives without a heartbeat, in milliseconds.
     pub lease_ms: u64,
+}
+
+/// A kick as kept in group 0's table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KickRecord {
+    /// Position among all kicks ever committed in the group, from 1.
+    pub seq: u64,
+    /// The user id.
+    pub user: String,
+    /// When the operator asked, Unix milliseconds.
+    pub at_ms: u64,
+}
+
+/// The operator controls of group 0 as of one applied index: what managers push to gateways.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Controls {
+    /// Grows by one with every ban added or removed; 0 before the first.
+    pub bans_version: u64,
+    /// Every ban held, lapsed or not, by id.
+    pub bans: Vec<Ban>,
+    /// The `seq` of the newest kick, 0 before the first.
+    pub last_kick: u64,
 }
 
 #[cfg(test)]

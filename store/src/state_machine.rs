@@ -55,8 +55,8 @@ use crate::error::StoreError;
 use crate::follower::SledFollower;
 use crate::snapshot::{Meta, SnapshotSlot, TableSnapshot};
 use crate::types::{
-    Ban, Command, Controls, GatewayId, KickRecord, ManagerId, ManagerNode, Response, Session,
-    KICKS_KEPT, MAX_BANS,
+    Ban, BanRecord, Command, Controls, GatewayId, KickRecord, ManagerId, ManagerNode, Response,
+    Session, KICKS_KEPT, MAX_BANS,
 };
 use crate::StoreTypeConfig;
 
@@ -536,7 +536,7 @@ impl TableReader {
             if !key.starts_with(&from) {
                 break;
             }
-            bans.push(decode::<Ban>(value, &name)?);
+            bans.push(decode_ban(value, &name)?);
         }
         Ok(Controls {
             bans_version: number(BANS_VERSION)?,
@@ -1104,7 +1104,7 @@ fn add_ban(tx: &mut Overlay<'_>, ban: &Ban) -> Result<Response, StoreError> {
             let Some(value) = tx.get(Tree::Meta, &key)? else {
                 continue;
             };
-            let held: Ban = decode(&value, &name)?;
+            let held = decode_ban(&value, &name)?;
             if !held.is_active(ban.created_ms) {
                 tx.remove(Tree::Meta, key);
                 count = count.saturating_sub(1);
@@ -1127,7 +1127,7 @@ fn add_ban(tx: &mut Overlay<'_>, ban: &Ban) -> Result<Response, StoreError> {
     let id = meta_number(tx, BAN_NEXT)?.max(1);
     put_number(tx, BAN_NEXT, id.saturating_add(1));
     let stored = Ban { id, ..ban.clone() };
-    tx.put(Tree::Meta, ban_key(id), encode(&stored)?);
+    tx.put(Tree::Meta, ban_key(id), encode(&BanRecord::from(&stored))?);
     put_number(tx, BAN_COUNT, count.saturating_add(1));
     bump(tx, BANS_VERSION)?;
     Ok(Response::BanAdded { id })
@@ -1242,6 +1242,14 @@ fn utf8(bytes: &[u8], tree: &str) -> Result<String, StoreError> {
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     postcard::to_allocvec(value).map_err(StoreError::Encode)
+}
+
+fn decode_ban(bytes: &[u8], tree: &str) -> Result<Ban, StoreError> {
+    let record: BanRecord = decode(bytes, tree)?;
+    Ban::try_from(record).map_err(|e| StoreError::CorruptValue {
+        tree: tree.to_string(),
+        detail: format!("ban: {e}"),
+    })
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8], tree: &str) -> Result<T, StoreError> {

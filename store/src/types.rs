@@ -5,6 +5,7 @@ use std::cell::Cell;
 use std::fmt;
 
 pub use firetower_proto::Ban;
+use firetower_proto::{BanTarget, Cidr};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// Identifies a gateway process across restarts (given with `firetower gateway --id`).
@@ -77,6 +78,13 @@ pub enum Command {
         /// Its new value; empty deletes the key.
         value: Vec<u8>,
     },
+    /// Several commands applied in order as one log entry: the manager packs the concurrent
+    /// proposals of a group into one entry, so one Raft round trip and one fsync serve many.
+    /// The response is [`Response::Batch`], one response per command.
+    ///
+    /// Decoding refuses batches nested deeper than [`MAX_BATCH_DEPTH`].
+    Batch(#[serde(deserialize_with = "batch_within_depth")] Vec<Command>),
+    // New variants go last: a variant's index is its encoding in logs already on disk.
     /// Add an operator ban (group 0). The state machine gives it the next ban id (the `id` in
     /// `ban` is ignored) and answers [`Response::BanAdded`]; at [`MAX_BANS`] bans (counting
     /// only those not lapsed at `ban.created_ms`) it refuses. Bans that lapsed before
@@ -84,6 +92,7 @@ pub enum Command {
     /// new one out.
     AddBan {
         /// The ban; `created_ms` and `expires_ms` come from the proposing manager's clock.
+        #[serde(with = "ban_record")]
         ban: Ban,
     },
     /// Remove the ban with this id (group 0); refused when there is none.
@@ -100,12 +109,6 @@ pub enum Command {
         /// When the operator asked, Unix milliseconds (the proposing manager's clock).
         at_ms: u64,
     },
-    /// Several commands applied in order as one log entry: the manager packs the concurrent
-    /// proposals of a group into one entry, so one Raft round trip and one fsync serve many.
-    /// The response is [`Response::Batch`], one response per command.
-    ///
-    /// Decoding refuses batches nested deeper than [`MAX_BATCH_DEPTH`].
-    Batch(#[serde(deserialize_with = "batch_within_depth")] Vec<Command>),
 }
 
 /// Most bans group 0 holds; [`Command::AddBan`] beyond it is refused.
@@ -172,6 +175,75 @@ pub struct Session {
     pub lease_ms: u64,
 }
 
+/// A ban as the log and the table store it. [`Ban`]'s own serde form is made for JSON (its
+/// target is an adjacently tagged enum), which postcard, not self-describing, cannot read
+/// back; this mirror is plain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct BanRecord {
+    id: u64,
+    target: TargetRecord,
+    reason: String,
+    created_ms: u64,
+    expires_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum TargetRecord {
+    User(String),
+    Ip(String),
+    Topic(String),
+}
+
+impl From<&Ban> for BanRecord {
+    fn from(ban: &Ban) -> Self {
+        let target = match &ban.target {
+            BanTarget::User(u) => TargetRecord::User(u.clone()),
+            BanTarget::Ip(c) => TargetRecord::Ip(c.to_string()),
+            BanTarget::Topic(p) => TargetRecord::Topic(p.clone()),
+        };
+        BanRecord {
+            id: ban.id,
+            target,
+            reason: ban.reason.clone(),
+            created_ms: ban.created_ms,
+            expires_ms: ban.expires_ms,
+        }
+    }
+}
+
+impl TryFrom<BanRecord> for Ban {
+    type Error = firetower_proto::BanError;
+
+    fn try_from(r: BanRecord) -> Result<Self, Self::Error> {
+        let target = match r.target {
+            TargetRecord::User(u) => BanTarget::User(u),
+            TargetRecord::Ip(c) => BanTarget::Ip(Cidr::parse(&c)?),
+            TargetRecord::Topic(p) => BanTarget::Topic(p),
+        };
+        Ok(Ban {
+            id: r.id,
+            target,
+            reason: r.reason,
+            created_ms: r.created_ms,
+            expires_ms: r.expires_ms,
+        })
+    }
+}
+
+/// `#[serde(with)]` for a [`Ban`] inside a [`Command`]: written as a [`BanRecord`].
+mod ban_record {
+    use super::{Ban, BanRecord};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(ban: &Ban, s: S) -> Result<S::Ok, S::Error> {
+        BanRecord::from(ban).serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Ban, D::Error> {
+        Ban::try_from(BanRecord::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
 /// A kick as kept in group 0's table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KickRecord {
@@ -207,6 +279,39 @@ mod tests {
             command = Command::Batch(vec![command]);
         }
         command
+    }
+
+    #[test]
+    fn ban_commands_round_trip_through_postcard() {
+        for target in [
+            BanTarget::User("u1".into()),
+            BanTarget::Ip(Cidr::parse("2001:db8::/32").unwrap()),
+            BanTarget::Topic("spam.*".into()),
+        ] {
+            let command = Command::AddBan {
+                ban: Ban {
+                    id: 0,
+                    target,
+                    reason: "why".into(),
+                    created_ms: 5,
+                    expires_ms: Some(9),
+                },
+            };
+            let bytes = postcard::to_allocvec(&command).unwrap();
+            assert_eq!(postcard::from_bytes::<Command>(&bytes).unwrap(), command);
+        }
+        // A range that is not one (a damaged or hostile entry) is a decode error, not a panic.
+        let bad = postcard::to_allocvec(&BanRecord {
+            id: 1,
+            target: TargetRecord::Ip("10.0.0.0/99".into()),
+            reason: String::new(),
+            created_ms: 0,
+            expires_ms: None,
+        })
+        .unwrap();
+        let mut entry = vec![7u8]; // Command::AddBan's variant index
+        entry.extend(bad);
+        assert!(postcard::from_bytes::<Command>(&entry).is_err());
     }
 
     #[test]

@@ -651,11 +651,13 @@ impl ClusterUpstream {
                         .controls
                         .offer_kick(k.seq, k.user, k.at_ms, unix_ms());
                 }
-                Some(session_frame::Frame::Kick(k)) => {
-                    if untrusted.kicks.len() < UNTRUSTED_KICKS_KEPT {
-                        untrusted.kicks.push(k);
-                    }
+                Some(session_frame::Frame::Kick(k))
+                    if untrusted.kicks.len() < UNTRUSTED_KICKS_KEPT =>
+                {
+                    untrusted.kicks.push(k);
                 }
+                // More kicks before the routing than a minute plausibly holds: dropped.
+                Some(session_frame::Frame::Kick(_)) => {}
                 Some(session_frame::Frame::ConnectionsQuery(q)) if trusted => {
                     self.answer_query(q, acks.clone());
                 }
@@ -1205,5 +1207,72 @@ mod tests {
             matches!(e, SessionError::Read(ReadFrameError::Truncated { .. })),
             "{e}"
         );
+    }
+
+    #[tokio::test]
+    async fn control_frames_have_limits_of_their_own() {
+        use firetower_proto::link::{Bans, Kick};
+        // A kick announcing 2 KiB: refused on its size (a kick is a seq, a time, a user).
+        let mut kick = 2048u32.to_be_bytes().to_vec();
+        kick.push(0x3A);
+        let e = read_session_frame(&mut &kick[..]).await.unwrap_err();
+        assert!(
+            matches!(e, SessionError::FrameTooLarge { kind: "kick", .. }),
+            "{e}"
+        );
+        let mut query = 2048u32.to_be_bytes().to_vec();
+        query.push(0x42);
+        let e = read_session_frame(&mut &query[..]).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SessionError::FrameTooLarge {
+                    kind: "connections_query",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // A ban chunk of 900 KB is fine; kicks and chunks read back whole.
+        let mut bytes = frame(session_frame::Frame::Bans(Bans {
+            version: 3,
+            offset: 0,
+            total: 1,
+            bans: vec!["x".repeat(900_000)],
+        }));
+        bytes.extend(frame(session_frame::Frame::Kick(Kick {
+            seq: 1,
+            user: "u".repeat(256),
+            at_ms: u64::MAX,
+        })));
+        let mut stream = &bytes[..];
+        let bans = read_session_frame(&mut stream).await.unwrap().unwrap();
+        assert!(
+            matches!(bans.frame, Some(session_frame::Frame::Bans(b)) if b.bans[0].len() == 900_000)
+        );
+        let kick = read_session_frame(&mut stream).await.unwrap().unwrap();
+        assert!(matches!(kick.frame, Some(session_frame::Frame::Kick(k)) if k.user.len() == 256));
+    }
+
+    #[test]
+    fn a_connections_answer_fits_what_the_manager_accepts() {
+        use prost::Message;
+        let many: Vec<ConnectionInfo> = (0..5_000)
+            .map(|i| ConnectionInfo {
+                conn: format!("c{i}"),
+                remote: "203.0.113.1:40000".into(),
+                since_ms: i,
+                topics: vec!["room.some-long-topic-name".into(); 4],
+            })
+            .collect();
+        let answer = connections_frame(9, many);
+        assert!(answer.encoded_len() <= MAX_CONNECTIONS_FRAME_BYTES);
+        let Some(gateway_frame::Frame::Connections(c)) = answer.frame else {
+            panic!("not an answer")
+        };
+        assert!(c.truncated);
+        assert!(c.connections.len() > 1_000);
+        let few = connections_frame(1, vec![]);
+        assert!(matches!(few.frame, Some(gateway_frame::Frame::Connections(c)) if !c.truncated));
     }
 }

@@ -131,10 +131,11 @@ impl Operators {
         forwarded: bool,
     ) -> Result<KickReply, OperatorError> {
         let user = checked_user(&request.user)?;
-        let at_ms = if request.at_ms == 0 {
-            unix_ms()
-        } else {
+        // The time is the receiving manager's; only a forwarding manager passes its own on.
+        let at_ms = if forwarded && request.at_ms != 0 {
             request.at_ms
+        } else {
+            unix_ms()
         };
         let command = Command::Kick {
             user: user.clone(),
@@ -192,10 +193,10 @@ impl Operators {
                 request.ttl_ms
             )));
         }
-        let created_ms = if request.created_ms == 0 {
-            unix_ms()
-        } else {
+        let created_ms = if forwarded && request.created_ms != 0 {
             request.created_ms
+        } else {
+            unix_ms()
         };
         let ban = Ban {
             id: 0,
@@ -425,9 +426,7 @@ impl Operators {
         let mut unanswered: Vec<u64> = asked.difference(&answered).map(|g| g.get()).collect();
         unanswered.sort_unstable();
         reply.unanswered = unanswered;
-        reply
-            .connections
-            .sort_by(|a, b| (a.gateway, a.since_ms).cmp(&(b.gateway, b.since_ms)));
+        reply.connections.sort_by_key(|c| (c.gateway, c.since_ms));
         Ok(reply)
     }
 

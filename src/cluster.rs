@@ -278,16 +278,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Turn a gRPC status into an error whose text is the server's own explanation.
-pub fn status(s: tonic::Status) -> anyhow::Error {
-    let message = s.message();
-    let message = if message.is_empty() {
-        format!("{:?}", s.code())
-    } else {
-        message.to_string()
-    };
-    anyhow!(message).context(format!("request failed ({:?})", s.code()))
-}
+pub use crate::grpc_error::status;
 
 /// The `cluster members --json` object (see docs/operations.md for the fields).
 pub fn members_json(reply: &MembersReply) -> serde_json::Value {

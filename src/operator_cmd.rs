@@ -15,7 +15,7 @@ use firetower_proto::{Ban, BanTarget, Cidr};
 use serde::Serialize;
 use tonic::transport::Channel;
 
-use crate::cluster::status;
+use crate::grpc_error::status;
 
 /// How long an operator control waits for the cluster (a commit in group 0, or the gateways'
 /// answers to a query, take about a second at most when the cluster is healthy).

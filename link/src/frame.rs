@@ -454,4 +454,25 @@ mod tests {
             prop_assert_eq!(decode_body::<GatewayRequest>(&body).unwrap(), request);
         }
     }
+
+    #[test]
+    fn only_a_connections_answer_may_be_large_on_a_session_stream() {
+        use firetower_proto::link::{gateway_frame, Connections, GatewayFrame, Heartbeat};
+        let answer = encode_frame(&GatewayFrame {
+            frame: Some(gateway_frame::Frame::Connections(Connections::default())),
+        });
+        let heartbeat = encode_frame(&GatewayFrame {
+            frame: Some(gateway_frame::Frame::Heartbeat(Heartbeat::default())),
+        });
+        assert_eq!(
+            gateway_frame_limit(&answer[HEADER_LEN..]),
+            MAX_CONNECTIONS_FRAME_BYTES
+        );
+        assert_eq!(
+            gateway_frame_limit(&heartbeat[HEADER_LEN..]),
+            MAX_GATEWAY_FRAME_BYTES
+        );
+        assert_eq!(gateway_frame_limit(&[]), MAX_GATEWAY_FRAME_BYTES);
+        assert_eq!(gateway_frame_limit(&[0x12, 0x00]), MAX_GATEWAY_FRAME_BYTES);
+    }
 }

@@ -86,6 +86,42 @@ pub enum ClusterCommand {
         #[arg(long)]
         to: u64,
     },
+    /// Close every connection of a user on every gateway (code 4403), within a second.
+    Kick {
+        /// Admin address of any manager of the cluster.
+        #[arg(long)]
+        admin: String,
+        /// The user id (the token's `sub`).
+        #[arg(long)]
+        user: String,
+    },
+    /// Ban users, IP ranges or topic patterns on every gateway (committed in group 0).
+    Ban {
+        #[command(subcommand)]
+        command: crate::operator_cmd::BanCommand,
+    },
+    /// Connections, subscriptions and message rates per gateway; topics and commit rates
+    /// per group.
+    Stats {
+        /// Admin address of any manager of the cluster.
+        #[arg(long)]
+        admin: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Where a user is connected: gateway, remote address, since when, topics.
+    Connections {
+        /// Admin address of any manager of the cluster.
+        #[arg(long)]
+        admin: String,
+        /// The user id.
+        #[arg(long)]
+        user: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the gateways subscribed to a topic (a linearizable read).
     Topic {
         /// Admin address of any manager of the cluster.
@@ -113,6 +149,18 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
         async move { firetower_manager::connect_admin(&admin, &security, timeout).await }
     };
     match args.command {
+        ClusterCommand::Kick { admin, user } => {
+            crate::operator_cmd::kick(&admin, user, &security).await?;
+        }
+        ClusterCommand::Ban { command } => {
+            crate::operator_cmd::ban(command, &security).await?;
+        }
+        ClusterCommand::Stats { admin, json } => {
+            crate::operator_cmd::stats(&admin, json, &security).await?;
+        }
+        ClusterCommand::Connections { admin, user, json } => {
+            crate::operator_cmd::connections(&admin, user, json, &security).await?;
+        }
         ClusterCommand::Init {
             admin,
             members,
@@ -230,16 +278,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Turn a gRPC status into an error whose text is the server's own explanation.
-pub fn status(s: tonic::Status) -> anyhow::Error {
-    let message = s.message();
-    let message = if message.is_empty() {
-        format!("{:?}", s.code())
-    } else {
-        message.to_string()
-    };
-    anyhow!(message).context(format!("request failed ({:?})", s.code()))
-}
+pub use crate::grpc_error::status;
 
 /// The `cluster members --json` object (see docs/operations.md for the fields).
 pub fn members_json(reply: &MembersReply) -> serde_json::Value {

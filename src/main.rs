@@ -17,7 +17,9 @@ mod certs_cmd;
 mod cluster;
 mod dev;
 mod gateway_cmd;
+mod grpc_error;
 mod link_cmd;
+mod operator_cmd;
 mod tls_flags;
 
 use std::net::SocketAddr;

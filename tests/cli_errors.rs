@@ -143,3 +143,91 @@ fn bad_operator_input_is_refused_clearly() {
         assert_eq!(b.learners, a.learners);
     }
 }
+
+/// The operator controls check their arguments before they reach any manager: each mistake
+/// is named, with a non-zero exit (2 for usage errors, 1 for a bad value).
+#[test]
+fn operator_control_arguments_are_checked_before_any_call() {
+    // No manager listens here: every refusal below happens in the CLI.
+    let admin = format!("127.0.0.1:{}", free_tcp_port());
+    let usage = [
+        (
+            vec!["cluster", "ban", "add", "--admin", &admin],
+            "--user <USER>|--ip <IP>|--topic <TOPIC>",
+        ),
+        (
+            vec![
+                "cluster", "ban", "add", "--admin", &admin, "--user", "u", "--ip", "10.0.0.1",
+            ],
+            "cannot be used with",
+        ),
+        (
+            vec![
+                "cluster", "ban", "add", "--admin", &admin, "--user", "u", "--ttl", "30",
+            ],
+            "has no unit",
+        ),
+        (
+            vec![
+                "cluster", "ban", "add", "--admin", &admin, "--user", "u", "--ttl", "0s",
+            ],
+            "above zero",
+        ),
+        (
+            vec![
+                "cluster", "ban", "add", "--admin", &admin, "--user", "u", "--ttl", "3w",
+            ],
+            "unknown unit",
+        ),
+        (vec!["cluster", "kick", "--admin", &admin], "--user <USER>"),
+        (
+            vec!["cluster", "ban", "remove", "--admin", &admin, "x"],
+            "invalid value",
+        ),
+        (
+            vec!["cluster", "connections", "--admin", &admin],
+            "--user <USER>",
+        ),
+    ];
+    for (args, says) in usage {
+        let (code, err) = stderr_of(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let long_user = "u".repeat(300);
+    let values = [
+        (
+            vec![
+                "cluster",
+                "ban",
+                "add",
+                "--admin",
+                &admin,
+                "--ip",
+                "10.0.0.0/33",
+            ],
+            "prefix /33 is longer than the address",
+        ),
+        (
+            vec!["cluster", "ban", "add", "--admin", &admin, "--ip", "banana"],
+            "is not an IP address range",
+        ),
+        (
+            vec!["cluster", "ban", "add", "--admin", &admin, "--topic", ""],
+            "--topic",
+        ),
+        (
+            vec!["cluster", "ban", "add", "--admin", &admin, "--user", ""],
+            "the user id is empty",
+        ),
+        (
+            vec!["cluster", "kick", "--admin", &admin, "--user", &long_user],
+            "the limit is 256",
+        ),
+    ];
+    for (args, says) in values {
+        let (code, err) = stderr_of(&args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}

@@ -6,8 +6,18 @@
 //!                                                     ├─ OpenSession{epoch, lease}, heartbeats
 //!                                                     ├─ Delivery{dseq} ─▶ DeliveryAck{dseq}
 //!                                                     ├─ Resync{groups} ─▶ re-subscribe held topics
-//!                                                     └─ Routing ─▶ leader cache
+//!                                                     ├─ Routing ─▶ leader cache
+//!                                                     └─ Bans, Kick, ConnectionsQuery ─▶
+//!                                                        ControlFeed ─▶ ControlEvent (mpsc)
 //! ```
+//!
+//! Operator controls (`control_feed.rs`): every manager pushes group 0's ban list (in chunks,
+//! with its version) and its kicks on each session; the feed keeps the newest list, acts on
+//! each kick once and hands [`crate::ControlEvent`]s to the gateway on a bounded channel of its
+//! own, so a slow gateway never stalls a session reader. A `ConnectionsQuery` is answered on
+//! the session's send side with what the gateway replies (at most [`QUERIES_IN_FLIGHT`] at
+//! once, each within [`QUERY_ANSWER_TIMEOUT`]). The gateway's figures
+//! ([`Upstream::report_stats`]) ride on every heartbeat.
 //!
 //! The session epoch is the gateway's start time in microseconds, so a restarted gateway
 //! always comes back with a higher epoch and the managers drop what its previous life held.
@@ -36,23 +46,26 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use firetower_link::{
     decode_body, write_link_frame, FrameError, LinkClient, LinkError, LinkOptions, LinkReply,
-    LinkRequest, ReadFrameError, Routing, RoutingRejected, StreamError, HEADER_LEN, MAX_GROUPS,
-    MAX_LINK_FRAME_BYTES,
+    LinkRequest, ReadFrameError, Routing, RoutingRejected, StreamError, HEADER_LEN,
+    MAX_CONNECTIONS_FRAME_BYTES, MAX_GROUPS, MAX_LINK_FRAME_BYTES,
 };
 use firetower_proto::link::{
-    gateway_frame, session_frame, DeliveryAck, GatewayFrame, Heartbeat, SessionFrame,
+    gateway_frame, session_frame, ConnectionEntry, Connections, ConnectionsQuery, DeliveryAck,
+    GatewayFrame, GatewayStats as PbGatewayStats, Heartbeat, SessionFrame,
 };
 use firetower_proto::{group_of, Epoch};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
+use crate::control::{ConnectionInfo, ControlReceiver, GatewayStats};
+use crate::control_feed::{BanChunks, ChunkOutcome, ControlFeed, ControlRejected};
 use crate::delivery_guard::{Context, DeliveryGuard, DeliveryRejected, Incoming, Verdict};
 use crate::upstream::{BoxFuture, Delivery, Payload, Stamp, Upstream, UpstreamError};
 
@@ -61,6 +74,12 @@ use crate::upstream::{BoxFuture, Delivery, Payload, Stamp, Upstream, UpstreamErr
 const VERIFY_TIMEOUT: Duration = Duration::from_millis(500);
 /// The shortest wait for `SessionOpened` (the lease is used when longer).
 const MIN_OPEN_TIMEOUT: Duration = Duration::from_secs(1);
+/// Connection queries being answered at once, over all sessions; more are dropped (the
+/// manager names this gateway as not answering).
+const QUERIES_IN_FLIGHT: usize = 16;
+/// How long the gateway has to list a user's connections: the manager waits about a second
+/// for every gateway.
+const QUERY_ANSWER_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// The kinds of session frame, by the protobuf tag that starts the body, with the largest
 /// body each may have. A delivery carries a payload (up to the link's frame limit); the
@@ -73,6 +92,9 @@ enum SessionFrameKind {
     Resync,
     Routing,
     Failure,
+    Bans,
+    Kick,
+    ConnectionsQuery,
     Unknown,
 }
 
@@ -85,6 +107,9 @@ impl SessionFrameKind {
             0x1A => SessionFrameKind::Resync,
             0x22 => SessionFrameKind::Routing,
             0x2A => SessionFrameKind::Failure,
+            0x32 => SessionFrameKind::Bans,
+            0x3A => SessionFrameKind::Kick,
+            0x42 => SessionFrameKind::ConnectionsQuery,
             _ => SessionFrameKind::Unknown,
         }
     }
@@ -97,6 +122,10 @@ impl SessionFrameKind {
             SessionFrameKind::Resync => 16 + 5 * MAX_GROUPS as usize,
             SessionFrameKind::Routing => 256 * 1024,
             SessionFrameKind::Failure => 8 * 1024,
+            // A chunk of the ban list: managers fill frames up to the link's limit.
+            SessionFrameKind::Bans => MAX_LINK_FRAME_BYTES,
+            // A seq, a time and a user id of at most 256 bytes.
+            SessionFrameKind::Kick | SessionFrameKind::ConnectionsQuery => 1024,
             // A frame type of a newer manager: skipped when decoded, so kept small.
             SessionFrameKind::Unknown => 4 * 1024,
         }
@@ -109,6 +138,9 @@ impl SessionFrameKind {
             SessionFrameKind::Resync => "resync",
             SessionFrameKind::Routing => "routing",
             SessionFrameKind::Failure => "failure",
+            SessionFrameKind::Bans => "bans",
+            SessionFrameKind::Kick => "kick",
+            SessionFrameKind::ConnectionsQuery => "connections_query",
             SessionFrameKind::Unknown => "unknown",
         }
     }
@@ -133,6 +165,17 @@ impl Default for ClusterOptions {
             link: LinkOptions::default(),
         }
     }
+}
+
+/// Kicks kept from a manager whose routing was not checked yet (it sends the last minute's
+/// on open; more than this many in a minute are not plausible).
+const UNTRUSTED_KICKS_KEPT: usize = 256;
+
+/// Controls received on a session before the manager's routing was checked.
+#[derive(Debug, Default)]
+struct UntrustedControls {
+    bans: Option<(u64, Vec<firetower_proto::Ban>)>,
+    kicks: Vec<firetower_proto::link::Kick>,
 }
 
 /// Why a session stream with one manager ended (the session loop backs off and reopens it).
@@ -207,6 +250,15 @@ struct Inner {
     frames_too_large: AtomicU64,
     /// Sessions a manager did not open in time.
     open_timeouts: AtomicU64,
+    /// Bans, kicks and connection queries on their way to the gateway.
+    controls: Arc<ControlFeed>,
+    /// The gateway's latest figures and when they were reported (ms after `started`), sent
+    /// with every heartbeat.
+    stats: Mutex<Option<(GatewayStats, u64)>>,
+    /// When this upstream started: heartbeats date their figures from it.
+    started: Instant,
+    /// Connection queries being answered.
+    queries: Arc<AtomicUsize>,
     /// `Resync` frames received, from any manager.
     resyncs: AtomicU64,
     /// Re-subscribes sent for a `Resync` that failed.
@@ -270,6 +322,10 @@ impl ClusterUpstream {
                 resync_running: AtomicBool::new(false),
                 frames_too_large: AtomicU64::new(0),
                 open_timeouts: AtomicU64::new(0),
+                controls: ControlFeed::start(),
+                stats: Mutex::new(None),
+                started: Instant::now(),
+                queries: Arc::new(AtomicUsize::new(0)),
                 resyncs: AtomicU64::new(0),
                 resync_failures: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
@@ -335,6 +391,7 @@ impl ClusterUpstream {
             "session_open_timeout",
             self.inner.open_timeouts.load(Ordering::Relaxed),
         ));
+        out.extend(self.inner.controls.rejections());
         out
     }
 
@@ -369,6 +426,12 @@ impl ClusterUpstream {
     /// group retries them).
     pub fn resync_failures(&self) -> u64 {
         self.inner.resync_failures.load(Ordering::Relaxed)
+    }
+
+    /// The version of the newest operator ban list taken in from the managers (group 0's
+    /// count of ban changes), if one arrived yet.
+    pub fn bans_version(&self) -> Option<u64> {
+        self.inner.controls.bans_version()
     }
 
     /// Number of managers with an open session.
@@ -453,12 +516,14 @@ impl ClusterUpstream {
         write_link_frame(&mut send, &open).await?;
         let (ack_tx, mut ack_rx) = mpsc::channel::<GatewayFrame>(1024);
         let heartbeat_every = (self.inner.lease / 5).max(Duration::from_millis(100));
-        // Writer: heartbeats and acks share the send side.
+        // Writer: heartbeats (with the latest figures), acks and query answers share the send
+        // side.
+        let this = self.clone();
         let writer = tokio::spawn(async move {
             let mut tick = tokio::time::interval(heartbeat_every);
             loop {
                 let frame = tokio::select! {
-                    _ = tick.tick() => GatewayFrame { frame: Some(gateway_frame::Frame::Heartbeat(Heartbeat {})) },
+                    _ = tick.tick() => this.heartbeat(),
                     f = ack_rx.recv() => match f {
                         Some(f) => f,
                         None => break,
@@ -487,6 +552,10 @@ impl ClusterUpstream {
         let mut opened = false;
         let mut trusted = false;
         let mut pending_resync: Vec<u32> = Vec::new();
+        let mut ban_chunks = BanChunks::default();
+        // Controls that arrived before this manager's routing showed it is of the cluster
+        // joined: taken in once it does (a manager sends them right after its routing).
+        let mut untrusted = UntrustedControls::default();
         loop {
             let read = read_session_frame(recv);
             let frame = if opened {
@@ -545,6 +614,7 @@ impl ClusterUpstream {
                                     self.mark_open(addr);
                                 }
                                 self.resync(std::mem::take(&mut pending_resync));
+                                self.take_in_controls(addr, std::mem::take(&mut untrusted));
                             }
                         }
                         // Another cluster's manager: no session with it.
@@ -560,9 +630,101 @@ impl ClusterUpstream {
                         message: f.message,
                     });
                 }
+                // Controls count only from a manager of the cluster joined.
+                Some(session_frame::Frame::Bans(b)) => {
+                    let controls = &self.inner.controls;
+                    match ban_chunks.offer(b.version, b.offset, b.total, b.bans, || {
+                        controls.reject(ControlRejected::BanInvalid)
+                    }) {
+                        ChunkOutcome::Partial => {}
+                        ChunkOutcome::Complete(version, bans) if trusted => {
+                            self.take_in_bans(addr, version, bans)
+                        }
+                        ChunkOutcome::Complete(version, bans) => {
+                            untrusted.bans = Some((version, bans))
+                        }
+                        ChunkOutcome::Rejected => controls.reject(ControlRejected::BanChunk),
+                    }
+                }
+                Some(session_frame::Frame::Kick(k)) if trusted => {
+                    self.inner
+                        .controls
+                        .offer_kick(k.seq, k.user, k.at_ms, unix_ms());
+                }
+                Some(session_frame::Frame::Kick(k))
+                    if untrusted.kicks.len() < UNTRUSTED_KICKS_KEPT =>
+                {
+                    untrusted.kicks.push(k);
+                }
+                // More kicks before the routing than a minute plausibly holds: dropped.
+                Some(session_frame::Frame::Kick(_)) => {}
+                Some(session_frame::Frame::ConnectionsQuery(q)) if trusted => {
+                    self.answer_query(q, acks.clone());
+                }
+                // A query before the routing: this manager's own session is not open yet.
+                Some(session_frame::Frame::ConnectionsQuery(_)) => {}
                 None => {}
             }
         }
+    }
+
+    fn take_in_bans(&self, addr: SocketAddr, version: u64, bans: Vec<firetower_proto::Ban>) {
+        let count = bans.len();
+        if self.inner.controls.offer_bans(version, bans) {
+            tracing::debug!(event = "bans_received", %addr, version, count, "ban list taken in");
+        }
+    }
+
+    /// What a manager sent before its routing was checked, now that it was.
+    fn take_in_controls(&self, addr: SocketAddr, untrusted: UntrustedControls) {
+        if let Some((version, bans)) = untrusted.bans {
+            self.take_in_bans(addr, version, bans);
+        }
+        for k in untrusted.kicks {
+            self.inner
+                .controls
+                .offer_kick(k.seq, k.user, k.at_ms, unix_ms());
+        }
+    }
+
+    /// A heartbeat with the latest figures, if the gateway reported any.
+    fn heartbeat(&self) -> GatewayFrame {
+        let stats = *self.inner.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let stats = stats.map(|(s, uptime_ms)| PbGatewayStats {
+            connections: s.connections,
+            subscriptions: s.subscriptions,
+            topics: s.topics,
+            messages_in_total: s.messages_in_total,
+            messages_out_total: s.messages_out_total,
+            dropped_total: s.dropped_total,
+            uptime_ms,
+        });
+        GatewayFrame {
+            frame: Some(gateway_frame::Frame::Heartbeat(Heartbeat { stats })),
+        }
+    }
+
+    /// Ask the gateway where `query.user` is connected and answer on the session stream.
+    fn answer_query(&self, query: ConnectionsQuery, answers: mpsc::Sender<GatewayFrame>) {
+        let queries = Arc::clone(&self.inner.queries);
+        if queries.fetch_add(1, Ordering::AcqRel) >= QUERIES_IN_FLIGHT {
+            queries.fetch_sub(1, Ordering::AcqRel);
+            self.inner.controls.reject(ControlRejected::Overflow);
+            return;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if !self.inner.controls.offer_query(query.user, tx) {
+            queries.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        tokio::spawn(async move {
+            let found = tokio::time::timeout(QUERY_ANSWER_TIMEOUT, rx).await;
+            queries.fetch_sub(1, Ordering::AcqRel);
+            // No answer (the gateway takes no controls, or was too slow): none sent, and the
+            // manager names this gateway as not answering.
+            let Ok(Ok(found)) = found else { return };
+            let _ = answers.send(connections_frame(query.query, found)).await;
+        });
     }
 
     fn mark_open(&self, addr: SocketAddr) {
@@ -838,9 +1000,58 @@ impl Upstream for ClusterUpstream {
         self.rejections()
     }
 
+    fn take_controls(&self) -> Option<ControlReceiver> {
+        self.inner.controls.take_receiver()
+    }
+
+    fn report_stats(&self, stats: GatewayStats) {
+        let uptime_ms = u64::try_from(self.inner.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        *self.inner.stats.lock().unwrap_or_else(|e| e.into_inner()) = Some((stats, uptime_ms));
+    }
+
     fn ready(&self) -> bool {
         let managers = self.inner.link.managers().len();
         self.inner.link.all_leaders_known() && self.open_sessions() >= managers.div_ceil(2).max(1)
+    }
+}
+
+/// Unix milliseconds on this gateway's clock (0 before 1970).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The answer to query `query`: as many of the connections as fit a frame the manager
+/// accepts ([`MAX_CONNECTIONS_FRAME_BYTES`]), `truncated` when some were left out.
+fn connections_frame(query: u64, found: Vec<ConnectionInfo>) -> GatewayFrame {
+    use prost::Message;
+    // Room for the frame's own fields and the tags around each entry.
+    let budget = MAX_CONNECTIONS_FRAME_BYTES - 64;
+    let mut used = 0usize;
+    let mut answer = Connections {
+        query,
+        connections: Vec::new(),
+        truncated: false,
+    };
+    for c in found {
+        let entry = ConnectionEntry {
+            conn: c.conn,
+            remote: c.remote,
+            since_ms: c.since_ms,
+            topics: c.topics,
+        };
+        let len = entry.encoded_len() + 8;
+        if used + len > budget {
+            answer.truncated = true;
+            break;
+        }
+        used += len;
+        answer.connections.push(entry);
+    }
+    GatewayFrame {
+        frame: Some(gateway_frame::Frame::Connections(answer)),
     }
 }
 
@@ -996,5 +1207,72 @@ mod tests {
             matches!(e, SessionError::Read(ReadFrameError::Truncated { .. })),
             "{e}"
         );
+    }
+
+    #[tokio::test]
+    async fn control_frames_have_limits_of_their_own() {
+        use firetower_proto::link::{Bans, Kick};
+        // A kick announcing 2 KiB: refused on its size (a kick is a seq, a time, a user).
+        let mut kick = 2048u32.to_be_bytes().to_vec();
+        kick.push(0x3A);
+        let e = read_session_frame(&mut &kick[..]).await.unwrap_err();
+        assert!(
+            matches!(e, SessionError::FrameTooLarge { kind: "kick", .. }),
+            "{e}"
+        );
+        let mut query = 2048u32.to_be_bytes().to_vec();
+        query.push(0x42);
+        let e = read_session_frame(&mut &query[..]).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SessionError::FrameTooLarge {
+                    kind: "connections_query",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // A ban chunk of 900 KB is fine; kicks and chunks read back whole.
+        let mut bytes = frame(session_frame::Frame::Bans(Bans {
+            version: 3,
+            offset: 0,
+            total: 1,
+            bans: vec!["x".repeat(900_000)],
+        }));
+        bytes.extend(frame(session_frame::Frame::Kick(Kick {
+            seq: 1,
+            user: "u".repeat(256),
+            at_ms: u64::MAX,
+        })));
+        let mut stream = &bytes[..];
+        let bans = read_session_frame(&mut stream).await.unwrap().unwrap();
+        assert!(
+            matches!(bans.frame, Some(session_frame::Frame::Bans(b)) if b.bans[0].len() == 900_000)
+        );
+        let kick = read_session_frame(&mut stream).await.unwrap().unwrap();
+        assert!(matches!(kick.frame, Some(session_frame::Frame::Kick(k)) if k.user.len() == 256));
+    }
+
+    #[test]
+    fn a_connections_answer_fits_what_the_manager_accepts() {
+        use prost::Message;
+        let many: Vec<ConnectionInfo> = (0..5_000)
+            .map(|i| ConnectionInfo {
+                conn: format!("c{i}"),
+                remote: "203.0.113.1:40000".into(),
+                since_ms: i,
+                topics: vec!["room.some-long-topic-name".into(); 4],
+            })
+            .collect();
+        let answer = connections_frame(9, many);
+        assert!(answer.encoded_len() <= MAX_CONNECTIONS_FRAME_BYTES);
+        let Some(gateway_frame::Frame::Connections(c)) = answer.frame else {
+            panic!("not an answer")
+        };
+        assert!(c.truncated);
+        assert!(c.connections.len() > 1_000);
+        let few = connections_frame(1, vec![]);
+        assert!(matches!(few.frame, Some(gateway_frame::Frame::Connections(c)) if !c.truncated));
     }
 }

@@ -31,6 +31,7 @@ mod cluster;
 mod config;
 mod connection;
 mod control;
+mod control_feed;
 mod delivery_guard;
 mod hooks;
 mod http;

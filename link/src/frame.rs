@@ -19,6 +19,7 @@
 //!   request stream (gateway→mgr)   GatewayRequest with Publish    MAX_LINK_FRAME_BYTES (1 MiB)
 //!                                  any other GatewayRequest       MAX_SMALL_REQUEST_BYTES (4 KiB)
 //!   session stream (gateway→mgr)   GatewayFrame (heartbeat, ack)  MAX_GATEWAY_FRAME_BYTES (4 KiB)
+//!                                  GatewayFrame (connections)     MAX_CONNECTIONS_FRAME_BYTES (256 KiB)
 //!   either direction, elsewhere    any                            MAX_LINK_FRAME_BYTES
 //! ```
 //!
@@ -44,6 +45,20 @@ pub const MAX_SMALL_REQUEST_BYTES: usize = 4 * 1024;
 /// The largest `GatewayFrame` a gateway sends on its session stream: a heartbeat is empty, an
 /// ack is `upto` plus the few deliveries it dropped as superseded.
 pub const MAX_GATEWAY_FRAME_BYTES: usize = 4 * 1024;
+
+/// The largest `Connections` answer (`cluster connections --user`) a gateway sends on its
+/// session stream; every other `GatewayFrame` has [`MAX_GATEWAY_FRAME_BYTES`].
+pub const MAX_CONNECTIONS_FRAME_BYTES: usize = 256 * 1024;
+
+/// The largest body accepted for a `GatewayFrame` whose body starts with `prefix`:
+/// [`MAX_CONNECTIONS_FRAME_BYTES`] for a `Connections` answer (field 3, length-delimited:
+/// tag byte 0x1A), [`MAX_GATEWAY_FRAME_BYTES`] for anything else.
+pub fn gateway_frame_limit(prefix: &[u8]) -> usize {
+    match prefix.first() {
+        Some(0x1A) => MAX_CONNECTIONS_FRAME_BYTES,
+        _ => MAX_GATEWAY_FRAME_BYTES,
+    }
+}
 
 /// How many leading body bytes [`read_link_frame_limited`] reads to decide the limit: one key,
 /// a ten-byte varint and the next key fit.
@@ -438,5 +453,26 @@ mod tests {
                 .unwrap();
             prop_assert_eq!(decode_body::<GatewayRequest>(&body).unwrap(), request);
         }
+    }
+
+    #[test]
+    fn only_a_connections_answer_may_be_large_on_a_session_stream() {
+        use firetower_proto::link::{gateway_frame, Connections, GatewayFrame, Heartbeat};
+        let answer = encode_frame(&GatewayFrame {
+            frame: Some(gateway_frame::Frame::Connections(Connections::default())),
+        });
+        let heartbeat = encode_frame(&GatewayFrame {
+            frame: Some(gateway_frame::Frame::Heartbeat(Heartbeat::default())),
+        });
+        assert_eq!(
+            gateway_frame_limit(&answer[HEADER_LEN..]),
+            MAX_CONNECTIONS_FRAME_BYTES
+        );
+        assert_eq!(
+            gateway_frame_limit(&heartbeat[HEADER_LEN..]),
+            MAX_GATEWAY_FRAME_BYTES
+        );
+        assert_eq!(gateway_frame_limit(&[]), MAX_GATEWAY_FRAME_BYTES);
+        assert_eq!(gateway_frame_limit(&[0x12, 0x00]), MAX_GATEWAY_FRAME_BYTES);
     }
 }

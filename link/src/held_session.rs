@@ -200,7 +200,7 @@ async fn run(
         loop {
             let frame = tokio::select! {
                 _ = tick.tick() => GatewayFrame {
-                    frame: Some(gateway_frame::Frame::Heartbeat(Heartbeat {})),
+                    frame: Some(gateway_frame::Frame::Heartbeat(Heartbeat::default())),
                 },
                 f = ack_rx.recv() => match f {
                     Some(f) => f,
@@ -246,9 +246,14 @@ async fn run(
                 Some(session_frame::Frame::Failure(f)) => {
                     return Err(HeldError::Refused(format!("{}: {}", f.code, f.message)));
                 }
-                // Resync asks for the topics held; a tool re-subscribes on its own terms.
+                // Resync asks for the topics held; a tool re-subscribes on its own terms. It has
+                // no clients, so operator controls (bans, kicks, connection queries) do not
+                // concern it: a query it does not answer is reported as unanswered.
                 Some(session_frame::Frame::Resync(_))
                 | Some(session_frame::Frame::Routing(_))
+                | Some(session_frame::Frame::Bans(_))
+                | Some(session_frame::Frame::Kick(_))
+                | Some(session_frame::Frame::ConnectionsQuery(_))
                 | None => {}
             }
         }

@@ -50,9 +50,10 @@ pub use endpoint::{
     make_endpoint_with_reset_secret, TransportError, ALPN_LINK, ALPN_RAFT,
 };
 pub use frame::{
-    decode_body, decode_frame, encode_frame, read_link_frame, read_link_frame_limited,
-    request_body_limit, write_link_frame, FrameError, ReadFrameError, HEADER_LEN, KIND_PEEK_BYTES,
-    MAX_GATEWAY_FRAME_BYTES, MAX_LINK_FRAME_BYTES, MAX_SMALL_REQUEST_BYTES,
+    decode_body, decode_frame, encode_frame, gateway_frame_limit, read_link_frame,
+    read_link_frame_limited, request_body_limit, write_link_frame, FrameError, ReadFrameError,
+    HEADER_LEN, KIND_PEEK_BYTES, MAX_CONNECTIONS_FRAME_BYTES, MAX_GATEWAY_FRAME_BYTES,
+    MAX_LINK_FRAME_BYTES, MAX_SMALL_REQUEST_BYTES,
 };
 pub use handshake_limit::HandshakeLimiter;
 pub use held_session::HeldSessions;

@@ -11,6 +11,8 @@
 //! | `Describe`, `Members` | yes | yes | yes | no |
 //! | `Join`, `ChangeGroup`, `TopicInfo` (calls managers make to each other) | yes | yes | no | no |
 //! | `Init`, `AddManager`, `RemoveManager`, `TransferLeader` | yes | no | no | no |
+//! | `ListBans`, `Stats`, `Connections` | yes | no | no | no |
+//! | `Kick`, `AddBan`, `RemoveBan` | yes | forwarded to group 0's leader only | no | no |
 //! | `HoldHeartbeats`, `Campaign` | with `--unsafe-test-hooks` | yes (steps of `TransferLeader`) | no | no |
 //!
 //! A refusal is `UNAUTHENTICATED` (no certificate) or `PERMISSION_DENIED` (a certificate of
@@ -25,6 +27,7 @@ use tonic::{Request, Response, Status};
 use crate::admin_tls::AdminPeer;
 use crate::membership::{Membership, MembershipError};
 use crate::node::Node;
+use crate::operators::{Operators, FORWARDED};
 
 /// The gRPC router with the admin API, health checking and reflection (v1 and v1alpha).
 pub(crate) async fn router(node: Node) -> tonic::transport::server::Router {
@@ -51,6 +54,7 @@ pub(crate) async fn router(node: Node) -> tonic::transport::server::Router {
     let service = AdminService {
         secure: node.security().is_mutual(),
         test_hooks: node.config().unsafe_test_hooks,
+        operators: Operators::new(node.clone()),
         membership: Membership::new(node),
     };
     let mut builder = tonic::transport::Server::builder();
@@ -74,6 +78,7 @@ pub(crate) async fn router(node: Node) -> tonic::transport::server::Router {
 #[derive(Debug, Clone)]
 pub struct AdminService {
     membership: Membership,
+    operators: Operators,
     /// Mutual TLS: calls are authorized by the caller's role.
     secure: bool,
     /// `--unsafe-test-hooks`: operators may call `HoldHeartbeats` and `Campaign` directly.
@@ -92,6 +97,9 @@ enum Access {
     /// Disturbing the cluster on purpose: a manager (as a step of `TransferLeader`), or an
     /// operator when the manager runs with `--unsafe-test-hooks`.
     Disturb,
+    /// An operator control committed in group 0: an operator, or a manager forwarding an
+    /// operator's call to group 0's leader (marked forwarded).
+    Control,
 }
 
 impl AdminService {
@@ -115,7 +123,7 @@ impl AdminService {
         let needs = match access {
             Access::Read => "a certificate of this cluster",
             Access::Internal => "a manager or operator certificate",
-            Access::Operate => "an operator certificate",
+            Access::Operate | Access::Control => "an operator certificate",
             Access::Disturb if self.test_hooks => "a manager or operator certificate",
             Access::Disturb => {
                 "a manager certificate (it is a step of TransferLeader); operators may call it \
@@ -128,15 +136,35 @@ impl AdminService {
     }
 }
 
+/// Whether a call came forwarded by another manager (see [`Access::Control`]).
+fn forwarded<T>(request: &Request<T>) -> bool {
+    request.metadata().contains_key(FORWARDED)
+}
+
+/// What an operator call needs: a manager may make it only as a forward.
+fn control_access<T>(request: &Request<T>) -> Access {
+    if forwarded(request) {
+        Access::Control
+    } else {
+        Access::Operate
+    }
+}
+
 /// The table of the module documentation.
 fn allowed(access: Access, role: &Role, test_hooks: bool) -> bool {
     match (access, role) {
+        (Access::Control, Role::Manager(_)) => true,
         (Access::Disturb, Role::Operator(_)) => test_hooks,
         (_, Role::Operator(_)) => true,
         (Access::Read | Access::Internal | Access::Disturb, Role::Manager(_)) => true,
         (Access::Read, Role::Gateway(_)) => true,
         _ => false,
     }
+}
+
+/// An operator control's outcome as a gRPC answer.
+fn operated<T>(result: Result<T, crate::operators::OperatorError>) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(Status::from)
 }
 
 /// A membership outcome as a gRPC answer.
@@ -199,6 +227,64 @@ impl Admin for AdminService {
         answer(self.membership.topic_info(request.into_inner()).await)
     }
 
+    async fn kick(&self, request: Request<KickRequest>) -> Result<Response<KickReply>, Status> {
+        self.authorize(&request, "Kick", control_access(&request))?;
+        let forwarded = forwarded(&request);
+        operated(self.operators.kick(request.into_inner(), forwarded).await)
+    }
+
+    async fn add_ban(
+        &self,
+        request: Request<AddBanRequest>,
+    ) -> Result<Response<AddBanReply>, Status> {
+        self.authorize(&request, "AddBan", control_access(&request))?;
+        let forwarded = forwarded(&request);
+        operated(
+            self.operators
+                .add_ban(request.into_inner(), forwarded)
+                .await,
+        )
+    }
+
+    async fn remove_ban(
+        &self,
+        request: Request<RemoveBanRequest>,
+    ) -> Result<Response<RemoveBanReply>, Status> {
+        self.authorize(&request, "RemoveBan", control_access(&request))?;
+        let forwarded = forwarded(&request);
+        operated(
+            self.operators
+                .remove_ban(request.into_inner(), forwarded)
+                .await,
+        )
+    }
+
+    async fn list_bans(
+        &self,
+        request: Request<ListBansRequest>,
+    ) -> Result<Response<ListBansReply>, Status> {
+        self.authorize(&request, "ListBans", control_access(&request))?;
+        let forwarded = forwarded(&request);
+        operated(
+            self.operators
+                .list_bans(request.into_inner(), forwarded)
+                .await,
+        )
+    }
+
+    async fn stats(&self, request: Request<StatsRequest>) -> Result<Response<StatsReply>, Status> {
+        self.authorize(&request, "Stats", Access::Operate)?;
+        operated(self.operators.stats().await)
+    }
+
+    async fn connections(
+        &self,
+        request: Request<ConnectionsRequest>,
+    ) -> Result<Response<ConnectionsReply>, Status> {
+        self.authorize(&request, "Connections", Access::Operate)?;
+        operated(self.operators.connections(request.into_inner()).await)
+    }
+
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
         self.authorize(&request, "Join", Access::Internal)?;
         answer(self.membership.join(request.into_inner()).await)
@@ -252,7 +338,16 @@ mod tests {
         assert!(allowed(Access::Disturb, &manager, false));
         assert!(!allowed(Access::Operate, &manager, true));
         assert!(allowed(Access::Read, &gateway, false));
-        for access in [Access::Internal, Access::Operate, Access::Disturb] {
+        // Operator controls: operators; managers only when forwarding.
+        assert!(allowed(Access::Control, &op, false));
+        assert!(allowed(Access::Control, &manager, false));
+        assert!(!allowed(Access::Operate, &manager, false));
+        for access in [
+            Access::Internal,
+            Access::Operate,
+            Access::Disturb,
+            Access::Control,
+        ] {
             assert!(!allowed(access, &gateway, true));
         }
     }

@@ -15,12 +15,13 @@
 //! ```text
 //!   wiring     server ─ Manager::start/shutdown, QUIC accept loop, admin and metrics listeners
 //!                 │
-//!   services   admin (gRPC, thin) ─▶ membership        metrics_http
+//!   services   admin (gRPC, thin) ─▶ membership, operators   metrics_http
 //!              link ─▶ sessions, publish, topics ─▶ replies
 //!                 │
 //!   context    node ─ Node: config, meta, groups (Raft, readers, proposers, stampers),
 //!                 │         session table, metrics, shutdown
-//!   parts      proposer  leadership  session_table  metrics  meta  config  error  locks
+//!   parts      proposer  leadership  session_table  controls  metrics  meta  config  error
+//!              locks
 //!                 │
 //!   sans-I/O   stamper (term, seq) and lease rules      leases (session expiry)
 //! ```
@@ -31,6 +32,7 @@
 mod admin;
 mod admin_tls;
 mod config;
+mod controls;
 mod error;
 mod leadership;
 mod leases;
@@ -41,6 +43,7 @@ mod meta;
 mod metrics;
 mod metrics_http;
 mod node;
+mod operators;
 mod proposer;
 mod publish;
 mod replies;

@@ -8,6 +8,8 @@
 //!        ├ Wal (log + vote) and StateStore (sled state machines)
 //!        ├ per group: Raft, TableReader, Proposer, Stamper (behind one lock each)
 //!        ├ SessionTable (live gateway sessions and their leases)
+//!        ├ operator controls: the encoded ban list (watched by every session), the
+//!        │ gateways' figures, commit rates, pending connection queries (controls.rs)
 //!        └ ManagerMetrics, shutdown token, routing version, fatal error
 //! ```
 //!
@@ -42,6 +44,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ManagerConfig;
+use crate::controls::{BanFrames, CommitRates, QueryBook, StatsBook};
 use crate::error::{FatalError, StartError};
 use crate::locks::lock;
 use crate::meta::NodeMeta;
@@ -93,6 +96,14 @@ struct NodeInner {
     peers: Mutex<Option<PeerConnections>>,
     cluster_id: watch::Sender<String>,
     sessions: SessionTable,
+    /// Group 0's ban list, encoded for the sessions; `None` until first read.
+    ban_frames: watch::Sender<Option<Arc<BanFrames>>>,
+    /// What gateways reported with their heartbeats.
+    stats_book: Mutex<StatsBook>,
+    /// Applied indexes sampled every second.
+    commit_rates: Mutex<CommitRates>,
+    /// `Connections` queries waiting for gateways.
+    queries: Mutex<QueryBook>,
     /// Bumped whenever the leader of a group hosted here changes.
     routing_version: watch::Sender<u64>,
     /// Serializes Init and membership changes started on this manager.
@@ -138,6 +149,10 @@ impl Node {
                 peers: Mutex::new(None),
                 cluster_id,
                 sessions: SessionTable::default(),
+                ban_frames: watch::channel(None).0,
+                stats_book: Mutex::new(StatsBook::default()),
+                commit_rates: Mutex::new(CommitRates::default()),
+                queries: Mutex::new(QueryBook::default()),
                 routing_version: watch::channel(0).0,
                 change_lock: tokio::sync::Mutex::new(()),
                 metrics: parts.metrics,
@@ -248,6 +263,31 @@ impl Node {
 
     pub(crate) fn sessions(&self) -> &SessionTable {
         &self.inner.sessions
+    }
+
+    /// Follows group 0's ban list as the sessions send it.
+    pub(crate) fn ban_frames(&self) -> watch::Receiver<Option<Arc<BanFrames>>> {
+        self.inner.ban_frames.subscribe()
+    }
+
+    /// Publish a new encoded ban list to every session.
+    pub(crate) fn set_ban_frames(&self, frames: BanFrames) {
+        let _ = self.inner.ban_frames.send_replace(Some(Arc::new(frames)));
+    }
+
+    /// The gateways' reported figures.
+    pub(crate) fn stats_book(&self) -> std::sync::MutexGuard<'_, StatsBook> {
+        lock(&self.inner.stats_book)
+    }
+
+    /// The groups' commit rates.
+    pub(crate) fn commit_rates(&self) -> std::sync::MutexGuard<'_, CommitRates> {
+        lock(&self.inner.commit_rates)
+    }
+
+    /// Pending connection queries.
+    pub(crate) fn queries(&self) -> std::sync::MutexGuard<'_, QueryBook> {
+        lock(&self.inner.queries)
     }
 
     pub(crate) fn metrics(&self) -> &ManagerMetrics {

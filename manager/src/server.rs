@@ -152,6 +152,7 @@ impl Manager {
         }
         manager.spawn_quic_accept_loop();
         crate::sessions::spawn_lease_task(manager.node.clone());
+        crate::operators::spawn_control_task(manager.node.clone());
         manager.spawn_routing_watch();
         manager.spawn_admin_server().await?;
         if let Some(addr) = metrics_bind {

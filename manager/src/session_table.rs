@@ -154,6 +154,12 @@ impl SessionQueueRx {
         self.rx.recv().await
     }
 
+    /// The writer handed something else to QUIC (a chunk of the ban list, which does not go
+    /// through the queue): the session is reading, whatever the queue holds.
+    pub(crate) fn progress(&self) {
+        self.level.full_since.store(0, Ordering::Relaxed);
+    }
+
     /// `frame` was handed to QUIC: its bytes no longer count against the queue.
     pub(crate) fn written(&self, frame: &Outgoing) {
         self.level.queued.fetch_sub(frame.cost, Ordering::Relaxed);

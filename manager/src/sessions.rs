@@ -8,6 +8,12 @@
 //!          ── Heartbeat / DeliveryAck{upto} ──▶     OpenSession), Resync if it had none
 //! ```
 //!
+//! Operator controls ride on the same stream (operators.rs): the writer sends group 0's ban
+//! list when the session opens and whenever it changes (straight to the stream, in chunks,
+//! not through the byte-bounded queue: a long list is shared by every session, not copied
+//! into each queue), kicks and connection queries go through the queue, and heartbeats bring
+//! the gateway's figures, `Connections` frames its answers.
+//!
 //! The lease task of each group leader drops (ExpireSession) the subscriptions of a gateway
 //! that has not been heard from for its lease, and registers sessions of connected gateways
 //! in groups it started to lead. A gateway told to `Resync` re-sends the topics it holds.
@@ -15,7 +21,8 @@
 use std::time::{Duration, Instant};
 
 use firetower_link::{
-    decode_body, encode_frame, read_link_frame, FrameError, ReadFrameError, MAX_GATEWAY_FRAME_BYTES,
+    decode_body, encode_frame, gateway_frame_limit, read_link_frame_limited, FrameError,
+    ReadFrameError, MAX_CONNECTIONS_FRAME_BYTES,
 };
 use firetower_proto::link::{
     gateway_frame, session_frame, Failure, GatewayFrame, OpenSession, Resync, SessionFrame,
@@ -26,6 +33,7 @@ use firetower_raft::{Command, GroupId, Response};
 use std::collections::{HashMap, HashSet};
 use tokio::sync::watch;
 
+use crate::controls::QueryAnswer;
 use crate::leases::HeldSession;
 use crate::node::Node;
 use crate::session_table::{Outgoing, SessionHandle};
@@ -107,13 +115,43 @@ pub(crate) async fn serve_session(
         handle.send_control(session_frame::Frame::Resync(Resync { groups: fresh }));
     }
     handle.send_control(routing_frame(&node));
+    crate::operators::send_recent_kicks(&node, &handle);
 
     let writer_handle = handle.clone();
+    let mut bans = node.ban_frames();
+    // The current list goes out first thing (after what is queued above, if the select
+    // picks the queue first; the gateway holds a list back until it trusts the routing).
+    bans.mark_changed();
     let writer = tokio::spawn(async move {
+        let mut bans_open = true;
         loop {
             let frame = tokio::select! {
                 _ = writer_handle.closing() => break,
                 f = rx.recv() => f,
+                changed = bans.changed(), if bans_open => {
+                    if changed.is_err() {
+                        bans_open = false;
+                        continue;
+                    }
+                    let list = bans.borrow_and_update().clone();
+                    let Some(list) = list else { continue };
+                    let mut failed = false;
+                    for chunk in &list.frames {
+                        let wrote = tokio::select! {
+                            _ = writer_handle.closing() => Err(None),
+                            w = send.write_all(chunk) => w.map_err(Some),
+                        };
+                        if wrote.is_err() {
+                            failed = true;
+                            break;
+                        }
+                        rx.progress();
+                    }
+                    if failed {
+                        break;
+                    }
+                    continue;
+                }
             };
             let Some(frame) = frame else { break };
             let wrote = tokio::select! {
@@ -160,20 +198,38 @@ pub(crate) async fn serve_session(
         match read {
             Ok(Ok(Some(frame))) => {
                 reader_sessions.sessions().touch(gateway, epoch);
-                if let Some(gateway_frame::Frame::Ack(ack)) = frame.frame {
-                    // Recorded before the ack is published, so a waiter that sees the ack
-                    // also sees whether its delivery was superseded.
-                    if !ack.superseded.is_empty() {
-                        handle.record_superseded(&ack.superseded);
-                    }
-                    acked_tx.send_if_modified(|v| {
-                        if ack.upto > *v {
-                            *v = ack.upto;
-                            true
-                        } else {
-                            false
+                match frame.frame {
+                    Some(gateway_frame::Frame::Heartbeat(hb)) => {
+                        if let Some(stats) = hb.stats {
+                            reader_sessions.stats_book().record(gateway, stats);
                         }
-                    });
+                    }
+                    Some(gateway_frame::Frame::Connections(answer)) => {
+                        reader_sessions.queries().answer(
+                            answer.query,
+                            QueryAnswer {
+                                gateway,
+                                connections: answer.connections,
+                                truncated: answer.truncated,
+                            },
+                        );
+                    }
+                    Some(gateway_frame::Frame::Ack(ack)) => {
+                        // Recorded before the ack is published, so a waiter that sees the ack
+                        // also sees whether its delivery was superseded.
+                        if !ack.superseded.is_empty() {
+                            handle.record_superseded(&ack.superseded);
+                        }
+                        acked_tx.send_if_modified(|v| {
+                            if ack.upto > *v {
+                                *v = ack.upto;
+                                true
+                            } else {
+                                false
+                            }
+                        });
+                    }
+                    None => {}
                 }
             }
             Ok(Ok(None)) => break,
@@ -197,6 +253,9 @@ pub(crate) async fn serve_session(
     }
     // Closing the handle ends the writer, which resets the stream.
     sessions.close(&handle);
+    if sessions.get(gateway).is_none() {
+        node.stats_book().forget(gateway);
+    }
     routing_task.abort();
     let _ = writer.await;
     let _ = recv.stop(SESSION_CLOSED_CODE);
@@ -242,7 +301,7 @@ enum SessionReadError {
 async fn read_gateway_frame(
     recv: &mut quinn::RecvStream,
 ) -> Result<Option<GatewayFrame>, SessionReadError> {
-    match read_link_frame(recv, MAX_GATEWAY_FRAME_BYTES).await? {
+    match read_link_frame_limited(recv, MAX_CONNECTIONS_FRAME_BYTES, gateway_frame_limit).await? {
         None => Ok(None),
         Some(body) => Ok(Some(decode_body(&body)?)),
     }

@@ -266,7 +266,7 @@ async fn a_session_that_stops_reading_is_closed_and_others_keep_receiving() {
     );
     let heartbeats = tokio::spawn(async move {
         let beat = GatewayFrame {
-            frame: Some(gateway_frame::Frame::Heartbeat(Heartbeat {})),
+            frame: Some(gateway_frame::Frame::Heartbeat(Heartbeat::default())),
         };
         while send.write_all(&encode_frame(&beat)).await.is_ok() {
             tokio::time::sleep(Duration::from_millis(200)).await;

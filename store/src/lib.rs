@@ -35,7 +35,10 @@ pub use error::{StoreError, WalError};
 pub use log_store::LogStore;
 pub use snapshot::check_snapshot_data;
 pub use state_machine::{SnapshotBuilder, StateMachine, StateStore, TableReader};
-pub use types::{Command, GatewayId, ManagerId, ManagerNode, Response, Session, MAX_BATCH_DEPTH};
+pub use types::{
+    Ban, Command, Controls, GatewayId, KickRecord, ManagerId, ManagerNode, Response, Session,
+    KICKS_KEPT, MAX_BANS, MAX_BATCH_DEPTH,
+};
 pub use wal::{FsyncObserver, Wal, WalOptions};
 /// Test seam: make a log's next write or sync fail (feature `fault-injection`).
 #[cfg(any(test, feature = "fault-injection"))]

@@ -8,6 +8,10 @@
 //!     g{N}.sessions    gateway(u64 BE)                   -> Session
 //!     g{N}.blacklist   gateway(u64 BE)                   -> ()
 //!     g{N}.meta        key                               -> value
+//!                      ops/ban/{id:020}                  -> Ban         (group 0: operator
+//!                      ops/kick/{seq:020}                -> KickRecord   controls, see
+//!                      ops/ban_next, ops/ban_count,                      `Command::AddBan`;
+//!                      ops/bans_version, ops/kick_last   -> u64 BE       SetMeta refuses ops/)
 //!     g{N}.sm          last_applied, membership, topic_count
 //! ```
 //!
@@ -50,7 +54,10 @@ use serde::Serialize;
 use crate::error::StoreError;
 use crate::follower::SledFollower;
 use crate::snapshot::{Meta, SnapshotSlot, TableSnapshot};
-use crate::types::{Command, GatewayId, ManagerId, ManagerNode, Response, Session};
+use crate::types::{
+    Ban, BanRecord, Command, Controls, GatewayId, KickRecord, ManagerId, ManagerNode, Response,
+    Session, KICKS_KEPT, MAX_BANS,
+};
 use crate::StoreTypeConfig;
 
 const LAST_APPLIED: &[u8] = b"last_applied";
@@ -60,6 +67,27 @@ const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 const MEMBERSHIP: &[u8] = b"membership";
 const TOPIC_COUNT: &[u8] = b"topic_count";
+
+/// Meta keys under this prefix belong to the operator controls (bans, kicks): they are kept
+/// in the meta table so that snapshots, restores and reopen carry them without a format
+/// change, and `SetMeta` may not touch them.
+const OPS_PREFIX: &str = "ops/";
+const BAN_PREFIX: &str = "ops/ban/";
+const KICK_PREFIX: &str = "ops/kick/";
+const BAN_NEXT: &str = "ops/ban_next";
+const BAN_COUNT: &str = "ops/ban_count";
+const BANS_VERSION: &str = "ops/bans_version";
+const KICK_LAST: &str = "ops/kick_last";
+
+/// The meta key of ban `id` (zero-padded, so keys sort by id).
+fn ban_key(id: u64) -> Vec<u8> {
+    format!("{BAN_PREFIX}{id:020}").into_bytes()
+}
+
+/// The meta key of kick `seq`.
+fn kick_key(seq: u64) -> Vec<u8> {
+    format!("{KICK_PREFIX}{seq:020}").into_bytes()
+}
 
 type Membership = StoredMembership<ManagerId, ManagerNode>;
 
@@ -489,6 +517,62 @@ impl TableReader {
             .trees
             .get(Tree::Meta, key.as_bytes())?
             .map(|v| v.to_vec()))
+    }
+
+    /// The operator controls held (group 0): every ban and the version of the list, and the
+    /// newest kick's `seq`, all as of one applied state.
+    pub fn controls(&self) -> Result<Controls, StoreError> {
+        let name = self.trees.name(Tree::Meta);
+        let map = self.trees.read();
+        let number = |key: &str| -> Result<u64, StoreError> {
+            match map.get(&tagged(Tree::Meta, key.as_bytes())) {
+                Some(v) => count_of(v, &name),
+                None => Ok(0),
+            }
+        };
+        let from = tagged(Tree::Meta, BAN_PREFIX.as_bytes());
+        let mut bans = Vec::new();
+        for (key, value) in map.range(from.clone()..) {
+            if !key.starts_with(&from) {
+                break;
+            }
+            bans.push(decode_ban(value, &name)?);
+        }
+        Ok(Controls {
+            bans_version: number(BANS_VERSION)?,
+            bans,
+            last_kick: number(KICK_LAST)?,
+        })
+    }
+
+    /// `(bans_version, last_kick)` of [`TableReader::controls`], without reading the bans:
+    /// cheap enough to poll.
+    pub fn control_versions(&self) -> Result<(u64, u64), StoreError> {
+        let name = self.trees.name(Tree::Meta);
+        let map = self.trees.read();
+        let number = |key: &str| -> Result<u64, StoreError> {
+            match map.get(&tagged(Tree::Meta, key.as_bytes())) {
+                Some(v) => count_of(v, &name),
+                None => Ok(0),
+            }
+        };
+        Ok((number(BANS_VERSION)?, number(KICK_LAST)?))
+    }
+
+    /// The kicks kept whose `seq` is above `seq`, oldest first (at most [`KICKS_KEPT`]).
+    pub fn kicks_after(&self, seq: u64) -> Result<Vec<KickRecord>, StoreError> {
+        let name = self.trees.name(Tree::Meta);
+        let map = self.trees.read();
+        let prefix = tagged(Tree::Meta, KICK_PREFIX.as_bytes());
+        let from = tagged(Tree::Meta, &kick_key(seq.saturating_add(1)));
+        let mut out = Vec::new();
+        for (key, value) in map.range(from..) {
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            out.push(decode::<KickRecord>(value, &name)?);
+        }
+        Ok(out)
     }
 
     /// The number of topics with at least one subscriber.
@@ -938,6 +1022,39 @@ fn apply_command(tx: &mut Overlay<'_>, command: &Command) -> Result<Response, St
             }
             applied(was != *blocked)
         }
+        Command::SetMeta { key, .. } if key.starts_with(OPS_PREFIX) => Ok(Response::Refused {
+            reason: format!(
+                "meta key {key:?}: the {OPS_PREFIX} keys belong to the operator controls"
+            ),
+        }),
+        Command::AddBan { ban } => add_ban(tx, ban),
+        Command::RemoveBan { id } => {
+            let key = ban_key(*id);
+            if !tx.contains(Tree::Meta, &key)? {
+                return Ok(Response::Refused {
+                    reason: format!("there is no ban {id} (see `cluster ban list`)"),
+                });
+            }
+            tx.remove(Tree::Meta, key);
+            let count = meta_number(tx, BAN_COUNT)?;
+            put_number(tx, BAN_COUNT, count.saturating_sub(1));
+            bump(tx, BANS_VERSION)?;
+            applied(true)
+        }
+        Command::Kick { user, at_ms } => {
+            let seq = meta_number(tx, KICK_LAST)?.saturating_add(1);
+            let record = KickRecord {
+                seq,
+                user: user.clone(),
+                at_ms: *at_ms,
+            };
+            tx.put(Tree::Meta, kick_key(seq), encode(&record)?);
+            if seq > KICKS_KEPT {
+                tx.remove(Tree::Meta, kick_key(seq - KICKS_KEPT));
+            }
+            put_number(tx, KICK_LAST, seq);
+            applied(true)
+        }
         Command::SetMeta { key, value } => {
             let old = tx.get(Tree::Meta, key.as_bytes())?;
             if value.is_empty() {
@@ -950,6 +1067,70 @@ fn apply_command(tx: &mut Overlay<'_>, command: &Command) -> Result<Response, St
             }
         }
     }
+}
+
+/// A meta counter of the operator controls (0 when unset).
+fn meta_number(tx: &Overlay<'_>, key: &str) -> Result<u64, StoreError> {
+    match tx.get(Tree::Meta, key.as_bytes())? {
+        Some(v) => count_of(&v, &tx.trees.name(Tree::Meta)),
+        None => Ok(0),
+    }
+}
+
+fn put_number(tx: &mut Overlay<'_>, key: &str, value: u64) {
+    tx.put(
+        Tree::Meta,
+        key.as_bytes().to_vec(),
+        value.to_be_bytes().to_vec(),
+    );
+}
+
+/// Adds one to a meta counter.
+fn bump(tx: &mut Overlay<'_>, key: &str) -> Result<(), StoreError> {
+    let next = meta_number(tx, key)?.saturating_add(1);
+    put_number(tx, key, next);
+    Ok(())
+}
+
+/// [`Command::AddBan`]: the next id, within [`MAX_BANS`].
+fn add_ban(tx: &mut Overlay<'_>, ban: &Ban) -> Result<Response, StoreError> {
+    let mut count = meta_number(tx, BAN_COUNT)?;
+    if count >= MAX_BANS as u64 {
+        // Full: drop what lapsed by the new ban's creation (the proposer's clock, written in
+        // the entry, so every replica drops the same bans).
+        let name = tx.trees.name(Tree::Meta);
+        let mut dropped = false;
+        for key in tx.keys_with_prefix(Tree::Meta, BAN_PREFIX.as_bytes())? {
+            let Some(value) = tx.get(Tree::Meta, &key)? else {
+                continue;
+            };
+            let held = decode_ban(&value, &name)?;
+            if !held.is_active(ban.created_ms) {
+                tx.remove(Tree::Meta, key);
+                count = count.saturating_sub(1);
+                dropped = true;
+            }
+        }
+        put_number(tx, BAN_COUNT, count);
+        if dropped {
+            bump(tx, BANS_VERSION)?;
+        }
+        if count >= MAX_BANS as u64 {
+            return Ok(Response::Refused {
+                reason: format!(
+                    "the cluster already holds {MAX_BANS} bans, the most it keeps; remove \
+                     some (`cluster ban remove ID`) or wait for their TTLs to lapse"
+                ),
+            });
+        }
+    }
+    let id = meta_number(tx, BAN_NEXT)?.max(1);
+    put_number(tx, BAN_NEXT, id.saturating_add(1));
+    let stored = Ban { id, ..ban.clone() };
+    tx.put(Tree::Meta, ban_key(id), encode(&BanRecord::from(&stored))?);
+    put_number(tx, BAN_COUNT, count.saturating_add(1));
+    bump(tx, BANS_VERSION)?;
+    Ok(Response::BanAdded { id })
 }
 
 /// Removes one subscription; false when it did not exist.
@@ -1061,6 +1242,14 @@ fn utf8(bytes: &[u8], tree: &str) -> Result<String, StoreError> {
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     postcard::to_allocvec(value).map_err(StoreError::Encode)
+}
+
+fn decode_ban(bytes: &[u8], tree: &str) -> Result<Ban, StoreError> {
+    let record: BanRecord = decode(bytes, tree)?;
+    Ban::try_from(record).map_err(|e| StoreError::CorruptValue {
+        tree: tree.to_string(),
+        detail: format!("ban: {e}"),
+    })
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8], tree: &str) -> Result<T, StoreError> {

@@ -4,6 +4,8 @@
 use std::cell::Cell;
 use std::fmt;
 
+pub use firetower_proto::Ban;
+use firetower_proto::{BanTarget, Cidr};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// Identifies a gateway process across restarts (given with `firetower gateway --id`).
@@ -82,7 +84,38 @@ pub enum Command {
     ///
     /// Decoding refuses batches nested deeper than [`MAX_BATCH_DEPTH`].
     Batch(#[serde(deserialize_with = "batch_within_depth")] Vec<Command>),
+    // New variants go last: a variant's index is its encoding in logs already on disk.
+    /// Add an operator ban (group 0). The state machine gives it the next ban id (the `id` in
+    /// `ban` is ignored) and answers [`Response::BanAdded`]; at [`MAX_BANS`] bans (counting
+    /// only those not lapsed at `ban.created_ms`) it refuses. Bans that lapsed before
+    /// `ban.created_ms` are dropped first when the table is full, so lapsed bans never keep a
+    /// new one out.
+    AddBan {
+        /// The ban; `created_ms` and `expires_ms` come from the proposing manager's clock.
+        #[serde(with = "ban_record")]
+        ban: Ban,
+    },
+    /// Remove the ban with this id (group 0); refused when there is none.
+    RemoveBan {
+        /// The id [`Command::AddBan`] assigned.
+        id: u64,
+    },
+    /// An operator kick (group 0): every gateway closes the connections of `user` opened
+    /// before `at_ms`. Kept in a ring of the last [`KICKS_KEPT`] kicks so that every manager
+    /// (and a gateway that reconnects soon after) learns it from the table.
+    Kick {
+        /// The user id.
+        user: String,
+        /// When the operator asked, Unix milliseconds (the proposing manager's clock).
+        at_ms: u64,
+    },
 }
+
+/// Most bans group 0 holds; [`Command::AddBan`] beyond it is refused.
+pub const MAX_BANS: usize = 100_000;
+
+/// Kicks kept in group 0's table (the newest); older ones are dropped as new ones commit.
+pub const KICKS_KEPT: u64 = 256;
 
 /// Deepest nesting of [`Command::Batch`] a decoded command may have. The manager nests two
 /// levels at most (a proposal that is itself a batch, packed into a batch); the limit keeps a
@@ -126,6 +159,11 @@ pub enum Response {
     },
     /// The responses of a [`Command::Batch`], in order.
     Batch(Vec<Response>),
+    /// A [`Command::AddBan`] committed under this id.
+    BanAdded {
+        /// The id `ban remove` names.
+        id: u64,
+    },
 }
 
 /// A gateway's session as stored in the table: the epoch it opened with and its lease.
@@ -135,6 +173,97 @@ pub struct Session {
     pub epoch: u64,
     /// How long the session lives without a heartbeat, in milliseconds.
     pub lease_ms: u64,
+}
+
+/// A ban as the log and the table store it. [`Ban`]'s own serde form is made for JSON (its
+/// target is an adjacently tagged enum), which postcard, not self-describing, cannot read
+/// back; this mirror is plain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct BanRecord {
+    id: u64,
+    target: TargetRecord,
+    reason: String,
+    created_ms: u64,
+    expires_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum TargetRecord {
+    User(String),
+    Ip(String),
+    Topic(String),
+}
+
+impl From<&Ban> for BanRecord {
+    fn from(ban: &Ban) -> Self {
+        let target = match &ban.target {
+            BanTarget::User(u) => TargetRecord::User(u.clone()),
+            BanTarget::Ip(c) => TargetRecord::Ip(c.to_string()),
+            BanTarget::Topic(p) => TargetRecord::Topic(p.clone()),
+        };
+        BanRecord {
+            id: ban.id,
+            target,
+            reason: ban.reason.clone(),
+            created_ms: ban.created_ms,
+            expires_ms: ban.expires_ms,
+        }
+    }
+}
+
+impl TryFrom<BanRecord> for Ban {
+    type Error = firetower_proto::BanError;
+
+    fn try_from(r: BanRecord) -> Result<Self, Self::Error> {
+        let target = match r.target {
+            TargetRecord::User(u) => BanTarget::User(u),
+            TargetRecord::Ip(c) => BanTarget::Ip(Cidr::parse(&c)?),
+            TargetRecord::Topic(p) => BanTarget::Topic(p),
+        };
+        Ok(Ban {
+            id: r.id,
+            target,
+            reason: r.reason,
+            created_ms: r.created_ms,
+            expires_ms: r.expires_ms,
+        })
+    }
+}
+
+/// `#[serde(with)]` for a [`Ban`] inside a [`Command`]: written as a [`BanRecord`].
+mod ban_record {
+    use super::{Ban, BanRecord};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(ban: &Ban, s: S) -> Result<S::Ok, S::Error> {
+        BanRecord::from(ban).serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Ban, D::Error> {
+        Ban::try_from(BanRecord::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A kick as kept in group 0's table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KickRecord {
+    /// Position among all kicks ever committed in the group, from 1.
+    pub seq: u64,
+    /// The user id.
+    pub user: String,
+    /// When the operator asked, Unix milliseconds.
+    pub at_ms: u64,
+}
+
+/// The operator controls of group 0 as of one applied index: what managers push to gateways.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Controls {
+    /// Grows by one with every ban added or removed; 0 before the first.
+    pub bans_version: u64,
+    /// Every ban held, lapsed or not, by id.
+    pub bans: Vec<Ban>,
+    /// The `seq` of the newest kick, 0 before the first.
+    pub last_kick: u64,
 }
 
 #[cfg(test)]
@@ -150,6 +279,39 @@ mod tests {
             command = Command::Batch(vec![command]);
         }
         command
+    }
+
+    #[test]
+    fn ban_commands_round_trip_through_postcard() {
+        for target in [
+            BanTarget::User("u1".into()),
+            BanTarget::Ip(Cidr::parse("2001:db8::/32").unwrap()),
+            BanTarget::Topic("spam.*".into()),
+        ] {
+            let command = Command::AddBan {
+                ban: Ban {
+                    id: 0,
+                    target,
+                    reason: "why".into(),
+                    created_ms: 5,
+                    expires_ms: Some(9),
+                },
+            };
+            let bytes = postcard::to_allocvec(&command).unwrap();
+            assert_eq!(postcard::from_bytes::<Command>(&bytes).unwrap(), command);
+        }
+        // A range that is not one (a damaged or hostile entry) is a decode error, not a panic.
+        let bad = postcard::to_allocvec(&BanRecord {
+            id: 1,
+            target: TargetRecord::Ip("10.0.0.0/99".into()),
+            reason: String::new(),
+            created_ms: 0,
+            expires_ms: None,
+        })
+        .unwrap();
+        let mut entry = vec![7u8]; // Command::AddBan's variant index
+        entry.extend(bad);
+        assert!(postcard::from_bytes::<Command>(&entry).is_err());
     }
 
     #[test]

@@ -7,7 +7,10 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::{command, Entry, TestConfig};
-use firetower_store::{Command, GatewayId, Response, Session, StateStore, TableReader};
+use firetower_proto::{Ban, BanTarget};
+use firetower_store::{
+    Command, GatewayId, KickRecord, Response, Session, StateStore, TableReader, KICKS_KEPT,
+};
 use openraft::storage::RaftStateMachine;
 use openraft::RaftSnapshotBuilder;
 use proptest::prelude::*;
@@ -23,6 +26,10 @@ struct Model {
     sessions: BTreeMap<GatewayId, Session>,
     blacklist: BTreeSet<GatewayId>,
     meta: BTreeMap<String, Vec<u8>>,
+    bans: BTreeMap<u64, Ban>,
+    next_ban: u64,
+    bans_version: u64,
+    kicks: Vec<KickRecord>,
 }
 
 fn refused() -> Response {
@@ -89,6 +96,33 @@ impl Model {
                     self.blacklist.remove(gateway)
                 };
                 applied(changed)
+            }
+            Command::AddBan { ban } => {
+                self.next_ban = self.next_ban.max(1);
+                let id = self.next_ban;
+                self.next_ban += 1;
+                self.bans.insert(id, Ban { id, ..ban.clone() });
+                self.bans_version += 1;
+                Response::BanAdded { id }
+            }
+            Command::RemoveBan { id } => {
+                if self.bans.remove(id).is_none() {
+                    return refused();
+                }
+                self.bans_version += 1;
+                applied(true)
+            }
+            Command::Kick { user, at_ms } => {
+                let seq = self.kicks.last().map_or(0, |k| k.seq) + 1;
+                self.kicks.push(KickRecord {
+                    seq,
+                    user: user.clone(),
+                    at_ms: *at_ms,
+                });
+                if self.kicks.len() as u64 > KICKS_KEPT {
+                    self.kicks.remove(0);
+                }
+                applied(true)
             }
             Command::SetMeta { key, value } => {
                 let changed = if value.is_empty() {
@@ -158,6 +192,18 @@ impl Model {
             );
         }
         assert_eq!(reader.topic_count().unwrap(), self.subs.len() as u64);
+        let controls = reader.controls().unwrap();
+        assert_eq!(
+            controls.bans,
+            self.bans.values().cloned().collect::<Vec<_>>()
+        );
+        assert_eq!(controls.bans_version, self.bans_version);
+        assert_eq!(controls.last_kick, self.kicks.last().map_or(0, |k| k.seq));
+        assert_eq!(
+            reader.control_versions().unwrap(),
+            (controls.bans_version, controls.last_kick)
+        );
+        assert_eq!(reader.kicks_after(0).unwrap(), self.kicks);
     }
 }
 
@@ -189,6 +235,19 @@ fn arb_single() -> impl Strategy<Value = Command> {
         1 => (gateway, any::<bool>()).prop_map(|(gateway, blocked)| Command::Blacklist { gateway, blocked }),
         1 => (proptest::sample::select(KEYS.to_vec()), proptest::collection::vec(0u8..3, 0..3))
             .prop_map(|(key, value)| Command::SetMeta { key: key.to_string(), value }),
+        1 => (0u8..3, 0u64..10, proptest::option::of(0u64..20)).prop_map(|(u, created_ms, expires_ms)| {
+            Command::AddBan {
+                ban: Ban {
+                    id: 0,
+                    target: BanTarget::User(format!("u{u}")),
+                    reason: "r".into(),
+                    created_ms,
+                    expires_ms,
+                },
+            }
+        }),
+        1 => (0u64..6).prop_map(|id| Command::RemoveBan { id }),
+        1 => (0u8..3, 0u64..100).prop_map(|(u, at_ms)| Command::Kick { user: format!("u{u}"), at_ms }),
     ]
 }
 

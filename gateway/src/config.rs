@@ -527,8 +527,10 @@ mod tests {
         let mut c = GatewayConfig::default();
         c.tcp_listen = Some(c.listen);
         assert!(matches!(c.validate(), Err(ConfigError::SameAddress(_))));
-        let mut c = GatewayConfig::default();
-        c.allowed_origins = vec!["app.example.com".into()];
+        let c = GatewayConfig {
+            allowed_origins: vec!["app.example.com".into()],
+            ..GatewayConfig::default()
+        };
         assert!(matches!(c.validate(), Err(ConfigError::BadOrigin(_))));
         let mut c = GatewayConfig::default();
         c.limits.publish_burst = 1;

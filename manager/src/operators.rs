@@ -288,30 +288,40 @@ impl Operators {
             }
         };
         let timeout = self.node.config().raft.proposal_timeout();
-        match tokio::time::timeout(timeout, raft.ensure_linearizable()).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) if !forwarded => {
-                let Some(node) = f
-                    .leader_node
-                    .filter(|_| f.leader_id != Some(self.node.id()))
-                else {
-                    return Err(OperatorError::Unavailable(
-                        "group 0 has no leader right now (an election is under way); retry".into(),
-                    ));
-                };
-                let mut client = self.leader_client(&node.admin).await?;
-                return Ok(client.list_bans(forward(request)).await?.into_inner());
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Right after a start or a leader's death there is no leader for a moment: ask again
+        // until one is known (as a commit does), then read through it.
+        loop {
+            let no_leader = match tokio::time::timeout_at(deadline, raft.ensure_linearizable())
+                .await
+            {
+                Ok(Ok(_)) => break,
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))))
+                    if !forwarded =>
+                {
+                    match f
+                        .leader_node
+                        .filter(|_| f.leader_id != Some(self.node.id()))
+                    {
+                        Some(node) => {
+                            let mut client = self.leader_client(&node.admin).await?;
+                            return Ok(client.list_bans(forward(request)).await?.into_inner());
+                        }
+                        None => "group 0 has no leader right now (an election is under way); retry"
+                            .to_string(),
+                    }
+                }
+                Ok(Err(e)) => format!("group 0: cannot confirm its leadership: {e}; retry"),
+                Err(_) => {
+                    return Err(OperatorError::Unavailable(format!(
+                        "group 0: leadership not confirmed within {timeout:?}; retry"
+                    )))
+                }
+            };
+            if tokio::time::Instant::now() + Duration::from_millis(100) >= deadline {
+                return Err(OperatorError::Unavailable(no_leader));
             }
-            Ok(Err(e)) => {
-                return Err(OperatorError::Unavailable(format!(
-                    "group 0: cannot confirm its leadership: {e}; retry"
-                )))
-            }
-            Err(_) => {
-                return Err(OperatorError::Unavailable(format!(
-                    "group 0: leadership not confirmed within {timeout:?}; retry"
-                )))
-            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let controls = reader
             .controls()

@@ -610,7 +610,14 @@ impl LinkClient {
             let bytes = recv
                 .read_to_end(MAX_LINK_FRAME_BYTES + 4)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| match &e {
+                    // Keep why the connection went: with TLS 1.3 a refused client certificate
+                    // shows up here, after the client's side of the handshake completed.
+                    quinn::ReadToEndError::Read(quinn::ReadError::ConnectionLost(lost)) => {
+                        format!("read error: connection lost: {lost}")
+                    }
+                    _ => e.to_string(),
+                })?;
             decode_frame::<GatewayReply>(&bytes).map_err(|e| e.to_string())
         };
         // The manager answers a write after it commits; its own proposal timeout is shorter.

@@ -442,15 +442,10 @@ pub(crate) async fn admit(
             }
             (Some(p), _) => p.with_patterns(grant.subscribe, grant.publish),
             (None, Some(u)) => Principal::new(&u, grant.subscribe, grant.publish, None),
-            (None, None) if shared.verifier.is_some() || shared.config.allow_anonymous => {
-                // The hook let the connection in but named nobody: a token may still come
-                // (first frame), or the connection is anonymous.
-                if shared.config.allow_anonymous && shared.verifier.is_none() {
-                    Ok(Principal::anonymous())
-                } else {
-                    return Admission::Pending;
-                }
-            }
+            // The hook let the connection in but named nobody: anonymous where that is
+            // allowed, else a token may still come in the first frame.
+            (None, None) if shared.config.allow_anonymous => Ok(Principal::anonymous()),
+            (None, None) if shared.verifier.is_some() => return Admission::Pending,
             (None, None) => Principal::unnamed(grant.subscribe, grant.publish),
         };
         match granted {

@@ -298,10 +298,13 @@ pub async fn assert_alive(ws: &mut Ws) {
 
 /// One HTTP GET on a fresh connection: (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_exchange(addr, &format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")).await
+}
+
+/// Send `request` on a fresh connection and read until the server closes: (status, body).
+pub async fn http_exchange(addr: SocketAddr, request: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     tokio::time::timeout(WAIT, s.read_to_end(&mut out))
         .await

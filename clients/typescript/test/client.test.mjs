@@ -105,8 +105,14 @@ test("a bad token without a way to refresh it fails connect() with UnauthorizedE
     return true;
   });
   assert.equal(c.state, "closed");
-  const anonymous = client({ url: auth.url, connectTimeoutMs: 8000, reconnect: false });
-  await assert.rejects(anonymous.connect(), (e) => e instanceof UnauthorizedError);
+  // Without a token the socket opens (the gateway waits for an auth frame), then the gateway
+  // closes it with 4401 after its handshake timeout; with no token to get, the client stops.
+  const anonymous = client({ url: auth.url });
+  const errors = [];
+  anonymous.on("error", (e) => errors.push(e));
+  await anonymous.connect();
+  await eventually(() => anonymous.state === "closed", "the 4401 close", 10_000);
+  assert.ok(errors[0] instanceof UnauthorizedError && errors[0].closeCode === 4401, String(errors[0]));
 });
 
 test("a short token is refreshed on the live connection, before exp", async () => {
@@ -190,9 +196,16 @@ test("kill -9 of the gateway: the client moves to the next URL and resubscribes"
   await eventually(() => urls.length === 2, "a connection to the second gateway", 20_000);
   assert.equal(urls[1], g2.url);
   await eventually(() => c.state === "connected", "connected");
-  await publisher.publish("room.failover", "after");
-  await box.waitFor(2);
-  assert.deepEqual(box.data(), ["before", "after"]);
+  // Until the managers drop the dead gateway (its lease), a publish to a topic it held may
+  // time out (outcome unknown): retry until the message comes through the second gateway.
+  await eventually(async () => {
+    await publisher.publish("room.failover", "after").catch((e) => {
+      if (e.code !== "timeout") throw e;
+    });
+    return box.data().includes("after");
+  }, "a message through the second gateway", 30_000);
+  assert.equal(box.data()[0], "before");
+  assert.ok(box.data().slice(1).every((d) => d === "after"));
 });
 
 test("kill -9 and restart on the same address: the client comes back by itself", async () => {

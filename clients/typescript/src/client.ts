@@ -223,7 +223,10 @@ interface Connection {
   user: string | undefined;
   /** The last error frame without id: it explains the close that follows. */
   lastServerError: { code: string; message: string } | undefined;
-  timers: Timer[];
+  /** Gives up on an attempt that does not get ready in time. */
+  openTimer: Timer | undefined;
+  /** The next ping. */
+  pingTimer: Timer | undefined;
 }
 
 interface TopicEntry {
@@ -283,6 +286,7 @@ export class FiretowerClient extends Emitter<ClientEvents> {
   private connectTimer: Timer | undefined;
   private connectWaiters: { resolve: () => void; reject: (e: FiretowerError) => void }[] = [];
   private lastError: FiretowerError | undefined;
+  private reportingHandlerError = false;
 
   constructor(options: FiretowerClientOptions) {
     super();
@@ -557,16 +561,23 @@ export class FiretowerClient extends Emitter<ClientEvents> {
       this.scheduleReconnect(url, 1006, "cannot open", this.lastError);
       return;
     }
-    const conn: Connection = { ws, url, ready: false, closed: false, user: undefined, lastServerError: undefined, timers: [] };
+    const conn: Connection = {
+      ws,
+      url,
+      ready: false,
+      closed: false,
+      user: undefined,
+      lastServerError: undefined,
+      openTimer: undefined,
+      pingTimer: undefined,
+    };
     this.conn = conn;
     // A gateway that accepts TCP but never answers the upgrade must not hold the attempt.
-    conn.timers.push(
-      setTimeout(() => {
-        if (!conn.ready) {
-          this.drop(conn, 1006, `no connection within ${this.requestTimeoutMs} ms`);
-        }
-      }, this.requestTimeoutMs),
-    );
+    conn.openTimer = setTimeout(() => {
+      if (!conn.ready) {
+        this.drop(conn, 1006, `no connection within ${this.requestTimeoutMs} ms`);
+      }
+    }, this.requestTimeoutMs);
     ws.onopen = () => void this.handshake(conn);
     ws.onmessage = (event: { data: unknown }) => this.onData(conn, event.data);
     ws.onclose = (event: { code?: number; reason?: string }) =>
@@ -703,21 +714,19 @@ export class FiretowerClient extends Emitter<ClientEvents> {
   }
 
   private schedulePing(conn: Connection): void {
-    conn.timers.push(
-      setTimeout(async () => {
-        if (conn.closed) {
-          return;
+    conn.pingTimer = setTimeout(async () => {
+      if (conn.closed) {
+        return;
+      }
+      try {
+        await this.callOn(conn, { op: "ping", id: 0 });
+        this.schedulePing(conn);
+      } catch {
+        if (!conn.closed) {
+          this.drop(conn, 1006, `no pong within ${this.requestTimeoutMs} ms`);
         }
-        try {
-          await this.callOn(conn, { op: "ping", id: 0 });
-          this.schedulePing(conn);
-        } catch {
-          if (!conn.closed) {
-            this.drop(conn, 1006, `no pong within ${this.requestTimeoutMs} ms`);
-          }
-        }
-      }, this.pingIntervalMs),
-    );
+      }
+    }, this.pingIntervalMs);
   }
 
   /**
@@ -911,9 +920,8 @@ export class FiretowerClient extends Emitter<ClientEvents> {
     conn.closed = true;
     conn.ready = false;
     conn.ws.onopen = conn.ws.onmessage = conn.ws.onclose = conn.ws.onerror = null;
-    for (const t of conn.timers) {
-      clearTimeout(t);
-    }
+    clearTimeout(conn.openTimer);
+    clearTimeout(conn.pingTimer);
     clearTimeout(this.stableTimer);
     if (this.conn === conn) {
       this.conn = undefined;
@@ -990,9 +998,8 @@ export class FiretowerClient extends Emitter<ClientEvents> {
     if (conn !== undefined && !conn.closed) {
       conn.closed = true;
       conn.ws.onopen = conn.ws.onmessage = conn.ws.onclose = conn.ws.onerror = null;
-      for (const t of conn.timers) {
-        clearTimeout(t);
-      }
+      clearTimeout(conn.openTimer);
+      clearTimeout(conn.pingTimer);
       try {
         conn.ws.close(1000, "client closed");
       } catch {
@@ -1037,10 +1044,16 @@ export class FiretowerClient extends Emitter<ClientEvents> {
   }
 
   protected override onListenerError(error: unknown): void {
-    if (this.listenerCount("error") > 0) {
-      this.emit("error", new FiretowerError("handler_error", `a handler threw: ${String(error)}`, { cause: error }));
-    } else {
+    // An `error` listener that throws is not fed its own exception again.
+    if (this.reportingHandlerError || this.listenerCount("error") === 0) {
       super.onListenerError(error);
+      return;
+    }
+    this.reportingHandlerError = true;
+    try {
+      this.emit("error", new FiretowerError("handler_error", `a handler threw: ${String(error)}`, { cause: error }));
+    } finally {
+      this.reportingHandlerError = false;
     }
   }
 

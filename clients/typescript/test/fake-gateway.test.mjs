@@ -304,3 +304,25 @@ test("connect() gives up after connectTimeoutMs when nothing listens", async () 
   assert.equal(client.state, "closed");
   assert.equal(states[0], "connecting");
 });
+
+test("a handler that throws is reported as handler_error and the next message still comes", async () => {
+  const { gateway, client } = await setup();
+  await client.connect();
+  const errors = [];
+  client.on("error", (e) => errors.push(e));
+  const got = [];
+  await client.subscribe("h", {
+    onMessage: (m) => {
+      got.push(m.offset);
+      if (m.offset === 1) {
+        throw new Error("render failed");
+      }
+    },
+  });
+  gateway.send(msg("h", 1));
+  gateway.send(msg("h", 2));
+  await eventually(() => got.length === 2, "both messages");
+  assert.equal(errors[0].code, "handler_error");
+  assert.match(errors[0].message, /render failed/);
+  assert.equal(client.state, "connected");
+});

@@ -73,6 +73,7 @@ export class FiretowerClient extends Emitter {
     connectTimer;
     connectWaiters = [];
     lastError;
+    reportingHandlerError = false;
     constructor(options) {
         super();
         this.urls = [...(options.url !== undefined ? [options.url] : []), ...(options.urls ?? [])];
@@ -314,14 +315,23 @@ export class FiretowerClient extends Emitter {
             this.scheduleReconnect(url, 1006, "cannot open", this.lastError);
             return;
         }
-        const conn = { ws, url, ready: false, closed: false, user: undefined, lastServerError: undefined, timers: [] };
+        const conn = {
+            ws,
+            url,
+            ready: false,
+            closed: false,
+            user: undefined,
+            lastServerError: undefined,
+            openTimer: undefined,
+            pingTimer: undefined,
+        };
         this.conn = conn;
         // A gateway that accepts TCP but never answers the upgrade must not hold the attempt.
-        conn.timers.push(setTimeout(() => {
+        conn.openTimer = setTimeout(() => {
             if (!conn.ready) {
                 this.drop(conn, 1006, `no connection within ${this.requestTimeoutMs} ms`);
             }
-        }, this.requestTimeoutMs));
+        }, this.requestTimeoutMs);
         ws.onopen = () => void this.handshake(conn);
         ws.onmessage = (event) => this.onData(conn, event.data);
         ws.onclose = (event) => this.onClosed(conn, event.code ?? 1006, event.reason ?? "");
@@ -453,7 +463,7 @@ export class FiretowerClient extends Emitter {
         }
     }
     schedulePing(conn) {
-        conn.timers.push(setTimeout(async () => {
+        conn.pingTimer = setTimeout(async () => {
             if (conn.closed) {
                 return;
             }
@@ -466,7 +476,7 @@ export class FiretowerClient extends Emitter {
                     this.drop(conn, 1006, `no pong within ${this.requestTimeoutMs} ms`);
                 }
             }
-        }, this.pingIntervalMs));
+        }, this.pingIntervalMs);
     }
     /**
      * Subscribe `entries` on `conn`, in as few frames as the frame limit allows (one per
@@ -652,9 +662,8 @@ export class FiretowerClient extends Emitter {
         conn.closed = true;
         conn.ready = false;
         conn.ws.onopen = conn.ws.onmessage = conn.ws.onclose = conn.ws.onerror = null;
-        for (const t of conn.timers) {
-            clearTimeout(t);
-        }
+        clearTimeout(conn.openTimer);
+        clearTimeout(conn.pingTimer);
         clearTimeout(this.stableTimer);
         if (this.conn === conn) {
             this.conn = undefined;
@@ -723,9 +732,8 @@ export class FiretowerClient extends Emitter {
         if (conn !== undefined && !conn.closed) {
             conn.closed = true;
             conn.ws.onopen = conn.ws.onmessage = conn.ws.onclose = conn.ws.onerror = null;
-            for (const t of conn.timers) {
-                clearTimeout(t);
-            }
+            clearTimeout(conn.openTimer);
+            clearTimeout(conn.pingTimer);
             try {
                 conn.ws.close(1000, "client closed");
             }
@@ -769,11 +777,17 @@ export class FiretowerClient extends Emitter {
         }
     }
     onListenerError(error) {
-        if (this.listenerCount("error") > 0) {
+        // An `error` listener that throws is not fed its own exception again.
+        if (this.reportingHandlerError || this.listenerCount("error") === 0) {
+            super.onListenerError(error);
+            return;
+        }
+        this.reportingHandlerError = true;
+        try {
             this.emit("error", new FiretowerError("handler_error", `a handler threw: ${String(error)}`, { cause: error }));
         }
-        else {
-            super.onListenerError(error);
+        finally {
+            this.reportingHandlerError = false;
         }
     }
 }

@@ -39,7 +39,10 @@ fn typescript_client_suites_against_this_build() {
         .next()
         .and_then(|m| m.parse().ok())
         .unwrap_or(0);
-    assert!(major >= 18, "node {version} is too old: the client needs 18+");
+    assert!(
+        major >= 18,
+        "node {version} is too old: the client needs 18+"
+    );
     for module in ["typescript", "ws", "playwright-core"] {
         assert!(
             pkg.join("node_modules").join(module).is_dir(),

@@ -6,7 +6,7 @@ import { after, before, test } from "node:test";
 import WebSocket from "ws";
 
 import { FiretowerClient, ForbiddenError, UnauthorizedError } from "../dist/index.js";
-import { Cluster, eventually, killHard, signHs256, sleep } from "./cluster.mjs";
+import { Cluster, eventually, httpPostJson, killHard, signHs256, sleep } from "./cluster.mjs";
 
 const SECRET = "typescript-client-secret-0123456789";
 
@@ -225,4 +225,27 @@ test("kill -9 and restart on the same address: the client comes back by itself",
     await sleep(100);
     return box.messages.length > 0;
   }, "a message through the restarted gateway");
+});
+
+test("firetower dev: anonymous clients and demo tokens side by side", async () => {
+  const r = await httpPostJson(cluster.devGateway, "/demo/token", { user: "alice" });
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  assert.equal(r.body.user, "alice");
+  assert.equal(r.headers["cache-control"], "no-store");
+  const named = client({ url: Cluster.url(cluster.devGateway), token: r.body.token });
+  await named.connect();
+  assert.equal(named.user, "alice");
+  await named.subscribe("demo.lobby", { onMessage() {} });
+  await assert.rejects(named.subscribe("room.1", { onMessage() {} }), (e) => e instanceof ForbiddenError);
+  const anonymous = client({ url: Cluster.url(cluster.devGateway) });
+  await anonymous.connect();
+  assert.equal(anonymous.user, undefined);
+  await anonymous.subscribe("room.anything", { onMessage() {} });
+
+  const refused = await httpPostJson(cluster.devGateway, "/demo/token", { user: "<script>" });
+  assert.equal(refused.status, 400);
+  assert.equal(refused.body.code, "invalid_field");
+  const off = await httpPostJson(auth.addr, "/demo/token", { user: "alice" });
+  assert.equal(off.status, 404, "off unless [demo] tokens = true");
+  assert.equal(off.body.code, "not_found");
 });

@@ -5,7 +5,7 @@
 import { spawn, spawnSync } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { get } from "node:http";
+import { get, request } from "node:http";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -60,6 +60,40 @@ export function httpGet(addr, path) {
     });
     req.on("timeout", () => req.destroy(new Error("timeout")));
     req.on("error", fail);
+  });
+}
+
+/** POST a JSON body to http://addr/path: { status, body (parsed when JSON), headers }. */
+export function httpPostJson(addr, path, value) {
+  const payload = Buffer.from(JSON.stringify(value));
+  return new Promise((ok, fail) => {
+    const req = request(
+      {
+        host: addr.split(":")[0],
+        port: Number(addr.split(":")[1]),
+        path,
+        method: "POST",
+        timeout: 2000,
+        headers: { "Content-Type": "application/json", "Content-Length": payload.length },
+      },
+      (res) => {
+        let body = "";
+        res.setEncoding("utf8");
+        res.on("data", (c) => (body += c));
+        res.on("end", () => {
+          let parsed = body;
+          try {
+            parsed = JSON.parse(body);
+          } catch {
+            // Not JSON: keep the text.
+          }
+          ok({ status: res.statusCode, body: parsed, headers: res.headers });
+        });
+      },
+    );
+    req.on("timeout", () => req.destroy(new Error("timeout")));
+    req.on("error", fail);
+    req.end(payload);
   });
 }
 

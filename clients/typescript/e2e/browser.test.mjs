@@ -74,6 +74,8 @@ async function join(page, name, room) {
   await page.fill("#room", room);
   await page.click("#join-button");
   await page.waitForSelector('#status[data-state="connected"]', { timeout: 20_000 });
+  assert.equal(await page.isVisible("#join"), false, "the join form is gone once joined");
+  assert.equal(await page.isVisible("#chat"), true);
 }
 
 async function say(page, text) {

@@ -1,7 +1,7 @@
 //! `firetower dev`: a whole cluster on loopback in one process, for trying Firetower out.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -30,6 +30,31 @@ pub struct DevArgs {
 
 /// The gateway `firetower dev` runs.
 const DEV_GATEWAY: u64 = 1;
+/// The HS256 secret the dev gateway verifies tokens with and signs the demo page's tokens
+/// with; made on the first run, kept in the data directory.
+const DEMO_SECRET_FILE: &str = "jwt-secret";
+
+/// The dev gateway's HS256 secret file, made (32 random bytes, hex) when missing.
+fn ensure_jwt_secret(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let path = data_dir.join(DEMO_SECRET_FILE);
+    if path.exists() {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let secret: [u8; 32] = rand::random();
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    std::io::Write::write_all(&mut file, format!("{hex}\n").as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     // Secure like a real cluster: a CA and certificates of its own, made on the first run.
@@ -102,11 +127,20 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         Some(dir) => Some(crate::certs_cmd::ensure_client_tls(dir, &[])?),
         None => None,
     };
+    // Anonymous clients may do everything; a client with a token is verified against this
+    // secret, which also signs the demo page's tokens (POST /demo/token), so the page can
+    // show who is online.
+    let jwt_secret = ensure_jwt_secret(&args.data_dir)?;
     let gateway_args = crate::gateway_cmd::GatewayArgs {
         id: Some(DEV_GATEWAY),
         listen: Some(args.listen),
         managers: Some(admins.join(",")),
         allow_anonymous: true,
+        demo_tokens: true,
+        auth: Some(firetower_gateway::AuthConfig {
+            hs256_secret_file: Some(jwt_secret.clone()),
+            ..firetower_gateway::AuthConfig::default()
+        }),
         client_tls_cert: client_tls.as_ref().map(|c| c.cert_file.clone()),
         client_tls_key: client_tls.as_ref().map(|c| c.key_file.clone()),
         tls: crate::tls_flags::TlsFlags {
@@ -128,7 +162,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  WebSocket:  {url}   (subprotocol firetower.json)");
     println!(
         "  clients:    anonymous (--allow-anonymous): any client may subscribe and publish to \
-         every topic; configure [auth] for JWT (docs/gateway.md)"
+         every topic;"
+    );
+    println!(
+        "              a client with a token is verified (HS256, secret in {}; docs/gateway.md)",
+        jwt_secret.display()
+    );
+    println!(
+        "  demo page:  {http}://{addr}/  (a chat room on @firetower/client; its tokens come from \
+         POST /demo/token, for trying Firetower out only)"
     );
     println!("  health:     {http}://{addr}/readyz   metrics: {http}://{addr}/metrics");
     if let Some(dir) = &args.client_tls_dir {

@@ -46,6 +46,14 @@ pub struct GatewayArgs {
     /// gateway with no [auth] and no connect hook refuses to start.
     #[arg(long)]
     pub allow_anonymous: bool,
+    /// Serve `POST /demo/token` for the demo page at `/` (`[demo] tokens = true`): it signs a
+    /// 10-minute token for any name it is given (topics `demo.*` only) with the [auth] HS256
+    /// secret. For trying Firetower out, never where real users connect.
+    #[arg(long)]
+    pub demo_tokens: bool,
+    /// `[auth]` chosen by the caller (`firetower dev`), in place of the file's.
+    #[arg(skip)]
+    pub auth: Option<firetower_gateway::AuthConfig>,
     /// Serve TLS to clients (`wss://`, `https://`, and TLS on `--tcp`) with this PEM
     /// certificate chain (`[client_tls] cert_file`); SIGHUP reloads it.
     #[arg(long, requires = "client_tls_key")]
@@ -127,12 +135,22 @@ pub async fn start(args: &GatewayArgs) -> anyhow::Result<(GatewayHandle, Cluster
         config.client_tls = Some(tls);
     }
     config.allow_anonymous |= args.allow_anonymous;
+    config.demo_tokens |= args.demo_tokens;
+    if let Some(auth) = &args.auth {
+        config.auth = Some(auth.clone());
+    }
     config.validate().context("invalid gateway configuration")?;
     config.require_authentication()?;
     if config.allow_anonymous {
         tracing::warn!(
             "--allow-anonymous: clients without credentials may subscribe and publish to \
              every topic"
+        );
+    }
+    if config.demo_tokens {
+        tracing::warn!(
+            "demo tokens: POST /demo/token signs a token for any name (topics demo.*); for \
+             trying Firetower out only"
         );
     }
     let mut tls = args.tls.clone();

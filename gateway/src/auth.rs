@@ -168,6 +168,27 @@ fn read_limited(key: &'static str, path: &Path) -> Result<Vec<u8>, AuthConfigErr
     std::fs::read(path).map_err(|e| unreadable(e.to_string()))
 }
 
+/// The HS256 secret in `path` (`[auth] hs256_secret_file`): its bytes, a trailing newline
+/// stripped, at least 16 of them. Verification and the demo's token endpoint both use it.
+pub(crate) fn read_hs256_secret(path: &Path) -> Result<Vec<u8>, AuthConfigError> {
+    let key = "hs256_secret_file";
+    let mut secret = read_limited(key, path)?;
+    while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        secret.pop();
+    }
+    if secret.len() < 16 {
+        return Err(AuthConfigError::BadKey {
+            key,
+            path: path.display().to_string(),
+            reason: format!(
+                "the secret is {} bytes; use at least 16 (32 random bytes is usual)",
+                secret.len()
+            ),
+        });
+    }
+    Ok(secret)
+}
+
 impl Verifier {
     /// Read the keys `config` names.
     pub(crate) fn load(config: &AuthConfig) -> Result<Verifier, AuthConfigError> {
@@ -186,21 +207,7 @@ impl Verifier {
             return Err(AuthConfigError::Leeway(config.leeway_s));
         }
         let keys = if let Some(path) = &config.hs256_secret_file {
-            let key = "hs256_secret_file";
-            let mut secret = read_limited(key, path)?;
-            while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                secret.pop();
-            }
-            if secret.len() < 16 {
-                return Err(AuthConfigError::BadKey {
-                    key,
-                    path: path.display().to_string(),
-                    reason: format!(
-                        "the secret is {} bytes; use at least 16 (32 random bytes is usual)",
-                        secret.len()
-                    ),
-                });
-            }
+            let secret = read_hs256_secret(path)?;
             Keys::Single(DecodingKey::from_secret(&secret), Algorithm::HS256)
         } else if let Some(path) = &config.public_key_file {
             let key = "public_key_file";

@@ -160,6 +160,10 @@ pub struct GatewayConfig {
     pub allowed_origins: Vec<String>,
     /// `[client_tls]`: serve TLS on the client and TCP ports; plaintext when `None`.
     pub client_tls: Option<ClientTlsConfig>,
+    /// `[demo] tokens`: `POST /demo/token` signs a short token for any user name it is given
+    /// (topics `demo.*`) with the `[auth]` HS256 secret, for the demo page. For trying
+    /// Firetower out only: anyone can claim any name.
+    pub demo_tokens: bool,
 }
 
 impl Default for GatewayConfig {
@@ -178,6 +182,7 @@ impl Default for GatewayConfig {
             allow_anonymous: false,
             allowed_origins: Vec::new(),
             client_tls: None,
+            demo_tokens: false,
         }
     }
 }
@@ -223,6 +228,9 @@ pub enum ConfigError {
     /// `[hooks]` cannot work.
     #[error("{0}")]
     Hooks(String),
+    /// `[demo] tokens` without an HS256 secret to sign them with.
+    #[error("[demo] tokens = true (--demo-tokens) signs tokens with the HS256 secret: add [auth] with `hs256_secret_file`")]
+    DemoTokensNeedHs256,
     /// Nobody would ever be let in, or everybody would without saying so.
     #[error("no client authentication is configured: add [auth] (JWT) or [hooks] with the `connect` event to the config file, or pass --allow-anonymous to let every client do everything")]
     NoAuth,
@@ -321,6 +329,14 @@ impl GatewayConfig {
             }
         }
 
+        if self.demo_tokens
+            && self
+                .auth
+                .as_ref()
+                .is_none_or(|a| a.hs256_secret_file.is_none())
+        {
+            return Err(ConfigError::DemoTokensNeedHs256);
+        }
         if self.tcp_listen == Some(self.listen) && self.listen.port() != 0 {
             return Err(ConfigError::SameAddress(self.listen));
         }
@@ -366,6 +382,16 @@ pub struct GatewayFile {
     pub hooks: Option<HooksConfig>,
     /// TLS towards clients (`wss://`, `https://`, TLS on the TCP port).
     pub client_tls: Option<ClientTlsConfig>,
+    /// The demo page's token endpoint.
+    pub demo: DemoFile,
+}
+
+/// `[demo]` of the gateway file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DemoFile {
+    /// Serve `POST /demo/token` (`--demo-tokens`); needs `[auth]` with an HS256 secret.
+    pub tokens: bool,
 }
 
 /// `[tls]` of the gateway file: the cluster certificates (mutual TLS towards the managers).
@@ -494,6 +520,7 @@ impl GatewayFile {
             client_tls: self.client_tls.clone(),
             allow_anonymous: self.allow_anonymous,
             allowed_origins: self.allowed_origins.clone(),
+            demo_tokens: self.demo.tokens,
         }
     }
 }
@@ -551,6 +578,29 @@ mod tests {
             ..GatewayConfig::default()
         };
         c.require_authentication().unwrap();
+    }
+
+    #[test]
+    fn demo_tokens_need_an_hs256_secret() {
+        let file = GatewayFile::parse("allow_anonymous = true\n[demo]\ntokens = true\n").unwrap();
+        let mut c = file.to_config();
+        assert!(c.demo_tokens);
+        assert_eq!(c.validate(), Err(ConfigError::DemoTokensNeedHs256));
+        c.auth = Some(AuthConfig {
+            public_key_file: Some("/etc/firetower/jwt.pem".into()),
+            ..AuthConfig::default()
+        });
+        assert_eq!(c.validate(), Err(ConfigError::DemoTokensNeedHs256));
+        c.auth = Some(AuthConfig {
+            hs256_secret_file: Some("/etc/firetower/secret".into()),
+            ..AuthConfig::default()
+        });
+        c.validate().unwrap();
+        assert!(
+            !GatewayFile::default().to_config().demo_tokens,
+            "off by default"
+        );
+        assert!(GatewayFile::parse("[demo]\ntoken = true\n").is_err());
     }
 
     #[test]

@@ -33,6 +33,7 @@ use firetower_client::{Payload, ServerFrame};
 use crate::api::{self, ApiRequest, ApiResponse};
 use crate::auth::{AuthError, Op, Principal};
 use crate::config::{ConnectionLimits, GatewayConfig};
+use crate::demo;
 use crate::hooks::{Caller, Denial, HookEvent, HookOutcome};
 use crate::http;
 use crate::index::{ConnId, IndexError};
@@ -96,6 +97,19 @@ pub(crate) async fn serve_http(
     };
     if head.path.starts_with("/api/") {
         Box::pin(serve_api(&shared, &mut stream, &head, head_len, buf)).await;
+        return;
+    }
+    if let Some(route) = demo::route(&head.path) {
+        let response = Box::pin(demo_response(
+            &shared,
+            &mut stream,
+            route,
+            &head,
+            head_len,
+            buf,
+        ))
+        .await;
+        respond(&mut stream, response, limits).await;
         return;
     }
     let upgrade = if head.path == "/ws" {
@@ -163,7 +177,7 @@ pub(crate) async fn serve_http(
         ),
         _ => http::text_response(
             404,
-            "not found; try /ws, /healthz, /readyz, /metrics or POST /api/publish\n",
+            "not found; try /ws, /healthz, /readyz, /metrics, POST /api/publish or / (the demo page)\n",
         ),
     };
     respond(&mut stream, response, limits).await;
@@ -242,24 +256,15 @@ async fn api_response(
             "missing or unknown API key: send `Authorization: apikey <key>`",
         ));
     }
-    let limits = &shared.config.limits;
-    let len = api::content_length(head, limits.max_frame_bytes)?;
-    let mut body = api::body_so_far(buf, head_len);
-    let deadline = tokio::time::Instant::now() + limits.handshake_timeout;
-    while body.len() < len {
-        body.reserve(len - body.len());
-        match tokio::time::timeout_at(deadline, stream.read_buf(&mut body)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => {
-                return Err(ApiResponse::error(
-                    400,
-                    "bad_request",
-                    "the body ended before Content-Length bytes arrived",
-                ))
-            }
-        }
-    }
-    body.truncate(len);
+    let body = read_body(
+        stream,
+        head,
+        head_len,
+        buf,
+        shared.config.limits.max_frame_bytes,
+        shared.config.limits.handshake_timeout,
+    )
+    .await?;
     let request = api::parse(&head.path, &body)?;
     let publish = |topic: Arc<str>, data: firetower_client::Payload| {
         let shared = shared.clone();
@@ -322,6 +327,82 @@ async fn api_response(
                 })
                 .collect();
             Ok(api::broadcast_response(results))
+        }
+    }
+}
+
+/// The body of a request with `Content-Length` (at most `max` bytes), read within `timeout`:
+/// what `buf` holds past the head, then the rest from the socket.
+async fn read_body(
+    stream: &mut Transport,
+    head: &RequestHead,
+    head_len: usize,
+    buf: &mut BytesMut,
+    max: usize,
+    timeout: std::time::Duration,
+) -> Result<BytesMut, ApiResponse> {
+    let len = api::content_length(head, max)?;
+    let mut body = api::body_so_far(buf, head_len);
+    let deadline = tokio::time::Instant::now() + timeout;
+    while body.len() < len {
+        body.reserve(len - body.len());
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut body)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => {
+                return Err(ApiResponse::error(
+                    400,
+                    "bad_request",
+                    "the body ended before Content-Length bytes arrived",
+                ))
+            }
+        }
+    }
+    body.truncate(len);
+    Ok(body)
+}
+
+/// The demo page's files, and `POST /demo/token` when `[demo] tokens` is on.
+async fn demo_response(
+    shared: &Arc<Shared>,
+    stream: &mut Transport,
+    route: demo::Route,
+    head: &RequestHead,
+    head_len: usize,
+    mut buf: BytesMut,
+) -> Vec<u8> {
+    let allowed = match route {
+        demo::Route::Asset(_) => head.method == "GET" || head.method == "HEAD",
+        demo::Route::Token => head.method == "POST",
+    };
+    if !allowed {
+        return http::text_response(405, "method not allowed\n");
+    }
+    match route {
+        demo::Route::Asset(asset) => demo::asset_response(asset),
+        demo::Route::Token => {
+            let Some(tokens) = &shared.demo else {
+                return demo::tokens_off();
+            };
+            let body = match read_body(
+                stream,
+                head,
+                head_len,
+                &mut buf,
+                demo::MAX_TOKEN_REQUEST,
+                shared.config.limits.handshake_timeout,
+            )
+            .await
+            {
+                Ok(body) => body,
+                Err(refused) => return demo::json_response(refused.status, &refused.body),
+            };
+            match tokens.answer(&body, SystemTime::now()) {
+                Ok(answer) => demo::json_response(200, &answer),
+                Err(e) => {
+                    let (status, code) = e.status_and_code();
+                    demo::refusal(status, code, &e.to_string())
+                }
+            }
         }
     }
 }

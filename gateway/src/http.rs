@@ -6,6 +6,7 @@
 //!   GET /healthz       ─▶ 200 while the process serves
 //!   GET /readyz        ─▶ 200 when Upstream::ready(), else 503
 //!   GET /metrics       ─▶ Prometheus text
+//!   GET /, POST /demo/token ─▶ the demo page and its tokens (`demo.rs`)
 //!   anything else      ─▶ 404 (405 for other methods)
 //! ```
 //!
@@ -15,27 +16,42 @@
 
 /// A complete response with a text body and `Connection: close`.
 pub(crate) fn response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        426 => "Upgrade Required",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "Error",
-    };
     let extra = if status == 426 {
         "Sec-WebSocket-Version: 13\r\n"
     } else {
         ""
     };
-    format!(
+    response_with_headers(status, content_type, extra, body.as_bytes())
+}
+
+/// A complete response with `headers` (each line ending in CRLF) and `Connection: close`.
+pub(crate) fn response_with_headers(
+    status: u16,
+    content_type: &str,
+    headers: &str,
+    body: &[u8],
+) -> Vec<u8> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    let mut out = format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         {extra}Connection: close\r\n\r\n{body}",
+         {headers}Connection: close\r\n\r\n",
         body.len()
     )
-    .into_bytes()
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
 }
 
 /// A plain-text response.

@@ -33,6 +33,7 @@ mod connection;
 mod control;
 mod control_feed;
 mod delivery_guard;
+mod demo;
 mod hooks;
 mod http;
 mod index;
@@ -52,7 +53,7 @@ pub use api::{ApiConfig, ApiConfigError};
 pub use auth::{AuthConfig, AuthConfigError};
 pub use cluster::{ClusterOptions, ClusterUpstream};
 pub use config::{
-    ClusterTlsFile, ConfigError, ConnectionLimits, FileError, GatewayConfig, GatewayFile,
+    ClusterTlsFile, ConfigError, ConnectionLimits, DemoFile, FileError, GatewayConfig, GatewayFile,
     LimitsFile,
 };
 pub use control::{ConnectionInfo, ControlEvent, ControlReceiver, GatewayStats};

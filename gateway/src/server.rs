@@ -132,6 +132,14 @@ impl Gateway {
             Some(api) => Some(crate::api::ApiKeys::load(api)?),
             None => None,
         };
+        // validate() refused demo tokens without an HS256 secret.
+        let demo = match (&config.auth, config.demo_tokens) {
+            (Some(auth), true) => match &auth.hs256_secret_file {
+                Some(secret) => Some(crate::demo::DemoTokens::load(auth, secret)?),
+                None => None,
+            },
+            _ => None,
+        };
         let tls = match &config.client_tls {
             Some(files) => Some(Arc::new(ClientTls::new(files.clone())?)),
             None => None,
@@ -188,6 +196,7 @@ impl Gateway {
             verifier,
             api_keys,
             hooks,
+            demo,
             bans: Mutex::new(Arc::new(Vec::new())),
             user_buckets: Mutex::new(HashMap::new()),
         });

@@ -143,6 +143,8 @@ pub(crate) struct Shared {
     pub(crate) api_keys: Option<ApiKeys>,
     /// The application's lifecycle hooks (`[hooks]`).
     pub(crate) hooks: Option<crate::hooks::Hooks>,
+    /// The demo page's token signer (`[demo] tokens`).
+    pub(crate) demo: Option<crate::demo::DemoTokens>,
     /// The operator bans as last pushed by the cluster.
     pub(crate) bans: Mutex<Arc<Vec<Ban>>>,
     /// Runs a recovery (recovery::start).

@@ -16,7 +16,11 @@ async fn healthz_readyz_metrics_and_404() {
     assert_eq!(http_get(addr, "/readyz").await.0, 503);
     fake.ready.store(true, Ordering::SeqCst);
     assert_eq!(http_get(addr, "/nope").await.0, 404);
-    assert_eq!(http_get(addr, "/").await.0, 404);
+    assert_eq!(
+        http_get(addr, "/").await.0,
+        200,
+        "the demo page (tests/demo.rs)"
+    );
 
     let mut ws = connect(addr, None).await;
     subscribe(&mut ws, "m", 1).await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use firetower_link::{Role, Security};
 use firetower_manager::{connect_admin, Manager, ManagerConfig, RaftTuning, TlsSettings};
-use firetower_proto::admin::{DescribeRequest, InitRequest};
+use firetower_proto::admin::{DescribeRequest, InitRequest, SetRuleRequest};
 
 #[derive(clap::Args, Debug)]
 pub struct DevArgs {
@@ -27,6 +27,9 @@ pub struct DevArgs {
     #[arg(long)]
     client_tls_dir: Option<PathBuf>,
 }
+
+/// The demo page's topics: with history and presence in `firetower dev`.
+const DEMO_TOPICS: &str = "demo.*";
 
 /// The gateway `firetower dev` runs.
 const DEV_GATEWAY: u64 = 1;
@@ -122,6 +125,20 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let leaderless = managers[0].wait_for_leaders(Duration::from_secs(10)).await;
     if !leaderless.is_empty() {
         anyhow::bail!("groups {leaderless:?} elected no leader; see the log above");
+    }
+    // The demo room keeps its last messages (reload shows them, reconnects recover) and
+    // shows who is online.
+    for (kind, size, ttl_ms) in [("history", 200, 24 * 3_600_000), ("presence", 0, 0)] {
+        first
+            .set_rule(SetRuleRequest {
+                kind: kind.into(),
+                pattern: DEMO_TOPICS.into(),
+                size,
+                ttl_ms,
+                remove: false,
+            })
+            .await
+            .map_err(crate::cluster::status)?;
     }
     let client_tls = match &args.client_tls_dir {
         Some(dir) => Some(crate::certs_cmd::ensure_client_tls(dir, &[])?),

@@ -665,8 +665,12 @@ impl ClusterUpstream {
                 }
                 // A query before the routing: this manager's own session is not open yet.
                 Some(session_frame::Frame::ConnectionsQuery(_)) => {}
-                // Join and leave events: this gateway does not report presence yet, so it
-                // has no subscriber that asked for them.
+                Some(session_frame::Frame::Presence(p)) if trusted => {
+                    self.inner
+                        .controls
+                        .offer_presence(p.topic, p.user, p.joined);
+                }
+                // Before the routing: the session is not this gateway's yet.
                 Some(session_frame::Frame::Presence(_)) => {}
                 None => {}
             }
@@ -1009,6 +1013,39 @@ impl Upstream for ClusterUpstream {
                         offset: p.offset,
                     }),
                 })
+                .map_err(upstream_error)
+        })
+    }
+
+    fn presence_update(
+        &self,
+        topic: &str,
+        user: &str,
+        connections: u32,
+    ) -> BoxFuture<'static, Result<(), UpstreamError>> {
+        let this = self.clone();
+        let (topic, user) = (topic.to_string(), user.to_string());
+        Box::pin(async move {
+            this.inner
+                .link
+                .presence_update(&topic, &user, connections)
+                .await
+                .map(|_| ())
+                .map_err(upstream_error)
+        })
+    }
+
+    fn presence(
+        &self,
+        topic: &str,
+    ) -> BoxFuture<'static, Result<Option<Vec<(String, u32)>>, UpstreamError>> {
+        let this = self.clone();
+        let topic = topic.to_string();
+        Box::pin(async move {
+            this.inner
+                .link
+                .presence(&topic)
+                .await
                 .map_err(upstream_error)
         })
     }

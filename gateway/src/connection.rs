@@ -44,7 +44,7 @@ use crate::session::{
     Action, ClientSession, SessionCounts, CLOSE_FORBIDDEN, CLOSE_HOOK_UNAVAILABLE,
     CLOSE_TOO_MANY_CONNECTIONS, CLOSE_UNAUTHORIZED,
 };
-use crate::shared::{apply, spawn_guarded, unix_ms, ConnCtx, Shared};
+use crate::shared::{apply, presence_change, spawn_guarded, unix_ms, ConnCtx, Shared, State};
 use crate::transport::Transport;
 use crate::upstream::{Stamp, UpstreamError};
 use crate::wire::Wire;
@@ -786,11 +786,17 @@ impl Driver {
                     id,
                     topics,
                     recover,
+                    join_leave,
                 } => {
                     if self.permitted(now, id, Op::Subscribe, &topics)
                         && self.subscribe_hook(id, &topics).await
                     {
-                        self.subscribe_recovering(id, &topics, recover);
+                        self.subscribe_recovering(id, &topics, recover, join_leave);
+                    }
+                }
+                Action::Presence { id, topic } => {
+                    if self.permitted(now, id, Op::Subscribe, std::slice::from_ref(&topic)) {
+                        self.presence(id, topic);
                     }
                 }
                 Action::History { id, topic, limit } => {
@@ -1073,10 +1079,70 @@ impl Driver {
         }
     }
 
+    /// The topics of `topics` this connection does not hold yet.
+    fn newly_held(&self, state: &State, topics: &[Arc<str>]) -> Vec<Arc<str>> {
+        topics
+            .iter()
+            .filter(|t| !state.index.holds(self.ctx.id, t))
+            .cloned()
+            .collect()
+    }
+
+    /// This connection's user now holds (or no longer holds) `topics`: presence counts.
+    fn count_presence(&self, state: &mut State, topics: &[Arc<str>], joined: bool) {
+        let Some(user) = self.ctx.user.get() else {
+            return;
+        };
+        for t in topics {
+            presence_change(&self.shared, state, t, user, joined);
+        }
+    }
+
+    /// The `presence` op: who is on `topic` over every gateway.
+    fn presence(&self, id: u64, topic: Arc<str>) {
+        let shared = self.shared.clone();
+        let ctx = self.ctx.clone();
+        let on_panic = {
+            let ctx = self.ctx.clone();
+            move || {
+                ctx.reply(&ServerFrame::error(
+                    Some(id),
+                    "internal_error",
+                    "the gateway failed while asking for presence; retry",
+                ))
+            }
+        };
+        spawn_guarded(
+            &self.shared,
+            async move {
+                let asked = tokio::time::timeout(
+                    shared.config.request_timeout,
+                    shared.upstream.presence(&topic),
+                )
+                .await
+                .unwrap_or(Err(UpstreamError::Timeout));
+                ctx.reply(&match asked {
+                    Ok(Some(users)) => ServerFrame::Presence { id, topic, users },
+                    Ok(None) => ServerFrame::error(
+                        Some(id),
+                        "presence_disabled",
+                        format!("no presence rule covers {topic:?} (`cluster presence enable`)"),
+                    ),
+                    Err(e) => ServerFrame::error(Some(id), e.code(), e.to_string()),
+                });
+            },
+            on_panic,
+        );
+    }
+
     fn subscribe(&self, id: u64, topics: &[Arc<str>]) {
         let mut state = lock(&self.shared.state);
+        let new = self.newly_held(&state, topics);
         match state.index.subscribe(self.ctx.id, id, topics) {
-            Ok(effects) => apply(&self.shared, &mut state, effects),
+            Ok(effects) => {
+                self.count_presence(&mut state, &new, true);
+                apply(&self.shared, &mut state, effects)
+            }
             Err(e @ IndexError::TooManyTopics { .. }) => {
                 drop(state);
                 self.ctx.reply(&ServerFrame::error(
@@ -1095,11 +1161,23 @@ impl Driver {
         id: u64,
         topics: &[Arc<str>],
         recover: Vec<(Arc<str>, firetower_client::Position)>,
+        join_leave: bool,
     ) {
         let mut state = lock(&self.shared.state);
-        state.recoveries.insert((self.ctx.id, id), recover);
+        if !recover.is_empty() {
+            state.recoveries.insert((self.ctx.id, id), recover);
+        }
+        let new = self.newly_held(&state, topics);
         match state.index.subscribe(self.ctx.id, id, topics) {
-            Ok(effects) => apply(&self.shared, &mut state, effects),
+            Ok(effects) => {
+                if join_leave {
+                    for t in topics {
+                        state.join_leave.insert((self.ctx.id, t.clone()));
+                    }
+                }
+                self.count_presence(&mut state, &new, true);
+                apply(&self.shared, &mut state, effects)
+            }
             Err(e @ IndexError::TooManyTopics { .. }) => {
                 state.recoveries.remove(&(self.ctx.id, id));
                 drop(state);
@@ -1114,6 +1192,15 @@ impl Driver {
 
     fn unsubscribe(&self, id: u64, topics: &[Arc<str>]) {
         let mut state = lock(&self.shared.state);
+        let held: Vec<Arc<str>> = topics
+            .iter()
+            .filter(|t| state.index.holds(self.ctx.id, t))
+            .cloned()
+            .collect();
+        self.count_presence(&mut state, &held, false);
+        for t in &held {
+            state.join_leave.remove(&(self.ctx.id, t.clone()));
+        }
         let effects = state.index.unsubscribe(self.ctx.id, topics);
         apply(&self.shared, &mut state, effects);
         drop(state);

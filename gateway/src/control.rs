@@ -27,6 +27,16 @@ pub enum ControlEvent {
         /// When the operator asked, Unix milliseconds.
         at_ms: u64,
     },
+    /// A user joined (its first connection anywhere subscribed) or left `topic`: told to
+    /// the connections that subscribed with `join_leave`.
+    Presence {
+        /// The topic.
+        topic: Arc<str>,
+        /// The user.
+        user: String,
+        /// True for a join.
+        joined: bool,
+    },
     /// Where is `user` connected on this gateway.
     Connections {
         /// The user id.

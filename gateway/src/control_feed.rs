@@ -295,6 +295,27 @@ impl ControlFeed {
         true
     }
 
+    /// A join or leave of `topic` (from a trusted session). False when refused.
+    pub(crate) fn offer_presence(&self, topic: String, user: String, joined: bool) -> bool {
+        if !valid_user(&user) || firetower_proto::validate_topic(&topic).is_err() {
+            self.reject(ControlRejected::UserInvalid);
+            return false;
+        }
+        {
+            let mut state = self.state();
+            self.push_event(
+                &mut state,
+                ControlEvent::Presence {
+                    topic: Arc::from(topic),
+                    user,
+                    joined,
+                },
+            );
+        }
+        self.notify.notify_one();
+        true
+    }
+
     /// A connections query; the answer comes on `reply`. False when refused (bad user).
     pub(crate) fn offer_query(
         &self,

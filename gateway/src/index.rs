@@ -180,6 +180,19 @@ impl SubscriptionIndex {
         Ok(effects)
     }
 
+    /// True when `conn` holds `topic` (in any state).
+    pub fn holds(&self, conn: ConnId, topic: &str) -> bool {
+        self.conns.get(&conn).is_some_and(|t| t.contains(topic))
+    }
+
+    /// The topics `conn` holds.
+    pub fn held_topics(&self, conn: ConnId) -> Vec<Arc<str>> {
+        self.conns
+            .get(&conn)
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Connection `conn` leaves `topics` (topics it does not hold are ignored). The caller acks
     /// at once: leaving needs no commit.
     pub fn unsubscribe(&mut self, conn: ConnId, topics: &[Arc<str>]) -> Vec<Effect> {

@@ -48,6 +48,11 @@ pub(crate) async fn control_loop(shared: Arc<Shared>, mut controls: ControlRecei
             ControlEvent::Connections { user, reply } => {
                 let _ = reply.send(connections_of(&shared, &user));
             }
+            ControlEvent::Presence {
+                topic,
+                user,
+                joined,
+            } => crate::shared::presence_event(&shared, &topic, user, joined),
         }
     }
 }

@@ -42,7 +42,7 @@ use crate::index::{ConnId, SubscriptionIndex};
 use crate::locks::lock;
 use crate::metrics::{inc, Metrics, MetricsSnapshot};
 use crate::queue::PushOutcome;
-use crate::shared::{apply, panic_text, spawn_guarded, Shared, State};
+use crate::shared::{apply, panic_text, presence_change, spawn_guarded, Shared, State};
 use crate::transport::{tls_handshake, ClientTls, ClientTlsError, Transport};
 use crate::upstream::{Delivery, Upstream};
 
@@ -86,12 +86,19 @@ struct ConnGuard {
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         let mut state = lock(&self.shared.state);
+        let mut user = None;
         if let Some(ctx) = state.conns.remove(&self.id) {
-            if let Some(user) = ctx.user.get() {
-                self.shared.remove_user_connection(&mut state, user);
+            if let Some(u) = ctx.user.get() {
+                self.shared.remove_user_connection(&mut state, u);
+                user = Some(u.clone());
             }
         }
         state.forget_conn(self.id);
+        if let Some(user) = user.as_ref() {
+            for topic in state.index.held_topics(self.id) {
+                presence_change(&self.shared, &mut state, &topic, user, false);
+            }
+        }
         let effects = state.index.remove_conn(self.id);
         apply(&self.shared, &mut state, effects);
         drop(state);
@@ -185,6 +192,8 @@ impl Gateway {
                 recoveries: HashMap::new(),
                 recovering: HashMap::new(),
                 gaps: HashMap::new(),
+                join_leave: std::collections::HashSet::new(),
+                presence: HashMap::new(),
             }),
             start_recovery: crate::recovery::start,
             config,

@@ -83,7 +83,10 @@ pub(crate) enum Action {
         id: u64,
         topics: Vec<Arc<str>>,
         recover: Vec<(Arc<str>, Position)>,
+        join_leave: bool,
     },
+    /// Ask the cluster who is present on a topic and answer `id`.
+    Presence { id: u64, topic: Arc<str> },
     /// Read a history topic's newest kept messages and answer `id`.
     History {
         id: u64,
@@ -577,13 +580,13 @@ impl ClientSession {
                 id,
                 topics,
                 recover,
-                join_leave: _,
+                join_leave,
             } => {
                 if !self.subscribe_bucket.take(now) {
                     self.rate_limited(now, queue, id);
                     return None;
                 }
-                if recover.is_empty() {
+                if recover.is_empty() && !join_leave {
                     return Some(Action::Subscribe { id, topics });
                 }
                 // Only topics of this request can be recovered.
@@ -595,6 +598,7 @@ impl ClientSession {
                     id,
                     topics,
                     recover,
+                    join_leave,
                 })
             }
             ClientFrame::History { id, topic, limit } => {
@@ -604,16 +608,12 @@ impl ClientSession {
                 }
                 Some(Action::History { id, topic, limit })
             }
-            ClientFrame::Presence { id, .. } => {
-                self.reply(
-                    queue,
-                    &ServerFrame::error(
-                        Some(id),
-                        "presence_disabled",
-                        "this gateway does not serve presence yet",
-                    ),
-                );
-                None
+            ClientFrame::Presence { id, topic } => {
+                if !self.subscribe_bucket.take(now) {
+                    self.rate_limited(now, queue, id);
+                    return None;
+                }
+                Some(Action::Presence { id, topic })
             }
             ClientFrame::Unsubscribe { id, topics } => {
                 if !self.subscribe_bucket.take(now) {
@@ -987,7 +987,8 @@ mod tests {
                     Action::Subscribe { id, .. }
                     | Action::Unsubscribe { id, .. }
                     | Action::SubscribeRecover { id, .. }
-                    | Action::History { id, .. } => {
+                    | Action::History { id, .. }
+                    | Action::Presence { id, .. } => {
                         prop_assert!(!self.session.is_closing(), "{:?} while closing", action);
                         self.reply(&ServerFrame::Ack { id: *id });
                     }

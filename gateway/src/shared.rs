@@ -75,6 +75,19 @@ pub(crate) struct State {
     pub(crate) recovering: HashMap<(ConnId, Arc<str>), RecoveryBuffer>,
     /// Messages dropped per connection and topic, not yet reported (`gap` frames).
     pub(crate) gaps: HashMap<ConnId, HashMap<Arc<str>, u64>>,
+    /// Connections that asked for the join and leave events of a topic.
+    pub(crate) join_leave: std::collections::HashSet<(ConnId, Arc<str>)>,
+    /// Per `(topic, user)`: this gateway's connections of the user holding the topic, and
+    /// whether the count is being sent to the topic's leader.
+    pub(crate) presence: HashMap<(Arc<str>, Arc<str>), PresenceSlot>,
+}
+
+/// This gateway's count of one user's connections on one topic, as the cluster must learn it.
+#[derive(Debug, Default)]
+pub(crate) struct PresenceSlot {
+    pub(crate) count: u32,
+    /// A task is sending the count (it sends again if the count moved meanwhile).
+    pub(crate) sending: bool,
 }
 
 impl State {
@@ -91,6 +104,9 @@ impl State {
     /// Everything kept for a connection that is gone.
     pub(crate) fn forget_conn(&mut self, conn: ConnId) {
         self.gaps.remove(&conn);
+        if !self.join_leave.is_empty() {
+            self.join_leave.retain(|(c, _)| *c != conn);
+        }
         if !self.recovering.is_empty() {
             self.recovering.retain(|(c, _), _| *c != conn);
         }
@@ -229,6 +245,96 @@ impl std::fmt::Debug for Shared {
         f.debug_struct("Shared")
             .field("config", &self.config)
             .finish_non_exhaustive()
+    }
+}
+
+/// `user`'s connections here on `topic` grew or shrank by one: the cluster learns the new
+/// count (one task per `(topic, user)` at a time, always sending the latest count).
+pub(crate) fn presence_change(
+    shared: &Arc<Shared>,
+    state: &mut State,
+    topic: &Arc<str>,
+    user: &Arc<str>,
+    joined: bool,
+) {
+    let key = (topic.clone(), user.clone());
+    let slot = state.presence.entry(key.clone()).or_default();
+    slot.count = if joined {
+        slot.count.saturating_add(1)
+    } else {
+        slot.count.saturating_sub(1)
+    };
+    if slot.sending {
+        return;
+    }
+    slot.sending = true;
+    let s = shared.clone();
+    let on_panic = {
+        let s = shared.clone();
+        let key = key.clone();
+        move || {
+            if let Some(slot) = lock(&s.state).presence.get_mut(&key) {
+                slot.sending = false;
+            }
+        }
+    };
+    spawn_guarded(
+        shared,
+        async move {
+            loop {
+                let Some(count) = lock(&s.state).presence.get(&key).map(|p| p.count) else {
+                    return;
+                };
+                let sent = tokio::time::timeout(
+                    s.config.request_timeout,
+                    s.upstream.presence_update(&key.0, &key.1, count),
+                )
+                .await;
+                let ok = matches!(sent, Ok(Ok(())));
+                if !ok {
+                    if s.cancel.is_cancelled() {
+                        return;
+                    }
+                    tracing::debug!(topic = %key.0, user = %key.1, "presence update failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    continue;
+                }
+                let mut state = lock(&s.state);
+                let Some(slot) = state.presence.get_mut(&key) else {
+                    return;
+                };
+                if slot.count == count {
+                    slot.sending = false;
+                    if count == 0 {
+                        state.presence.remove(&key);
+                    }
+                    return;
+                }
+            }
+        },
+        on_panic,
+    );
+}
+
+/// A join or leave from the cluster: told to every connection here that subscribed to `topic`
+/// with `join_leave`.
+pub(crate) fn presence_event(shared: &Shared, topic: &Arc<str>, user: String, joined: bool) {
+    let state = lock(&shared.state);
+    if state.join_leave.is_empty() {
+        return;
+    }
+    let frame = ServerFrame::PresenceEvent {
+        topic: topic.clone(),
+        user,
+        joined,
+    };
+    for conn in state.index.subscribers(topic) {
+        if !state.join_leave.contains(&(conn, topic.clone())) {
+            continue;
+        }
+        if let Some(ctx) = state.conns.get(&conn) {
+            ctx.reply(&frame);
+        }
     }
 }
 

@@ -122,6 +122,24 @@ pub trait Upstream: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Stamp, UpstreamError>>;
     /// True when a leader is known for every group (feeds `/readyz`).
     fn ready(&self) -> bool;
+    /// This gateway now holds `connections` connections of `user` subscribed to `topic`
+    /// (presence). Ignored by default.
+    fn presence_update(
+        &self,
+        _topic: &str,
+        _user: &str,
+        _connections: u32,
+    ) -> BoxFuture<'static, Result<(), UpstreamError>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// The users present on a topic over every gateway, `(user, connections)`; `None` when no
+    /// presence rule covers it (the default: a fake upstream tracks none).
+    fn presence(
+        &self,
+        _topic: &str,
+    ) -> BoxFuture<'static, Result<Option<Vec<(String, u32)>>, UpstreamError>> {
+        Box::pin(async { Ok(None) })
+    }
     /// The kept messages of a history topic above offset `after` (one page, at most `limit`;
     /// 0: as many as fit). Unavailable by default (a fake upstream keeps no history).
     fn fetch_history(

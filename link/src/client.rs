@@ -301,6 +301,25 @@ impl LinkClient {
         }
     }
 
+    /// Tell the topic's leader this gateway holds `connections` connections of `user`
+    /// subscribed to `topic` (0: none); true when the cluster's presence changed.
+    pub async fn presence_update(
+        &self,
+        topic: &str,
+        user: &str,
+        connections: u32,
+    ) -> Result<bool, LinkError> {
+        let request = LinkRequest::PresenceUpdate {
+            topic: topic.to_string(),
+            user: user.to_string(),
+            connections,
+        };
+        match self.request(topic, request).await? {
+            LinkReply::Done(w) => Ok(w.changed),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// The users present on `topic` with their connections; `None` without a presence rule.
     pub async fn presence(&self, topic: &str) -> Result<Option<Vec<(String, u32)>>, LinkError> {
         let request = LinkRequest::Presence {

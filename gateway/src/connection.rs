@@ -1252,19 +1252,18 @@ fn finish_publish(
     shared.metrics.observe_publish(started.elapsed());
     ctx.in_flight.fetch_sub(1, Ordering::AcqRel);
     match result {
-        // A history topic's ack says where the message was stored (the client keeps it as
-        // its position); a plain topic's ack stays as it always was.
+        // Where the message was ordered; a history topic's ack also says where it was stored
+        // (the client keeps it as its position).
         Ok(Stamp {
             term,
             seq,
-            position: Some(position),
+            position,
         }) => ctx.reply(&ServerFrame::Published {
             id,
             term,
             seq,
-            position: Some(position),
+            position,
         }),
-        Ok(_) => ctx.reply(&ServerFrame::Ack { id }),
         Err(e) => {
             inc(&shared.metrics.publish_failures);
             ctx.reply(&ServerFrame::error(

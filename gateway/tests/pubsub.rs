@@ -153,7 +153,7 @@ async fn proto_and_json_clients_share_topics() {
     let mut got_msg = false;
     while !(got_ack && got_msg) {
         match ServerFrame::parse_proto(&recv_binary(&mut proto).await.unwrap()).unwrap() {
-            ServerFrame::Ack { id: 2 } => got_ack = true,
+            ServerFrame::Published { id: 2, .. } => got_ack = true,
             ServerFrame::Message {
                 payload, seq: 1, ..
             } => {

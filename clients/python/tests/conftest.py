@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -72,21 +74,54 @@ def gateway(cluster, auth_config) -> str:
     return addr
 
 
+#: Lease of the gateways that tests kill: the managers forget a dead gateway's subscriptions
+#: after it, and until then publishes to its topics wait for it.
+PAIR_LEASE_MS = 2000
+
+
+@dataclass
+class Gateway:
+    addr: str
+    proc: Any
+    id: int
+
+    @property
+    def url(self) -> str:
+        return ws_url(self.addr)
+
+
 @pytest.fixture
 def gateway_pair(cluster, auth_config):
-    """Two fresh gateways with HS256 auth, for tests that kill one: [(addr, process), ...]."""
+    """Two fresh gateways with HS256 auth, for tests that kill one."""
     pair = []
     for _ in range(2):
-        addr, proc, _ = cluster.gateway(next(_gateway_ids), auth_config)
-        pair.append((addr, proc))
+        gid = next(_gateway_ids)
+        addr, proc, _ = cluster.gateway(gid, f"lease_ms = {PAIR_LEASE_MS}\n" + auth_config)
+        pair.append(Gateway(addr, proc, gid))
     yield pair
-    for _, proc in pair:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    for g in pair:
+        if g.proc.poll() is None:
+            g.proc.kill()
+            g.proc.wait()
 
 
 @pytest.fixture
+def forgotten(cluster):
+    """``await forgotten(topic, gateway)``: wait until the cluster no longer counts ``gateway``
+    (killed) among the topic's subscribers, so publishes to it do not wait for the dead one."""
+    async def wait(topic: str, gateway: Gateway, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            out = await asyncio.to_thread(cluster.cli, "topic", topic, "--json", "--admin",
+                                          cluster.admins[0], check=False)
+            if out.returncode == 0 and gateway.id not in json.loads(out.stdout).get("gateways", []):
+                return
+            assert time.monotonic() < deadline, f"gateway {gateway.id} still holds {topic}: {out.stdout}{out.stderr}"
+            await asyncio.sleep(0.2)
+    return wait
+
+
+@pytest.fixture(scope="session")
 def admin(cluster) -> Callable[..., str]:
     """Run `firetower cluster ARGS --admin ...`; its stdout (fails the test on an error)."""
     def run(*args: str) -> str:

@@ -188,6 +188,8 @@ class Client:
         self._background: set[asyncio.Future[Any]] = set()
         self.user: str | None = None
         """The user id the gateway took from the token (None without a token)."""
+        self.reconnects = 0
+        """How many times the client connected again after losing a connection."""
 
     # --- lifecycle ---
 
@@ -663,6 +665,7 @@ class Client:
                     log.info("firetower: reconnecting to %s failed: %s", url, e)
                     continue
                 self._adopt(new)
+                self.reconnects += 1
                 break
 
     async def _stop(self, why: FiretowerError) -> None:
@@ -705,10 +708,17 @@ class Client:
         """The token for a new connection: the current one, or a new one when there is none
         yet or the current one lapses within RENEW_BEFORE_CONNECT_S."""
         token = self._token
-        if self._can_renew():
-            exp = expiry(token) if token is not None else None
-            if token is None or (exp is not None and exp - time.time() < RENEW_BEFORE_CONNECT_S):
-                self._token = token = await self._renew_token()
+        if not self._can_renew():
+            return token
+        exp = expiry(token) if token is not None else None
+        if token is not None and (exp is None or exp - time.time() >= RENEW_BEFORE_CONNECT_S):
+            return token
+        try:
+            self._token = token = await self._renew_token()
+        except Exception as e:
+            if token is not None and exp is not None and exp > time.time():
+                return token  # about to lapse, but still good: the refresher tries again
+            raise Unauthorized("unauthorized", f"getting a token failed: {e!r}") from e
         return token
 
     async def _refresh_loop(self, link: _Link) -> None:

@@ -69,10 +69,11 @@ class Message:
 @dataclass(frozen=True, slots=True)
 class PublishResult:
     """The acknowledgement of a publish: the topic's leader ordered it at ``(term, seq)``;
-    ``offset``/``epoch`` on topics with history (the publish then is on a quorum)."""
+    ``offset``/``epoch`` on topics with history (the publish then is on a quorum). A gateway
+    older than the protocol's term/seq acks leaves them None: the publish still succeeded."""
 
-    term: int
-    seq: int
+    term: int | None
+    seq: int | None
     offset: int | None = None
     epoch: str | None = None
 
@@ -219,12 +220,10 @@ def encode(frame: dict[str, Any]) -> str:
 
 
 def publish_result(frame: dict[str, Any]) -> PublishResult:
-    """The fields of a publish ack."""
-    term, seq = frame.get("term"), frame.get("seq")
-    if not _is_int(term) or not _is_int(seq):
-        raise MalformedFrame("publish ack without term or seq")
-    offset, epoch = frame.get("offset"), frame.get("epoch")
-    return PublishResult(term, seq, offset if _is_int(offset) else None,
+    """The fields of a publish ack (each None when absent or not of its type)."""
+    term, seq, offset, epoch = (frame.get(k) for k in ("term", "seq", "offset", "epoch"))
+    return PublishResult(term if _is_int(term) else None, seq if _is_int(seq) else None,
+                         offset if _is_int(offset) else None,
                          epoch if isinstance(epoch, str) else None)
 
 

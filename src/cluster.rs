@@ -100,6 +100,16 @@ pub enum ClusterCommand {
         #[command(subcommand)]
         command: crate::operator_cmd::BanCommand,
     },
+    /// History rules: which topics keep their last messages for recovery (group 0).
+    History {
+        #[command(subcommand)]
+        command: crate::rules_cmd::HistoryCommand,
+    },
+    /// Presence rules: on which topics the cluster tracks who is present (group 0).
+    Presence {
+        #[command(subcommand)]
+        command: crate::rules_cmd::PresenceCommand,
+    },
     /// Connections, subscriptions and message rates per gateway; topics and commit rates
     /// per group.
     Stats {
@@ -154,6 +164,12 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
         }
         ClusterCommand::Ban { command } => {
             crate::operator_cmd::ban(command, &security).await?;
+        }
+        ClusterCommand::History { command } => {
+            crate::rules_cmd::history(command, &security).await?;
+        }
+        ClusterCommand::Presence { command } => {
+            crate::rules_cmd::presence(command, &security).await?;
         }
         ClusterCommand::Stats { admin, json } => {
             crate::operator_cmd::stats(&admin, json, &security).await?;

@@ -20,6 +20,7 @@ mod gateway_cmd;
 mod grpc_error;
 mod link_cmd;
 mod operator_cmd;
+mod rules_cmd;
 mod tls_flags;
 
 use std::net::SocketAddr;

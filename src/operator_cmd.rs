@@ -249,7 +249,7 @@ pub struct BansView {
     pub bans: Vec<Ban>,
 }
 
-async fn client(
+pub(crate) async fn client(
     admin: &str,
     security: &firetower_link::Security,
 ) -> anyhow::Result<AdminClient<Channel>> {

@@ -271,7 +271,7 @@ impl Client {
     pub async fn subscribe<T: AsRef<str>>(&mut self, topics: &[T]) -> Result<(), ClientError> {
         let id = self.next_request_id();
         let topics = topics.iter().map(|t| Arc::from(t.as_ref())).collect();
-        self.request(ClientFrame::Subscribe { id, topics }).await
+        self.request(ClientFrame::subscribe(id, topics)).await
     }
 
     /// Unsubscribe from `topics`; returns once the server acked.
@@ -330,7 +330,12 @@ impl Client {
                 return Err(ClientError::Closed(self.closed.clone().flatten()));
             };
             match frame {
-                ServerFrame::Ack { id: got } | ServerFrame::Pong { id: got } if got == id => {
+                ServerFrame::Ack { id: got }
+                | ServerFrame::Pong { id: got }
+                | ServerFrame::Published { id: got, .. }
+                | ServerFrame::Subscribed { id: got, .. }
+                    if got == id =>
+                {
                     return Ok(())
                 }
                 ServerFrame::Error {
@@ -355,6 +360,7 @@ impl Client {
                     payload,
                     term,
                     seq,
+                    ..
                 }) => {
                     return Ok(Some(TopicMessage {
                         topic,

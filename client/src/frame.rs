@@ -72,6 +72,26 @@ pub enum ClientFrame {
         id: u64,
         /// At least one topic.
         topics: Vec<Arc<str>>,
+        /// History topics to recover, each from the position the client last processed.
+        recover: Vec<(Arc<str>, Position)>,
+        /// Also send the topics' join and leave events.
+        join_leave: bool,
+    },
+    /// Read a history topic's newest kept messages.
+    History {
+        /// Correlation number.
+        id: u64,
+        /// The topic.
+        topic: Arc<str>,
+        /// At most this many (0: the gateway's default).
+        limit: u32,
+    },
+    /// Who is present on a topic.
+    Presence {
+        /// Correlation number.
+        id: u64,
+        /// The topic.
+        topic: Arc<str>,
     },
     /// Unsubscribe from topics.
     Unsubscribe {
@@ -112,9 +132,41 @@ impl ClientFrame {
             | ClientFrame::Unsubscribe { id, .. }
             | ClientFrame::Publish { id, .. }
             | ClientFrame::Ping { id }
-            | ClientFrame::Auth { id, .. } => *id,
+            | ClientFrame::Auth { id, .. }
+            | ClientFrame::History { id, .. }
+            | ClientFrame::Presence { id, .. } => *id,
         }
     }
+
+    /// A plain subscribe (no recovery, no join and leave events).
+    pub fn subscribe(id: u64, topics: Vec<Arc<str>>) -> ClientFrame {
+        ClientFrame::Subscribe {
+            id,
+            topics,
+            recover: Vec::new(),
+            join_leave: false,
+        }
+    }
+}
+
+/// Where a history topic's message sits: the topic's epoch and the message's offset in it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Position {
+    /// Changes only when the topic's history was lost.
+    pub epoch: Arc<str>,
+    /// 1, 2, 3, ... within the epoch.
+    pub offset: u64,
+}
+
+/// One kept message of a [`ServerFrame::History`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryItem {
+    /// What was published.
+    pub payload: Payload,
+    /// The term of the entry that stored it.
+    pub term: u64,
+    /// Its offset (also its seq).
+    pub offset: u64,
 }
 
 /// A frame the gateway sends.
@@ -145,6 +197,66 @@ pub enum ServerFrame {
         term: u64,
         /// Per-topic sequence number.
         seq: u64,
+        /// History topics: the topic's epoch and the message's offset.
+        position: Option<Position>,
+    },
+    /// A subscribe with `recover` took effect: per recovered topic, whether every missed
+    /// message follows (JSON: an `ack` with `recovered`).
+    Subscribed {
+        /// The request's correlation number.
+        id: u64,
+        /// `(topic, recovered)` for each topic named in `recover`.
+        recovered: Vec<(Arc<str>, bool)>,
+    },
+    /// A publish was ordered (JSON: an `ack` with `term`, `seq`, and for history topics
+    /// `offset` and `epoch`).
+    Published {
+        /// The request's correlation number.
+        id: u64,
+        /// Leader term.
+        term: u64,
+        /// Per-topic sequence number (0: no subscriber anywhere).
+        seq: u64,
+        /// History topics: where it was stored.
+        position: Option<Position>,
+    },
+    /// The answer to a `history` request.
+    History {
+        /// The request's correlation number.
+        id: u64,
+        /// The topic.
+        topic: Arc<str>,
+        /// The topic's epoch (empty when nothing is kept).
+        epoch: Arc<str>,
+        /// The newest offset of the epoch (0: none).
+        offset: u64,
+        /// The messages, oldest first.
+        messages: Vec<HistoryItem>,
+    },
+    /// The gateway dropped `dropped` messages of `topic` for this connection.
+    Gap {
+        /// The topic.
+        topic: Arc<str>,
+        /// How many.
+        dropped: u64,
+    },
+    /// The answer to a `presence` request.
+    Presence {
+        /// The request's correlation number.
+        id: u64,
+        /// The topic.
+        topic: Arc<str>,
+        /// `(user, connections)`, sorted by user.
+        users: Vec<(String, u32)>,
+    },
+    /// A user joined (its first connection subscribed) or left (its last one left) a topic.
+    PresenceEvent {
+        /// The topic.
+        topic: Arc<str>,
+        /// The user.
+        user: String,
+        /// True for a join.
+        joined: bool,
     },
     /// Answer to a ping.
     Pong {
@@ -268,6 +380,82 @@ struct JsonFields<'a> {
     token: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "present")]
     user: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    recover: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    join_leave: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    limit: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    recovered: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    offset: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    epoch: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    users: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    messages: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    dropped: Option<&'a RawValue>,
+}
+
+/// `recover` of a JSON subscribe: `{"topic": {"epoch": "E", "offset": N}, ...}`.
+fn recover_map(raw: &RawValue) -> Result<Vec<(Arc<str>, Position)>, ProtocolError> {
+    #[derive(Deserialize)]
+    struct At {
+        epoch: String,
+        offset: u64,
+    }
+    let bad = ProtocolError::InvalidField {
+        field: "recover",
+        reason: "must map topics to {\"epoch\": string, \"offset\": non-negative integer}",
+    };
+    let map: std::collections::BTreeMap<String, At> =
+        serde_json::from_str(raw.get()).map_err(|_| bad.clone())?;
+    if map.len() > MAX_RECOVER_TOPICS {
+        return Err(ProtocolError::InvalidField {
+            field: "recover",
+            reason: "names more topics than a subscribe may",
+        });
+    }
+    map.into_iter()
+        .map(|(t, at)| {
+            if at.epoch.len() > 64 {
+                return Err(bad.clone());
+            }
+            Ok((
+                topic(t)?,
+                Position {
+                    epoch: Arc::from(at.epoch),
+                    offset: at.offset,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Most topics one `recover` may name.
+pub const MAX_RECOVER_TOPICS: usize = 1_000;
+
+fn json_position(
+    offset: Option<&RawValue>,
+    epoch: Option<&RawValue>,
+) -> Result<Option<Position>, ProtocolError> {
+    match (offset, epoch) {
+        (Some(offset), Some(epoch)) => Ok(position_of(
+            json_u64(offset, "offset")?,
+            json_string(epoch, "epoch")?,
+        )),
+        _ => Ok(None),
+    }
+}
+
+fn json_bool(raw: &RawValue, name: &'static str) -> Result<bool, ProtocolError> {
+    serde_json::from_str(raw.get()).map_err(|_| ProtocolError::InvalidField {
+        field: name,
+        reason: "must be true or false",
+    })
 }
 
 /// A present field is `Some`, even when it is `null` (serde's `Option` would say `None`).
@@ -363,10 +551,40 @@ impl ClientFrame {
             topic_list(names)
         };
         match op.as_str() {
-            "subscribe" => Ok(ClientFrame::Subscribe {
-                id,
-                topics: topics().map_err(fail)?,
-            }),
+            "subscribe" => {
+                let topics = topics().map_err(fail)?;
+                let recover = match f.recover {
+                    Some(raw) => recover_map(raw).map_err(fail)?,
+                    None => Vec::new(),
+                };
+                let join_leave = match f.join_leave {
+                    Some(raw) => json_bool(raw, "join_leave").map_err(fail)?,
+                    None => false,
+                };
+                Ok(ClientFrame::Subscribe {
+                    id,
+                    topics,
+                    recover,
+                    join_leave,
+                })
+            }
+            "history" | "presence" => {
+                let name = json_string(required(f.topic, "topic").map_err(fail)?, "topic")
+                    .map_err(fail)?;
+                let topic = topic(name).map_err(fail)?;
+                if op == "presence" {
+                    return Ok(ClientFrame::Presence { id, topic });
+                }
+                let limit = match f.limit {
+                    Some(raw) => json_u64(raw, "limit").map_err(fail)?,
+                    None => 0,
+                };
+                Ok(ClientFrame::History {
+                    id,
+                    topic,
+                    limit: u32::try_from(limit).unwrap_or(u32::MAX),
+                })
+            }
             "unsubscribe" => Ok(ClientFrame::Unsubscribe {
                 id,
                 topics: topics().map_err(fail)?,
@@ -405,9 +623,39 @@ impl ClientFrame {
         let fail = |e| ParseError::new(Some(id), e);
         match frame.op {
             None => Err(fail(ProtocolError::MissingField("op"))),
-            Some(pb::client_frame::Op::Subscribe(s)) => Ok(ClientFrame::Subscribe {
+            Some(pb::client_frame::Op::Subscribe(s)) => {
+                if s.recover.len() > MAX_RECOVER_TOPICS {
+                    return Err(fail(ProtocolError::InvalidField {
+                        field: "recover",
+                        reason: "names more topics than a subscribe may",
+                    }));
+                }
+                let mut recover = Vec::with_capacity(s.recover.len());
+                for (t, at) in s.recover {
+                    recover.push((
+                        topic(t).map_err(fail)?,
+                        Position {
+                            epoch: Arc::from(at.epoch),
+                            offset: at.offset,
+                        },
+                    ));
+                }
+                recover.sort_by(|a, b| a.0.cmp(&b.0));
+                Ok(ClientFrame::Subscribe {
+                    id,
+                    topics: topic_list(s.topics).map_err(fail)?,
+                    recover,
+                    join_leave: s.join_leave,
+                })
+            }
+            Some(pb::client_frame::Op::History(h)) => Ok(ClientFrame::History {
                 id,
-                topics: topic_list(s.topics).map_err(fail)?,
+                topic: topic(h.topic).map_err(fail)?,
+                limit: h.limit,
+            }),
+            Some(pb::client_frame::Op::Presence(p)) => Ok(ClientFrame::Presence {
+                id,
+                topic: topic(p.topic).map_err(fail)?,
             }),
             Some(pb::client_frame::Op::Unsubscribe(s)) => Ok(ClientFrame::Unsubscribe {
                 id,
@@ -441,7 +689,7 @@ impl ClientFrame {
     pub fn encode_json(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64);
         match self {
-            ClientFrame::Subscribe { id, topics } | ClientFrame::Unsubscribe { id, topics } => {
+            ClientFrame::Subscribe { id, topics, .. } | ClientFrame::Unsubscribe { id, topics } => {
                 let op = if matches!(self, ClientFrame::Subscribe { .. }) {
                     "subscribe"
                 } else {
@@ -456,7 +704,47 @@ impl ClientFrame {
                     }
                     push_json_string(&mut out, t);
                 }
-                out.extend_from_slice(b"],\"id\":");
+                out.push(b']');
+                if let ClientFrame::Subscribe {
+                    recover,
+                    join_leave,
+                    ..
+                } = self
+                {
+                    if !recover.is_empty() {
+                        out.extend_from_slice(b",\"recover\":{");
+                        for (i, (t, at)) in recover.iter().enumerate() {
+                            if i > 0 {
+                                out.push(b',');
+                            }
+                            push_json_string(&mut out, t);
+                            out.extend_from_slice(b":{\"epoch\":");
+                            push_json_string(&mut out, &at.epoch);
+                            out.extend_from_slice(b",\"offset\":");
+                            push_u64(&mut out, at.offset);
+                            out.push(b'}');
+                        }
+                        out.push(b'}');
+                    }
+                    if *join_leave {
+                        out.extend_from_slice(b",\"join_leave\":true");
+                    }
+                }
+                out.extend_from_slice(b",\"id\":");
+                push_u64(&mut out, *id);
+            }
+            ClientFrame::History { id, topic, limit } => {
+                out.extend_from_slice(b"{\"op\":\"history\",\"topic\":");
+                push_json_string(&mut out, topic);
+                out.extend_from_slice(b",\"limit\":");
+                push_u64(&mut out, u64::from(*limit));
+                out.extend_from_slice(b",\"id\":");
+                push_u64(&mut out, *id);
+            }
+            ClientFrame::Presence { id, topic } => {
+                out.extend_from_slice(b"{\"op\":\"presence\",\"topic\":");
+                push_json_string(&mut out, topic);
+                out.extend_from_slice(b",\"id\":");
                 push_u64(&mut out, *id);
             }
             ClientFrame::Publish { id, topic, payload } => {
@@ -486,10 +774,41 @@ impl ClientFrame {
     pub fn encode_proto(&self) -> Vec<u8> {
         use pb::client_frame::Op;
         let (id, op) = match self {
-            ClientFrame::Subscribe { id, topics } => (
+            ClientFrame::Subscribe {
+                id,
+                topics,
+                recover,
+                join_leave,
+            } => (
                 *id,
                 Op::Subscribe(pb::Subscribe {
                     topics: topics.iter().map(|t| t.to_string()).collect(),
+                    recover: recover
+                        .iter()
+                        .map(|(t, at)| {
+                            (
+                                t.to_string(),
+                                pb::Position {
+                                    epoch: at.epoch.to_string(),
+                                    offset: at.offset,
+                                },
+                            )
+                        })
+                        .collect(),
+                    join_leave: *join_leave,
+                }),
+            ),
+            ClientFrame::History { id, topic, limit } => (
+                *id,
+                Op::History(pb::HistoryRequest {
+                    topic: topic.to_string(),
+                    limit: *limit,
+                }),
+            ),
+            ClientFrame::Presence { id, topic } => (
+                *id,
+                Op::Presence(pb::PresenceRequest {
+                    topic: topic.to_string(),
                 }),
             ),
             ClientFrame::Unsubscribe { id, topics } => (
@@ -550,6 +869,71 @@ fn push_json_data(out: &mut Vec<u8>, payload: &Payload) {
     }
 }
 
+/// `"topic":..,"data":..[,"encoding":"base64"],"term":..,"seq":..[,"offset":..,"epoch":..]`
+fn push_message_fields(
+    out: &mut Vec<u8>,
+    topic: &str,
+    payload: &Payload,
+    term: u64,
+    seq: u64,
+    position: Option<&Position>,
+) {
+    out.extend_from_slice(b"\"topic\":");
+    push_json_string(out, topic);
+    out.extend_from_slice(b",\"data\":");
+    push_json_data(out, payload);
+    if matches!(payload, Payload::Binary(_)) {
+        out.extend_from_slice(b",\"encoding\":\"base64\"");
+    }
+    out.extend_from_slice(b",\"term\":");
+    push_u64(out, term);
+    out.extend_from_slice(b",\"seq\":");
+    push_u64(out, seq);
+    push_position(out, position);
+}
+
+fn push_position(out: &mut Vec<u8>, position: Option<&Position>) {
+    if let Some(at) = position {
+        out.extend_from_slice(b",\"offset\":");
+        push_u64(out, at.offset);
+        out.extend_from_slice(b",\"epoch\":");
+        push_json_string(out, &at.epoch);
+    }
+}
+
+fn pb_message(
+    topic: &str,
+    payload: &Payload,
+    term: u64,
+    seq: u64,
+    position: Option<&Position>,
+) -> pb::Message {
+    pb::Message {
+        topic: topic.to_string(),
+        data: payload.bytes().to_vec(),
+        term,
+        seq,
+        kind: payload_kind(payload) as i32,
+        offset: position.map_or(0, |p| p.offset),
+        epoch: position.map(|p| p.epoch.to_string()).unwrap_or_default(),
+    }
+}
+
+fn position_of(offset: u64, epoch: String) -> Option<Position> {
+    (offset > 0 || !epoch.is_empty()).then(|| Position {
+        epoch: Arc::from(epoch),
+        offset,
+    })
+}
+
+fn payload_of(kind: i32, data: Vec<u8>) -> Payload {
+    if kind == pb::PayloadKind::Json as i32 {
+        Payload::Json(Bytes::from(data))
+    } else {
+        Payload::Binary(Bytes::from(data))
+    }
+}
+
 impl ServerFrame {
     /// Encode as a JSON frame (the text of one WebSocket text message).
     pub fn encode_json(&self) -> Vec<u8> {
@@ -586,19 +970,106 @@ impl ServerFrame {
                 payload,
                 term,
                 seq,
+                position,
             } => {
                 out.reserve(payload.len() + topic.len() + 64);
-                out.extend_from_slice(b"{\"op\":\"message\",\"topic\":");
-                push_json_string(&mut out, topic);
-                out.extend_from_slice(b",\"data\":");
-                push_json_data(&mut out, payload);
-                if matches!(payload, Payload::Binary(_)) {
-                    out.extend_from_slice(b",\"encoding\":\"base64\"");
+                out.extend_from_slice(b"{\"op\":\"message\",");
+                push_message_fields(&mut out, topic, payload, *term, *seq, position.as_ref());
+            }
+            ServerFrame::Subscribed { id, recovered } => {
+                out.extend_from_slice(b"{\"op\":\"ack\",\"id\":");
+                push_u64(&mut out, *id);
+                out.extend_from_slice(b",\"recovered\":{");
+                for (i, (t, ok)) in recovered.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    push_json_string(&mut out, t);
+                    out.extend_from_slice(if *ok { b":true" } else { b":false" });
                 }
+                out.push(b'}');
+            }
+            ServerFrame::Published {
+                id,
+                term,
+                seq,
+                position,
+            } => {
+                out.extend_from_slice(b"{\"op\":\"ack\",\"id\":");
+                push_u64(&mut out, *id);
                 out.extend_from_slice(b",\"term\":");
                 push_u64(&mut out, *term);
                 out.extend_from_slice(b",\"seq\":");
                 push_u64(&mut out, *seq);
+                push_position(&mut out, position.as_ref());
+            }
+            ServerFrame::History {
+                id,
+                topic,
+                epoch,
+                offset,
+                messages,
+            } => {
+                out.extend_from_slice(b"{\"op\":\"history\",\"id\":");
+                push_u64(&mut out, *id);
+                out.extend_from_slice(b",\"topic\":");
+                push_json_string(&mut out, topic);
+                out.extend_from_slice(b",\"epoch\":");
+                push_json_string(&mut out, epoch);
+                out.extend_from_slice(b",\"offset\":");
+                push_u64(&mut out, *offset);
+                out.extend_from_slice(b",\"messages\":[");
+                for (i, m) in messages.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.push(b'{');
+                    let at = Position {
+                        epoch: epoch.clone(),
+                        offset: m.offset,
+                    };
+                    push_message_fields(&mut out, topic, &m.payload, m.term, m.offset, Some(&at));
+                    out.push(b'}');
+                }
+                out.push(b']');
+            }
+            ServerFrame::Gap { topic, dropped } => {
+                out.extend_from_slice(b"{\"op\":\"gap\",\"topic\":");
+                push_json_string(&mut out, topic);
+                out.extend_from_slice(b",\"dropped\":");
+                push_u64(&mut out, *dropped);
+            }
+            ServerFrame::Presence { id, topic, users } => {
+                out.extend_from_slice(b"{\"op\":\"presence\",\"id\":");
+                push_u64(&mut out, *id);
+                out.extend_from_slice(b",\"topic\":");
+                push_json_string(&mut out, topic);
+                out.extend_from_slice(b",\"users\":[");
+                for (i, (user, n)) in users.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(b"{\"user\":");
+                    push_json_string(&mut out, user);
+                    out.extend_from_slice(b",\"connections\":");
+                    push_u64(&mut out, u64::from(*n));
+                    out.push(b'}');
+                }
+                out.push(b']');
+            }
+            ServerFrame::PresenceEvent {
+                topic,
+                user,
+                joined,
+            } => {
+                out.extend_from_slice(if *joined {
+                    b"{\"op\":\"join\",\"topic\":"
+                } else {
+                    b"{\"op\":\"leave\",\"topic\":"
+                });
+                push_json_string(&mut out, topic);
+                out.extend_from_slice(b",\"user\":");
+                push_json_string(&mut out, user);
             }
         }
         out.push(b'}');
@@ -609,15 +1080,98 @@ impl ServerFrame {
     pub fn encode_proto(&self) -> Vec<u8> {
         use pb::server_frame::Kind;
         let (id, kind) = match self {
-            ServerFrame::Ack { id } => (
+            ServerFrame::Ack { id } => (Some(*id), Kind::Ack(pb::Ack::default())),
+            ServerFrame::Authenticated { id, user } => (
                 Some(*id),
                 Kind::Ack(pb::Ack {
-                    user: String::new(),
+                    user: user.clone(),
+                    ..pb::Ack::default()
                 }),
             ),
-            ServerFrame::Authenticated { id, user } => {
-                (Some(*id), Kind::Ack(pb::Ack { user: user.clone() }))
-            }
+            ServerFrame::Subscribed { id, recovered } => (
+                Some(*id),
+                Kind::Ack(pb::Ack {
+                    recovered: recovered
+                        .iter()
+                        .map(|(t, ok)| (t.to_string(), *ok))
+                        .collect(),
+                    ..pb::Ack::default()
+                }),
+            ),
+            ServerFrame::Published {
+                id,
+                term,
+                seq,
+                position,
+            } => (
+                Some(*id),
+                Kind::Ack(pb::Ack {
+                    term: *term,
+                    seq: *seq,
+                    offset: position.as_ref().map_or(0, |p| p.offset),
+                    epoch: position
+                        .as_ref()
+                        .map(|p| p.epoch.to_string())
+                        .unwrap_or_default(),
+                    ..pb::Ack::default()
+                }),
+            ),
+            ServerFrame::History {
+                id,
+                topic,
+                epoch,
+                offset,
+                messages,
+            } => (
+                Some(*id),
+                Kind::History(pb::History {
+                    topic: topic.to_string(),
+                    epoch: epoch.to_string(),
+                    offset: *offset,
+                    messages: messages
+                        .iter()
+                        .map(|m| {
+                            let at = Position {
+                                epoch: epoch.clone(),
+                                offset: m.offset,
+                            };
+                            pb_message(topic, &m.payload, m.term, m.offset, Some(&at))
+                        })
+                        .collect(),
+                }),
+            ),
+            ServerFrame::Gap { topic, dropped } => (
+                None,
+                Kind::Gap(pb::Gap {
+                    topic: topic.to_string(),
+                    dropped: *dropped,
+                }),
+            ),
+            ServerFrame::Presence { id, topic, users } => (
+                Some(*id),
+                Kind::Presence(pb::Presence {
+                    topic: topic.to_string(),
+                    users: users
+                        .iter()
+                        .map(|(user, connections)| pb::PresenceUser {
+                            user: user.clone(),
+                            connections: *connections,
+                        })
+                        .collect(),
+                }),
+            ),
+            ServerFrame::PresenceEvent {
+                topic,
+                user,
+                joined,
+            } => (
+                None,
+                Kind::PresenceEvent(pb::PresenceEvent {
+                    topic: topic.to_string(),
+                    user: user.clone(),
+                    joined: *joined,
+                }),
+            ),
             ServerFrame::Pong { id } => (Some(*id), Kind::Pong(pb::Pong {})),
             ServerFrame::Error { id, code, message } => (
                 *id,
@@ -631,15 +1185,10 @@ impl ServerFrame {
                 payload,
                 term,
                 seq,
+                position,
             } => (
                 None,
-                Kind::Message(pb::Message {
-                    topic: topic.to_string(),
-                    data: payload.bytes().to_vec(),
-                    term: *term,
-                    seq: *seq,
-                    kind: payload_kind(payload) as i32,
-                }),
+                Kind::Message(pb_message(topic, payload, *term, *seq, position.as_ref())),
             ),
         };
         pb::ServerFrame {
@@ -660,15 +1209,117 @@ impl ServerFrame {
         let op = json_string(required(f.op, "op").map_err(fail)?, "op").map_err(fail)?;
         let need_id = || id.ok_or(ProtocolError::MissingField("id"));
         match op.as_str() {
-            "ack" => match f.user {
-                Some(user) => Ok(ServerFrame::Authenticated {
+            "ack" => {
+                let id = need_id().map_err(fail)?;
+                if let Some(user) = f.user {
+                    return Ok(ServerFrame::Authenticated {
+                        id,
+                        user: json_string(user, "user").map_err(fail)?,
+                    });
+                }
+                if let Some(raw) = f.recovered.filter(|r| r.get().trim() != "{}") {
+                    let map: std::collections::BTreeMap<String, bool> =
+                        serde_json::from_str(raw.get())
+                            .map_err(|_| ProtocolError::InvalidField {
+                                field: "recovered",
+                                reason: "must map topics to true or false",
+                            })
+                            .map_err(fail)?;
+                    return Ok(ServerFrame::Subscribed {
+                        id,
+                        recovered: map.into_iter().map(|(t, ok)| (Arc::from(t), ok)).collect(),
+                    });
+                }
+                if let (Some(term), Some(seq)) = (f.term, f.seq) {
+                    // Terms start at 1: an ack with term 0 orders nothing (a plain ack).
+                    let term = json_u64(term, "term").map_err(fail)?;
+                    if term > 0 {
+                        return Ok(ServerFrame::Published {
+                            id,
+                            term,
+                            seq: json_u64(seq, "seq").map_err(fail)?,
+                            position: json_position(f.offset, f.epoch).map_err(fail)?,
+                        });
+                    }
+                }
+                Ok(ServerFrame::Ack { id })
+            }
+            "gap" => Ok(ServerFrame::Gap {
+                topic: Arc::from(
+                    json_string(required(f.topic, "topic").map_err(fail)?, "topic")
+                        .map_err(fail)?,
+                ),
+                dropped: json_u64(required(f.dropped, "dropped").map_err(fail)?, "dropped")
+                    .map_err(fail)?,
+            }),
+            "join" | "leave" => Ok(ServerFrame::PresenceEvent {
+                topic: Arc::from(
+                    json_string(required(f.topic, "topic").map_err(fail)?, "topic")
+                        .map_err(fail)?,
+                ),
+                user: json_string(required(f.user, "user").map_err(fail)?, "user").map_err(fail)?,
+                joined: op == "join",
+            }),
+            "presence" => {
+                #[derive(Deserialize)]
+                struct User {
+                    user: String,
+                    connections: u32,
+                }
+                let users: Vec<User> =
+                    serde_json::from_str(required(f.users, "users").map_err(fail)?.get())
+                        .map_err(|_| ProtocolError::InvalidField {
+                            field: "users",
+                            reason: "must be a list of {user, connections}",
+                        })
+                        .map_err(fail)?;
+                Ok(ServerFrame::Presence {
                     id: need_id().map_err(fail)?,
-                    user: json_string(user, "user").map_err(fail)?,
-                }),
-                None => Ok(ServerFrame::Ack {
+                    topic: Arc::from(
+                        json_string(required(f.topic, "topic").map_err(fail)?, "topic")
+                            .map_err(fail)?,
+                    ),
+                    users: users.into_iter().map(|u| (u.user, u.connections)).collect(),
+                })
+            }
+            "history" => {
+                let raw: Vec<&RawValue> =
+                    serde_json::from_str(required(f.messages, "messages").map_err(fail)?.get())
+                        .map_err(|_| ProtocolError::InvalidField {
+                            field: "messages",
+                            reason: "must be a list of messages",
+                        })
+                        .map_err(fail)?;
+                let mut messages = Vec::with_capacity(raw.len());
+                for m in raw {
+                    match ServerFrame::parse_message(json_fields(m.get().as_bytes())?)
+                        .map_err(fail)?
+                    {
+                        ServerFrame::Message {
+                            payload, term, seq, ..
+                        } => messages.push(HistoryItem {
+                            payload,
+                            term,
+                            offset: seq,
+                        }),
+                        _ => unreachable!("parse_message makes messages"),
+                    }
+                }
+                Ok(ServerFrame::History {
                     id: need_id().map_err(fail)?,
-                }),
-            },
+                    topic: Arc::from(
+                        json_string(required(f.topic, "topic").map_err(fail)?, "topic")
+                            .map_err(fail)?,
+                    ),
+                    epoch: Arc::from(
+                        json_string(required(f.epoch, "epoch").map_err(fail)?, "epoch")
+                            .map_err(fail)?,
+                    ),
+                    offset: json_u64(required(f.offset, "offset").map_err(fail)?, "offset")
+                        .map_err(fail)?,
+                    messages,
+                })
+            }
             "pong" => Ok(ServerFrame::Pong {
                 id: need_id().map_err(fail)?,
             }),
@@ -678,38 +1329,39 @@ impl ServerFrame {
                 message: json_string(required(f.message, "message").map_err(fail)?, "message")
                     .map_err(fail)?,
             }),
-            "message" => {
-                let topic = json_string(required(f.topic, "topic").map_err(fail)?, "topic")
-                    .map_err(fail)?;
-                let data = required(f.data, "data").map_err(fail)?;
-                let payload = match f.encoding {
-                    None => Payload::Json(Bytes::copy_from_slice(data.get().as_bytes())),
-                    Some(enc) => {
-                        let enc = json_string(enc, "encoding").map_err(fail)?;
-                        let text = json_string(data, "data").map_err(fail)?;
-                        let decoded = (enc == "base64")
-                            .then(|| base64::engine::general_purpose::STANDARD.decode(text).ok())
-                            .flatten()
-                            .ok_or(ProtocolError::InvalidField {
-                                field: "data",
-                                reason: "must be base64 when encoding is \"base64\"",
-                            })
-                            .map_err(fail)?;
-                        Payload::Binary(Bytes::from(decoded))
-                    }
-                };
-                Ok(ServerFrame::Message {
-                    topic: Arc::from(topic),
-                    payload,
-                    term: json_u64(required(f.term, "term").map_err(fail)?, "term")
-                        .map_err(fail)?,
-                    seq: json_u64(required(f.seq, "seq").map_err(fail)?, "seq").map_err(fail)?,
-                })
-            }
+            "message" => ServerFrame::parse_message(f).map_err(fail),
             _ => Err(fail(ProtocolError::UnknownOp(
                 op.chars().take(64).collect(),
             ))),
         }
+    }
+
+    /// The fields of a JSON `message` (also each element of a `history` answer).
+    fn parse_message(f: JsonFields<'_>) -> Result<ServerFrame, ProtocolError> {
+        let topic = json_string(required(f.topic, "topic")?, "topic")?;
+        let data = required(f.data, "data")?;
+        let payload = match f.encoding {
+            None => Payload::Json(Bytes::copy_from_slice(data.get().as_bytes())),
+            Some(enc) => {
+                let enc = json_string(enc, "encoding")?;
+                let text = json_string(data, "data")?;
+                let decoded = (enc == "base64")
+                    .then(|| base64::engine::general_purpose::STANDARD.decode(text).ok())
+                    .flatten()
+                    .ok_or(ProtocolError::InvalidField {
+                        field: "data",
+                        reason: "must be base64 when encoding is \"base64\"",
+                    })?;
+                Payload::Binary(Bytes::from(decoded))
+            }
+        };
+        Ok(ServerFrame::Message {
+            topic: Arc::from(topic),
+            payload,
+            term: json_u64(required(f.term, "term")?, "term")?,
+            seq: json_u64(required(f.seq, "seq")?, "seq")?,
+            position: json_position(f.offset, f.epoch)?,
+        })
     }
 
     /// Parse a protobuf server frame (what a protobuf client receives).
@@ -725,6 +1377,57 @@ impl ServerFrame {
                 id: id.unwrap_or(0),
                 user: a.user,
             }),
+            Some(Kind::Ack(a)) if !a.recovered.is_empty() => {
+                let mut recovered: Vec<(Arc<str>, bool)> = a
+                    .recovered
+                    .into_iter()
+                    .map(|(t, ok)| (Arc::from(t), ok))
+                    .collect();
+                recovered.sort();
+                Ok(ServerFrame::Subscribed {
+                    id: id.unwrap_or(0),
+                    recovered,
+                })
+            }
+            Some(Kind::Ack(a)) if a.term > 0 => Ok(ServerFrame::Published {
+                id: id.unwrap_or(0),
+                term: a.term,
+                seq: a.seq,
+                position: position_of(a.offset, a.epoch),
+            }),
+            Some(Kind::History(h)) => Ok(ServerFrame::History {
+                id: id.unwrap_or(0),
+                topic: Arc::from(h.topic),
+                epoch: Arc::from(h.epoch),
+                offset: h.offset,
+                messages: h
+                    .messages
+                    .into_iter()
+                    .map(|m| HistoryItem {
+                        term: m.term,
+                        offset: m.offset,
+                        payload: payload_of(m.kind, m.data),
+                    })
+                    .collect(),
+            }),
+            Some(Kind::Gap(g)) => Ok(ServerFrame::Gap {
+                topic: Arc::from(g.topic),
+                dropped: g.dropped,
+            }),
+            Some(Kind::Presence(p)) => Ok(ServerFrame::Presence {
+                id: id.unwrap_or(0),
+                topic: Arc::from(p.topic),
+                users: p
+                    .users
+                    .into_iter()
+                    .map(|u| (u.user, u.connections))
+                    .collect(),
+            }),
+            Some(Kind::PresenceEvent(e)) => Ok(ServerFrame::PresenceEvent {
+                topic: Arc::from(e.topic),
+                user: e.user,
+                joined: e.joined,
+            }),
             Some(Kind::Ack(_)) => Ok(ServerFrame::Ack {
                 id: id.unwrap_or(0),
             }),
@@ -736,20 +1439,13 @@ impl ServerFrame {
                 code: e.code,
                 message: e.message,
             }),
-            Some(Kind::Message(m)) => {
-                let data = Bytes::from(m.data);
-                let payload = if m.kind == pb::PayloadKind::Json as i32 {
-                    Payload::Json(data)
-                } else {
-                    Payload::Binary(data)
-                };
-                Ok(ServerFrame::Message {
-                    topic: Arc::from(m.topic),
-                    payload,
-                    term: m.term,
-                    seq: m.seq,
-                })
-            }
+            Some(Kind::Message(m)) => Ok(ServerFrame::Message {
+                topic: Arc::from(m.topic),
+                payload: payload_of(m.kind, m.data),
+                term: m.term,
+                seq: m.seq,
+                position: position_of(m.offset, m.epoch),
+            }),
         }
     }
 }
@@ -772,9 +1468,32 @@ mod tests {
     fn parses_the_documented_frames() {
         assert_eq!(
             parse(r#"{"op":"subscribe","topics":["room.1"],"id":1}"#).unwrap(),
+            ClientFrame::subscribe(1, vec![Arc::from("room.1")])
+        );
+        assert_eq!(
+            parse(
+                r#"{"op":"subscribe","topics":["chat.1"],"recover":{"chat.1":{"epoch":"e","offset":41}},"id":5}"#
+            )
+            .unwrap(),
             ClientFrame::Subscribe {
-                id: 1,
-                topics: vec![Arc::from("room.1")]
+                id: 5,
+                topics: vec![Arc::from("chat.1")],
+                recover: vec![(
+                    Arc::from("chat.1"),
+                    Position {
+                        epoch: Arc::from("e"),
+                        offset: 41
+                    }
+                )],
+                join_leave: false,
+            }
+        );
+        assert_eq!(
+            parse(r#"{"op":"history","topic":"chat.1","limit":100,"id":6}"#).unwrap(),
+            ClientFrame::History {
+                id: 6,
+                topic: Arc::from("chat.1"),
+                limit: 100
             }
         );
         assert_eq!(
@@ -863,16 +1582,32 @@ mod tests {
                 topic: Arc::from("room.1"),
                 payload: Payload::Json(Bytes::from_static(b"{\"a\":1}")),
                 term: 3,
-                seq: 42
+                seq: 42,
+                position: None,
             }),
             r#"{"op":"message","topic":"room.1","data":{"a":1},"term":3,"seq":42}"#
+        );
+        assert_eq!(
+            text(ServerFrame::Subscribed {
+                id: 5,
+                recovered: vec![(Arc::from("chat.1"), true)]
+            }),
+            r#"{"op":"ack","id":5,"recovered":{"chat.1":true}}"#
+        );
+        assert_eq!(
+            text(ServerFrame::Gap {
+                topic: Arc::from("room.1"),
+                dropped: 3
+            }),
+            r#"{"op":"gap","topic":"room.1","dropped":3}"#
         );
         assert_eq!(
             text(ServerFrame::Message {
                 topic: Arc::from("t"),
                 payload: Payload::Binary(Bytes::from_static(b"\x00\x01")),
                 term: 1,
-                seq: 2
+                seq: 2,
+                position: None,
             }),
             r#"{"op":"message","topic":"t","data":"AAE=","encoding":"base64","term":1,"seq":2}"#
         );
@@ -931,7 +1666,31 @@ mod tests {
         };
         prop_oneof![
             (any::<u64>(), prop::collection::vec(arb_topic(), 1..5))
-                .prop_map(|(id, topics)| ClientFrame::Subscribe { id, topics }),
+                .prop_map(|(id, topics)| ClientFrame::subscribe(id, topics)),
+            (
+                any::<u64>(),
+                arb_topic(),
+                "[a-z0-9-]{1,20}",
+                any::<u64>(),
+                any::<bool>()
+            )
+                .prop_map(|(id, topic, epoch, offset, join_leave)| {
+                    ClientFrame::Subscribe {
+                        id,
+                        topics: vec![topic.clone()],
+                        recover: vec![(
+                            topic,
+                            Position {
+                                epoch: Arc::from(epoch),
+                                offset,
+                            },
+                        )],
+                        join_leave,
+                    }
+                }),
+            (any::<u64>(), arb_topic(), any::<u32>())
+                .prop_map(|(id, topic, limit)| ClientFrame::History { id, topic, limit }),
+            (any::<u64>(), arb_topic()).prop_map(|(id, topic)| ClientFrame::Presence { id, topic }),
             (any::<u64>(), prop::collection::vec(arb_topic(), 1..5))
                 .prop_map(|(id, topics)| ClientFrame::Unsubscribe { id, topics }),
             (any::<u64>(), arb_topic(), payload)
@@ -955,9 +1714,95 @@ mod tests {
                     topic,
                     payload,
                     term,
-                    seq
+                    seq,
+                    position: None,
                 }
             ),
+            (
+                arb_topic(),
+                arb_payload(),
+                1u64..,
+                1u64..,
+                "[a-z0-9-]{1,20}"
+            )
+                .prop_map(|(topic, payload, term, offset, epoch)| {
+                    ServerFrame::Message {
+                        topic,
+                        payload,
+                        term,
+                        seq: offset,
+                        position: Some(Position {
+                            epoch: Arc::from(epoch),
+                            offset,
+                        }),
+                    }
+                }),
+            (
+                any::<u64>(),
+                prop::collection::btree_map(arb_topic(), any::<bool>(), 1..4)
+            )
+                .prop_map(|(id, m)| ServerFrame::Subscribed {
+                    id,
+                    recovered: m.into_iter().collect(),
+                }),
+            (
+                any::<u64>(),
+                1u64..,
+                any::<u64>(),
+                1u64..,
+                "[a-z0-9-]{1,20}"
+            )
+                .prop_map(|(id, term, seq, offset, epoch)| ServerFrame::Published {
+                    id,
+                    term,
+                    seq,
+                    position: Some(Position {
+                        epoch: Arc::from(epoch),
+                        offset,
+                    }),
+                }),
+            (
+                any::<u64>(),
+                arb_topic(),
+                "[a-z0-9-]{1,20}",
+                prop::collection::vec((arb_payload(), 1u64.., 1u64..), 0..3)
+            )
+                .prop_map(|(id, topic, epoch, items)| {
+                    let offset = items.iter().map(|i| i.2).max().unwrap_or(0);
+                    ServerFrame::History {
+                        id,
+                        topic,
+                        epoch: Arc::from(epoch),
+                        offset,
+                        messages: items
+                            .into_iter()
+                            .map(|(payload, term, offset)| HistoryItem {
+                                payload,
+                                term,
+                                offset,
+                            })
+                            .collect(),
+                    }
+                }),
+            (arb_topic(), any::<u64>())
+                .prop_map(|(topic, dropped)| ServerFrame::Gap { topic, dropped }),
+            (
+                any::<u64>(),
+                arb_topic(),
+                prop::collection::vec(("[a-z0-9]{1,10}", any::<u32>()), 0..3)
+            )
+                .prop_map(|(id, topic, users)| ServerFrame::Presence {
+                    id,
+                    topic,
+                    users
+                }),
+            (arb_topic(), "[a-z0-9]{1,10}", any::<bool>()).prop_map(|(topic, user, joined)| {
+                ServerFrame::PresenceEvent {
+                    topic,
+                    user,
+                    joined,
+                }
+            }),
         ]
     }
 

@@ -35,5 +35,8 @@ pub mod tls;
 pub mod ws;
 
 pub use client::{Client, ClientError, Event, TopicMessage};
-pub use frame::{ClientFrame, Flavour, ParseError, ProtocolError, ServerFrame, MAX_TOKEN_BYTES};
+pub use frame::{
+    ClientFrame, Flavour, HistoryItem, ParseError, Position, ProtocolError, ServerFrame,
+    MAX_RECOVER_TOPICS, MAX_TOKEN_BYTES,
+};
 pub use payload::Payload;

@@ -60,7 +60,7 @@ async fn tungstenite_gateway() -> std::net::SocketAddr {
                 other => panic!("unexpected {other:?}"),
             };
             let answer = match ClientFrame::parse_json(text.as_bytes()).unwrap() {
-                ClientFrame::Subscribe { id, topics } => {
+                ClientFrame::Subscribe { id, topics, .. } => {
                     ws.send(Message::Ping(bytes::Bytes::from_static(b"tung")))
                         .await
                         .unwrap();
@@ -69,6 +69,7 @@ async fn tungstenite_gateway() -> std::net::SocketAddr {
                         payload: Payload::from(json!("x".repeat(70_000))),
                         term: 2,
                         seq: 1,
+                        position: None,
                     };
                     let text = String::from_utf8(big.encode_json()).unwrap();
                     ws.send(Message::text(text)).await.unwrap();

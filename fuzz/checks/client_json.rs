@@ -55,6 +55,9 @@ fn accepted(frame: &ClientFrame) {
         ClientFrame::Publish { topic, .. } => {
             assert_eq!(validate_topic(topic), Ok(()), "accepted topic {topic:?}");
         }
+        ClientFrame::History { topic, .. } | ClientFrame::Presence { topic, .. } => {
+            assert_eq!(validate_topic(topic), Ok(()), "accepted topic {topic:?}");
+        }
         ClientFrame::Ping { .. } => {}
         ClientFrame::Auth { token, .. } => {
             assert!(
@@ -99,6 +102,8 @@ fn same_as_serde_json(data: &[u8], frame: &ClientFrame) {
         ClientFrame::Publish { .. } => "publish",
         ClientFrame::Ping { .. } => "ping",
         ClientFrame::Auth { .. } => "auth",
+        ClientFrame::History { .. } => "history",
+        ClientFrame::Presence { .. } => "presence",
     };
     assert_eq!(probe.op, op);
     assert_eq!(probe.id.unwrap_or(0), frame.id());

@@ -75,6 +75,9 @@ fn accepted(frame: &ClientFrame) {
                 );
             }
         }
+        ClientFrame::History { topic, .. } | ClientFrame::Presence { topic, .. } => {
+            assert_eq!(validate_topic(topic), Ok(()), "accepted topic {topic:?}");
+        }
         ClientFrame::Ping { .. } => {}
         ClientFrame::Auth { token, .. } => {
             assert!(
@@ -126,7 +129,11 @@ fn as_json_text(bytes: &[u8]) -> Option<Bytes> {
 
 fn with_payload(frame: &ServerFrame, payload: Payload) -> ServerFrame {
     let ServerFrame::Message {
-        topic, term, seq, ..
+        topic,
+        term,
+        seq,
+        position,
+        ..
     } = frame
     else {
         return frame.clone();
@@ -136,5 +143,6 @@ fn with_payload(frame: &ServerFrame, payload: Payload) -> ServerFrame {
         payload,
         term: *term,
         seq: *seq,
+        position: position.clone(),
     }
 }

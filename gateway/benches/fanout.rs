@@ -28,6 +28,7 @@ fn message() -> ServerFrame {
         )),
         term: 3,
         seq: 123_456,
+        position: None,
     }
 }
 

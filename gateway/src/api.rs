@@ -265,10 +265,23 @@ pub(crate) fn publish_response(result: Result<Stamp, UpstreamError>) -> ApiRespo
     match result {
         Ok(s) => ApiResponse {
             status: 200,
-            body: serde_json::json!({"term": s.term, "seq": s.seq}).to_string(),
+            body: stamp_json(&s, None).to_string(),
         },
         Err(e) => ApiResponse::error(status_of(&e), e.code(), e.to_string()),
     }
+}
+
+/// `{"term","seq"}`, with `offset` and `epoch` for a history topic (and `topic` when given).
+fn stamp_json(s: &Stamp, topic: Option<&str>) -> serde_json::Value {
+    let mut v = serde_json::json!({"term": s.term, "seq": s.seq});
+    if let Some(p) = &s.position {
+        v["offset"] = p.offset.into();
+        v["epoch"] = (*p.epoch).into();
+    }
+    if let Some(t) = topic {
+        v["topic"] = t.into();
+    }
+    v
 }
 
 /// The answer to a broadcast: one result per topic, in the order of `topics`.
@@ -278,7 +291,7 @@ pub(crate) fn broadcast_response(
     let results: Vec<serde_json::Value> = results
         .into_iter()
         .map(|(topic, r)| match r {
-            Ok(s) => serde_json::json!({"topic": &*topic, "term": s.term, "seq": s.seq}),
+            Ok(s) => stamp_json(&s, Some(&topic)),
             Err(e) => {
                 serde_json::json!({"topic": &*topic, "code": e.code(), "message": e.to_string()})
             }
@@ -407,7 +420,11 @@ mod tests {
 
     #[test]
     fn results_have_the_documented_shapes() {
-        let ok = publish_response(Ok(Stamp { term: 3, seq: 42 }));
+        let ok = publish_response(Ok(Stamp {
+            term: 3,
+            seq: 42,
+            position: None,
+        }));
         assert_eq!(
             (ok.status, ok.body.as_str()),
             (200, r#"{"seq":42,"term":3}"#)
@@ -416,7 +433,14 @@ mod tests {
         assert_eq!(timeout.status, 504);
         assert!(timeout.body.contains(r#""code":"timeout""#));
         let b = broadcast_response(vec![
-            (Arc::from("a"), Ok(Stamp { term: 1, seq: 2 })),
+            (
+                Arc::from("a"),
+                Ok(Stamp {
+                    term: 1,
+                    seq: 2,
+                    position: None,
+                }),
+            ),
             (Arc::from("b"), Err(UpstreamError::Unavailable("x".into()))),
         ]);
         let v: serde_json::Value = serde_json::from_str(&b.body).unwrap();

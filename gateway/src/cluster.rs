@@ -67,7 +67,9 @@ use tokio::sync::mpsc;
 use crate::control::{ConnectionInfo, ControlReceiver, GatewayStats};
 use crate::control_feed::{BanChunks, ChunkOutcome, ControlFeed, ControlRejected};
 use crate::delivery_guard::{Context, DeliveryGuard, DeliveryRejected, Incoming, Verdict};
-use crate::upstream::{BoxFuture, Delivery, Payload, Stamp, Upstream, UpstreamError};
+use crate::upstream::{
+    BoxFuture, Delivery, HistoryPage, Payload, Position, Stamp, Upstream, UpstreamError,
+};
 
 /// How long a manager has to answer a routing request that checks its claim to lead a group
 /// (the session's reads wait for it, so that deliveries stay in order).
@@ -663,6 +665,9 @@ impl ClusterUpstream {
                 }
                 // A query before the routing: this manager's own session is not open yet.
                 Some(session_frame::Frame::ConnectionsQuery(_)) => {}
+                // Join and leave events: this gateway does not report presence yet, so it
+                // has no subscriber that asked for them.
+                Some(session_frame::Frame::Presence(_)) => {}
                 None => {}
             }
         }
@@ -794,11 +799,16 @@ impl ClusterUpstream {
         } else {
             Payload::Binary(data)
         };
+        let position = (d.offset > 0).then(|| Position {
+            epoch: Arc::from(d.epoch.as_str()),
+            offset: d.offset,
+        });
         let delivery = Delivery {
             topic,
             payload,
             term: d.term,
             seq: d.seq,
+            position,
         };
         // Back-pressure: a full fan-out buffer slows this stream, and so the manager.
         let _ = self.inner.deliveries.send(delivery).await;
@@ -989,10 +999,60 @@ impl Upstream for ClusterUpstream {
             };
             this.inner
                 .link
-                .publish(&topic, data, json)
+                .publish_ordered(&topic, data, json)
                 .await
-                .map(|(term, seq)| Stamp { term, seq })
+                .map(|p| Stamp {
+                    term: p.term,
+                    seq: p.seq,
+                    position: (p.offset > 0).then(|| Position {
+                        epoch: Arc::from(p.epoch),
+                        offset: p.offset,
+                    }),
+                })
                 .map_err(upstream_error)
+        })
+    }
+
+    fn fetch_history(
+        &self,
+        topic: &str,
+        after: u64,
+        limit: u32,
+    ) -> BoxFuture<'static, Result<HistoryPage, UpstreamError>> {
+        let this = self.clone();
+        let topic = topic.to_string();
+        Box::pin(async move {
+            let page = this
+                .inner
+                .link
+                .fetch_history(&topic, after, limit)
+                .await
+                .map_err(upstream_error)?;
+            Ok(HistoryPage {
+                enabled: page.enabled,
+                epoch: Arc::from(page.epoch),
+                first: page.first,
+                last: page.last,
+                messages: page
+                    .messages
+                    .into_iter()
+                    .map(|m| {
+                        // JSON text goes to clients as it is: a manager's is checked as a
+                        // live delivery's is (else it is passed on as bytes).
+                        let valid = m.json
+                            && serde_json::from_slice::<&serde_json::value::RawValue>(&m.data)
+                                .is_ok();
+                        let data = Bytes::from(m.data);
+                        let payload = if valid {
+                            Payload::Json(data)
+                        } else {
+                            Payload::Binary(data)
+                        };
+                        (m.offset, m.term, payload)
+                    })
+                    .collect(),
+                truncated: page.truncated,
+            })
         })
     }
 
@@ -1144,6 +1204,8 @@ mod tests {
             term: 1,
             seq: 1,
             dseq: 1,
+            offset: 0,
+            epoch: String::new(),
         })));
         bytes.extend(encode_frame(&SessionFrame::default()));
         let mut stream = &bytes[..];

@@ -701,6 +701,29 @@ impl Driver {
                         self.subscribe(id, &topics);
                     }
                 }
+                Action::SubscribeRecover {
+                    id,
+                    topics,
+                    recover,
+                } => {
+                    if self.permitted(now, id, Op::Subscribe, &topics)
+                        && self.subscribe_hook(id, &topics).await
+                    {
+                        self.subscribe_recovering(id, &topics, recover);
+                    }
+                }
+                Action::History { id, topic, limit } => {
+                    // Reading a topic's history is reading the topic: the subscribe right.
+                    if self.permitted(now, id, Op::Subscribe, std::slice::from_ref(&topic)) {
+                        crate::recovery::answer_history(
+                            &self.shared,
+                            self.ctx.clone(),
+                            id,
+                            topic,
+                            limit,
+                        );
+                    }
+                }
                 Action::Unsubscribe { id, topics } => self.unsubscribe(id, &topics),
                 Action::Publish { id, topic, payload } => {
                     if self.permitted(now, id, Op::Publish, std::slice::from_ref(&topic)) {
@@ -984,6 +1007,30 @@ impl Driver {
         }
     }
 
+    /// [`Self::subscribe`], then recover `recover` once the topics are committed (the index's
+    /// ack starts the recovery, recovery.rs).
+    fn subscribe_recovering(
+        &self,
+        id: u64,
+        topics: &[Arc<str>],
+        recover: Vec<(Arc<str>, firetower_client::Position)>,
+    ) {
+        let mut state = lock(&self.shared.state);
+        state.recoveries.insert((self.ctx.id, id), recover);
+        match state.index.subscribe(self.ctx.id, id, topics) {
+            Ok(effects) => apply(&self.shared, &mut state, effects),
+            Err(e @ IndexError::TooManyTopics { .. }) => {
+                state.recoveries.remove(&(self.ctx.id, id));
+                drop(state);
+                self.ctx.reply(&ServerFrame::error(
+                    Some(id),
+                    "too_many_topics",
+                    e.to_string(),
+                ));
+            }
+        }
+    }
+
     fn unsubscribe(&self, id: u64, topics: &[Arc<str>]) {
         let mut state = lock(&self.shared.state);
         let effects = state.index.unsubscribe(self.ctx.id, topics);
@@ -1010,7 +1057,7 @@ impl Driver {
                     Ok(r) => r,
                     Err(_) => Err(UpstreamError::Timeout),
                 };
-                finish_publish(&shared, &ctx, id, started, result.map(|_| ()));
+                finish_publish(&shared, &ctx, id, started, result);
             },
             {
                 let shared = self.shared.clone();
@@ -1032,12 +1079,24 @@ fn finish_publish(
     ctx: &ConnCtx,
     id: u64,
     started: Instant,
-    result: Result<(), UpstreamError>,
+    result: Result<Stamp, UpstreamError>,
 ) {
     shared.metrics.observe_publish(started.elapsed());
     ctx.in_flight.fetch_sub(1, Ordering::AcqRel);
     match result {
-        Ok(()) => ctx.reply(&ServerFrame::Ack { id }),
+        // A history topic's ack says where the message was stored (the client keeps it as
+        // its position); a plain topic's ack stays as it always was.
+        Ok(Stamp {
+            term,
+            seq,
+            position: Some(position),
+        }) => ctx.reply(&ServerFrame::Published {
+            id,
+            term,
+            seq,
+            position: Some(position),
+        }),
+        Ok(_) => ctx.reply(&ServerFrame::Ack { id }),
         Err(e) => {
             inc(&shared.metrics.publish_failures);
             ctx.reply(&ServerFrame::error(

@@ -101,6 +101,21 @@ impl SendQueue {
         }
     }
 
+    /// Messages that fit before the queue is full (by count; bytes may run out first).
+    pub(crate) fn free_messages(&self) -> usize {
+        let s = lock(&self.state);
+        if s.closed || s.close.is_some() {
+            return 0;
+        }
+        self.limits.messages.saturating_sub(s.frames.len())
+    }
+
+    /// True once the connection is closing or closed: nothing more will be sent.
+    pub(crate) fn is_closed(&self) -> bool {
+        let s = lock(&self.state);
+        s.closed || s.close.is_some()
+    }
+
     /// Offer a message (droppable under the slow-consumer policy).
     pub fn push_message(&self, frame: Bytes, now: Instant) -> PushOutcome {
         let mut s = lock(&self.state);

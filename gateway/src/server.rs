@@ -91,6 +91,7 @@ impl Drop for ConnGuard {
                 self.shared.remove_user_connection(&mut state, user);
             }
         }
+        state.forget_conn(self.id);
         let effects = state.index.remove_conn(self.id);
         apply(&self.shared, &mut state, effects);
         drop(state);
@@ -173,7 +174,11 @@ impl Gateway {
                 index: SubscriptionIndex::new(config.limits.max_topics),
                 conns: HashMap::new(),
                 users: HashMap::new(),
+                recoveries: HashMap::new(),
+                recovering: HashMap::new(),
+                gaps: HashMap::new(),
             }),
+            start_recovery: crate::recovery::start,
             config,
             upstream,
             metrics,
@@ -411,6 +416,7 @@ fn fan_out(shared: &Shared, delivery: Delivery) {
         payload: delivery.payload,
         term: delivery.term,
         seq: delivery.seq,
+        position: delivery.position,
     };
     let topic = match &frame {
         ServerFrame::Message { topic, .. } => topic.clone(),
@@ -419,17 +425,55 @@ fn fan_out(shared: &Shared, delivery: Delivery) {
     let mut encoded: [Option<Bytes>; 3] = [None, None, None];
     let now = Instant::now();
     let (mut queued, mut dropped) = (0u64, 0u64);
-    let state = lock(&shared.state);
-    for conn in state.index.subscribers(&topic) {
-        let Some(ctx) = state.conns.get(&conn) else {
+    let offset = match &frame {
+        ServerFrame::Message {
+            position: Some(p), ..
+        } => p.offset,
+        _ => 0,
+    };
+    let mut state = lock(&shared.state);
+    let State {
+        index,
+        conns,
+        recovering,
+        gaps,
+        ..
+    } = &mut *state;
+    for conn in index.subscribers(&topic) {
+        let Some(ctx) = conns.get(&conn) else {
             continue;
         };
         let bytes = encoded[ctx.wire.index()]
             .get_or_insert_with(|| ctx.wire.encode(&frame))
             .clone();
+        if !recovering.is_empty() {
+            if let Some(buffer) = recovering.get_mut(&(conn, topic.clone())) {
+                // Held until the connection's missed messages are out (recovery.rs).
+                buffer.push(offset, bytes);
+                continue;
+            }
+        }
+        if !gaps.is_empty() && ctx.queue.free_messages() > 1 {
+            // Room again: tell the connection what it missed first.
+            if let Some(missed) = gaps.remove(&conn) {
+                for (t, n) in missed {
+                    ctx.reply(&ServerFrame::Gap {
+                        topic: t,
+                        dropped: n,
+                    });
+                }
+            }
+        }
         match ctx.queue.push_message(bytes, now) {
             PushOutcome::Queued => queued += 1,
-            PushOutcome::Dropped => dropped += 1,
+            PushOutcome::Dropped => {
+                dropped += 1;
+                *gaps
+                    .entry(conn)
+                    .or_default()
+                    .entry(topic.clone())
+                    .or_default() += 1;
+            }
             PushOutcome::Disconnect => {
                 dropped += 1;
                 inc(&shared.metrics.slow_consumer_disconnects);
@@ -463,7 +507,13 @@ mod tests {
             Box::pin(async { Ok(()) })
         }
         fn publish(&self, _: &str, _: Payload) -> BoxFuture<'static, Result<Stamp, UpstreamError>> {
-            Box::pin(async { Ok(Stamp { term: 1, seq: 1 }) })
+            Box::pin(async {
+                Ok(Stamp {
+                    term: 1,
+                    seq: 1,
+                    position: None,
+                })
+            })
         }
         fn ready(&self) -> bool {
             true

@@ -50,7 +50,7 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use firetower_client::tcp;
 use firetower_client::ws::{self, close_code, Message, MessageAssembler, Opcode, Role, WsError};
-use firetower_client::{ClientFrame, Payload, ServerFrame};
+use firetower_client::{ClientFrame, Payload, Position, ServerFrame};
 
 use crate::config::ConnectionLimits;
 use crate::queue::{CloseRequest, SendQueue};
@@ -77,6 +77,19 @@ const PING_PAYLOAD: &[u8] = b"firetower";
 pub(crate) enum Action {
     /// Subscribe the connection in the index; the index acks or fails `id` (through the queue).
     Subscribe { id: u64, topics: Vec<Arc<str>> },
+    /// Subscribe and recover history topics from the client's positions; the ack (with
+    /// `recovered`) and the missed messages follow once the history is read.
+    SubscribeRecover {
+        id: u64,
+        topics: Vec<Arc<str>>,
+        recover: Vec<(Arc<str>, Position)>,
+    },
+    /// Read a history topic's newest kept messages and answer `id`.
+    History {
+        id: u64,
+        topic: Arc<str>,
+        limit: u32,
+    },
     /// Unsubscribe the connection in the index, then ack `id`.
     Unsubscribe { id: u64, topics: Vec<Arc<str>> },
     /// Publish through the upstream; ack or fail `id` when it answers.
@@ -560,12 +573,47 @@ impl ClientSession {
                 self.reply(queue, &ServerFrame::Pong { id });
                 None
             }
-            ClientFrame::Subscribe { id, topics } => {
+            ClientFrame::Subscribe {
+                id,
+                topics,
+                recover,
+                join_leave: _,
+            } => {
                 if !self.subscribe_bucket.take(now) {
                     self.rate_limited(now, queue, id);
                     return None;
                 }
-                Some(Action::Subscribe { id, topics })
+                if recover.is_empty() {
+                    return Some(Action::Subscribe { id, topics });
+                }
+                // Only topics of this request can be recovered.
+                let recover: Vec<(Arc<str>, Position)> = recover
+                    .into_iter()
+                    .filter(|(t, _)| topics.contains(t))
+                    .collect();
+                Some(Action::SubscribeRecover {
+                    id,
+                    topics,
+                    recover,
+                })
+            }
+            ClientFrame::History { id, topic, limit } => {
+                if !self.subscribe_bucket.take(now) {
+                    self.rate_limited(now, queue, id);
+                    return None;
+                }
+                Some(Action::History { id, topic, limit })
+            }
+            ClientFrame::Presence { id, .. } => {
+                self.reply(
+                    queue,
+                    &ServerFrame::error(
+                        Some(id),
+                        "presence_disabled",
+                        "this gateway does not serve presence yet",
+                    ),
+                );
+                None
             }
             ClientFrame::Unsubscribe { id, topics } => {
                 if !self.subscribe_bucket.take(now) {
@@ -734,6 +782,7 @@ mod tests {
             payload: Payload::Json(Bytes::from_static(b"1")),
             term: 1,
             seq,
+            position: None,
         }
     }
 
@@ -741,7 +790,7 @@ mod tests {
         let topics = prop::collection::vec((0u8..4).prop_map(topic), 1..3);
         prop_oneof![
             (0u64..1000, topics.clone())
-                .prop_map(|(id, topics)| ClientFrame::Subscribe { id, topics }),
+                .prop_map(|(id, topics)| ClientFrame::subscribe(id, topics)),
             (0u64..1000, topics).prop_map(|(id, topics)| ClientFrame::Unsubscribe { id, topics }),
             (0u64..1000, 0u8..4).prop_map(|(id, t)| ClientFrame::Publish {
                 id,
@@ -935,7 +984,10 @@ mod tests {
                     return Ok(());
                 }
                 match &action {
-                    Action::Subscribe { id, .. } | Action::Unsubscribe { id, .. } => {
+                    Action::Subscribe { id, .. }
+                    | Action::Unsubscribe { id, .. }
+                    | Action::SubscribeRecover { id, .. }
+                    | Action::History { id, .. } => {
                         prop_assert!(!self.session.is_closing(), "{:?} while closing", action);
                         self.reply(&ServerFrame::Ack { id: *id });
                     }
@@ -1181,7 +1233,7 @@ mod tests {
                     )));
                     state = strike(&mut output);
                 }
-                ClientFrame::Subscribe { id, topics } => {
+                ClientFrame::Subscribe { id, topics, .. } => {
                     tokens -= 1;
                     actions.push(Action::Subscribe { id, topics });
                     output.push(data(ServerFrame::Ack { id }));
@@ -1199,6 +1251,8 @@ mod tests {
                     actions.push(Action::Auth { id, token });
                     output.push(data(ServerFrame::Ack { id }));
                 }
+                // Not generated by the model's frames.
+                ClientFrame::History { .. } | ClientFrame::Presence { .. } => {}
             }
         }
         // Everything written: a peer that closed first is done; otherwise half-close.
@@ -1490,10 +1544,7 @@ mod tests {
     {
         let mut h = ws_harness();
         h.instant_publish = false;
-        let sub = ClientFrame::Subscribe {
-            id: 1,
-            topics: vec![topic(1)],
-        };
+        let sub = ClientFrame::subscribe(1, vec![topic(1)]);
         let publish = ClientFrame::Publish {
             id: 2,
             topic: topic(1),

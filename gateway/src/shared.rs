@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use firetower_client::ServerFrame;
+use firetower_client::{Position, ServerFrame};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -69,7 +69,64 @@ pub(crate) struct State {
     pub(crate) conns: HashMap<ConnId, Arc<ConnCtx>>,
     /// Open connections per authenticated user, for the per-user limit.
     pub(crate) users: HashMap<Arc<str>, u32>,
+    /// Subscribe requests with `recover`, until the index acks them (recovery.rs).
+    pub(crate) recoveries: HashMap<(ConnId, u64), Vec<(Arc<str>, Position)>>,
+    /// Topics being recovered per connection: fan-out holds their live messages here.
+    pub(crate) recovering: HashMap<(ConnId, Arc<str>), RecoveryBuffer>,
+    /// Messages dropped per connection and topic, not yet reported (`gap` frames).
+    pub(crate) gaps: HashMap<ConnId, HashMap<Arc<str>, u64>>,
 }
+
+impl State {
+    /// Count a message of `topic` dropped for `conn`; reported once the connection has room.
+    pub(crate) fn note_gap(&mut self, conn: ConnId, topic: &Arc<str>) {
+        *self
+            .gaps
+            .entry(conn)
+            .or_default()
+            .entry(topic.clone())
+            .or_default() += 1;
+    }
+
+    /// Everything kept for a connection that is gone.
+    pub(crate) fn forget_conn(&mut self, conn: ConnId) {
+        self.gaps.remove(&conn);
+        if !self.recovering.is_empty() {
+            self.recovering.retain(|(c, _), _| *c != conn);
+        }
+        if !self.recoveries.is_empty() {
+            self.recoveries.retain(|(c, _), _| *c != conn);
+        }
+    }
+}
+
+/// Live messages one recovering `(connection, topic)` holds at most.
+pub(crate) const RECOVERY_BUFFER_MESSAGES: usize = 4_096;
+
+/// A recovering topic's live messages, held until its missed ones are delivered.
+#[derive(Debug, Default)]
+pub(crate) struct RecoveryBuffer {
+    /// `(offset, frame)`: the message's offset (0 without history) and its encoded frame.
+    pub(crate) frames: std::collections::VecDeque<(u64, bytes::Bytes)>,
+    /// Messages dropped (oldest first) since the recovery task last looked.
+    pub(crate) overflowed: u64,
+}
+
+impl RecoveryBuffer {
+    /// Hold one live message.
+    pub(crate) fn push(&mut self, offset: u64, frame: bytes::Bytes) {
+        if self.frames.len() >= RECOVERY_BUFFER_MESSAGES {
+            self.frames.pop_front();
+            self.overflowed += 1;
+        }
+        self.frames.push_back((offset, frame));
+    }
+}
+
+/// Starts the recovery of a subscribe request whose topics committed (recovery.rs; a
+/// function so that this bottom layer does not import the recovery).
+pub(crate) type StartRecovery =
+    fn(&Arc<Shared>, &mut State, ConnId, u64, Vec<(Arc<str>, Position)>);
 
 /// What every task of one gateway shares.
 pub(crate) struct Shared {
@@ -88,6 +145,8 @@ pub(crate) struct Shared {
     pub(crate) hooks: Option<crate::hooks::Hooks>,
     /// The operator bans as last pushed by the cluster.
     pub(crate) bans: Mutex<Arc<Vec<Ban>>>,
+    /// Runs a recovery (recovery::start).
+    pub(crate) start_recovery: StartRecovery,
     /// Publish rate per user, when `limits.user_publish_rate` is set; an entry lives while the
     /// user has a connection here.
     pub(crate) user_buckets: Mutex<HashMap<Arc<str>, TokenBucket>>,
@@ -178,7 +237,9 @@ pub(crate) fn apply(shared: &Arc<Shared>, state: &mut State, effects: Vec<Effect
             Effect::Subscribe(topic) => spawn_upstream(shared, topic, true),
             Effect::Unsubscribe(topic) => spawn_upstream(shared, topic, false),
             Effect::Ack { conn, id } => {
-                if let Some(c) = state.conns.get(&conn) {
+                if let Some(recover) = state.recoveries.remove(&(conn, id)) {
+                    (shared.start_recovery)(shared, state, conn, id, recover);
+                } else if let Some(c) = state.conns.get(&conn) {
                     c.reply(&ServerFrame::Ack { id });
                 }
             }
@@ -188,6 +249,7 @@ pub(crate) fn apply(shared: &Arc<Shared>, state: &mut State, effects: Vec<Effect
                 topic,
                 error,
             } => {
+                state.recoveries.remove(&(conn, id));
                 if let Some(c) = state.conns.get(&conn) {
                     c.reply(&ServerFrame::error(
                         Some(id),

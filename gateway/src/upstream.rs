@@ -18,6 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub(crate) use firetower_client::Payload;
+pub(crate) use firetower_client::Position;
 
 /// A boxed, sendable future: what [`Upstream`] methods return (same shape as
 /// `futures::future::BoxFuture`, without the dependency).
@@ -34,15 +35,36 @@ pub struct Delivery {
     pub term: u64,
     /// The message's sequence number within the topic (and term).
     pub seq: u64,
+    /// History topics: the topic's epoch and the message's offset.
+    pub position: Option<Position>,
 }
 
 /// The position a topic's leader gave a published message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stamp {
     /// The leader's term.
     pub term: u64,
     /// The per-topic sequence number.
     pub seq: u64,
+    /// History topics: where the message was stored.
+    pub position: Option<Position>,
+}
+
+/// A page of a history topic's kept messages, as the topic's leader read them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// False when no history rule covers the topic.
+    pub enabled: bool,
+    /// The topic's epoch (empty when nothing is kept).
+    pub epoch: Arc<str>,
+    /// Oldest offset kept (`last + 1` when none).
+    pub first: u64,
+    /// Newest offset of the epoch (0 when none).
+    pub last: u64,
+    /// `(offset, term, payload)`, oldest first.
+    pub messages: Vec<(u64, u64, Payload)>,
+    /// More follow after the last one.
+    pub truncated: bool,
 }
 
 /// Why the cluster could not do what the gateway asked.
@@ -100,6 +122,16 @@ pub trait Upstream: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Stamp, UpstreamError>>;
     /// True when a leader is known for every group (feeds `/readyz`).
     fn ready(&self) -> bool;
+    /// The kept messages of a history topic above offset `after` (one page, at most `limit`;
+    /// 0: as many as fit). Unavailable by default (a fake upstream keeps no history).
+    fn fetch_history(
+        &self,
+        _topic: &str,
+        _after: u64,
+        _limit: u32,
+    ) -> BoxFuture<'static, Result<HistoryPage, UpstreamError>> {
+        Box::pin(async { Ok(HistoryPage::default()) })
+    }
     /// What the gateway refused from the cluster so far, as `(reason, count)`: exported as
     /// `firetower_gateway_link_rejected_total{reason}`. None by default (a fake upstream).
     fn link_rejections(&self) -> Vec<(&'static str, u64)> {

@@ -161,6 +161,7 @@ impl FakeManager {
             term,
             seq,
             dseq,
+            ..pb::Delivery::default()
         }));
         let acks = self.acks.clone();
         let mut found = None;

@@ -15,10 +15,7 @@ async fn shutdown_closes_with_1001_and_unsubscribes() {
     let mut b = connect(gw.local_addr(), Some("firetower.proto")).await;
     subscribe(&mut a, "x", 1).await;
     subscribe(&mut a, "y", 2).await;
-    let sub = firetower_gateway::ClientFrame::Subscribe {
-        id: 1,
-        topics: vec!["y".into()],
-    };
+    let sub = firetower_gateway::ClientFrame::subscribe(1, vec!["y".into()]);
     b.send_binary(&sub.encode_proto()).await.unwrap();
     recv_binary(&mut b).await.unwrap();
     assert_eq!(fake.interest().len(), 2);

@@ -135,10 +135,7 @@ async fn proto_and_json_clients_share_topics() {
     let mut json_sub = connect(gw.local_addr(), None).await;
     let mut proto = connect(gw.local_addr(), Some("firetower.proto")).await;
     subscribe(&mut json_sub, "mixed", 1).await;
-    let sub = ClientFrame::Subscribe {
-        id: 1,
-        topics: vec!["mixed".into()],
-    };
+    let sub = ClientFrame::subscribe(1, vec!["mixed".into()]);
     proto.send_binary(&sub.encode_proto()).await.unwrap();
     assert_eq!(
         ServerFrame::parse_proto(&recv_binary(&mut proto).await.unwrap()).unwrap(),
@@ -214,10 +211,7 @@ async fn raw_tcp_devices_subscribe_and_receive() {
         .unwrap();
     tcp_send(
         &mut device,
-        &ClientFrame::Subscribe {
-            id: 1,
-            topics: vec!["cmd.42".into()],
-        },
+        &ClientFrame::subscribe(1, vec!["cmd.42".into()]),
     )
     .await;
     assert_eq!(tcp_recv(&mut device).await, ServerFrame::Ack { id: 1 });
@@ -231,6 +225,7 @@ async fn raw_tcp_devices_subscribe_and_receive() {
             payload,
             term: 1,
             seq: 1,
+            position: None,
         } => {
             assert_eq!(&*topic, "cmd.42");
             assert_eq!(payload, Payload::Json(Bytes::from_static(b"\"reboot\"")));

@@ -25,7 +25,9 @@ use crate::frame::{decode_frame, write_link_frame, MAX_LINK_FRAME_BYTES};
 use crate::leader_cache::{
     LeaderCache, Observation, RoutingRejectReason, RoutingRejected, RoutingRejections, Target,
 };
-use crate::message::{LinkReply, LinkRequest, MessageError, Routing, Written};
+use crate::message::{
+    HistoryPage, LinkReply, LinkRequest, MessageError, Published, Routing, Written,
+};
 use crate::reconnect::ReconnectPolicy;
 use crate::tls::Security;
 use crate::tls::SERVER_NAME;
@@ -257,6 +259,55 @@ impl LinkClient {
         };
         match self.request(topic, request).await? {
             LinkReply::Published(p) => Ok((p.term, p.seq)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Publish to `topic`; returns where its leader ordered it (with the offset and epoch of
+    /// a history topic) once every subscribed gateway has it.
+    pub async fn publish_ordered(
+        &self,
+        topic: &str,
+        data: Vec<u8>,
+        json: bool,
+    ) -> Result<Published, LinkError> {
+        let request = LinkRequest::Publish {
+            topic: topic.to_string(),
+            data,
+            json,
+        };
+        match self.request(topic, request).await? {
+            LinkReply::Published(p) => Ok(p),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The kept messages of history topic `topic` above offset `after` (one page; ask again
+    /// after its last offset while `truncated`), read at the group's leader.
+    pub async fn fetch_history(
+        &self,
+        topic: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<HistoryPage, LinkError> {
+        let request = LinkRequest::FetchHistory {
+            topic: topic.to_string(),
+            after,
+            limit,
+        };
+        match self.request(topic, request).await? {
+            LinkReply::History(h) => Ok(h),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The users present on `topic` with their connections; `None` without a presence rule.
+    pub async fn presence(&self, topic: &str) -> Result<Option<Vec<(String, u32)>>, LinkError> {
+        let request = LinkRequest::Presence {
+            topic: topic.to_string(),
+        };
+        match self.request(topic, request).await? {
+            LinkReply::Presence(p) => Ok(p),
             other => Err(unexpected(&other)),
         }
     }

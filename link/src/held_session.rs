@@ -254,6 +254,7 @@ async fn run(
                 | Some(session_frame::Frame::Bans(_))
                 | Some(session_frame::Frame::Kick(_))
                 | Some(session_frame::Frame::ConnectionsQuery(_))
+                | Some(session_frame::Frame::Presence(_))
                 | None => {}
             }
         }

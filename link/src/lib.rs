@@ -63,7 +63,9 @@ pub use leader_cache::{
     RoutingRejections, Target, MAX_GROUPS, MAX_MANAGERS,
 };
 pub use memnet::{MemNet, MemSocket};
-pub use message::{GroupLeader, LinkReply, LinkRequest, MessageError, Published, Routing, Written};
+pub use message::{
+    GroupLeader, HistoryPage, LinkReply, LinkRequest, MessageError, Published, Routing, Written,
+};
 pub use reconnect::ReconnectPolicy;
 pub use tls::{
     install_crypto_provider, peer_role, ClientAuth, Security, TlsError, TlsIdentity, SERVER_NAME,

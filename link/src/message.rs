@@ -62,6 +62,29 @@ pub enum LinkRequest {
         /// True when `data` is JSON text.
         json: bool,
     },
+    /// Read a history topic's kept messages with offsets above `after`.
+    FetchHistory {
+        /// The topic.
+        topic: String,
+        /// Offsets above this one (0: from the oldest kept).
+        after: u64,
+        /// At most this many (0: as many as fit one reply).
+        limit: u32,
+    },
+    /// Who is present on a topic, over every gateway.
+    Presence {
+        /// The topic.
+        topic: String,
+    },
+    /// The gateway now holds `connections` connections of `user` subscribed to `topic`.
+    PresenceUpdate {
+        /// The topic.
+        topic: String,
+        /// The user.
+        user: String,
+        /// Its connections here subscribed to the topic (0: none).
+        connections: u32,
+    },
     /// Ask for the routing table.
     GetRouting,
     /// Open this gateway's session (on a long-lived stream).
@@ -80,7 +103,10 @@ impl LinkRequest {
             LinkRequest::Subscribe { topic, .. }
             | LinkRequest::Unsubscribe { topic }
             | LinkRequest::TopicGateways { topic }
-            | LinkRequest::Publish { topic, .. } => Some(topic),
+            | LinkRequest::Publish { topic, .. }
+            | LinkRequest::FetchHistory { topic, .. }
+            | LinkRequest::Presence { topic }
+            | LinkRequest::PresenceUpdate { topic, .. } => Some(topic),
             LinkRequest::GetRouting | LinkRequest::OpenSession { .. } => None,
         }
     }
@@ -119,6 +145,25 @@ impl From<LinkRequest> for gateway_request::Op {
             LinkRequest::Publish { topic, data, json } => {
                 Op::Publish(pb::Publish { topic, data, json })
             }
+            LinkRequest::FetchHistory {
+                topic,
+                after,
+                limit,
+            } => Op::FetchHistory(pb::FetchHistory {
+                topic,
+                after,
+                limit,
+            }),
+            LinkRequest::Presence { topic } => Op::Presence(pb::PresenceQuery { topic }),
+            LinkRequest::PresenceUpdate {
+                topic,
+                user,
+                connections,
+            } => Op::PresenceUpdate(pb::PresenceUpdate {
+                topic,
+                user,
+                connections,
+            }),
             LinkRequest::GetRouting => Op::GetRouting(pb::GetRouting {}),
             LinkRequest::OpenSession { epoch, lease } => Op::OpenSession(pb::OpenSession {
                 epoch: epoch.get(),
@@ -143,6 +188,17 @@ impl From<gateway_request::Op> for LinkRequest {
                 data: p.data,
                 json: p.json,
             },
+            Op::FetchHistory(f) => LinkRequest::FetchHistory {
+                topic: f.topic,
+                after: f.after,
+                limit: f.limit,
+            },
+            Op::Presence(p) => LinkRequest::Presence { topic: p.topic },
+            Op::PresenceUpdate(p) => LinkRequest::PresenceUpdate {
+                topic: p.topic,
+                user: p.user,
+                connections: p.connections,
+            },
             Op::GetRouting(_) => LinkRequest::GetRouting,
             Op::OpenSession(o) => LinkRequest::OpenSession {
                 epoch: Epoch(o.epoch),
@@ -162,7 +218,7 @@ pub struct Written {
 }
 
 /// Where a publish was ordered and how far it went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
     /// The leader's term.
     pub term: u64,
@@ -170,6 +226,27 @@ pub struct Published {
     pub seq: u64,
     /// Gateways the message was delivered to.
     pub gateways: u32,
+    /// History topics: the message's offset (0 otherwise).
+    pub offset: u64,
+    /// History topics: the topic's epoch (empty otherwise).
+    pub epoch: String,
+}
+
+/// A page of a history topic's kept messages.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HistoryPage {
+    /// False when no history rule covers the topic.
+    pub enabled: bool,
+    /// The topic's epoch; empty when it keeps nothing.
+    pub epoch: String,
+    /// Oldest offset kept (`last + 1` when none).
+    pub first: u64,
+    /// Newest offset of the epoch (0 when none).
+    pub last: u64,
+    /// The messages, oldest first.
+    pub messages: Vec<pb::HistoryMessage>,
+    /// More follow after the last message's offset.
+    pub truncated: bool,
 }
 
 /// A manager's answer to a [`LinkRequest`].
@@ -197,6 +274,11 @@ pub enum LinkReply {
     Routing(Routing),
     /// A publish reached every subscribed gateway.
     Published(Published),
+    /// Kept messages of a history topic.
+    History(HistoryPage),
+    /// The users present on a topic: `(user, connections)`; `None` when no presence rule
+    /// covers it.
+    Presence(Option<Vec<(String, u32)>>),
 }
 
 impl TryFrom<pb::GatewayReply> for LinkReply {
@@ -223,7 +305,23 @@ impl TryFrom<pb::GatewayReply> for LinkReply {
                 term: p.term,
                 seq: p.seq,
                 gateways: p.gateways,
+                offset: p.offset,
+                epoch: p.epoch,
             }),
+            R::History(h) => LinkReply::History(HistoryPage {
+                enabled: h.enabled,
+                epoch: h.epoch,
+                first: h.first,
+                last: h.last,
+                messages: h.messages,
+                truncated: h.truncated,
+            }),
+            R::Presence(p) => LinkReply::Presence(p.enabled.then(|| {
+                p.users
+                    .into_iter()
+                    .map(|u| (u.user, u.connections))
+                    .collect()
+            })),
         })
     }
 }

@@ -272,6 +272,32 @@ impl Admin for AdminService {
         )
     }
 
+    async fn set_rule(
+        &self,
+        request: Request<SetRuleRequest>,
+    ) -> Result<Response<SetRuleReply>, Status> {
+        self.authorize(&request, "SetRule", control_access(&request))?;
+        let forwarded = forwarded(&request);
+        operated(
+            self.operators
+                .set_rule(request.into_inner(), forwarded)
+                .await,
+        )
+    }
+
+    async fn list_rules(
+        &self,
+        request: Request<ListRulesRequest>,
+    ) -> Result<Response<ListRulesReply>, Status> {
+        self.authorize(&request, "ListRules", control_access(&request))?;
+        let forwarded = forwarded(&request);
+        operated(
+            self.operators
+                .list_rules(request.into_inner(), forwarded)
+                .await,
+        )
+    }
+
     async fn stats(&self, request: Request<StatsRequest>) -> Result<Response<StatsReply>, Status> {
         self.authorize(&request, "Stats", Access::Operate)?;
         operated(self.operators.stats().await)

@@ -34,6 +34,8 @@ mod admin_tls;
 mod config;
 mod controls;
 mod error;
+mod history;
+mod history_book;
 mod leadership;
 mod leases;
 mod link;

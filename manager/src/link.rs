@@ -223,7 +223,29 @@ pub(crate) async fn handle(node: &Node, request: GatewayRequest) -> GatewayReply
             if let Err(e) = firetower_proto::validate_topic(&p.topic) {
                 return failure(e.code(), e.to_string());
             }
+            if let Some(rule) = crate::history::rule_for(node, &p.topic) {
+                return crate::history::publish(node, p.topic, p.data.into(), p.json, rule).await;
+            }
             return crate::publish::publish(node, p.topic, p.data.into(), p.json).await;
+        }
+        Some(gateway_request::Op::FetchHistory(f)) => {
+            if let Err(e) = firetower_proto::validate_topic(&f.topic) {
+                return failure(e.code(), e.to_string());
+            }
+            return crate::history::fetch(node, f.topic, f.after, f.limit).await;
+        }
+        Some(gateway_request::Op::Presence(p)) => {
+            if let Err(e) = firetower_proto::validate_topic(&p.topic) {
+                return failure(e.code(), e.to_string());
+            }
+            return crate::history::presence(node, p.topic).await;
+        }
+        Some(gateway_request::Op::PresenceUpdate(p)) => {
+            if let Err(e) = firetower_proto::validate_topic(&p.topic) {
+                return failure(e.code(), e.to_string());
+            }
+            return crate::history::presence_update(node, gateway, p.topic, p.user, p.connections)
+                .await;
         }
         Some(gateway_request::Op::OpenSession(_)) => {
             return failure(

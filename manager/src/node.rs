@@ -37,7 +37,7 @@ use firetower_proto::GatewayId;
 use firetower_raft::{
     GroupId, GroupRouter, ManagerNode, PeerConnections, QuicNetworkFactory, Raft, TypeConfig,
 };
-use firetower_store::{StateStore, TableReader, Wal};
+use firetower_store::{ApplyObserver, Rules, StateStore, TableReader, Wal};
 use openraft::error::Fatal;
 use openraft::ServerState;
 use tokio::sync::watch;
@@ -46,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ManagerConfig;
 use crate::controls::{BanFrames, CommitRates, QueryBook, StatsBook};
 use crate::error::{FatalError, StartError};
+use crate::history_book::HistoryBook;
 use crate::locks::lock;
 use crate::meta::NodeMeta;
 use crate::metrics::{GroupSample, ManagerMetrics, Role};
@@ -114,6 +115,20 @@ struct NodeInner {
     security: firetower_link::Security,
     /// Set once, by the first storage failure: the manager must stop.
     fatal: watch::Sender<Option<FatalError>>,
+    /// Group 0's history and presence rules, as last read.
+    rules: Mutex<Arc<Rules>>,
+    /// History deliveries queued at apply, waiting for their publishers.
+    history_book: Mutex<HistoryBook>,
+}
+
+/// A [`Node`] that does not keep it alive (held by the state machines' apply observer).
+#[derive(Clone, Debug)]
+pub(crate) struct WeakNode(Weak<NodeInner>);
+
+impl WeakNode {
+    pub(crate) fn upgrade(&self) -> Option<Node> {
+        self.0.upgrade().map(|inner| Node { inner })
+    }
 }
 
 impl std::fmt::Debug for NodeInner {
@@ -160,10 +175,49 @@ impl Node {
                 fatal: watch::channel(None).0,
                 config: parts.config,
                 security: parts.security,
+                rules: Mutex::new(Arc::new(Rules::default())),
+                history_book: Mutex::new(HistoryBook::default()),
             }),
         };
         node.watch_wal();
         node
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakNode {
+        WeakNode(Arc::downgrade(&self.inner))
+    }
+
+    /// Tell `observer` of every group's applies from now on.
+    pub(crate) fn set_apply_observer(&self, observer: Arc<dyn ApplyObserver>) {
+        self.inner.state.set_observer(observer);
+    }
+
+    /// Group 0's history and presence rules as this manager applied them (re-read when their
+    /// version moved).
+    pub(crate) fn rules(&self) -> Arc<Rules> {
+        let cached = lock(&self.inner.rules).clone();
+        let Some(reader) = self.reader(GroupId(0)) else {
+            return cached;
+        };
+        match reader.rules_version() {
+            Ok(v) if v == cached.version => cached,
+            Ok(_) => match reader.rules() {
+                Ok(rules) => {
+                    let rules = Arc::new(rules);
+                    *lock(&self.inner.rules) = rules.clone();
+                    rules
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading group 0's rules");
+                    cached
+                }
+            },
+            Err(_) => cached,
+        }
+    }
+
+    pub(crate) fn history_book(&self) -> std::sync::MutexGuard<'_, HistoryBook> {
+        lock(&self.inner.history_book)
     }
 
     /// This manager's id.

@@ -26,12 +26,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use firetower_proto::admin::{
     add_ban_request, AddBanReply, AddBanRequest, ConnectionsReply, ConnectionsRequest,
-    GatewayFigures as PbGatewayFigures, GroupFigures, KickReply, KickRequest, ListBansReply,
-    ListBansRequest, RemoveBanReply, RemoveBanRequest, StatsReply, UserConnection,
+    GatewayFigures as PbGatewayFigures, GroupFigures, HistoryRuleEntry, KickReply, KickRequest,
+    ListBansReply, ListBansRequest, ListRulesReply, ListRulesRequest, RemoveBanReply,
+    RemoveBanRequest, SetRuleReply, SetRuleRequest, StatsReply, UserConnection,
 };
 use firetower_proto::link::{session_frame, ConnectionsQuery};
 use firetower_proto::{Ban, BanTarget, Cidr, GatewayId};
 use firetower_raft::{Command, GroupId, Response};
+use firetower_store::{MAX_HISTORY_SIZE, MAX_HISTORY_TTL_MS};
 use openraft::error::{CheckIsLeaderError, RaftError};
 use tonic::{Code, Status};
 
@@ -103,6 +105,14 @@ impl From<Status> for OperatorError {
     fn from(status: Status) -> Self {
         OperatorError::Remote(status)
     }
+}
+
+/// Where group 0's leader is, for a read.
+enum Confirmed {
+    /// Here: this copy reflects everything committed before the call.
+    Here(firetower_store::TableReader),
+    /// At this admin address.
+    Forward(String),
 }
 
 /// Where a proposal went.
@@ -277,52 +287,13 @@ impl Operators {
         request: ListBansRequest,
         forwarded: bool,
     ) -> Result<ListBansReply, OperatorError> {
-        self.require_joined()?;
-        let group = GroupId(0);
-        let (raft, reader) = match (self.node.raft(group), self.node.reader(group)) {
-            (Some(raft), Some(reader)) => (raft, reader),
-            _ => {
-                return Err(OperatorError::Unavailable(
-                    "group 0 is not running on this manager".into(),
-                ))
+        let reader = match self.confirm_group0(forwarded).await? {
+            Confirmed::Here(reader) => reader,
+            Confirmed::Forward(admin) => {
+                let mut client = self.leader_client(&admin).await?;
+                return Ok(client.list_bans(forward(request)).await?.into_inner());
             }
         };
-        let timeout = self.node.config().raft.proposal_timeout();
-        let deadline = tokio::time::Instant::now() + timeout;
-        // Right after a start or a leader's death there is no leader for a moment: ask again
-        // until one is known (as a commit does), then read through it.
-        loop {
-            let no_leader = match tokio::time::timeout_at(deadline, raft.ensure_linearizable())
-                .await
-            {
-                Ok(Ok(_)) => break,
-                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))))
-                    if !forwarded =>
-                {
-                    match f
-                        .leader_node
-                        .filter(|_| f.leader_id != Some(self.node.id()))
-                    {
-                        Some(node) => {
-                            let mut client = self.leader_client(&node.admin).await?;
-                            return Ok(client.list_bans(forward(request)).await?.into_inner());
-                        }
-                        None => "group 0 has no leader right now (an election is under way); retry"
-                            .to_string(),
-                    }
-                }
-                Ok(Err(e)) => format!("group 0: cannot confirm its leadership: {e}; retry"),
-                Err(_) => {
-                    return Err(OperatorError::Unavailable(format!(
-                        "group 0: leadership not confirmed within {timeout:?}; retry"
-                    )))
-                }
-            };
-            if tokio::time::Instant::now() + Duration::from_millis(100) >= deadline {
-                return Err(OperatorError::Unavailable(no_leader));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
         let controls = reader
             .controls()
             .map_err(|e| OperatorError::Unavailable(format!("reading group 0: {e}")))?;
@@ -438,6 +409,147 @@ impl Operators {
         reply.unanswered = unanswered;
         reply.connections.sort_by_key(|c| (c.gateway, c.since_ms));
         Ok(reply)
+    }
+
+    /// Confirm through a read index that group 0's leader is here (and this copy is current),
+    /// or say where the leader is; waits out an election within the proposal timeout.
+    async fn confirm_group0(&self, forwarded: bool) -> Result<Confirmed, OperatorError> {
+        self.require_joined()?;
+        let group = GroupId(0);
+        let (raft, reader) = match (self.node.raft(group), self.node.reader(group)) {
+            (Some(raft), Some(reader)) => (raft, reader),
+            _ => {
+                return Err(OperatorError::Unavailable(
+                    "group 0 is not running on this manager".into(),
+                ))
+            }
+        };
+        let timeout = self.node.config().raft.proposal_timeout();
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Right after a start or a leader's death there is no leader for a moment: ask again
+        // until one is known (as a commit does), then read through it.
+        loop {
+            let no_leader = match tokio::time::timeout_at(deadline, raft.ensure_linearizable())
+                .await
+            {
+                Ok(Ok(_)) => return Ok(Confirmed::Here(reader)),
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))))
+                    if !forwarded =>
+                {
+                    match f
+                        .leader_node
+                        .filter(|_| f.leader_id != Some(self.node.id()))
+                    {
+                        Some(node) => return Ok(Confirmed::Forward(node.admin)),
+                        None => "group 0 has no leader right now (an election is under way); retry"
+                            .to_string(),
+                    }
+                }
+                Ok(Err(e)) => format!("group 0: cannot confirm its leadership: {e}; retry"),
+                Err(_) => {
+                    return Err(OperatorError::Unavailable(format!(
+                        "group 0: leadership not confirmed within {timeout:?}; retry"
+                    )))
+                }
+            };
+            if tokio::time::Instant::now() + Duration::from_millis(100) >= deadline {
+                return Err(OperatorError::Unavailable(no_leader));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `cluster history set|remove`, `cluster presence enable|disable`.
+    pub(crate) async fn set_rule(
+        &self,
+        request: SetRuleRequest,
+        forwarded: bool,
+    ) -> Result<SetRuleReply, OperatorError> {
+        firetower_proto::validate_pattern(&request.pattern)
+            .map_err(|e| OperatorError::InvalidRequest(format!("{:?}: {e}", request.pattern)))?;
+        let pattern = request.pattern.clone();
+        let command = match (request.kind.as_str(), request.remove) {
+            ("history", false) => {
+                if request.size == 0 || request.size > MAX_HISTORY_SIZE {
+                    return Err(OperatorError::InvalidRequest(format!(
+                        "--size is 1 to {MAX_HISTORY_SIZE} messages"
+                    )));
+                }
+                if request.ttl_ms == 0 || request.ttl_ms > MAX_HISTORY_TTL_MS {
+                    return Err(OperatorError::InvalidRequest(
+                        "--ttl is from 1 ms to 30 days".into(),
+                    ));
+                }
+                Command::SetHistory {
+                    pattern,
+                    size: request.size,
+                    ttl_ms: request.ttl_ms,
+                }
+            }
+            ("history", true) => Command::RemoveHistory { pattern },
+            ("presence", remove) => Command::SetPresence {
+                pattern,
+                enabled: !remove,
+            },
+            (other, _) => {
+                return Err(OperatorError::InvalidRequest(format!(
+                    "rule kind {other:?} is neither \"history\" nor \"presence\""
+                )))
+            }
+        };
+        match self.commit(command, forwarded).await? {
+            Outcome::Committed(Response::Refused { reason }, _) => {
+                Err(OperatorError::NotFound(reason))
+            }
+            Outcome::Committed(_, index) => {
+                tracing::info!(
+                    event = "operator_rule",
+                    kind = %request.kind,
+                    pattern = %request.pattern.escape_debug(),
+                    remove = request.remove,
+                    size = request.size,
+                    ttl_ms = request.ttl_ms,
+                    index,
+                    "rule committed"
+                );
+                Ok(SetRuleReply { index })
+            }
+            Outcome::Forward(admin) => {
+                let mut client = self.leader_client(&admin).await?;
+                Ok(client.set_rule(forward(request)).await?.into_inner())
+            }
+        }
+    }
+
+    /// `cluster history list`, `cluster presence list`: read at group 0's leader.
+    pub(crate) async fn list_rules(
+        &self,
+        request: ListRulesRequest,
+        forwarded: bool,
+    ) -> Result<ListRulesReply, OperatorError> {
+        let reader = match self.confirm_group0(forwarded).await? {
+            Confirmed::Here(reader) => reader,
+            Confirmed::Forward(admin) => {
+                let mut client = self.leader_client(&admin).await?;
+                return Ok(client.list_rules(forward(request)).await?.into_inner());
+            }
+        };
+        let rules = reader
+            .rules()
+            .map_err(|e| OperatorError::Unavailable(format!("reading group 0: {e}")))?;
+        Ok(ListRulesReply {
+            history: rules
+                .history
+                .into_iter()
+                .map(|(pattern, r)| HistoryRuleEntry {
+                    pattern,
+                    size: r.size,
+                    ttl_ms: r.ttl_ms,
+                })
+                .collect(),
+            presence: rules.presence,
+            version: rules.version,
+        })
     }
 
     fn require_joined(&self) -> Result<(), OperatorError> {

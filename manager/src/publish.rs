@@ -40,14 +40,14 @@ use crate::session_table::{delivery_body_len, DeliveryOutcome, EnqueueError};
 use crate::stamper::{NotServing, Stamp};
 
 /// How long a publish waits for the gateways' acks.
-const DELIVERY_ACK_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const DELIVERY_ACK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How old the subscriber lists of `--unsafe-stale-reads` may get.
 const UNSAFE_STALE_COPY: Duration = Duration::from_secs(3);
 
 /// How long a publish waits for a subscribed gateway without a live session here (one that
 /// is reconnecting, typically after this manager restarted) before it fails.
-const SESSION_WAIT: Duration = Duration::from_millis(1_500);
+pub(crate) const SESSION_WAIT: Duration = Duration::from_millis(1_500);
 
 /// Publish `data` to `topic`, and count the outcome.
 pub(crate) async fn publish(node: &Node, topic: String, data: Bytes, json: bool) -> GatewayReply {
@@ -56,7 +56,7 @@ pub(crate) async fn publish(node: &Node, topic: String, data: Bytes, json: bool)
     reply
 }
 
-fn outcome_of(reply: &GatewayReply) -> PublishOutcome {
+pub(crate) fn outcome_of(reply: &GatewayReply) -> PublishOutcome {
     match &reply.result {
         Some(gateway_reply::Result::Published(_)) => PublishOutcome::published,
         Some(gateway_reply::Result::NotLeader(_)) => PublishOutcome::not_leader,
@@ -66,6 +66,21 @@ fn outcome_of(reply: &GatewayReply) -> PublishOutcome {
         Some(gateway_reply::Result::Failure(f)) if f.code == "timeout" => PublishOutcome::timeout,
         _ => PublishOutcome::failed,
     }
+}
+
+/// Refuses a payload whose delivery frame would exceed the link's frame limit.
+pub(crate) fn check_size(topic: &str, len: usize) -> Result<(), GatewayReply> {
+    let delivery_len = delivery_body_len(topic, len);
+    if delivery_len > MAX_LINK_FRAME_BYTES {
+        return Err(failure(
+            "too_large",
+            format!(
+                "a delivery of this {len}-byte payload would be a {delivery_len}-byte frame, \
+                 over the link's {MAX_LINK_FRAME_BYTES}-byte limit; not published"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The lease a leader's stamps rely on (see `stamper.rs`).
@@ -96,16 +111,8 @@ fn not_serving(group: GroupId, why: NotServing) -> GatewayReply {
 
 /// Publish `data` to `topic`.
 async fn publish_once(node: &Node, topic: String, data: Bytes, json: bool) -> GatewayReply {
-    let delivery_len = delivery_body_len(&topic, data.len());
-    if delivery_len > MAX_LINK_FRAME_BYTES {
-        return failure(
-            "too_large",
-            format!(
-                "a delivery of this {}-byte payload would be a {delivery_len}-byte frame, over \
-                 the link's {MAX_LINK_FRAME_BYTES}-byte limit; not published",
-                data.len()
-            ),
-        );
+    if let Err(refused) = check_size(&topic, data.len()) {
+        return refused;
     }
     let group = group_of(&topic, node.group_count());
     let sessions = node.sessions();
@@ -139,6 +146,8 @@ async fn publish_once(node: &Node, topic: String, data: Bytes, json: bool) -> Ga
                 term,
                 seq: 0,
                 gateways: 0,
+                offset: 0,
+                epoch: String::new(),
             })),
         };
     }
@@ -246,6 +255,8 @@ async fn publish_once(node: &Node, topic: String, data: Bytes, json: bool) -> Ga
             term,
             seq,
             gateways: delivered,
+            offset: 0,
+            epoch: String::new(),
         })),
     }
 }

@@ -141,6 +141,7 @@ impl Manager {
             metrics,
             security,
         });
+        node.set_apply_observer(Arc::new(crate::history::Deliverer::new(&node)));
         let mut manager = Manager {
             node,
             metrics_addr: None,

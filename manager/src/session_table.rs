@@ -284,6 +284,21 @@ pub(crate) fn delivery_frame(
     seq: u64,
     dseq: u64,
 ) -> (Bytes, Bytes) {
+    history_delivery_frame(topic, payload, json, term, seq, dseq, 0, "")
+}
+
+/// [`delivery_frame`] of a history topic's message: with its offset and the topic's epoch.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn history_delivery_frame(
+    topic: &str,
+    payload: &Bytes,
+    json: bool,
+    term: u64,
+    seq: u64,
+    dseq: u64,
+    offset: u64,
+    epoch: &str,
+) -> (Bytes, Bytes) {
     use prost::encoding::encode_varint;
     /// `SessionFrame.delivery` and `Delivery.data`: field 2, length-delimited.
     const FIELD_2_BYTES: u8 = (2 << 3) | 2;
@@ -294,6 +309,8 @@ pub(crate) fn delivery_frame(
         term,
         seq,
         dseq,
+        offset,
+        epoch: epoch.to_string(),
     };
     let data_len = payload.len() as u64;
     let (inner, body) = delivery_lens(&without_data, payload.len());
@@ -329,6 +346,9 @@ pub(crate) fn delivery_body_len(topic: &str, payload_len: usize) -> usize {
         term: u64::MAX,
         seq: u64::MAX,
         dseq: u64::MAX,
+        offset: u64::MAX,
+        // Epochs are `{term}-{index}`: at most 41 characters.
+        epoch: "0".repeat(41),
     };
     delivery_lens(&longest, payload_len).1
 }
@@ -348,6 +368,25 @@ impl SessionHandle {
         let mut q = lock(&self.queue);
         let dseq = q.next_dseq + 1;
         let (head, payload) = delivery_frame(topic, data, json, term, seq, dseq);
+        self.push(&q, head, payload)?;
+        q.next_dseq = dseq;
+        Ok(dseq)
+    }
+
+    /// [`SessionHandle::enqueue_delivery`] of a history topic's message.
+    pub(crate) fn enqueue_history(
+        &self,
+        topic: &str,
+        data: &Bytes,
+        json: bool,
+        term: u64,
+        offset: u64,
+        epoch: &str,
+    ) -> Result<u64, EnqueueError> {
+        let mut q = lock(&self.queue);
+        let dseq = q.next_dseq + 1;
+        let (head, payload) =
+            history_delivery_frame(topic, data, json, term, offset, dseq, offset, epoch);
         self.push(&q, head, payload)?;
         q.next_dseq = dseq;
         Ok(dseq)
@@ -597,6 +636,8 @@ mod tests {
                     term,
                     seq,
                     dseq,
+                    offset: 0,
+                    epoch: String::new(),
                 })),
             };
             prop_assert_eq!(decoded, want);

@@ -138,6 +138,19 @@ pub(crate) async fn linearizable_gateways(
     group: GroupId,
     topic: &str,
 ) -> Result<Vec<u64>, ReadError> {
+    confirmed_reader(node, group)
+        .await?
+        .gateways(topic)
+        .map_err(|e| ReadError::Unavailable(format!("reading group {group}: {e}")))
+}
+
+/// The group's table once this manager confirmed with a quorum that it leads (read index) and
+/// applied everything committed before: what it then reads reflects every write acknowledged
+/// before the call.
+pub(crate) async fn confirmed_reader(
+    node: &Node,
+    group: GroupId,
+) -> Result<firetower_store::TableReader, ReadError> {
     let raft = node
         .raft(group)
         .ok_or_else(|| ReadError::Unavailable(format!("group {group} is not running here")))?;
@@ -146,18 +159,14 @@ pub(crate) async fn linearizable_gateways(
         .ok_or_else(|| ReadError::Unavailable(format!("group {group} is not running here")))?;
     if node.config().unsafe_stale_reads {
         // The deliberately broken mode the Jepsen harness must catch: no leadership check.
-        return reader
-            .gateways(topic)
-            .map_err(|e| ReadError::Unavailable(format!("reading group {group}: {e}")));
+        return Ok(reader);
     }
     let timeout = Duration::from_millis(node.config().raft.election_timeout_max_ms * 2);
     match tokio::time::timeout(timeout, raft.ensure_linearizable()).await {
         Err(_) => Err(ReadError::Unavailable(format!(
             "group {group}: leadership not confirmed within {timeout:?}"
         ))),
-        Ok(Ok(_)) => reader
-            .gateways(topic)
-            .map_err(|e| ReadError::Unavailable(format!("reading group {group}: {e}"))),
+        Ok(Ok(_)) => Ok(reader),
         Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
             Err(ReadError::NotLeader {
                 leader: f.leader_id.zip(f.leader_node),

@@ -25,6 +25,7 @@
 
 mod error;
 mod follower;
+mod history;
 mod log_store;
 mod snapshot;
 mod state_machine;
@@ -32,12 +33,16 @@ mod types;
 mod wal;
 
 pub use error::{StoreError, WalError};
+pub use history::{
+    Appended, ApplyEvent, ApplyObserver, HistoryRead, HistoryRule, PresenceChange, Rules,
+    HISTORY_BYTES_PER_GROUP,
+};
 pub use log_store::LogStore;
 pub use snapshot::check_snapshot_data;
 pub use state_machine::{SnapshotBuilder, StateMachine, StateStore, TableReader};
 pub use types::{
     Ban, Command, Controls, GatewayId, KickRecord, ManagerId, ManagerNode, Response, Session,
-    KICKS_KEPT, MAX_BANS, MAX_BATCH_DEPTH,
+    KICKS_KEPT, MAX_BANS, MAX_BATCH_DEPTH, MAX_HISTORY_SIZE, MAX_HISTORY_TTL_MS,
 };
 pub use wal::{FsyncObserver, Wal, WalOptions};
 /// Test seam: make a log's next write or sync fail (feature `fault-injection`).

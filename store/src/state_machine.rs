@@ -41,7 +41,7 @@ use std::fmt;
 use std::io::Cursor;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -53,10 +53,13 @@ use serde::Serialize;
 
 use crate::error::StoreError;
 use crate::follower::SledFollower;
+use crate::history::{
+    self, Appended, ApplyEvent, ApplyObserver, HistoryRead, HistoryRule, PresenceChange, Rules,
+};
 use crate::snapshot::{Meta, SnapshotSlot, TableSnapshot};
 use crate::types::{
     Ban, BanRecord, Command, Controls, GatewayId, KickRecord, ManagerId, ManagerNode, Response,
-    Session, KICKS_KEPT, MAX_BANS,
+    Session, KICKS_KEPT, MAX_BANS, MAX_HISTORY_SIZE, MAX_HISTORY_TTL_MS,
 };
 use crate::StoreTypeConfig;
 
@@ -98,6 +101,8 @@ pub struct StateStore {
     db: sled::Db,
     follower: Arc<SledFollower>,
     snapshot_root: PathBuf,
+    /// Told of what every group's applies did (set once the manager's services exist).
+    observer: Arc<OnceLock<Arc<dyn ApplyObserver>>>,
 }
 
 impl fmt::Debug for StateStore {
@@ -122,6 +127,7 @@ impl StateStore {
             db,
             follower,
             snapshot_root,
+            observer: Arc::new(OnceLock::new()),
         })
     }
 
@@ -165,8 +171,15 @@ impl StateStore {
             slot: Arc::new(slot),
             last_applied,
             membership,
+            observer: Arc::clone(&self.observer),
             _config: PhantomData,
         })
+    }
+
+    /// Sets the observer of every group's applies (once; later calls are ignored). Applies
+    /// before it is set tell nobody.
+    pub fn set_observer(&self, observer: Arc<dyn ApplyObserver>) {
+        let _ = self.observer.set(observer);
     }
 
     /// Flushes sled to disk. Not needed for safety (the log is durable); useful before a
@@ -212,6 +225,7 @@ pub struct StateMachine<C: StoreTypeConfig> {
     slot: Arc<SnapshotSlot>,
     last_applied: Option<LogId<ManagerId>>,
     membership: Membership,
+    observer: Arc<OnceLock<Arc<dyn ApplyObserver>>>,
     _config: PhantomData<fn() -> C>,
 }
 
@@ -242,6 +256,7 @@ impl<C: StoreTypeConfig> StateMachine<C> {
         entries: impl IntoIterator<Item = openraft::Entry<C>>,
     ) -> Result<Vec<Response>, StoreError> {
         let mut tx = Overlay::new(&self.trees);
+        let mut ctx = ApplyCtx::default();
         let mut responses = Vec::new();
         let mut last_applied = self.last_applied;
         let mut membership = None;
@@ -249,7 +264,10 @@ impl<C: StoreTypeConfig> StateMachine<C> {
             last_applied = Some(entry.log_id);
             let response = match entry.payload {
                 EntryPayload::Blank => Response::None,
-                EntryPayload::Normal(command) => apply_command(&mut tx, &command)?,
+                EntryPayload::Normal(command) => {
+                    ctx.log_id = (entry.log_id.leader_id.term, entry.log_id.index);
+                    apply_command(&mut tx, &command, &mut ctx)?
+                }
                 EntryPayload::Membership(m) => {
                     membership = Some(StoredMembership::new(Some(entry.log_id), m));
                     Response::None
@@ -269,6 +287,11 @@ impl<C: StoreTypeConfig> StateMachine<C> {
         self.last_applied = last_applied;
         if let Some(membership) = membership {
             self.membership = membership;
+        }
+        if !ctx.events.is_empty() {
+            if let Some(observer) = self.observer.get() {
+                observer.applied(self.group, ctx.events);
+            }
         }
         Ok(responses)
     }
@@ -575,6 +598,47 @@ impl TableReader {
         Ok(out)
     }
 
+    /// The kept messages of `topic` with offsets above `after` (at most `limit`, and about
+    /// `max_bytes` of payload), leaving out those expired at `now_ms`.
+    pub fn history(
+        &self,
+        topic: &str,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+        now_ms: u64,
+    ) -> Result<HistoryRead, StoreError> {
+        let name = self.trees.name(Tree::Meta);
+        let map = self.trees.read();
+        history::read(
+            &map, meta_tag, &name, topic, after, limit, max_bytes, now_ms,
+        )
+    }
+
+    /// The users present on `topic` and their connections, over every gateway.
+    pub fn presence(&self, topic: &str) -> Vec<(String, u32)> {
+        let map = self.trees.read();
+        history::presence_of(&map, meta_tag, topic)
+    }
+
+    /// The history and presence rules (group 0).
+    pub fn rules(&self) -> Result<Rules, StoreError> {
+        let name = self.trees.name(Tree::Meta);
+        let map = self.trees.read();
+        history::read_rules(&map, meta_tag, &name)
+    }
+
+    /// The version of [`TableReader::rules`], cheap enough to check on every publish.
+    pub fn rules_version(&self) -> Result<u64, StoreError> {
+        match self
+            .trees
+            .get(Tree::Meta, history::RULES_VERSION.as_bytes())?
+        {
+            Some(v) => count_of(&v, &self.trees.name(Tree::Meta)),
+            None => Ok(0),
+        }
+    }
+
     /// The number of topics with at least one subscriber.
     pub fn topic_count(&self) -> Result<u64, StoreError> {
         match self.trees.get(Tree::Sm, TOPIC_COUNT)? {
@@ -601,7 +665,7 @@ struct GroupTrees {
 /// Names a table of [`GroupTrees`]; the discriminant is its key prefix and indexes
 /// [`Overlay::writes`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Tree {
+pub(crate) enum Tree {
     Subs = 0,
     ByGateway = 1,
     Topics = 2,
@@ -635,6 +699,11 @@ impl Tree {
             Tree::Sm => "sm",
         }
     }
+}
+
+/// The tagged key of `key` in the meta table (for readers in history.rs).
+pub(crate) fn meta_tag(key: &[u8]) -> Vec<u8> {
+    tagged(Tree::Meta, key)
 }
 
 /// The sled key of `key` in table `t`.
@@ -857,7 +926,7 @@ fn put(batch: &mut BTreeMap<Vec<u8>, Vec<u8>>, key: Vec<u8>, value: impl AsRef<[
 }
 
 /// Writes pending for one batch of entries, read through before sled.
-struct Overlay<'t> {
+pub(crate) struct Overlay<'t> {
     trees: &'t GroupTrees,
     /// Per tree: key -> new value (`None` = removed).
     writes: [BTreeMap<Vec<u8>, Option<Vec<u8>>>; TREE_COUNT],
@@ -871,7 +940,11 @@ impl<'t> Overlay<'t> {
         }
     }
 
-    fn get(&self, t: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    pub(crate) fn name(&self, t: Tree) -> String {
+        self.trees.name(t)
+    }
+
+    pub(crate) fn get(&self, t: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match self.writes[t as usize].get(key) {
             Some(pending) => Ok(pending.clone()),
             None => self.trees.get(t, key),
@@ -885,16 +958,20 @@ impl<'t> Overlay<'t> {
         }
     }
 
-    fn put(&mut self, t: Tree, key: Vec<u8>, value: Vec<u8>) {
+    pub(crate) fn put(&mut self, t: Tree, key: Vec<u8>, value: Vec<u8>) {
         self.writes[t as usize].insert(key, Some(value));
     }
 
-    fn remove(&mut self, t: Tree, key: Vec<u8>) {
+    pub(crate) fn remove(&mut self, t: Tree, key: Vec<u8>) {
         self.writes[t as usize].insert(key, None);
     }
 
     /// Keys starting with `prefix` as the batch so far sees them, sorted.
-    fn keys_with_prefix(&self, t: Tree, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+    pub(crate) fn keys_with_prefix(
+        &self,
+        t: Tree,
+        prefix: &[u8],
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
         let pending = &self.writes[t as usize];
         let mut keys = std::collections::BTreeSet::new();
         for item in self.trees.scan(t, prefix) {
@@ -927,8 +1004,21 @@ impl<'t> Overlay<'t> {
     }
 }
 
+/// What applying a batch collects besides the responses.
+#[derive(Default)]
+struct ApplyCtx {
+    /// `(term, index)` of the entry being applied.
+    log_id: (u64, u64),
+    /// Events for the observer, in log order.
+    events: Vec<ApplyEvent>,
+}
+
 /// Applies one command. Pure table logic: every outcome is documented on [`Command`].
-fn apply_command(tx: &mut Overlay<'_>, command: &Command) -> Result<Response, StoreError> {
+fn apply_command(
+    tx: &mut Overlay<'_>,
+    command: &Command,
+    ctx: &mut ApplyCtx,
+) -> Result<Response, StoreError> {
     let applied = |changed| Ok(Response::Applied { changed });
     let blacklisted = |gateway: GatewayId| Response::Refused {
         reason: format!("gateway {gateway} is blacklisted"),
@@ -937,7 +1027,7 @@ fn apply_command(tx: &mut Overlay<'_>, command: &Command) -> Result<Response, St
         Command::Batch(commands) => {
             let mut responses = Vec::with_capacity(commands.len());
             for c in commands {
-                responses.push(apply_command(tx, c)?);
+                responses.push(apply_command(tx, c, ctx)?);
             }
             Ok(Response::Batch(responses))
         }
@@ -1010,6 +1100,17 @@ fn apply_command(tx: &mut Overlay<'_>, command: &Command) -> Result<Response, St
             for key in tx.keys_with_prefix(Tree::ByGateway, &gateway.to_be_bytes())? {
                 remove_subscription(tx, &key[8..], *gateway)?;
             }
+            // Its users leave the topics where it held their last connection (once: the
+            // entries go with this command).
+            for (topic, user) in history::drop_gateway_presence(tx, *gateway)? {
+                let gateways = gateways_at(tx, &topic)?;
+                ctx.events.push(ApplyEvent::Presence(PresenceChange {
+                    topic,
+                    user,
+                    joined: false,
+                    gateways,
+                }));
+            }
             applied(true)
         }
         Command::Blacklist { gateway, blocked } => {
@@ -1054,6 +1155,97 @@ fn apply_command(tx: &mut Overlay<'_>, command: &Command) -> Result<Response, St
             }
             put_number(tx, KICK_LAST, seq);
             applied(true)
+        }
+        Command::SetHistory {
+            pattern,
+            size,
+            ttl_ms,
+        } => {
+            let rule = HistoryRule {
+                size: (*size).clamp(1, MAX_HISTORY_SIZE),
+                ttl_ms: (*ttl_ms).clamp(1, MAX_HISTORY_TTL_MS),
+            };
+            tx.put(
+                Tree::Meta,
+                history::rule_key(history::HISTORY_RULE_PREFIX, pattern),
+                encode(&rule)?,
+            );
+            bump(tx, history::RULES_VERSION)?;
+            applied(true)
+        }
+        Command::RemoveHistory { pattern } => {
+            let key = history::rule_key(history::HISTORY_RULE_PREFIX, pattern);
+            if !tx.contains(Tree::Meta, &key)? {
+                return Ok(Response::Refused {
+                    reason: format!("no history rule for {pattern:?}"),
+                });
+            }
+            tx.remove(Tree::Meta, key);
+            bump(tx, history::RULES_VERSION)?;
+            applied(true)
+        }
+        Command::SetPresence { pattern, enabled } => {
+            let key = history::rule_key(history::PRESENCE_RULE_PREFIX, pattern);
+            let had = tx.contains(Tree::Meta, &key)?;
+            if had == *enabled {
+                return applied(false);
+            }
+            if *enabled {
+                tx.put(Tree::Meta, key, Vec::new());
+            } else {
+                tx.remove(Tree::Meta, key);
+            }
+            bump(tx, history::RULES_VERSION)?;
+            applied(true)
+        }
+        Command::HistoryAppend {
+            topic,
+            data,
+            json,
+            at_ms,
+            size,
+            ttl_ms,
+        } => {
+            let (offset, epoch) =
+                history::append(tx, ctx.log_id, topic, data, *json, *at_ms, *size, *ttl_ms)?;
+            let gateways = gateways_at(tx, topic)?;
+            let term = ctx.log_id.0;
+            ctx.events.push(ApplyEvent::Appended(Appended {
+                topic: topic.clone(),
+                data: bytes::Bytes::copy_from_slice(data),
+                json: *json,
+                term,
+                offset,
+                epoch: epoch.clone(),
+                gateways: gateways.clone(),
+            }));
+            Ok(Response::HistoryAppended {
+                offset,
+                epoch,
+                term,
+                gateways,
+            })
+        }
+        Command::SetPresenceCount {
+            topic,
+            user,
+            gateway,
+            connections,
+        } => {
+            if tx.contains(Tree::Blacklist, &gateway.to_be_bytes())? {
+                return Ok(blacklisted(*gateway));
+            }
+            let change = history::set_presence(tx, topic, user, *gateway, *connections)?;
+            let gateways = gateways_at(tx, topic)?;
+            if let Some(joined) = change {
+                ctx.events.push(ApplyEvent::Presence(PresenceChange {
+                    topic: topic.clone(),
+                    user: user.clone(),
+                    joined,
+                    gateways: gateways.clone(),
+                }));
+            }
+            Ok(Response::Presence { change, gateways })
         }
         Command::SetMeta { key, value } => {
             let old = tx.get(Tree::Meta, key.as_bytes())?;
@@ -1190,6 +1382,16 @@ fn add_subscriber(tx: &mut Overlay<'_>, topic: &[u8], delta: i8) -> Result<(), S
     Ok(())
 }
 
+/// The gateways subscribed to `topic` as the batch so far sees them.
+fn gateways_at(tx: &Overlay<'_>, topic: &str) -> Result<Vec<GatewayId>, StoreError> {
+    let prefix = topic_prefix(topic.as_bytes());
+    Ok(tx
+        .keys_with_prefix(Tree::Subs, &prefix)?
+        .iter()
+        .filter_map(|k| subscriber_of(k, prefix.len()))
+        .collect())
+}
+
 fn topic_prefix(topic: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(topic.len() + 9);
     key.extend_from_slice(topic);
@@ -1240,7 +1442,7 @@ fn utf8(bytes: &[u8], tree: &str) -> Result<String, StoreError> {
     })
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     postcard::to_allocvec(value).map_err(StoreError::Encode)
 }
 
@@ -1252,7 +1454,7 @@ fn decode_ban(bytes: &[u8], tree: &str) -> Result<Ban, StoreError> {
     })
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8], tree: &str) -> Result<T, StoreError> {
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], tree: &str) -> Result<T, StoreError> {
     postcard::from_bytes(bytes).map_err(|e| StoreError::CorruptValue {
         tree: tree.to_string(),
         detail: e.to_string(),

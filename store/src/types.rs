@@ -109,7 +109,67 @@ pub enum Command {
         /// When the operator asked, Unix milliseconds (the proposing manager's clock).
         at_ms: u64,
     },
+    /// Keep history for the topics matching `pattern` (group 0): the last `size` messages,
+    /// each for at most `ttl_ms`. Replaces the rule of the same pattern.
+    SetHistory {
+        /// A topic or a prefix ending in `*` (`firetower_proto::validate_pattern`).
+        pattern: String,
+        /// Messages kept per topic, at most [`MAX_HISTORY_SIZE`].
+        size: u32,
+        /// How long a message is kept, milliseconds.
+        ttl_ms: u64,
+    },
+    /// Drop the history rule of `pattern` (group 0). Messages already kept stay until their
+    /// size or TTL window passes them.
+    RemoveHistory {
+        /// The rule's pattern.
+        pattern: String,
+    },
+    /// Turn presence on or off for the topics matching `pattern` (group 0).
+    SetPresence {
+        /// A topic or a prefix ending in `*`.
+        pattern: String,
+        /// True to track presence, false to stop.
+        enabled: bool,
+    },
+    /// A message of a topic with history (the topic's group): it gets the topic's next
+    /// offset and is kept within `size` messages and `ttl_ms`; answered with
+    /// [`Response::HistoryAppended`], which names the gateways subscribed at that point of
+    /// the log (the ones it must be delivered to).
+    HistoryAppend {
+        /// The topic.
+        topic: String,
+        /// The payload.
+        data: Vec<u8>,
+        /// True when `data` is JSON text.
+        json: bool,
+        /// When the leader proposed it, Unix milliseconds (the TTL counts from here).
+        at_ms: u64,
+        /// The rule's size when it was proposed.
+        size: u32,
+        /// The rule's TTL when it was proposed, milliseconds.
+        ttl_ms: u64,
+    },
+    /// Presence change of a user on a gateway for a topic (the topic's group): the gateway
+    /// now holds `connections` connections of `user` subscribed to `topic` (0 removes it).
+    /// Answered [`Response::Presence`] with whether the user joined or left the topic as a
+    /// whole (counting every gateway).
+    SetPresenceCount {
+        /// The topic.
+        topic: String,
+        /// The user id.
+        user: String,
+        /// The gateway whose count this is.
+        gateway: GatewayId,
+        /// Its connections of `user` subscribed to `topic`.
+        connections: u32,
+    },
 }
+
+/// Most messages a history rule keeps per topic.
+pub const MAX_HISTORY_SIZE: u32 = 100_000;
+/// Longest TTL of a history rule: 30 days.
+pub const MAX_HISTORY_TTL_MS: u64 = 30 * 24 * 3_600_000;
 
 /// Most bans group 0 holds; [`Command::AddBan`] beyond it is refused.
 pub const MAX_BANS: usize = 100_000;
@@ -163,6 +223,25 @@ pub enum Response {
     BanAdded {
         /// The id `ban remove` names.
         id: u64,
+    },
+    /// A [`Command::HistoryAppend`] committed.
+    HistoryAppended {
+        /// The message's offset in its topic (1, 2, 3, ...).
+        offset: u64,
+        /// The topic's history epoch.
+        epoch: String,
+        /// The term of the entry that carried it.
+        term: u64,
+        /// The gateways subscribed to the topic at this point of the log.
+        gateways: Vec<GatewayId>,
+    },
+    /// A [`Command::SetPresenceCount`] committed: `Some(true)` when the user joined the topic
+    /// (its first connection anywhere), `Some(false)` when it left (its last), `None` otherwise.
+    Presence {
+        /// The change for the topic as a whole.
+        change: Option<bool>,
+        /// The gateways subscribed to the topic at this point of the log.
+        gateways: Vec<GatewayId>,
     },
 }
 

@@ -124,6 +124,13 @@ impl Model {
                 }
                 applied(true)
             }
+            // History and presence have their own tests (store/tests/history.rs); the
+            // generator below does not make these commands.
+            Command::SetHistory { .. }
+            | Command::RemoveHistory { .. }
+            | Command::SetPresence { .. }
+            | Command::HistoryAppend { .. }
+            | Command::SetPresenceCount { .. } => unreachable!("not generated: {command:?}"),
             Command::SetMeta { key, value } => {
                 let changed = if value.is_empty() {
                     self.meta.remove(key).is_some()

@@ -326,10 +326,7 @@ async fn connect_and_subscribe(
     state: &ClientState,
 ) -> Result<Client, ReplyError> {
     let mut client = open(addr).await?;
-    let frame = ClientFrame::Subscribe {
-        id: client.next_request_id(),
-        topics: vec![Arc::from(topic)],
-    };
+    let frame = ClientFrame::subscribe(client.next_request_id(), vec![Arc::from(topic)]);
     let acked = tokio::time::timeout(
         SUBSCRIBE_TIMEOUT,
         request(&mut client, frame, |f| note_round(state, f, topic)),

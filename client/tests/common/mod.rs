@@ -56,7 +56,7 @@ impl Session {
     /// The frames that answer one request, in the order they are sent.
     fn answer(&mut self, frame: ClientFrame) -> Vec<ServerFrame> {
         match frame {
-            ClientFrame::Subscribe { id, topics } => {
+            ClientFrame::Subscribe { id, topics, .. } => {
                 if topics.iter().any(|t| t.starts_with("forbidden")) {
                     return vec![ServerFrame::error(Some(id), "forbidden", "not for you")];
                 }
@@ -78,6 +78,7 @@ impl Session {
                         payload,
                         term: 7,
                         seq: self.seq,
+                        position: None,
                     });
                 }
                 out.push(ServerFrame::Ack { id });
@@ -88,6 +89,9 @@ impl Session {
                 id,
                 user: "u1".into(),
             }],
+            ClientFrame::History { id, .. } | ClientFrame::Presence { id, .. } => {
+                vec![ServerFrame::error(Some(id), "no_history", "not kept here")]
+            }
         }
     }
 
@@ -98,6 +102,7 @@ impl Session {
             payload: Payload::Json(Bytes::from_static(json)),
             term: 7,
             seq: self.seq,
+            position: None,
         }
     }
 }

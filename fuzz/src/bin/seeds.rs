@@ -78,10 +78,7 @@ fn ws_codec() -> Vec<Vec<u8>> {
 fn client_frames() -> Vec<ClientFrame> {
     let topics = vec![Arc::from("room.1"), Arc::from("room.2")];
     vec![
-        ClientFrame::Subscribe {
-            id: 1,
-            topics: topics.clone(),
-        },
+        ClientFrame::subscribe(1, topics.clone()),
         ClientFrame::Unsubscribe { id: 2, topics },
         ClientFrame::Publish {
             id: 3,
@@ -107,13 +104,15 @@ fn server_frames() -> Vec<ServerFrame> {
             payload: Payload::Json(Bytes::from_static(b"\"hi\"")),
             term: 3,
             seq: 17,
-        },
+ position: None,
+},
         ServerFrame::Message {
             topic: Arc::from("bin"),
             payload: Payload::Binary(Bytes::from_static(b"\x00\x01")),
             term: 1,
             seq: 1,
-        },
+ position: None,
+},
     ]
 }
 

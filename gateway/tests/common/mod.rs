@@ -93,6 +93,7 @@ impl FakeUpstream {
                 payload,
                 term: 1,
                 seq,
+                position: None,
             })
             .await
             .unwrap();
@@ -152,11 +153,16 @@ impl Upstream for FakeUpstream {
                     payload,
                     term: 1,
                     seq,
+                    position: None,
                 })
                 .await
                 .map_err(|_| UpstreamError::Unavailable("gateway gone".into()))?;
             }
-            Ok(Stamp { term: 1, seq })
+            Ok(Stamp {
+                term: 1,
+                seq,
+                position: None,
+            })
         })
     }
 

@@ -357,6 +357,7 @@ impl Subscriber<'_> {
                             payload,
                             term,
                             seq,
+                            ..
                         }) => self.record_message(&topic, &payload, term, seq, t),
                         Ok(reply @ (ServerFrame::Ack { .. } | ServerFrame::Error { .. })) => {
                             return Some(reply)
@@ -440,7 +441,7 @@ impl Subscriber<'_> {
         let id = self.client.next_request_id();
         let topics = vec![Arc::from(topic)];
         let frame = if f == "subscribe" {
-            ClientFrame::Subscribe { id, topics }
+            ClientFrame::subscribe(id, topics)
         } else {
             ClientFrame::Unsubscribe { id, topics }
         };

@@ -116,7 +116,8 @@ def forgotten(cluster):
                                           cluster.admins[0], check=False)
             if out.returncode == 0 and gateway.id not in json.loads(out.stdout).get("gateways", []):
                 return
-            assert time.monotonic() < deadline, f"gateway {gateway.id} still holds {topic}: {out.stdout}{out.stderr}"
+            assert time.monotonic() < deadline, \
+                f"gateway {gateway.id} still holds {topic}: {out.stdout}{out.stderr}"
             await asyncio.sleep(0.2)
     return wait
 

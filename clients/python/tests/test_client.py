@@ -286,6 +286,49 @@ async def test_kick_closes_4403_and_the_client_stops_for_good(gateway, admin):
     await client.close()
 
 
+async def test_a_topic_ban_ends_that_subscription_and_the_connection_stays(gateway, admin):
+    errors: list[firetower.FiretowerError] = []
+    banned, kept = unique("banme"), unique("room")
+    async with firetower.Client(ws_url(gateway), token=token("pat"), on_error=errors.append) as client:
+        sub = await client.subscribe(banned)
+        other = await client.subscribe(kept)
+        await asyncio.to_thread(admin, "ban", "add", "--topic", banned, "--ttl", "5m")
+        with pytest.raises(firetower.Forbidden):
+            await within(sub.__anext__())
+        assert isinstance(sub.error, firetower.Forbidden) and not sub.active
+        assert any(isinstance(e, firetower.Forbidden) for e in errors)
+        assert client.connected
+        await client.publish(kept, "fine")
+        assert (await within(other.__anext__())).data == "fine"
+        # The topic is free again for a new subscription attempt, which the ban refuses.
+        with pytest.raises(firetower.Forbidden):
+            await client.subscribe(banned)
+
+
+async def test_resubscribe_keeps_the_allowed_topics_when_one_was_banned_meanwhile(
+        gateway_pair, forgotten, admin):
+    a, b = gateway_pair
+    banned, kept = unique("banme"), unique("room")
+    errors: list[firetower.FiretowerError] = []
+    client = firetower.Client(urls=[a.url, b.url], token=token("quinn"), on_error=errors.append,
+                              reconnect=firetower.Backoff(initial=4, max=4, rng=Highest()))
+    async with client, firetower.Client(b.url, token=token("pub")) as pub:
+        lost = await client.subscribe(banned)
+        other = await client.subscribe(kept)
+        a.proc.kill()
+        a.proc.wait()
+        await eventually(lambda: not client.connected, what="the loss noticed")
+        await asyncio.to_thread(admin, "ban", "add", "--topic", banned, "--ttl", "5m")
+        await eventually(lambda: client.connected, timeout=20, what="reconnected")
+        with pytest.raises(firetower.Forbidden):
+            await within(lost.__anext__())
+        assert other.active and other.recovered is False
+        await forgotten(kept, a)
+        await pub.publish(kept, "still")
+        assert (await within(other.__anext__())).data == "still"
+        assert any(isinstance(e, firetower.Forbidden) for e in errors)
+
+
 async def test_too_many_connections_is_4429(cluster, auth_config):
     from conftest import _gateway_ids
     addr, _, _ = cluster.gateway(next(_gateway_ids),

@@ -107,11 +107,12 @@ def test_backoff_is_full_jitter_under_an_exponential_ceiling():
 
 
 def test_token_expiry_is_read_without_verifying():
-    t = jwt.encode({"sub": "u", "exp": 1_900_000_000}, "some-secret-that-we-do-not-know-123", algorithm="HS256")
+    secret = "some-secret-that-we-do-not-know-123"
+    t = jwt.encode({"sub": "u", "exp": 1_900_000_000}, secret, algorithm="HS256")
     assert expiry(t) == 1_900_000_000
     assert expiry("not a jwt") is None
     assert expiry("a.b.c") is None
-    no_exp = jwt.encode({"sub": "u"}, "some-secret-that-we-do-not-know-123", algorithm="HS256")
+    no_exp = jwt.encode({"sub": "u"}, secret, algorithm="HS256")
     assert expiry(no_exp) is None
 
 

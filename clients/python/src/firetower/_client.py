@@ -27,7 +27,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Sequence, Union
+from typing import Any, Awaitable, Callable, Sequence, TypeVar, Union
 
 import websockets
 from websockets.asyncio.client import ClientConnection
@@ -105,6 +105,9 @@ RENEW_BEFORE_CONNECT_S = 5.0
 #: Tries of one topic's resubscribe refused with rate_limited before the link is given up.
 RESUBSCRIBE_RATE_LIMIT_TRIES = 5
 
+#: Backoff's defaults; frozen, so one instance serves every client.
+DEFAULT_BACKOFF = Backoff()
+
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
 
 
@@ -150,7 +153,7 @@ class Client:
     def __init__(self, url: str | None = None, *, urls: Sequence[str] | None = None,
                  token: TokenSource | None = None,
                  refresh_token: Callable[[], Union[str, Awaitable[str]]] | None = None,
-                 reconnect: Backoff | None = Backoff(),
+                 reconnect: Backoff | None = DEFAULT_BACKOFF,
                  request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S,
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
                  max_queue: int = DEFAULT_MAX_QUEUE,
@@ -664,6 +667,10 @@ class Client:
                 except FiretowerError as e:
                     log.info("firetower: reconnecting to %s failed: %s", url, e)
                     continue
+                except Exception:
+                    # A bug here must not leave the client silently disconnected forever.
+                    log.exception("firetower: reconnecting to %s failed unexpectedly", url)
+                    continue
                 self._adopt(new)
                 self.reconnects += 1
                 break
@@ -753,7 +760,10 @@ def _check_topic(topic: str) -> None:
         raise ValueError(f"a topic is a non-empty string, not {topic!r}")
 
 
-def _decoded(decode: Callable[[dict[str, Any]], Any], reply: Reply) -> Any:
+_T = TypeVar("_T")
+
+
+def _decoded(decode: Callable[[dict[str, Any]], _T], reply: Reply) -> _T:
     try:
         return decode(reply.frame)
     except MalformedFrame as e:

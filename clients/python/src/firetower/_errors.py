@@ -162,7 +162,8 @@ def error_from_frame(code: str, message: str) -> FiretowerError:
     return _BY_CODE.get(code, FiretowerError)(code, message)
 
 
-def error_from_close(close_code: int | None, reason: str, last_error: FiretowerError | None = None) -> FiretowerError:
+def error_from_close(close_code: int | None, reason: str,
+                     last_error: FiretowerError | None = None) -> FiretowerError:
     """The exception for a connection that ended with ``close_code`` (None: no close frame).
 
     ``last_error`` is the id-less error frame the gateway sent just before closing, if any

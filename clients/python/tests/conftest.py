@@ -106,6 +106,20 @@ def gateway_pair(cluster, auth_config):
 
 
 @pytest.fixture
+def restart(cluster):
+    """``await restart(gateway)``: start a killed gateway again, same id, config and port."""
+    from cluster import BIN, wait_ready
+
+    async def run(gateway: Gateway) -> None:
+        assert gateway.proc.poll() is not None, "restart() is for a gateway that was killed"
+        log = cluster.root / f"gateway-{gateway.id}.log"
+        cfg = cluster.root / f"gateway-{gateway.id}.toml"
+        gateway.proc = cluster._spawn([BIN, "gateway", "--config", str(cfg)], log)
+        await asyncio.to_thread(wait_ready, gateway.addr, gateway.proc, log)
+    return run
+
+
+@pytest.fixture
 def forgotten(cluster):
     """``await forgotten(topic, gateway)``: wait until the cluster no longer counts ``gateway``
     (killed) among the topic's subscribers, so publishes to it do not wait for the dead one."""

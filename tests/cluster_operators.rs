@@ -82,6 +82,8 @@ impl TestGateway {
                         };
                         let _ = reply.send(found);
                     }
+                    // No presence rule in these tests.
+                    ControlEvent::Presence { .. } => {}
                 }
             }
         });

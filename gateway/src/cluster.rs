@@ -1038,7 +1038,7 @@ impl Upstream for ClusterUpstream {
     fn presence(
         &self,
         topic: &str,
-    ) -> BoxFuture<'static, Result<Option<Vec<(String, u32)>>, UpstreamError>> {
+    ) -> BoxFuture<'static, Result<Option<crate::upstream::Presence>, UpstreamError>> {
         let this = self.clone();
         let topic = topic.to_string();
         Box::pin(async move {

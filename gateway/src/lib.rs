@@ -65,7 +65,7 @@ pub use metrics::MetricsSnapshot;
 pub use queue::{PushOutcome, QueueLimits, SendQueue};
 pub use server::{Gateway, GatewayError, GatewayHandle};
 pub use transport::{ClientTls, ClientTlsConfig, ClientTlsError};
-pub use upstream::{BoxFuture, Delivery, HistoryPage, Stamp, Upstream, UpstreamError};
+pub use upstream::{BoxFuture, Delivery, HistoryPage, Presence, Stamp, Upstream, UpstreamError};
 pub use wire::Wire;
 
 // The client protocol, from the crate that owns it, under the names other crates know.

@@ -70,7 +70,7 @@ pub(crate) struct State {
     /// Open connections per authenticated user, for the per-user limit.
     pub(crate) users: HashMap<Arc<str>, u32>,
     /// Subscribe requests with `recover`, until the index acks them (recovery.rs).
-    pub(crate) recoveries: HashMap<(ConnId, u64), Vec<(Arc<str>, Position)>>,
+    pub(crate) recoveries: HashMap<(ConnId, u64), Recover>,
     /// Topics being recovered per connection: fan-out holds their live messages here.
     pub(crate) recovering: HashMap<(ConnId, Arc<str>), RecoveryBuffer>,
     /// Messages dropped per connection and topic, not yet reported (`gap` frames).
@@ -116,6 +116,9 @@ impl State {
     }
 }
 
+/// The topics of a subscribe to recover, each from the client's position.
+pub(crate) type Recover = Vec<(Arc<str>, Position)>;
+
 /// Live messages one recovering `(connection, topic)` holds at most.
 pub(crate) const RECOVERY_BUFFER_MESSAGES: usize = 4_096;
 
@@ -141,8 +144,7 @@ impl RecoveryBuffer {
 
 /// Starts the recovery of a subscribe request whose topics committed (recovery.rs; a
 /// function so that this bottom layer does not import the recovery).
-pub(crate) type StartRecovery =
-    fn(&Arc<Shared>, &mut State, ConnId, u64, Vec<(Arc<str>, Position)>);
+pub(crate) type StartRecovery = fn(&Arc<Shared>, &mut State, ConnId, u64, Recover);
 
 /// What every task of one gateway shares.
 pub(crate) struct Shared {

@@ -50,6 +50,9 @@ pub struct Stamp {
     pub position: Option<Position>,
 }
 
+/// The users present on a topic over every gateway: `(user, connections)`, sorted by user.
+pub type Presence = Vec<(String, u32)>;
+
 /// A page of a history topic's kept messages, as the topic's leader read them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HistoryPage {
@@ -137,7 +140,7 @@ pub trait Upstream: Send + Sync + 'static {
     fn presence(
         &self,
         _topic: &str,
-    ) -> BoxFuture<'static, Result<Option<Vec<(String, u32)>>, UpstreamError>> {
+    ) -> BoxFuture<'static, Result<Option<Presence>, UpstreamError>> {
         Box::pin(async { Ok(None) })
     }
     /// The kept messages of a history topic above offset `after` (one page, at most `limit`;

@@ -62,3 +62,46 @@ impl HistoryBook {
         self.entries.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(at: Instant) -> Queued {
+        Queued {
+            at,
+            waits: Vec::new(),
+            undelivered: None,
+        }
+    }
+
+    #[test]
+    fn take_returns_what_was_put_once() {
+        let mut book = HistoryBook::default();
+        let now = Instant::now();
+        book.put(GroupId(1), "t".into(), 7, queued(now));
+        assert!(book.take(GroupId(1), "t", 6).is_none());
+        assert!(book.take(GroupId(2), "t", 7).is_none());
+        assert!(book.take(GroupId(1), "t", 7).is_some());
+        assert!(book.take(GroupId(1), "t", 7).is_none());
+        assert_eq!(book.len(), 0);
+    }
+
+    #[test]
+    fn stays_bounded_when_nobody_takes() {
+        let mut book = HistoryBook::default();
+        let start = Instant::now();
+        for i in 0..(MAX_ENTRIES as u64 + 10) {
+            // A millisecond apart: none is unclaimed for long, so the oldest half goes.
+            book.put(
+                GroupId(0),
+                "t".into(),
+                i,
+                queued(start + Duration::from_millis(i)),
+            );
+        }
+        assert!(book.len() <= MAX_ENTRIES, "{} entries", book.len());
+        // The newest are kept.
+        assert!(book.take(GroupId(0), "t", MAX_ENTRIES as u64 + 9).is_some());
+    }
+}

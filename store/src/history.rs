@@ -198,7 +198,7 @@ fn record_cost(topic: &str, data_len: usize) -> u64 {
 }
 
 /// [`crate::Command::HistoryAppend`]: the message's offset and the topic's epoch.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // the command's fields, unpacked
 pub(crate) fn append(
     tx: &mut Overlay<'_>,
     log_id: (u64, u64),
@@ -246,7 +246,7 @@ pub(crate) fn append(
         if !too_many && !expired {
             break;
         }
-        remove_entry(tx, &key, topic, &mut state)?;
+        remove_entry(tx, &key, &mut state)?;
         th.first += 1;
     }
     tx.put(Tree::Meta, tkey, encode(&th)?);
@@ -260,12 +260,10 @@ pub(crate) fn append(
 fn remove_entry(
     tx: &mut Overlay<'_>,
     key: &[u8],
-    topic: &str,
     state: &mut HistoryState,
 ) -> Result<(), StoreError> {
     if let Some(r) = get::<HistoryRecord>(tx, key)? {
         state.bytes = state.bytes.saturating_sub(r.data.len() as u64);
-        let _ = topic;
         tx.remove(Tree::Meta, key.to_vec());
     }
     Ok(())
@@ -305,7 +303,7 @@ fn trim_group(
         // The reference's own share of the bytes (the payload's share goes with the entry).
         let cost = record_cost(topic, 0);
         if record.is_some() {
-            remove_entry(tx, &ekey, topic, state)?;
+            remove_entry(tx, &ekey, state)?;
             // The queue is in log order and a topic's entries are appended in order, so the
             // group's oldest entry of a topic is that topic's first.
             let tkey = topic_key(topic);
@@ -326,6 +324,7 @@ fn trim_group(
 
 /// Reads the kept messages of `topic` with offsets above `after`, at most `limit` of them and
 /// about `max_bytes` of payload, skipping those expired at `now_ms`.
+#[allow(clippy::too_many_arguments)] // the table, how to address it, and the read's five bounds
 pub(crate) fn read(
     map: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
     tag: fn(&[u8]) -> Vec<u8>,

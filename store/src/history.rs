@@ -32,8 +32,29 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
-use crate::state_machine::{decode, encode, Overlay, Tree};
 use crate::types::GatewayId;
+
+/// The meta table of a group as the apply sees it (the state machine's overlay of pending
+/// writes implements it), so this module needs nothing else of the state machine.
+pub(crate) trait MetaTable {
+    fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    fn meta_put(&mut self, key: Vec<u8>, value: Vec<u8>);
+    fn meta_remove(&mut self, key: Vec<u8>);
+    fn meta_keys_with_prefix(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// The table's name, for errors.
+    fn meta_name(&self) -> String;
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(value).map_err(StoreError::Encode)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], tree: &str) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::CorruptValue {
+        tree: tree.to_string(),
+        detail: e.to_string(),
+    })
+}
 
 /// Bytes of kept messages (payload, topic and the queue's reference) one group holds at most.
 pub const HISTORY_BYTES_PER_GROUP: u64 = 32 * 1024 * 1024;
@@ -178,15 +199,15 @@ fn presence_by_gateway(gateway: GatewayId, topic: &str, user: &str) -> Vec<u8> {
     format!("{PRESENCE_BY_GATEWAY}{gateway:016x}\0{topic}\0{user}").into_bytes()
 }
 
-fn meta_name(tx: &Overlay<'_>) -> String {
-    tx.name(Tree::Meta)
+fn meta_name(tx: &impl MetaTable) -> String {
+    tx.meta_name()
 }
 
 fn get<T: serde::de::DeserializeOwned>(
-    tx: &Overlay<'_>,
+    tx: &impl MetaTable,
     key: &[u8],
 ) -> Result<Option<T>, StoreError> {
-    match tx.get(Tree::Meta, key)? {
+    match tx.meta_get(key)? {
         Some(v) => Ok(Some(decode(&v, &meta_name(tx))?)),
         None => Ok(None),
     }
@@ -200,7 +221,7 @@ fn record_cost(topic: &str, data_len: usize) -> u64 {
 /// [`crate::Command::HistoryAppend`]: the message's offset and the topic's epoch.
 #[allow(clippy::too_many_arguments)] // the command's fields, unpacked
 pub(crate) fn append(
-    tx: &mut Overlay<'_>,
+    tx: &mut impl MetaTable,
     log_id: (u64, u64),
     topic: &str,
     data: &[u8],
@@ -225,12 +246,8 @@ pub(crate) fn append(
         json,
         data: data.to_vec(),
     };
-    tx.put(Tree::Meta, entry_key(topic, offset), encode(&record)?);
-    tx.put(
-        Tree::Meta,
-        queue_key(state.tail),
-        entry_ref(topic, offset).into_bytes(),
-    );
+    tx.meta_put(entry_key(topic, offset), encode(&record)?);
+    tx.meta_put(queue_key(state.tail), entry_ref(topic, offset).into_bytes());
     state.tail += 1;
     state.bytes = state.bytes.saturating_add(record_cost(topic, data.len()));
     th.last = offset;
@@ -249,22 +266,22 @@ pub(crate) fn append(
         remove_entry(tx, &key, &mut state)?;
         th.first += 1;
     }
-    tx.put(Tree::Meta, tkey, encode(&th)?);
+    tx.meta_put(tkey, encode(&th)?);
     let epoch = th.epoch.clone();
     trim_group(tx, &mut state, at_ms)?;
-    tx.put(Tree::Meta, STATE_KEY.as_bytes().to_vec(), encode(&state)?);
+    tx.meta_put(STATE_KEY.as_bytes().to_vec(), encode(&state)?);
     Ok((offset, epoch))
 }
 
 /// Removes one kept message (its queue reference stays until popped, and its bytes with it).
 fn remove_entry(
-    tx: &mut Overlay<'_>,
+    tx: &mut impl MetaTable,
     key: &[u8],
     state: &mut HistoryState,
 ) -> Result<(), StoreError> {
     if let Some(r) = get::<HistoryRecord>(tx, key)? {
         state.bytes = state.bytes.saturating_sub(r.data.len() as u64);
-        tx.remove(Tree::Meta, key.to_vec());
+        tx.meta_remove(key.to_vec());
     }
     Ok(())
 }
@@ -272,19 +289,19 @@ fn remove_entry(
 /// Pops the group's oldest appends while the group is over its bytes, or the oldest one
 /// expired (as of `now_ms`), or was already removed by its topic's window.
 fn trim_group(
-    tx: &mut Overlay<'_>,
+    tx: &mut impl MetaTable,
     state: &mut HistoryState,
     now_ms: u64,
 ) -> Result<(), StoreError> {
     while state.head < state.tail {
         let qkey = queue_key(state.head);
-        let Some(reference) = tx.get(Tree::Meta, &qkey)? else {
+        let Some(reference) = tx.meta_get(&qkey)? else {
             state.head += 1;
             continue;
         };
         let text = String::from_utf8_lossy(&reference).into_owned();
         let Some((topic, hex)) = text.split_once('\0') else {
-            tx.remove(Tree::Meta, qkey);
+            tx.meta_remove(qkey);
             state.head += 1;
             continue;
         };
@@ -298,7 +315,7 @@ fn trim_group(
         if record.is_some() && !over && !expired {
             break;
         }
-        tx.remove(Tree::Meta, qkey);
+        tx.meta_remove(qkey);
         state.head += 1;
         // The reference's own share of the bytes (the payload's share goes with the entry).
         let cost = record_cost(topic, 0);
@@ -311,9 +328,9 @@ fn trim_group(
                 th.first = th.first.max(offset + 1);
                 if th.first > th.last {
                     // Every message of the topic is gone: so is its epoch (module doc).
-                    tx.remove(Tree::Meta, tkey);
+                    tx.meta_remove(tkey);
                 } else {
-                    tx.put(Tree::Meta, tkey, encode(&th)?);
+                    tx.meta_put(tkey, encode(&th)?);
                 }
             }
         }
@@ -394,7 +411,7 @@ pub(crate) fn read(
 /// [`crate::Command::SetPresenceCount`]: `Some(true)` when the user joined the topic,
 /// `Some(false)` when it left it, counting every gateway.
 pub(crate) fn set_presence(
-    tx: &mut Overlay<'_>,
+    tx: &mut impl MetaTable,
     topic: &str,
     user: &str,
     gateway: GatewayId,
@@ -404,35 +421,33 @@ pub(crate) fn set_presence(
     let key = presence_key(topic, user, gateway);
     let by_gateway = presence_by_gateway(gateway, topic, user);
     if connections == 0 {
-        tx.remove(Tree::Meta, key);
-        tx.remove(Tree::Meta, by_gateway);
+        tx.meta_remove(key);
+        tx.meta_remove(by_gateway);
     } else {
-        tx.put(Tree::Meta, key, connections.to_be_bytes().to_vec());
-        tx.put(Tree::Meta, by_gateway, Vec::new());
+        tx.meta_put(key, connections.to_be_bytes().to_vec());
+        tx.meta_put(by_gateway, Vec::new());
     }
     let after = user_present(tx, topic, user)?;
     Ok((before != after).then_some(after))
 }
 
-fn user_present(tx: &Overlay<'_>, topic: &str, user: &str) -> Result<bool, StoreError> {
+fn user_present(tx: &impl MetaTable, topic: &str, user: &str) -> Result<bool, StoreError> {
     let prefix = format!("{PRESENCE_PREFIX}{topic}\0{user}\0");
-    Ok(!tx
-        .keys_with_prefix(Tree::Meta, prefix.as_bytes())?
-        .is_empty())
+    Ok(!tx.meta_keys_with_prefix(prefix.as_bytes())?.is_empty())
 }
 
 /// Removes every presence entry of `gateway` (its session ended): the `(topic, user)` pairs
 /// whose user has no connection left on any gateway, which left.
 pub(crate) fn drop_gateway_presence(
-    tx: &mut Overlay<'_>,
+    tx: &mut impl MetaTable,
     gateway: GatewayId,
 ) -> Result<Vec<(String, String)>, StoreError> {
     let prefix = format!("{PRESENCE_BY_GATEWAY}{gateway:016x}\0");
     let mut left = Vec::new();
-    for key in tx.keys_with_prefix(Tree::Meta, prefix.as_bytes())? {
+    for key in tx.meta_keys_with_prefix(prefix.as_bytes())? {
         let rest = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
         let Some((topic, user)) = rest.split_once('\0') else {
-            tx.remove(Tree::Meta, key);
+            tx.meta_remove(key);
             continue;
         };
         if set_presence(tx, topic, user, gateway, 0)? == Some(false) {

@@ -1004,6 +1004,28 @@ impl<'t> Overlay<'t> {
     }
 }
 
+impl history::MetaTable for Overlay<'_> {
+    fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(Tree::Meta, key)
+    }
+
+    fn meta_put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.put(Tree::Meta, key, value);
+    }
+
+    fn meta_remove(&mut self, key: Vec<u8>) {
+        self.remove(Tree::Meta, key);
+    }
+
+    fn meta_keys_with_prefix(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.keys_with_prefix(Tree::Meta, prefix)
+    }
+
+    fn meta_name(&self) -> String {
+        self.name(Tree::Meta)
+    }
+}
+
 /// What applying a batch collects besides the responses.
 #[derive(Default)]
 struct ApplyCtx {

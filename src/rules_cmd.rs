@@ -114,6 +114,18 @@ async fn set(
         .index)
 }
 
+async fn list(
+    admin: &str,
+    security: &firetower_link::Security,
+) -> anyhow::Result<firetower_proto::admin::ListRulesReply> {
+    Ok(client(admin, security)
+        .await?
+        .list_rules(ListRulesRequest {})
+        .await
+        .map_err(status)?
+        .into_inner())
+}
+
 pub async fn history(
     command: HistoryCommand,
     security: &firetower_link::Security,
@@ -150,12 +162,7 @@ pub async fn history(
             println!("history for {pattern} removed");
         }
         HistoryCommand::List { admin, json } => {
-            let reply = client(&admin, security)
-                .await?
-                .list_rules(ListRulesRequest {})
-                .await
-                .map_err(status)?
-                .into_inner();
+            let reply = list(&admin, security).await?;
             let history: Vec<HistoryRuleView> = reply
                 .history
                 .into_iter()
@@ -209,12 +216,7 @@ pub async fn presence(
             println!("presence off for {pattern}");
         }
         PresenceCommand::List { admin, json } => {
-            let reply = client(&admin, security)
-                .await?
-                .list_rules(ListRulesRequest {})
-                .await
-                .map_err(status)?
-                .into_inner();
+            let reply = list(&admin, security).await?;
             if json {
                 println!(
                     "{}",

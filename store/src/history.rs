@@ -31,6 +31,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::codec::{decode, encode};
 use crate::error::StoreError;
 use crate::types::GatewayId;
 
@@ -43,17 +44,6 @@ pub(crate) trait MetaTable {
     fn meta_keys_with_prefix(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError>;
     /// The table's name, for errors.
     fn meta_name(&self) -> String;
-}
-
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    postcard::to_allocvec(value).map_err(StoreError::Encode)
-}
-
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], tree: &str) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::CorruptValue {
-        tree: tree.to_string(),
-        detail: e.to_string(),
-    })
 }
 
 /// Bytes of kept messages (payload, topic and the queue's reference) one group holds at most.

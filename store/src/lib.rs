@@ -23,6 +23,7 @@
 #![warn(missing_docs, unreachable_pub)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+mod codec;
 mod error;
 mod follower;
 mod history;

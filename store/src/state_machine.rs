@@ -48,9 +48,8 @@ use openraft::{
     AnyError, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError,
     StoredMembership,
 };
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
+use crate::codec::{decode, encode};
 use crate::error::StoreError;
 use crate::follower::SledFollower;
 use crate::history::{
@@ -1464,22 +1463,11 @@ fn utf8(bytes: &[u8], tree: &str) -> Result<String, StoreError> {
     })
 }
 
-pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    postcard::to_allocvec(value).map_err(StoreError::Encode)
-}
-
 fn decode_ban(bytes: &[u8], tree: &str) -> Result<Ban, StoreError> {
     let record: BanRecord = decode(bytes, tree)?;
     Ban::try_from(record).map_err(|e| StoreError::CorruptValue {
         tree: tree.to_string(),
         detail: format!("ban: {e}"),
-    })
-}
-
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], tree: &str) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::CorruptValue {
-        tree: tree.to_string(),
-        detail: e.to_string(),
     })
 }
 

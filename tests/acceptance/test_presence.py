@@ -17,7 +17,7 @@ LEASE_S = 2  # the killed gateway's session lease (lease_ms below)
 # A killed gateway's stream is seen dead after the link's QUIC idle timeout (3 s); its lease
 # runs from its last heartbeat. Slack for a loaded CI machine and a debug build on top.
 DETECT_S = 3
-SLACK_S = 6
+SLACK_S = 10
 
 
 def token(sub):

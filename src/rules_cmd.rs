@@ -114,6 +114,23 @@ async fn set(
         .index)
 }
 
+/// A rule without parameters: presence on or off, or a history rule removed.
+async fn switch(
+    admin: &str,
+    kind: &str,
+    pattern: &str,
+    remove: bool,
+    security: &firetower_link::Security,
+) -> anyhow::Result<u64> {
+    let request = SetRuleRequest {
+        kind: kind.into(),
+        pattern: pattern.into(),
+        remove,
+        ..SetRuleRequest::default()
+    };
+    set(admin, request, security).await
+}
+
 async fn list(
     admin: &str,
     security: &firetower_link::Security,
@@ -152,13 +169,7 @@ pub async fn history(
             println!("history for {pattern}: the last {size} messages, each for {ttl:?}");
         }
         HistoryCommand::Remove { pattern, admin } => {
-            let request = SetRuleRequest {
-                kind: "history".into(),
-                pattern: pattern.clone(),
-                remove: true,
-                ..SetRuleRequest::default()
-            };
-            set(&admin, request, security).await?;
+            switch(&admin, "history", &pattern, true, security).await?;
             println!("history for {pattern} removed");
         }
         HistoryCommand::List { admin, json } => {
@@ -197,22 +208,11 @@ pub async fn presence(
 ) -> anyhow::Result<()> {
     match command {
         PresenceCommand::Enable { pattern, admin } => {
-            let request = SetRuleRequest {
-                kind: "presence".into(),
-                pattern: pattern.clone(),
-                ..SetRuleRequest::default()
-            };
-            set(&admin, request, security).await?;
+            switch(&admin, "presence", &pattern, false, security).await?;
             println!("presence on for {pattern}");
         }
         PresenceCommand::Disable { pattern, admin } => {
-            let request = SetRuleRequest {
-                kind: "presence".into(),
-                pattern: pattern.clone(),
-                remove: true,
-                ..SetRuleRequest::default()
-            };
-            set(&admin, request, security).await?;
+            switch(&admin, "presence", &pattern, true, security).await?;
             println!("presence off for {pattern}");
         }
         PresenceCommand::List { admin, json } => {

@@ -233,7 +233,7 @@ pub(crate) fn answer_history(
     spawn_guarded(
         shared,
         async move {
-            let frame = match history(&s, &topic, limit).await {
+            let frame = match history(&s, id, &topic, limit).await {
                 Ok(f) => f.unwrap_or_else(|| {
                     ServerFrame::error(
                         Some(id),
@@ -243,22 +243,7 @@ pub(crate) fn answer_history(
                 }),
                 Err(e) => ServerFrame::error(Some(id), e.code(), e.to_string()),
             };
-            c.reply(&match frame {
-                ServerFrame::History {
-                    topic,
-                    epoch,
-                    offset,
-                    messages,
-                    ..
-                } => ServerFrame::History {
-                    id,
-                    topic,
-                    epoch,
-                    offset,
-                    messages,
-                },
-                other => other,
-            });
+            c.reply(&frame);
         },
         move || {
             ctx.reply(&ServerFrame::error(
@@ -272,6 +257,7 @@ pub(crate) fn answer_history(
 
 async fn history(
     shared: &Shared,
+    id: u64,
     topic: &Arc<str>,
     limit: u32,
 ) -> Result<Option<ServerFrame>, UpstreamError> {
@@ -304,7 +290,7 @@ async fn history(
         }
         if !page.truncated || messages.len() >= limit as usize {
             return Ok(Some(ServerFrame::History {
-                id: 0,
+                id,
                 topic: topic.clone(),
                 epoch,
                 offset: page.last,

@@ -664,7 +664,7 @@ struct GroupTrees {
 /// Names a table of [`GroupTrees`]; the discriminant is its key prefix and indexes
 /// [`Overlay::writes`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Tree {
+enum Tree {
     Subs = 0,
     ByGateway = 1,
     Topics = 2,
@@ -700,8 +700,8 @@ impl Tree {
     }
 }
 
-/// The tagged key of `key` in the meta table (for readers in history.rs).
-pub(crate) fn meta_tag(key: &[u8]) -> Vec<u8> {
+/// The tagged key of `key` in the meta table (history.rs's readers address it with this).
+fn meta_tag(key: &[u8]) -> Vec<u8> {
     tagged(Tree::Meta, key)
 }
 
@@ -925,7 +925,7 @@ fn put(batch: &mut BTreeMap<Vec<u8>, Vec<u8>>, key: Vec<u8>, value: impl AsRef<[
 }
 
 /// Writes pending for one batch of entries, read through before sled.
-pub(crate) struct Overlay<'t> {
+struct Overlay<'t> {
     trees: &'t GroupTrees,
     /// Per tree: key -> new value (`None` = removed).
     writes: [BTreeMap<Vec<u8>, Option<Vec<u8>>>; TREE_COUNT],
@@ -939,11 +939,11 @@ impl<'t> Overlay<'t> {
         }
     }
 
-    pub(crate) fn name(&self, t: Tree) -> String {
+    fn name(&self, t: Tree) -> String {
         self.trees.name(t)
     }
 
-    pub(crate) fn get(&self, t: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    fn get(&self, t: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match self.writes[t as usize].get(key) {
             Some(pending) => Ok(pending.clone()),
             None => self.trees.get(t, key),
@@ -957,20 +957,16 @@ impl<'t> Overlay<'t> {
         }
     }
 
-    pub(crate) fn put(&mut self, t: Tree, key: Vec<u8>, value: Vec<u8>) {
+    fn put(&mut self, t: Tree, key: Vec<u8>, value: Vec<u8>) {
         self.writes[t as usize].insert(key, Some(value));
     }
 
-    pub(crate) fn remove(&mut self, t: Tree, key: Vec<u8>) {
+    fn remove(&mut self, t: Tree, key: Vec<u8>) {
         self.writes[t as usize].insert(key, None);
     }
 
     /// Keys starting with `prefix` as the batch so far sees them, sorted.
-    pub(crate) fn keys_with_prefix(
-        &self,
-        t: Tree,
-        prefix: &[u8],
-    ) -> Result<Vec<Vec<u8>>, StoreError> {
+    fn keys_with_prefix(&self, t: Tree, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
         let pending = &self.writes[t as usize];
         let mut keys = std::collections::BTreeSet::new();
         for item in self.trees.scan(t, prefix) {
@@ -1257,16 +1253,15 @@ fn apply_command(
                 return Ok(blacklisted(*gateway));
             }
             let change = history::set_presence(tx, topic, user, *gateway, *connections)?;
-            let gateways = gateways_at(tx, topic)?;
             if let Some(joined) = change {
                 ctx.events.push(ApplyEvent::Presence(PresenceChange {
                     topic: topic.clone(),
                     user: user.clone(),
                     joined,
-                    gateways: gateways.clone(),
+                    gateways: gateways_at(tx, topic)?,
                 }));
             }
-            Ok(Response::Presence { change, gateways })
+            Ok(Response::Presence { change })
         }
         Command::SetMeta { key, value } => {
             let old = tx.get(Tree::Meta, key.as_bytes())?;

@@ -240,8 +240,6 @@ pub enum Response {
     Presence {
         /// The change for the topic as a whole.
         change: Option<bool>,
-        /// The gateways subscribed to the topic at this point of the log.
-        gateways: Vec<GatewayId>,
     },
 }
 
